@@ -1,0 +1,62 @@
+"""rlhf_core: RLHF training with a Rust core.
+
+Fast CPU-side bookkeeping (advantage estimators, rollout buffers, minibatch planning) lives in
+the Rust extension ``rlhf_core._core``; PyTorch runs the models. Submodules are imported
+lazily so that ``import rlhf_core`` stays cheap and ``rlhf_core.ops`` works without torch.
+
+Submodules: ``ops`` (kernels), ``buffer`` (RolloutBuffer and minibatch planning), ``models``,
+``generation``, ``rewards``, ``losses``, ``trainers``, ``data``, ``monitor``, ``checkpoint``,
+``cli``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from rlhf_core._core import __version__
+from rlhf_core.errors import (
+    CapacityError,
+    DtypeError,
+    FieldError,
+    InvalidOptionError,
+    OffsetsError,
+    RlhfCoreError,
+    ShapeError,
+    StateError,
+)
+
+_SUBMODULES = {
+    "ops",
+    "buffer",
+    "models",
+    "generation",
+    "rewards",
+    "losses",
+    "trainers",
+    "data",
+    "monitor",
+    "checkpoint",
+    "config",
+    "cli",
+    "testing",
+}
+
+__all__ = [
+    "__version__",
+    "RlhfCoreError",
+    "ShapeError",
+    "DtypeError",
+    "OffsetsError",
+    "InvalidOptionError",
+    "CapacityError",
+    "FieldError",
+    "StateError",
+    *sorted(_SUBMODULES),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"rlhf_core.{name}")
+    raise AttributeError(f"module 'rlhf_core' has no attribute {name!r}")

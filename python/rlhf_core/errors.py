@@ -1,0 +1,35 @@
+"""The exception hierarchy of rlhf_core.
+
+Every error raised by the Rust core is an instance of :class:`RlhfCoreError` and also of the
+familiar builtin it refines, so ``except ValueError`` keeps working:
+
+- :class:`ShapeError` (``ValueError``): array lengths or shapes disagree.
+- :class:`DtypeError` (``TypeError``): unsupported element type.
+- :class:`OffsetsError` (``ValueError``): ``offsets`` not a valid ragged layout.
+- :class:`InvalidOptionError` (``ValueError``): option string or scalar out of range.
+- :class:`CapacityError` (``ValueError``): a sequence does not fit a budget or pack row.
+- :class:`FieldError` (``KeyError``): unknown, missing or conflicting named field.
+- :class:`StateError` (``ValueError``): serialized state that cannot be restored.
+"""
+
+from rlhf_core._core import (
+    CapacityError,
+    DtypeError,
+    FieldError,
+    InvalidOptionError,
+    OffsetsError,
+    RlhfCoreError,
+    ShapeError,
+    StateError,
+)
+
+__all__ = [
+    "RlhfCoreError",
+    "ShapeError",
+    "DtypeError",
+    "OffsetsError",
+    "InvalidOptionError",
+    "CapacityError",
+    "FieldError",
+    "StateError",
+]

@@ -1,0 +1,29 @@
+"""Shared pytest configuration.
+
+Hypothesis profiles: ``ci`` (default; at least 200 examples per property, no deadline since
+the 2-core CI machine is noisy) and ``dev`` (fewer examples, for quick local loops:
+``HYPOTHESIS_PROFILE=dev pytest``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
