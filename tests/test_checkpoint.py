@@ -1,0 +1,259 @@
+"""Tests of rlhf_core.checkpoint: atomic save/load, RNG capture, keep-last, resume decisions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import random
+
+import numpy as np
+import pytest
+import torch
+from rlhf_core.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resume_or_start,
+    save_checkpoint,
+)
+from torch import nn
+
+
+class Tied(nn.Module):
+    """Embedding and output head share one weight (like tied LM embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 11, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mid(self.emb(ids))))
+
+
+def make(seed: int) -> tuple[Tied, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    torch.manual_seed(seed)
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    return model, opt, sched
+
+
+def train_step(model: Tied, opt: torch.optim.Optimizer, sched: object) -> list[float]:
+    """One step whose data comes from all three global RNGs; returns the draws."""
+    draws = [random.random(), float(np.random.rand())]
+    ids = torch.randint(0, 11, (4, 5))
+    noise = torch.randn(4, 5, 11) * 0.01
+    loss = ((model(ids) + noise) ** 2).mean() * (1 + draws[0] + draws[1])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()  # type: ignore[attr-defined]
+    model.count += 1
+    return [*draws, float(ids.sum()), float(noise.sum())]
+
+
+def seed_all(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def test_resume_continues_exactly(tmp_path: pathlib.Path) -> None:
+    seed_all(0)
+    model, opt, sched = make(0)
+    for _ in range(3):
+        train_step(model, opt, sched)
+    save_checkpoint(
+        tmp_path,
+        3,
+        models={"policy": model},
+        optimizers={"policy": opt},
+        schedulers={"policy": sched},
+        extra_state={"sampler_pos": 12, "buffer": {"x": np.arange(3)}, "kl_coef": 0.1},
+    )
+    straight = [train_step(model, opt, sched) for _ in range(3)]
+    straight_params = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # a fresh process: different init, different RNG state
+    seed_all(123)
+    model2, opt2, sched2 = make(99)
+    step, extra = load_checkpoint(
+        tmp_path,
+        models={"policy": model2},
+        optimizers={"policy": opt2},
+        schedulers={"policy": sched2},
+    )
+    assert step == 3
+    assert extra["sampler_pos"] == 12 and extra["kl_coef"] == 0.1
+    np.testing.assert_array_equal(extra["buffer"]["x"], np.arange(3))
+    resumed = [train_step(model2, opt2, sched2) for _ in range(3)]
+    assert resumed == straight
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, straight_params[k]), k
+    assert model2.head.weight is model2.emb.weight  # tying survives loading
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_layout_latest_and_files(tmp_path: pathlib.Path) -> None:
+    model, opt, _ = make(0)
+    path = save_checkpoint(tmp_path, 123, models={"policy": model}, optimizers={"adam": opt})
+    assert path == tmp_path / "checkpoints" / "step_000123" == checkpoint_dir(tmp_path, 123)
+    assert (path / "models" / "policy.safetensors").is_file()
+    assert (path / "optimizers" / "adam.pt").is_file()
+    assert (path / "rng.pt").is_file() and (path / "extra_state.pt").is_file()
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["step"] == 123 and meta["models"] == {"policy": "policy.safetensors"}
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_000123"
+    assert latest_checkpoint(tmp_path) == path
+    # no temporary folders left behind
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] in (
+        ["step_000123", "latest"],
+        ["latest", "step_000123"],
+    )
+
+
+def test_keep_last_and_fallback_when_marker_is_stale(tmp_path: pathlib.Path) -> None:
+    model, _, _ = make(0)
+    for s in (1, 2, 3, 4, 5):
+        save_checkpoint(tmp_path, s, models={"m": model}, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
+    (tmp_path / "checkpoints" / "latest").write_text("step_000099\n")
+    assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 5)
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 5)
+    # an incomplete folder (crash before meta.json) is ignored
+    (tmp_path / "checkpoints" / "step_000009").mkdir()
+    assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 5)
+    for s in (6, 7):
+        save_checkpoint(tmp_path, s, models={"m": model}, keep_last=None)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5, 6, 7]
+
+
+def test_resave_same_step_replaces(tmp_path: pathlib.Path) -> None:
+    save_checkpoint(tmp_path, 1, extra_state={"v": 1})
+    save_checkpoint(tmp_path, 1, extra_state={"v": 2})
+    assert load_checkpoint(tmp_path, restore_rng=False)[1] == {"v": 2}
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2
+
+
+def test_failed_save_leaves_previous_checkpoint(tmp_path: pathlib.Path) -> None:
+    class Boom:
+        def state_dict(self) -> dict[str, int]:
+            raise RuntimeError("disk full")
+
+    save_checkpoint(tmp_path, 1, extra_state={"v": 1})
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(tmp_path, 2, optimizers={"o": Boom()})
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
+    assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 1)
+
+
+def test_torch_save_fallback_and_forced(tmp_path: pathlib.Path) -> None:
+    class WithExtra(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.tag = "a"
+
+        def get_extra_state(self) -> dict[str, str]:
+            return {"tag": self.tag}
+
+        def set_extra_state(self, state: dict[str, str]) -> None:
+            self.tag = state["tag"]
+
+    m = WithExtra()
+    m.tag = "saved"
+    path = save_checkpoint(tmp_path, 0, models={"m": m})
+    assert (path / "models" / "m.pt").is_file()  # safetensors cannot hold the extra state
+    m2 = WithExtra()
+    load_checkpoint(tmp_path, models={"m": m2}, restore_rng=False)
+    assert m2.tag == "saved" and torch.equal(m2.lin.weight, m.lin.weight)
+
+    model, _, _ = make(1)
+    p2 = save_checkpoint(tmp_path / "b", 0, models={"m": model}, safetensors=False)
+    assert (p2 / "models" / "m.pt").is_file()
+    model2, _, _ = make(2)
+    load_checkpoint(p2, models={"m": model2}, restore_rng=False)
+    assert torch.equal(model2.mid.weight, model.mid.weight)
+
+
+def test_load_errors(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        load_checkpoint(tmp_path)
+    model, opt, _ = make(0)
+    save_checkpoint(tmp_path, 1, models={"policy": model})
+    with pytest.raises(CheckpointError, match=r"no model named 'value'.*\['policy'\]"):
+        load_checkpoint(tmp_path, models={"value": model})
+    with pytest.raises(CheckpointError, match="no optimizer named 'adam'"):
+        load_checkpoint(tmp_path, optimizers={"adam": opt})
+    with pytest.raises(CheckpointError, match="no meta.json"):
+        load_checkpoint(tmp_path / "checkpoints" / "step_000777")
+    with pytest.raises(ValueError, match="step must be"):
+        save_checkpoint(tmp_path, -1)
+    with pytest.raises(ValueError, match="model name"):
+        save_checkpoint(tmp_path, 2, models={"a/b": model})
+    meta = tmp_path / "checkpoints" / "step_000001" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format_version": 99}))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        load_checkpoint(tmp_path)
+
+
+def test_restore_rng_false_leaves_rng_alone(tmp_path: pathlib.Path) -> None:
+    seed_all(5)
+    save_checkpoint(tmp_path, 0)
+    seed_all(6)
+    expected = torch.rand(3)
+    seed_all(6)
+    load_checkpoint(tmp_path, restore_rng=False)
+    assert torch.equal(torch.rand(3), expected)
+    load_checkpoint(tmp_path)
+    seed_all(5)
+    a = torch.rand(3)
+    load_checkpoint(tmp_path)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_builtin_policy_roundtrip(tmp_path: pathlib.Path) -> None:
+    models = pytest.importorskip("rlhf_core.models")
+    tok = models.load_tokenizer()
+    a = models.build_builtin_policy(tok, seed=0, size="tiny")
+    b = models.build_builtin_policy(tok, seed=1, size="tiny")
+    save_checkpoint(tmp_path, 1, models={"policy": a})
+    load_checkpoint(tmp_path, models={"policy": b}, restore_rng=False)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_or_start(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    info = resume_or_start(tmp_path / "new", resume=False, total_steps=10)
+    assert info.checkpoint is None and info.step == 0 and not info.finished
+    with pytest.raises(CheckpointError, match="no checkpoint to load"):
+        info.load()
+    with caplog.at_level(logging.WARNING, logger="rlhf_core.checkpoint"):
+        info = resume_or_start(tmp_path / "empty", resume=True, total_steps=10)
+    assert info.step == 0 and "holds no checkpoint" in info.message
+    assert any("holds no checkpoint" in r.getMessage() for r in caplog.records)
+
+    save_checkpoint(tmp_path / "run", 4, extra_state={"k": 1})
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        resume_or_start(tmp_path / "run", resume=False, total_steps=10)
+    info = resume_or_start(tmp_path / "run", resume=True, total_steps=10)
+    assert info.step == 4 and not info.finished and "resuming" in info.message
+    assert info.load(restore_rng=False) == (4, {"k": 1})
+
+    save_checkpoint(tmp_path / "run", 10)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rlhf_core.checkpoint"):
+        info = resume_or_start(tmp_path / "run", resume=True, total_steps=10)
+    assert info.finished and info.step == 10
+    assert "already finished" in info.message and "step 10 of 10" in info.message
+    assert any("already finished" in r.getMessage() for r in caplog.records)
+    assert os.path.samefile(info.checkpoint, checkpoint_dir(tmp_path / "run", 10))  # type: ignore[arg-type]
