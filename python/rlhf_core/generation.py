@@ -37,7 +37,9 @@ class Completions:
     Attributes:
         prompt_ids: list of int64 (P_i,) arrays, the prompt tokens without padding.
         response_ids: list of int64 (R_i,) arrays, the sampled tokens, cut after the first EOS
-            (the EOS is included) when the sequence stopped.
+            (the EOS is included) when the sequence stopped. Tokens are raw samples: an
+            untrained model can emit any id, the pad id included, so build masks from the
+            lengths, never from ``ids != pad_token_id``.
         truncated: bool (N,), True where no EOS was produced within ``max_new_tokens``.
         group_ids: int64 (N,), index of the prompt each row was sampled from.
         texts: decoded responses (special tokens skipped).
