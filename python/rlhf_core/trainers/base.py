@@ -1,0 +1,581 @@
+"""Pieces every trainer shares: the base config, the step loop, checkpoints, resume, metrics.
+
+A trainer is orchestration only. :class:`Trainer` owns the loop::
+
+    resume from the latest checkpoint in run_dir (if any)
+    for step in range(start, total_steps):
+        metrics = trainer.train_step(step)      # rollout -> scoring -> buffer -> losses -> step
+        + per-phase timings, learning rate
+        log metrics (run_dir/metrics.jsonl, TensorBoard), progress bar
+        checkpoint every ``save_every`` steps and at the end
+
+Subclasses implement :meth:`Trainer.train_step` and declare what goes into a checkpoint
+(:meth:`Trainer.checkpoint_models`, optimizers, schedulers and :meth:`Trainer.extra_state`).
+
+Determinism: all randomness of a step comes from seeds derived from ``(config.seed, step)``
+(:func:`step_seed`) and from state saved in the checkpoint (sampler position, optimizer,
+scheduler, controllers), so a run resumed from a checkpoint continues exactly as if it had
+never stopped: same metrics and, on CPU, bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "TrainerConfig",
+    "Trainer",
+    "TrainResult",
+    "IndexSampler",
+    "check_field",
+    "resolve_device",
+    "step_seed",
+    "build_optimizer",
+    "build_scheduler",
+    "iter_micro_batches",
+    "pad_sequences",
+    "trainable_parameters",
+    "logprobs_of",
+    "logprobs_and_entropy",
+]
+
+log = logging.getLogger("rlhf_core.trainers")
+
+
+def check_field(ok: bool, name: str, value: Any, fix: str) -> None:
+    """Raise ``ValueError("<name>=<value!r>: <fix>")`` unless ``ok`` (config validation)."""
+    if not ok:
+        raise ValueError(f"{name}={value!r}: {fix}")
+
+
+@dataclass
+class TrainerConfig:
+    """Fields shared by every trainer: run folder, steps, optimiser, schedule, checkpoints,
+    logging and device. Trainer configs subclass it."""
+
+    run_dir: str = field(
+        default="runs/run",
+        metadata={"help": "folder for metrics.jsonl, TensorBoard events, checkpoints, dumps"},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of every random choice (data order, sampling)"}
+    )
+    total_steps: int = field(
+        default=100, metadata={"help": "number of training steps (one step = one update round)"}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate"})
+    lr_scheduler: Literal["constant", "linear", "cosine"] = field(
+        default="constant",
+        metadata={"help": "learning-rate shape after warm-up, over total_steps"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "steps of linear warm-up from 0 to learning_rate"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "clip the global gradient norm to this; none = no clip"}
+    )
+    save_every: int = field(
+        default=0,
+        metadata={"help": "save a checkpoint every this many steps (0 = only at the end)"},
+    )
+    keep_last: int = field(default=2, metadata={"help": "checkpoints to keep (older ones removed)"})
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "continue from the latest checkpoint in run_dir when there is one (false: "
+            "refuse a run_dir that already holds checkpoints)"
+        },
+    )
+    progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    tensorboard: bool = field(
+        default=True, metadata={"help": "also write TensorBoard events (when installed)"}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'"}
+    )
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast for forward passes on CUDA (no-op on CPU)"}
+    )
+
+    def __post_init__(self) -> None:
+        check_field(self.total_steps >= 1, "total_steps", self.total_steps, "expected >= 1")
+        check_field(
+            self.learning_rate >= 0,
+            "learning_rate",
+            self.learning_rate,
+            "expected >= 0 (e.g. 1e-5)",
+        )
+        check_field(
+            self.lr_scheduler in ("constant", "linear", "cosine"),
+            "lr_scheduler",
+            self.lr_scheduler,
+            "expected one of 'constant', 'linear', 'cosine'",
+        )
+        check_field(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "expected >= 0")
+        check_field(self.weight_decay >= 0, "weight_decay", self.weight_decay, "expected >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            check_field(0 <= v < 1, name, v, "expected in [0, 1)")
+        check_field(self.adam_eps > 0, "adam_eps", self.adam_eps, "expected > 0 (e.g. 1e-8)")
+        check_field(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "max_grad_norm",
+            self.max_grad_norm,
+            "expected > 0, or none to disable clipping",
+        )
+        check_field(
+            self.save_every >= 0, "save_every", self.save_every, "expected >= 0 (0 = at the end)"
+        )
+        check_field(self.keep_last >= 1, "keep_last", self.keep_last, "expected >= 1")
+        check_field(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "device",
+            self.device,
+            "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; anything else -> ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def step_seed(seed: int, step: int, purpose: int = 0) -> int:
+    """A 31-bit seed derived from (run seed, step, purpose): independent streams per step."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(purpose)])
+    return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def trainable_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """Parameters with ``requires_grad`` of the given modules, each once."""
+    seen: set[int] = set()
+    out: list[nn.Parameter] = []
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter], config: TrainerConfig, *, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """AdamW with the config's hyper-parameters (``lr`` overrides ``config.learning_rate``)."""
+    params = list(params)
+    if not params:
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    return torch.optim.AdamW(
+        params,
+        lr=config.learning_rate if lr is None else lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _lr_factor(step: int, config: TrainerConfig) -> float:
+    """Multiplier of the peak learning rate at (0-based) trainer step ``step``."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    if config.lr_scheduler == "constant":
+        return 1.0
+    span = max(1, config.total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    if config.lr_scheduler == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainerConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + constant / linear / cosine decay, stepped once per trainer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+
+
+class IndexSampler:
+    """Seeded, resumable order over ``n`` items: each epoch is a fresh permutation drawn from
+    ``(seed, epoch)``; :meth:`next` returns the next ``k`` indices, crossing epochs as needed.
+
+    ``state_dict()`` holds ``{"epoch", "position"}``; with the same ``n`` and ``seed`` a loaded
+    sampler continues exactly where the saved one stopped.
+    """
+
+    def __init__(self, n: int, seed: int = 0, *, shuffle: bool = True) -> None:
+        if n < 1:
+            raise ValueError(f"IndexSampler needs at least one item, got n={n}")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n, dtype=np.int64)
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch])
+        return rng.permutation(self.n).astype(np.int64)
+
+    def next(self, k: int) -> np.ndarray:
+        """The next ``k`` indices (int64 (k,))."""
+        out = np.empty(k, dtype=np.int64)
+        filled = 0
+        while filled < k:
+            if self.position >= self.n:
+                self.epoch += 1
+                self.position = 0
+                self._perm = self._permutation(self.epoch)
+            take = min(k - filled, self.n - self.position)
+            out[filled : filled + take] = self._perm[self.position : self.position + take]
+            self.position += take
+            filled += take
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["n"]) != self.n or int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"sampler state was saved for n={state['n']}, seed={state['seed']} but this "
+                f"sampler has n={self.n}, seed={self.seed}: resume with the same data and seed"
+            )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._perm = self._permutation(self.epoch)
+
+
+def pad_sequences(
+    sequences: Sequence[np.ndarray | Sequence[int]],
+    completion_starts: Sequence[int],
+    pad_id: int,
+    *,
+    device: torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-pad token sequences into model inputs with a completion mask.
+
+    Args:
+        sequences: N token-id sequences (prompt + completion).
+        completion_starts: per sequence, the index of its first completion token (0 = every
+            token after the first is a target).
+        pad_id: padding token id.
+
+    Returns:
+        ``input_ids`` int64 (N, T), ``attention_mask`` int64 (N, T), and ``loss_mask`` bool
+        (N, T-1) aligned with :func:`rlhf_core.models.token_logprobs` output: ``loss_mask[i, j]``
+        is True when token ``j+1`` of sequence ``i`` is a completion token.
+    """
+    n = len(sequences)
+    if len(completion_starts) != n:
+        raise ValueError(
+            f"completion_starts has {len(completion_starts)} entries, sequences has {n}"
+        )
+    lengths = [len(s) for s in sequences]
+    t = max(max(lengths, default=1), 2)
+    ids = torch.full((n, t), int(pad_id), dtype=torch.long)
+    attn = torch.zeros((n, t), dtype=torch.long)
+    loss_mask = torch.zeros((n, t - 1), dtype=torch.bool)
+    for i, (s, start) in enumerate(zip(sequences, completion_starts, strict=True)):
+        ln = lengths[i]
+        ids[i, :ln] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        attn[i, :ln] = 1
+        first = max(int(start), 1) - 1
+        loss_mask[i, first : ln - 1] = True
+    out = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+    if device is not None:
+        out = {k: v.to(device) for k, v in out.items()}
+    return out
+
+
+def iter_micro_batches(
+    batch: Mapping[str, torch.Tensor], micro_batch_size: int | None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Split a dict of row-aligned tensors into chunks of ``micro_batch_size`` rows.
+
+    Columns that are entirely padding in a chunk are trimmed (by ``attention_mask`` when
+    present), so each micro-batch is only as wide as its longest row. ``None`` = one chunk.
+    Tensors with the sequence axis of the logprobs (``T-1``) are trimmed to match.
+    """
+    n = next(iter(batch.values())).shape[0]
+    size = n if micro_batch_size is None else int(micro_batch_size)
+    attn = batch.get("attention_mask")
+    for s in range(0, n, size):
+        chunk = {k: v[s : s + size] for k, v in batch.items()}
+        if attn is not None and attn.dim() == 2:
+            t_full = attn.shape[1]
+            width = int(chunk["attention_mask"].sum(dim=1).max().item()) if size else t_full
+            width = max(width, 2)
+            if width < t_full:
+                for k, v in chunk.items():
+                    if v.dim() >= 2 and v.shape[1] == t_full:
+                        chunk[k] = v[:, :width]
+                    elif v.dim() >= 2 and v.shape[1] == t_full - 1:
+                        chunk[k] = v[:, : width - 1]
+        yield chunk
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` returns.
+
+    Attributes:
+        step: the global step reached.
+        metrics: metrics of the last step trained in this call (empty when none was).
+        already_finished: True when the run had already reached ``total_steps`` at start.
+        message: a human-readable summary (also logged).
+    """
+
+    step: int
+    metrics: dict[str, float]
+    already_finished: bool = False
+    message: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class Trainer:
+    """Base class: the step loop, logging, checkpoint and resume.
+
+    Subclasses set ``self.config`` (a :class:`TrainerConfig`), build their models and
+    optimisers in ``__init__`` and implement :meth:`train_step`, :meth:`checkpoint_models`,
+    :meth:`checkpoint_optimizers`, :meth:`checkpoint_schedulers` and (for anything else that
+    changes during training) :meth:`extra_state` / :meth:`load_extra_state`.
+    """
+
+    config: TrainerConfig
+    name: str = "trainer"
+
+    def __init__(self, config: TrainerConfig) -> None:
+        from rlhf_core.monitor import PhaseTimer
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.run_dir = Path(config.run_dir)
+        self.timer = PhaseTimer(cuda_sync=self.device.type == "cuda")
+        self.global_step = 0
+        self._last_batch: dict[str, Any] = {}
+
+    # ---- subclass API -----------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        """Run training step ``step`` (0-based); return its metrics as plain numbers."""
+        raise NotImplementedError
+
+    def checkpoint_models(self) -> dict[str, nn.Module]:
+        """The models whose weights change (saved and restored by checkpoints)."""
+        raise NotImplementedError
+
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def checkpoint_schedulers(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Other state to checkpoint (samplers, controllers, buffers); JSON/torch-serialisable."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # ---- helpers for subclasses -------------------------------------------------------------
+    def autocast(self) -> AbstractContextManager[Any]:
+        """bf16 autocast on CUDA when ``config.bf16``; a no-op otherwise."""
+        if self.device.type == "cuda" and self.config.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[nn.Parameter],
+        metrics: Mapping[str, Any],
+        *,
+        prefix: str = "",
+    ) -> float:
+        """Clip gradients, check that loss metrics and the gradient norm are finite (else stop
+        with a dump of the batch, see :func:`rlhf_core.monitor.check_finite`), step, zero grads.
+
+        Returns the gradient norm before clipping.
+        """
+        from rlhf_core.monitor import check_finite
+
+        max_norm = self.config.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(
+            params, max_norm if max_norm is not None else float("inf")
+        )
+        check_finite(
+            {**metrics, f"{prefix}grad_norm": norm},
+            self._last_batch,
+            self.run_dir / "nonfinite",
+            step=self.global_step + 1,
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Save models, optimisers, schedulers, RNG states and :meth:`extra_state` at
+        ``self.global_step`` under ``run_dir`` (keeping the last ``config.keep_last``)."""
+        from rlhf_core.checkpoint import save_checkpoint
+
+        extra = {"trainer": self.name, "total_steps": self.config.total_steps}
+        extra.update(self.extra_state())
+        return Path(
+            save_checkpoint(
+                self.run_dir,
+                self.global_step,
+                models=self.checkpoint_models(),
+                optimizers=self.checkpoint_optimizers(),
+                schedulers=self.checkpoint_schedulers(),
+                extra_state=extra,
+                keep_last=self.config.keep_last,
+            )
+        )
+
+    def load(self, checkpoint: str | os.PathLike[str]) -> int:
+        """Restore a checkpoint folder (or a run folder's latest) into this trainer: models,
+        optimisers, schedulers, RNG states and :meth:`extra_state`. Returns its step."""
+        from rlhf_core.checkpoint import load_checkpoint
+
+        step, extra = load_checkpoint(
+            checkpoint,
+            models=self.checkpoint_models(),
+            optimizers=self.checkpoint_optimizers(),
+            schedulers=self.checkpoint_schedulers(),
+        )
+        saved_by = extra.get("trainer")
+        if saved_by is not None and saved_by != self.name:
+            raise ValueError(
+                f"checkpoint {checkpoint} was written by the {saved_by!r} trainer, not "
+                f"{self.name!r}: use a different run_dir or the matching trainer"
+            )
+        self.load_extra_state(extra)
+        self.global_step = int(step)
+        return int(step)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def train(self, *, stop_at_step: int | None = None) -> TrainResult:
+        """Train until ``config.total_steps`` (or ``stop_at_step``, for time-sliced jobs; a
+        checkpoint is then saved so the next call continues exactly).
+
+        With ``config.resume`` the latest checkpoint in ``run_dir`` is loaded first; a run that
+        already reached ``total_steps`` is reported (``TrainResult.already_finished``) instead
+        of silently training nothing.
+        """
+        from tqdm.auto import tqdm
+
+        from rlhf_core.checkpoint import latest_checkpoint, resume_or_start
+        from rlhf_core.monitor import MetricsLogger
+
+        cfg = self.config
+        start = 0
+        if not cfg.resume or latest_checkpoint(self.run_dir) is not None:
+            # raises when resume=false but run_dir already holds checkpoints
+            info = resume_or_start(self.run_dir, cfg.resume, cfg.total_steps)
+            if info.finished:
+                msg = f"{self.name}: {info.message}"
+                return TrainResult(step=info.step, metrics={}, already_finished=True, message=msg)
+            if info.checkpoint is not None:
+                start = self.load(info.checkpoint)
+                log.info("%s: %s", self.name, info.message)
+        end = cfg.total_steps if stop_at_step is None else min(int(stop_at_step), cfg.total_steps)
+        if end <= start:
+            raise ValueError(
+                f"stop_at_step={stop_at_step} is not after the step the run starts from ({start})"
+            )
+        self.global_step = start
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=start)
+        last: dict[str, float] = {}
+        bar = tqdm(
+            total=cfg.total_steps,
+            initial=start,
+            disable=not cfg.progress_bar,
+            desc=self.name,
+            dynamic_ncols=True,
+        )
+        try:
+            for step in range(start, end):
+                self.timer.reset()
+                metrics = dict(self.train_step(step))
+                metrics.update(self.timer.summary())
+                metrics["lr"] = self.current_lr()
+                self.global_step = step + 1
+                logger.log(self.global_step, metrics)
+                last = metrics
+                bar.update(1)
+                bar.set_postfix(self.progress_postfix(metrics), refresh=False)
+                at_end = self.global_step == end
+                periodic = cfg.save_every > 0 and self.global_step % cfg.save_every == 0
+                if periodic or at_end:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            logger.close()
+        msg = (
+            f"{self.name}: trained steps {start + 1}..{end} of {cfg.total_steps} in {self.run_dir}"
+        )
+        log.info(msg)
+        return TrainResult(step=self.global_step, metrics=last, message=msg)
+
+    def current_lr(self) -> float:
+        scheds = self.checkpoint_schedulers()
+        for s in scheds.values():
+            return float(s.get_last_lr()[0])
+        return float(self.config.learning_rate)
+
+    def progress_postfix(self, metrics: Mapping[str, float]) -> dict[str, str]:
+        """A few metrics shown on the progress bar."""
+        keys = ("loss", "reward/mean", "kl", "accuracy")
+        return {k: f"{metrics[k]:.4g}" for k in keys if k in metrics}
+
+
+def logprobs_of(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """float32 (B, T-1) next-token logprobs (:func:`rlhf_core.models.token_logprobs`)."""
+    from rlhf_core.models import token_logprobs
+
+    out = token_logprobs(model, input_ids, attention_mask)
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def logprobs_and_entropy(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (B, T-1) next-token logprobs and entropies."""
+    from rlhf_core.models import token_logprobs
+
+    out = token_logprobs(model, input_ids, attention_mask, return_entropy=True)
+    assert isinstance(out, tuple)
+    return out[0], out[1]

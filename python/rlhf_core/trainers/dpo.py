@@ -1,0 +1,259 @@
+"""Direct preference optimisation (DPO, with conservative label smoothing) and IPO.
+
+Each step draws ``batch_size`` pairs; for each micro-batch the chosen and rejected sequences
+go through the policy in one forward (with grad) and through the frozen reference in one
+forward (inference mode), and :func:`rlhf_core.losses.dpo_loss` compares the sequence
+log-probabilities of the completions (summed for DPO, length-averaged for IPO as in the IPO
+paper), normalised by the pair count of the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_core import losses as L
+from rlhf_core.trainers.base import (
+    IndexSampler,
+    Trainer,
+    TrainerConfig,
+    build_optimizer,
+    build_scheduler,
+    check_field,
+    logprobs_of,
+    pad_sequences,
+    trainable_parameters,
+)
+from rlhf_core.trainers.reward import EncodedPairs, Pair, encode_pairs, split_held_out
+
+__all__ = ["DPOConfig", "DPOTrainer"]
+
+
+@dataclass
+class DPOConfig(TrainerConfig):
+    """Config of :class:`DPOTrainer`."""
+
+    beta: float = field(
+        default=0.1, metadata={"help": "β: strength of the implicit KL constraint (> 0)"}
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": f"one of {', '.join(L.DPO_LOSS_TYPES)} (DPO or IPO)"},
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "conservative-DPO label noise ε in [0, 0.5) (sigmoid only)"},
+    )
+    batch_size: int = field(default=16, metadata={"help": "preference pairs per optimizer step"})
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "pairs per forward pass; none = batch_size"}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "truncate each sequence to this many tokens"}
+    )
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={"help": "held-out share of the pairs when no eval pairs are given (0 = none)"},
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "evaluate every this many steps (0 = only at the end)"}
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "pairs per evaluation forward"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(self.beta > 0, "beta", self.beta, "expected > 0 (e.g. 0.1)")
+        check_field(
+            self.loss_type in L.DPO_LOSS_TYPES,
+            "loss_type",
+            self.loss_type,
+            f"unknown loss type; expected one of {L.DPO_LOSS_TYPES}",
+        )
+        check_field(
+            0 <= self.label_smoothing < 0.5,
+            "label_smoothing",
+            self.label_smoothing,
+            "expected in [0, 0.5)",
+        )
+        check_field(
+            self.label_smoothing == 0 or self.loss_type == "sigmoid",
+            "label_smoothing",
+            self.label_smoothing,
+            "label smoothing applies to loss_type='sigmoid' only; set it to 0 for ipo",
+        )
+        check_field(self.batch_size >= 1, "batch_size", self.batch_size, "expected >= 1")
+        check_field(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "micro_batch_size",
+            self.micro_batch_size,
+            "expected >= 1 or none",
+        )
+        check_field(
+            self.max_length is None or self.max_length >= 2,
+            "max_length",
+            self.max_length,
+            "expected >= 2 or none",
+        )
+        check_field(
+            0 <= self.eval_fraction < 1, "eval_fraction", self.eval_fraction, "expected in [0, 1)"
+        )
+        check_field(self.eval_every >= 0, "eval_every", self.eval_every, "expected >= 0")
+        check_field(
+            self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "expected >= 1"
+        )
+
+
+class DPOTrainer(Trainer):
+    """Train a policy with DPO / IPO on preference pairs against a frozen reference.
+
+    Args:
+        config: :class:`DPOConfig`.
+        policy: an HF causal LM (trained in place).
+        tokenizer: its tokenizer.
+        pairs: ``(prompt, chosen, rejected)`` tuples or mappings with those keys.
+        reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
+            the policy as passed (before any training).
+        eval_pairs: held-out pairs (default: ``eval_fraction`` of ``pairs``, none when 0).
+    """
+
+    name = "dpo"
+    config: DPOConfig
+
+    def __init__(
+        self,
+        config: DPOConfig,
+        policy: nn.Module,
+        tokenizer: Any,
+        pairs: Sequence[Pair],
+        *,
+        reference: nn.Module | None = None,
+        eval_pairs: Sequence[Pair] | None = None,
+    ) -> None:
+        from rlhf_core.models import make_reference
+
+        super().__init__(config)
+        if len(pairs) == 0:
+            raise ValueError("pairs is empty: DPO needs at least one pair")
+        self.policy = policy.to(self.device)
+        self.reference = (reference if reference is not None else make_reference(policy)).to(
+            self.device
+        )
+        self.reference.eval()
+        self.tokenizer = tokenizer
+        encoded = encode_pairs(tokenizer, pairs, max_length=config.max_length)
+        if eval_pairs is not None:
+            self.train_pairs = encoded
+            self.eval_pairs: EncodedPairs | None = (
+                encode_pairs(tokenizer, eval_pairs, max_length=config.max_length)
+                if len(eval_pairs)
+                else None
+            )
+        else:
+            tr, ev = split_held_out(len(encoded), config.eval_fraction, config.seed)
+            self.train_pairs = encoded.subset(tr)
+            self.eval_pairs = encoded.subset(ev) if len(ev) else None
+        self.sampler = IndexSampler(len(self.train_pairs), seed=config.seed)
+        self.params = trainable_parameters(self.policy)
+        self.optimizer = build_optimizer(self.params, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+
+    def _sequence_logps(self, model: nn.Module, pairs: EncodedPairs) -> torch.Tensor:
+        """Completion log-probabilities (2P,): chosen first, then rejected."""
+        batch = pad_sequences(
+            pairs.chosen + pairs.rejected,
+            pairs.chosen_start + pairs.rejected_start,
+            self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        self._last_batch = batch
+        with self.autocast():
+            lp = logprobs_of(model, batch["input_ids"], batch["attention_mask"])
+        average = self.config.loss_type == "ipo"
+        return L.sequence_logprobs(lp, batch["loss_mask"], average=average)  # (2P,)
+
+    def _pair_loss(self, pairs: EncodedPairs, num_pairs: int) -> L.LossOutput:
+        p = len(pairs)
+        with torch.inference_mode():
+            ref = self._sequence_logps(self.reference, pairs)
+        ref = ref.clone()  # outside inference mode: a normal tensor, usable in autograd
+        pol = self._sequence_logps(self.policy, pairs)
+        return L.dpo_loss(
+            pol[:p],
+            pol[p:],
+            ref[:p],
+            ref[p:],
+            beta=self.config.beta,
+            loss_type=self.config.loss_type,
+            label_smoothing=self.config.label_smoothing,
+            num_pairs=num_pairs,
+        )
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        with self.timer.phase("bookkeeping"):
+            idx = self.sampler.next(cfg.batch_size)
+            batch = self.train_pairs.subset(idx)
+        with self.timer.phase("training"):
+            self.policy.train()
+            totals: dict[str, torch.Tensor] = {}
+            loss_sum = 0.0
+            mb = cfg.micro_batch_size or cfg.batch_size
+            for s in range(0, cfg.batch_size, mb):
+                part = batch.subset(np.arange(s, min(s + mb, cfg.batch_size)))
+                out = self._pair_loss(part, cfg.batch_size)
+                out.loss.backward()
+                loss_sum += float(out.loss.detach())
+                L.merge_metrics(totals, out.metrics)
+            metrics = {k: float(v) for k, v in totals.items()}
+            metrics["loss"] = loss_sum
+            metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)
+            self.scheduler.step()
+        done = step + 1
+        if self.eval_pairs is not None and (
+            done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0)
+        ):
+            with self.timer.phase("evaluation"):
+                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, pairs: EncodedPairs | None = None) -> dict[str, float]:
+        """Implicit-reward accuracy, margin and loss on held-out pairs."""
+        pairs = pairs if pairs is not None else self.eval_pairs
+        if pairs is None or len(pairs) == 0:
+            raise ValueError("no evaluation pairs: pass eval_pairs or set eval_fraction > 0")
+        was = self.policy.training
+        self.policy.eval()
+        totals: dict[str, torch.Tensor] = {}
+        try:
+            bs = self.config.eval_batch_size
+            for s in range(0, len(pairs), bs):
+                part = pairs.subset(np.arange(s, min(s + bs, len(pairs))))
+                L.merge_metrics(totals, self._pair_loss(part, len(pairs)).metrics)
+        finally:
+            self.policy.train(was)
+        return {
+            "reward_accuracy": float(totals["reward_accuracy"]),
+            "reward_margin": float(totals["reward_margin"]),
+            "loss": float(totals["dpo_loss"]),
+        }
+
+    def checkpoint_models(self) -> dict[str, nn.Module]:
+        return {"policy": self.policy}
+
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def checkpoint_schedulers(self) -> dict[str, Any]:
+        return {"policy": self.scheduler}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])

@@ -1,0 +1,242 @@
+"""Supervised fine-tuning: maximise the likelihood of completions given prompts.
+
+The pipeline's first stage (a policy that speaks the task's language) and the update of
+best-of-N. Each step draws ``batch_size`` examples (seeded, resumable order), runs them in
+micro-batches of ``micro_batch_size`` and takes one AdamW step on the negative log-likelihood
+of the completion tokens, normalised by the token count of the whole batch
+(:func:`rlhf_core.losses.sft_loss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_core import losses as L
+from rlhf_core.trainers.base import (
+    IndexSampler,
+    Trainer,
+    TrainerConfig,
+    build_optimizer,
+    build_scheduler,
+    check_field,
+    iter_micro_batches,
+    logprobs_of,
+    pad_sequences,
+    trainable_parameters,
+)
+
+__all__ = ["SFTConfig", "SFTTrainer", "encode_examples"]
+
+Example = str | tuple[str, str] | Mapping[str, Any]
+
+
+@dataclass
+class SFTConfig(TrainerConfig):
+    """Config of :class:`SFTTrainer`."""
+
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "examples per forward pass (gradient accumulation); none = batch_size"},
+    )
+    aggregation: str = field(
+        default="token-mean",
+        metadata={"help": f"loss aggregation, one of {', '.join(L.AGGREGATIONS)}"},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "truncate prompt+completion to this many tokens; none = no limit"},
+    )
+    completion_only: bool = field(
+        default=True,
+        metadata={"help": "loss on completion tokens only (false: on every token after the 1st)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(self.batch_size >= 1, "batch_size", self.batch_size, "expected >= 1")
+        check_field(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "micro_batch_size",
+            self.micro_batch_size,
+            "expected >= 1 or none",
+        )
+        check_field(
+            self.aggregation in L.AGGREGATIONS,
+            "aggregation",
+            self.aggregation,
+            f"expected one of {L.AGGREGATIONS}",
+        )
+        check_field(
+            self.aggregation != "seq-mean-token-sum-norm" or self.max_length is not None,
+            "aggregation",
+            self.aggregation,
+            "seq-mean-token-sum-norm needs max_length as its constant normaliser; set max_length",
+        )
+        check_field(
+            self.max_length is None or self.max_length >= 2,
+            "max_length",
+            self.max_length,
+            "expected >= 2 or none",
+        )
+
+
+def _prompt_completion(ex: Example, i: int) -> tuple[str, str]:
+    if isinstance(ex, str):
+        return "", ex
+    if isinstance(ex, Mapping):
+        if "completion" in ex:
+            return str(ex.get("prompt", "")), str(ex["completion"])
+        if "text" in ex:
+            return "", str(ex["text"])
+        raise ValueError(
+            f"examples[{i}] has keys {sorted(ex)}; expected 'prompt' and 'completion', or 'text'"
+        )
+    if isinstance(ex, (tuple, list)) and len(ex) == 2:
+        return str(ex[0]), str(ex[1])
+    raise ValueError(
+        f"examples[{i}] is a {type(ex).__name__}; expected a string, a (prompt, completion) pair "
+        "or a mapping with 'prompt'/'completion' (or 'text')"
+    )
+
+
+def encode_examples(
+    tokenizer: Any, examples: Sequence[Example], *, max_length: int | None = None
+) -> tuple[list[np.ndarray], list[int]]:
+    """Token ids (prompt + completion + EOS) and completion start of each example.
+
+    Uses :func:`rlhf_core.models.encode_prompt_completion`, the same encoding the reward model
+    and the trainers' scoring use. Sequences longer than ``max_length`` are cut at the end.
+    """
+    from rlhf_core.models import encode_prompt_completion
+
+    seqs: list[np.ndarray] = []
+    starts: list[int] = []
+    for i, ex in enumerate(examples):
+        prompt, completion = _prompt_completion(ex, i)
+        ids, plen = encode_prompt_completion(tokenizer, prompt, completion)
+        if max_length is not None:
+            ids = ids[:max_length]
+        if plen >= len(ids):
+            raise ValueError(
+                f"examples[{i}] has no completion token left (prompt is {plen} tokens, "
+                f"sequence {len(ids)}); raise max_length or shorten the prompt"
+            )
+        seqs.append(np.asarray(ids, dtype=np.int64))
+        starts.append(plen)
+    return seqs, starts
+
+
+def sft_update(
+    trainer: Trainer,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    batch: Mapping[str, torch.Tensor],
+    *,
+    micro_batch_size: int | None,
+    aggregation: str,
+    max_len: int | None,
+) -> dict[str, float]:
+    """One AdamW step of SFT on a padded batch (``input_ids``, ``attention_mask``,
+    ``loss_mask`` as from :func:`~rlhf_core.trainers.base.pad_sequences`); shared with
+    best-of-N. Returns metrics (``loss``, ``nll``, ``grad_norm``, ``tokens``)."""
+    n_tok, n_seq = L.count_tokens_and_seqs(batch["loss_mask"])
+    totals: dict[str, torch.Tensor] = {}
+    loss_sum = 0.0
+    model.train()
+    trainer._last_batch = dict(batch)
+    for mb in iter_micro_batches(batch, micro_batch_size):
+        with trainer.autocast():
+            logp = logprobs_of(model, mb["input_ids"], mb["attention_mask"])
+        out = L.sft_loss(
+            logp,
+            mb["loss_mask"],
+            aggregation=aggregation,
+            num_tokens=n_tok,
+            num_seqs=n_seq,
+            max_len=max_len,
+        )
+        out.loss.backward()
+        loss_sum += float(out.loss.detach())
+        L.merge_metrics(totals, out.metrics)
+    metrics = {k: float(v) for k, v in totals.items()}
+    metrics["loss"] = loss_sum
+    metrics["grad_norm"] = trainer.optimizer_step(optimizer, params, {"loss": loss_sum})
+    metrics["tokens"] = float(n_tok)
+    return metrics
+
+
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning of a causal LM on (prompt, completion) examples.
+
+    Args:
+        config: :class:`SFTConfig`.
+        model: an HF causal LM (trained in place, moved to the config's device).
+        tokenizer: its tokenizer.
+        examples: strings (the whole text is the target), ``(prompt, completion)`` pairs, or
+            mappings with ``prompt`` / ``completion`` (or ``text``).
+    """
+
+    name = "sft"
+    config: SFTConfig
+
+    def __init__(
+        self, config: SFTConfig, model: nn.Module, tokenizer: Any, examples: Sequence[Example]
+    ) -> None:
+        super().__init__(config)
+        if len(examples) == 0:
+            raise ValueError("examples is empty: SFT needs at least one example")
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.sequences, starts = encode_examples(tokenizer, examples, max_length=config.max_length)
+        self.starts = starts if config.completion_only else [1] * len(starts)
+        self.sampler = IndexSampler(len(self.sequences), seed=config.seed)
+        self.params = trainable_parameters(self.model)
+        self.optimizer = build_optimizer(self.params, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        with self.timer.phase("bookkeeping"):
+            idx = self.sampler.next(cfg.batch_size)
+            batch = pad_sequences(
+                [self.sequences[i] for i in idx],
+                [self.starts[i] for i in idx],
+                self.tokenizer.pad_token_id,
+                device=self.device,
+            )
+        with self.timer.phase("training"):
+            metrics = sft_update(
+                self,
+                self.model,
+                self.optimizer,
+                self.params,
+                batch,
+                micro_batch_size=cfg.micro_batch_size,
+                aggregation=cfg.aggregation,
+                max_len=cfg.max_length,
+            )
+            self.scheduler.step()
+        return metrics
+
+    def checkpoint_models(self) -> dict[str, nn.Module]:
+        return {"policy": self.model}
+
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def checkpoint_schedulers(self) -> dict[str, Any]:
+        return {"policy": self.scheduler}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
