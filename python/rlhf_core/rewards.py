@@ -1,0 +1,590 @@
+"""Reward sources: user reward functions, reward-model scoring, verifiable answers, AI judges.
+
+**The reward-function signature.** A reward function is any callable
+
+.. code-block:: python
+
+    def my_reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+
+that returns one score per completion; ``None`` (or NaN) means *unscorable* and becomes NaN.
+``columns`` are the extra dataset columns of the batch (``answer=[...]`` etc.), one entry per
+completion. A function may name the columns it needs as parameters (``answer``) instead of
+taking ``**columns``; it then receives only those (a missing one is an error naming it).
+
+* :func:`call_reward_function` calls one function and checks what it returned.
+* :func:`combine_rewards` weights several together: float64 (B,) with NaN where any function
+  returned None, plus the per-function arrays for logging.
+* :class:`RewardModelScorer` makes a :class:`rlhf_core.models.RewardModel` a reward function.
+* :func:`exact_match_reward` (with :func:`extract_answer`) is the verifiable reward.
+* :class:`JudgeLabeler` asks a causal LM which of two answers is better (RLAIF), reading the
+  next-token logits of "A" and "B" in both orders to cancel position bias.
+* :func:`label_pairs` turns pairs of completions into ``{prompt, chosen, rejected}`` preference
+  rows with any judge, deterministically or with Bradley-Terry noise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_JUDGE_TEMPLATE",
+    "JudgeLabeler",
+    "RewardFunction",
+    "RewardModelScorer",
+    "call_reward_function",
+    "combine_rewards",
+    "exact_match_reward",
+    "extract_answer",
+    "label_pairs",
+    "reward_function_name",
+]
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """``fn(prompts, completions, **columns) -> list[float | None]`` (None = unscorable)."""
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], **columns: Any
+    ) -> Sequence[float | None]: ...
+
+
+def reward_function_name(fn: Any) -> str:
+    """A readable name for a reward function (its ``__name__``, else its class name)."""
+    name = getattr(fn, "__name__", None)
+    if isinstance(name, str) and name:
+        return name
+    func = getattr(fn, "func", None)  # functools.partial
+    if func is not None:
+        return reward_function_name(func)
+    return type(fn).__name__
+
+
+def _check_columns(n: int, prompts: Sequence[str], columns: Mapping[str, Any]) -> None:
+    if len(prompts) != n:
+        raise ValueError(f"prompts has {len(prompts)} entries, completions has {n}")
+    for key, col in columns.items():
+        if isinstance(col, (str, bytes)) or not hasattr(col, "__len__"):
+            raise TypeError(
+                f"column {key!r} must be a sequence with one entry per completion, "
+                f"got {type(col).__name__}"
+            )
+        if len(col) != n:
+            raise ValueError(f"column {key!r} has {len(col)} entries, completions has {n}")
+
+
+def _accepted_columns(fn: Any, columns: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns ``fn`` accepts: all of them if it takes ``**kwargs``, else the named ones."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return dict(columns)
+    params = list(sig.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(columns)
+    named = params[2:] if len(params) >= 2 else []
+    out: dict[str, Any] = {}
+    for p in named:
+        if p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            continue
+        if p.name in columns:
+            out[p.name] = columns[p.name]
+        elif p.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"reward function {reward_function_name(fn)!r} needs column {p.name!r}; "
+                f"columns given: {sorted(columns)}"
+            )
+    return out
+
+
+def call_reward_function(
+    fn: Callable[..., Any], prompts: Sequence[str], completions: Sequence[str], **columns: Any
+) -> np.ndarray:
+    """Call one reward function and check its result.
+
+    Returns float64 (B,) with NaN for ``None`` / NaN entries. Raises ``ValueError`` naming the
+    function when it returns the wrong number of scores, and ``TypeError`` naming the function,
+    the index and the type when an entry is not a real number or None.
+    """
+    n = len(completions)
+    _check_columns(n, prompts, columns)
+    name = reward_function_name(fn)
+    out = fn(list(prompts), list(completions), **_accepted_columns(fn, columns))
+    if isinstance(out, torch.Tensor):
+        out = out.detach().cpu().double().reshape(-1).numpy()
+    if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+        raise TypeError(
+            f"reward function {name!r} must return a list of {n} floats (or None), "
+            f"got {type(out).__name__}"
+        )
+    if len(out) != n:
+        raise ValueError(f"reward function {name!r} returned {len(out)} scores for {n} completions")
+    scores = np.empty(n, dtype=np.float64)
+    for i, v in enumerate(out):
+        if v is None:
+            scores[i] = np.nan
+        elif isinstance(v, numbers.Real) or (isinstance(v, np.ndarray) and v.ndim == 0):
+            scores[i] = float(v)
+        else:
+            raise TypeError(
+                f"reward function {name!r} returned {type(v).__name__} at index {i}; "
+                "expected a float or None"
+            )
+    return scores
+
+
+def combine_rewards(
+    funcs: Callable[..., Any] | Sequence[Callable[..., Any]],
+    weights: Sequence[float] | None,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    return_components: bool = False,
+    **columns: Any,
+) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Weighted sum of several reward functions.
+
+    Args:
+        funcs: one reward function or a sequence of them (:class:`RewardFunction`).
+        weights: one weight per function; None means all 1.0.
+        prompts, completions: B strings each.
+        return_components: also return ``{name: float64 (B,)}`` with each function's raw
+            (unweighted) scores, for logging. Repeated names get a suffix ``_1``, ``_2``, ...
+        columns: extra per-completion columns passed to the functions.
+
+    Returns:
+        float64 (B,) ``sum_k weights[k] * scores_k``; NaN where **any** function returned None
+        (a sample one judge cannot score is not silently scored by the others). Trainers give
+        NaN-scored samples zero advantage and count them.
+    """
+    fn_list = [funcs] if callable(funcs) else list(funcs)
+    if not fn_list:
+        raise ValueError("funcs is empty; pass at least one reward function")
+    if weights is None:
+        w = [1.0] * len(fn_list)
+    else:
+        w = [float(x) for x in weights]
+        if len(w) != len(fn_list):
+            raise ValueError(f"weights has {len(w)} entries, funcs has {len(fn_list)}")
+        bad = [x for x in w if not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"weights must be finite, got {w}")
+    total = np.zeros(len(completions), dtype=np.float64)
+    parts: dict[str, np.ndarray] = {}
+    for fn, wk in zip(fn_list, w, strict=True):
+        s = call_reward_function(fn, prompts, completions, **columns)
+        total += wk * s  # NaN propagates
+        base = reward_function_name(fn)
+        key, k = base, 0
+        while key in parts:
+            k += 1
+            key = f"{base}_{k}"
+        parts[key] = s
+    return (total, parts) if return_components else total
+
+
+# --------------------------------------------------------------------------------------------
+# Verifiable rewards
+# --------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_HASHES = re.compile(r"####\s*([^\n]*)")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*([^\n]*)", re.IGNORECASE)
+
+
+def extract_answer(text: str) -> str:
+    """The final answer in a completion.
+
+    Tried in order: the last ``\\boxed{...}``; the text after the last ``####``; the text after
+    the last ``answer:`` / ``answer is`` / ``answer =``; the last number in the text; finally
+    the first line of the text. Returns it stripped (may be ``""``).
+    """
+    for pat in (_BOXED, _HASHES, _ANSWER_IS):
+        hits = pat.findall(text)
+        if hits:
+            return str(hits[-1]).strip()
+    nums = _NUMBER.findall(text)
+    if nums:
+        return str(nums[-1])
+    stripped = text.strip()
+    return stripped.splitlines()[0].strip() if stripped else ""
+
+
+def _normalise(s: str) -> str:
+    s = s.strip().lower().rstrip(".").strip()
+    if s.startswith("$") and s.endswith("$") and len(s) > 1:
+        s = s[1:-1].strip()
+    return " ".join(s.split())
+
+
+def _as_number(s: str) -> float | None:
+    t = s.replace(",", "")
+    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", t):
+        return None
+    return float(t)
+
+
+def _answers_match(predicted: str, expected: str) -> bool:
+    p, e = _normalise(predicted), _normalise(expected)
+    if p == e:
+        return True
+    pn = _as_number(p)
+    if pn is None:
+        # "19 apples" vs "19": compare the answer's leading number
+        m = _NUMBER.match(p)
+        pn = _as_number(m.group(0)) if m else None
+    en = _as_number(e)
+    return pn is not None and en is not None and pn == en
+
+
+def exact_match_reward(
+    prompts: list[str], completions: list[str], answer: Sequence[Any]
+) -> list[float | None]:
+    """1.0 when the final answer of a completion equals the ``answer`` column, else 0.0.
+
+    The final answer comes from :func:`extract_answer`; both sides are lower-cased, stripped of
+    a trailing period and of surrounding ``$``, and numbers compare by value (``"19.0"`` equals
+    ``"19"``, ``"1,000"`` equals ``"1000"``). A completion without a recognisable answer scores
+    0.0; a row whose ``answer`` is None is unscorable (None).
+    """
+    out: list[float | None] = []
+    for c, a in zip(completions, answer, strict=True):
+        if a is None:
+            out.append(None)
+            continue
+        out.append(1.0 if _answers_match(extract_answer(c), str(a)) else 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reward model scoring
+# --------------------------------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function (NaN stays NaN)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class RewardModelScorer:
+    """A reward model as a reward function: ``scorer(prompts, completions, **columns)``.
+
+    Each (prompt, completion) is encoded with
+    :func:`rlhf_core.models.encode_prompt_completion` (prompt with special tokens, completion
+    without, then EOS when ``add_eos``), the same encoding reward-model training uses. Rows
+    are sorted by length into batches of ``batch_size`` (right-padded) and scored under
+    ``torch.inference_mode``; sequences longer than ``max_length`` keep their last
+    ``max_length`` tokens (the reward is read at the end). Returns a list of B floats.
+
+    :meth:`score_ids` scores token ids directly (what PPO holds after generation).
+    """
+
+    __name__ = "reward_model"
+
+    def __init__(
+        self,
+        reward_model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        add_eos: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+        self.reward_model = reward_model
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.max_length = max_length
+        self.add_eos = add_eos
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], **columns: Any
+    ) -> list[float | None]:
+        from rlhf_core.models import encode_prompt_completion
+
+        _check_columns(len(completions), prompts, {})
+        seqs = [
+            encode_prompt_completion(self.tokenizer, p, c, add_eos=self.add_eos)[0]
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        return [float(x) for x in self.score_ids(seqs)]
+
+    def score_ids(
+        self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
+    ) -> np.ndarray:
+        """Scores of token-id sequences (prompt + response, no padding): float64 (B,)."""
+        rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+        for i, r in enumerate(rows):
+            if r.size == 0:
+                raise ValueError(f"sequences[{i}] is empty")
+        if self.max_length is not None:
+            rows = [r[-self.max_length :] for r in rows]
+        model = self.reward_model
+        device = _device_of(model)
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        out = np.empty(len(rows), dtype=np.float64)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(rows), self.batch_size):
+                    idx = order[s : s + self.batch_size]
+                    width = max(len(rows[i]) for i in idx)
+                    ids = torch.full((len(idx), width), int(pad), dtype=torch.long)
+                    mask = torch.zeros((len(idx), width), dtype=torch.long)
+                    for j, i in enumerate(idx):
+                        ids[j, : len(rows[i])] = torch.from_numpy(rows[i])
+                        mask[j, : len(rows[i])] = 1
+                    scores = model(ids.to(device), mask.to(device))  # (b,)
+                    out[idx] = scores.double().cpu().numpy()
+        finally:
+            model.train(was_training)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# AI judge (RLAIF)
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_JUDGE_TEMPLATE = (
+    "Which answer to the question is better?\n"
+    "Question: {prompt}\n"
+    "Answer A: {answer_a}\n"
+    "Answer B: {answer_b}\n"
+    "The better answer is "
+)
+
+
+class JudgeLabeler:
+    """Pairwise AI judge: a causal LM asked which of two answers is better (RLAIF).
+
+    For each (prompt, a, b) the ``template`` (fields ``{prompt}``, ``{answer_a}``,
+    ``{answer_b}``) is filled twice, once with ``a`` shown as answer A and once with ``a`` shown
+    as answer B. In each order the judge's preference logit is the difference of its
+    next-token logits for the two choice tokens (``"A"``, ``"B"``). The position-debiased
+    logit is the mean of the two orders, ``((l_A - l_B)[a first] - (l_A - l_B)[b first]) / 2``,
+    and ``P(a better than b) = sigmoid(logit)``. A judge that always prefers the first slot
+    gets probability 0.5. The position bias itself is reported by :meth:`preference_probs`
+    with ``return_details=True``.
+
+    Each choice must encode to exactly one token (checked at construction).
+    """
+
+    __name__ = "judge"
+
+    def __init__(
+        self,
+        judge_model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        template: str = DEFAULT_JUDGE_TEMPLATE,
+        choices: tuple[str, str] = ("A", "B"),
+        batch_size: int = 16,
+    ) -> None:
+        for field in ("{prompt}", "{answer_a}", "{answer_b}"):
+            if field not in template:
+                raise ValueError(f"template must contain the field {field}; got {template!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(choices) != 2 or choices[0] == choices[1]:
+            raise ValueError(f"choices must be two different strings, got {choices!r}")
+        ids = []
+        for c in choices:
+            enc = tokenizer(c, add_special_tokens=False)["input_ids"]
+            if len(enc) != 1:
+                raise ValueError(
+                    f"choice {c!r} encodes to {len(enc)} tokens {enc}; each choice must be "
+                    "exactly one token for this tokenizer"
+                )
+            ids.append(int(enc[0]))
+        self.judge_model = judge_model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.choices = tuple(choices)
+        self.choice_ids = (ids[0], ids[1])
+        self.batch_size = int(batch_size)
+
+    def _logit_diffs(self, texts: list[str]) -> np.ndarray:
+        """float64 (N,) ``logit[choice A] - logit[choice B]`` at the next token of each text."""
+        model = self.judge_model
+        device = _device_of(model)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        enc = [list(self.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+        out = np.empty(len(enc), dtype=np.float64)
+        a, b = self.choice_ids
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(enc), self.batch_size):
+                    chunk = enc[s : s + self.batch_size]
+                    width = max(len(x) for x in chunk)
+                    ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                    for j, x in enumerate(chunk):  # left padding: the next token is at -1
+                        ids[j, width - len(x) :] = torch.tensor(x)
+                        mask[j, width - len(x) :] = 1
+                    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                    kwargs = {
+                        "input_ids": ids.to(device),
+                        "attention_mask": mask.to(device),
+                        "position_ids": pos.to(device),
+                        "use_cache": False,
+                    }
+                    try:
+                        logits = model(**kwargs, logits_to_keep=1).logits[:, -1]
+                    except TypeError:  # models without logits_to_keep
+                        logits = model(**kwargs).logits[:, -1]
+                    logits = logits.float()  # (b, V)
+                    out[s : s + len(chunk)] = (logits[:, a] - logits[:, b]).double().cpu().numpy()
+        finally:
+            model.train(was_training)
+        return out
+
+    def preference_probs(
+        self,
+        prompts: Sequence[str],
+        answers_a: Sequence[str],
+        answers_b: Sequence[str],
+        *,
+        return_details: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+        """float64 (B,) probability that ``answers_a[i]`` is better than ``answers_b[i]``.
+
+        With ``return_details`` also a dict of float64 (B,) arrays: ``logit_ab`` (a shown
+        first), ``logit_ba`` (b shown first, logit that the first slot wins) and
+        ``position_bias = (logit_ab + logit_ba) / 2`` (how much the judge favours slot A).
+        """
+        n = len(prompts)
+        if len(answers_a) != n or len(answers_b) != n:
+            raise ValueError(
+                f"prompts, answers_a, answers_b have {n}, {len(answers_a)}, {len(answers_b)} "
+                "entries; they must match"
+            )
+        t = self.template
+        ab = [
+            t.format(prompt=p, answer_a=x, answer_b=y)
+            for p, x, y in zip(prompts, answers_a, answers_b, strict=True)
+        ]
+        ba = [
+            t.format(prompt=p, answer_a=y, answer_b=x)
+            for p, x, y in zip(prompts, answers_a, answers_b, strict=True)
+        ]
+        d = self._logit_diffs(ab + ba)
+        d_ab, d_ba = d[:n], d[n:]
+        logit = 0.5 * (d_ab - d_ba)
+        probs = _sigmoid(logit)
+        if return_details:
+            return probs, {
+                "logit_ab": d_ab,
+                "logit_ba": d_ba,
+                "position_bias": 0.5 * (d_ab + d_ba),
+            }
+        return probs
+
+    def __call__(
+        self, prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str]
+    ) -> np.ndarray:
+        """Same as :meth:`preference_probs`."""
+        out = self.preference_probs(prompts, answers_a, answers_b)
+        assert isinstance(out, np.ndarray)
+        return out
+
+
+def label_pairs(
+    prompts: Sequence[str],
+    completions_a: Sequence[str],
+    completions_b: Sequence[str],
+    judge: Any,
+    *,
+    sample: bool = False,
+    beta: float = 1.0,
+    seed: int | None = None,
+    **columns: Any,
+) -> list[dict[str, Any]]:
+    """Label pairs of completions as preference rows ``{prompt, chosen, rejected}``.
+
+    ``judge`` is either
+
+    * a pairwise judge (:class:`JudgeLabeler`, or anything with ``preference_probs(prompts,
+      a, b)``): ``p = P(a better)`` as it returns; or
+    * a scoring judge: a reward function (:class:`RewardFunction`, e.g. a
+      :class:`RewardModelScorer`, :func:`exact_match_reward` or a hidden gold reward), called
+      on ``completions_a`` and ``completions_b`` with the same ``columns``; then
+      ``p = sigmoid(beta * (r_a - r_b))`` (Bradley-Terry).
+
+    With ``sample=False`` the better side by ``p`` is chosen and ties (``p == 0.5``) are
+    dropped. With ``sample=True`` the label is drawn: ``a`` is chosen with probability ``p``
+    (Bradley-Terry label noise), using ``numpy.random.default_rng(seed)`` and one uniform draw
+    per pair, so the same seed gives the same labels. Pairs with an unscorable (NaN) score or
+    probability are dropped.
+
+    Returns a list of dicts with keys ``prompt``, ``chosen``, ``rejected``, ``p_chosen`` (the
+    judged probability that ``chosen`` is better), ``index`` (the pair's position in the
+    inputs) and, for scoring judges, ``chosen_score`` and ``rejected_score``.
+    """
+    n = len(prompts)
+    if len(completions_a) != n or len(completions_b) != n:
+        raise ValueError(
+            f"prompts, completions_a, completions_b have {n}, {len(completions_a)}, "
+            f"{len(completions_b)} entries; they must match"
+        )
+    if not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a positive finite number, got {beta}")
+    r_a = r_b = None
+    if hasattr(judge, "preference_probs"):
+        p = np.asarray(judge.preference_probs(prompts, completions_a, completions_b), np.float64)
+        if p.shape != (n,):
+            raise ValueError(f"judge.preference_probs returned shape {p.shape}, expected ({n},)")
+    elif callable(judge):
+        r_a = call_reward_function(judge, prompts, completions_a, **columns)
+        r_b = call_reward_function(judge, prompts, completions_b, **columns)
+        p = _sigmoid(beta * (r_a - r_b))
+    else:
+        raise TypeError(
+            f"judge must be a reward function or have preference_probs(), got {type(judge).__name__}"
+        )
+    u = np.random.default_rng(seed).random(n) if sample else None
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        if not np.isfinite(p[i]):
+            continue
+        if u is not None:
+            a_wins = bool(u[i] < p[i])
+        else:
+            if p[i] == 0.5:
+                continue
+            a_wins = bool(p[i] > 0.5)
+        chosen, rejected = (
+            (completions_a[i], completions_b[i]) if a_wins else (completions_b[i], completions_a[i])
+        )
+        row: dict[str, Any] = {
+            "prompt": prompts[i],
+            "chosen": chosen,
+            "rejected": rejected,
+            "p_chosen": float(p[i] if a_wins else 1.0 - p[i]),
+            "index": i,
+        }
+        if r_a is not None and r_b is not None:
+            row["chosen_score"] = float(r_a[i] if a_wins else r_b[i])
+            row["rejected_score"] = float(r_b[i] if a_wins else r_a[i])
+        rows.append(row)
+    return rows
