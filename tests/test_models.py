@@ -208,6 +208,42 @@ def test_token_logprobs_gradients_match_naive_on_both_paths(tok):
     torch.testing.assert_close(grads[2].double(), grads[0].double(), atol=1e-5, rtol=1e-4)
 
 
+def test_token_logprobs_never_materialises_full_vocab_logits():
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaForCausalLM
+
+    vocab, d = 5000, 64
+
+    class LargestLogits(TorchDispatchMode):
+        """Largest tensor with a vocabulary-sized last dim (the (d, V) weight view excluded)."""
+
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(o, torch.Tensor) and o.dim() >= 1 and o.shape[-1] == vocab:
+                    if tuple(o.shape) != (d, vocab):
+                        self.largest = max(self.largest, o.numel())
+            return out
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(M.tiny_config(vocab, hidden_size=d))
+    ids = torch.randint(4, vocab, (4, 12))
+    mask = torch.ones_like(ids)
+    with LargestLogits() as rec:
+        lp, ent = M.token_logprobs(model, ids, mask, chunk_size=6, return_entropy=True)
+        (lp.sum() + ent.sum()).backward()
+    assert rec.largest == 6 * vocab  # one chunk, in forward and in backward
+    with LargestLogits() as rec:  # the naive computation does materialise (B, T, V)
+        model(input_ids=ids).logits.log_softmax(-1).sum().backward()
+    assert rec.largest >= 4 * 11 * vocab
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        M.token_logprobs(model, ids, mask, chunk_size=0)
+
+
 def test_token_logprobs_bf16_autocast(policy):
     gen = torch.Generator().manual_seed(4)
     ids, mask = _random_batch(gen)

@@ -415,6 +415,8 @@ def token_logprobs(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for logprobs, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 tokens or None, got {chunk_size}")
     if isinstance(model, ReferenceModel):
         with model.adapters_disabled() as inner:
             return token_logprobs(
