@@ -7,6 +7,15 @@
 //! Rules: one error enum ([`CoreError`]), no panics on user input, statistics accumulated in
 //! f64, rayon across rows or groups only so results are bit-identical for any thread count.
 
+pub mod buffer;
+pub mod buffer_stats;
 pub mod error;
+pub mod gae;
+pub mod layout;
+pub mod materialize;
+pub mod partition;
+pub mod plan;
+pub mod returns;
 
 pub use error::{CoreError, Result};
+pub use layout::{Float, Layout, MaskValue};

@@ -14,11 +14,21 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rlhf_core_kernels::CoreError;
 
-pyo3::create_exception!(_core, RlhfCoreError, pyo3::exceptions::PyException, "Base class of every error raised by rlhf_core's Rust core.");
+pyo3::create_exception!(
+    rlhf_core._core,
+    RlhfCoreError,
+    pyo3::exceptions::PyException,
+    "Base class of every error raised by rlhf_core's Rust core."
+);
 
 /// Create `name` as a subclass of both `RlhfCoreError` and `builtin`, so users can catch
 /// either the library's hierarchy or the familiar builtin.
-fn make_sub(py: Python<'_>, name: &str, builtin: &Bound<'_, PyAny>, doc: &str) -> PyResult<Py<PyAny>> {
+fn make_sub(
+    py: Python<'_>,
+    name: &str,
+    builtin: &Bound<'_, PyAny>,
+    doc: &str,
+) -> PyResult<Py<PyAny>> {
     let base = py.get_type::<RlhfCoreError>();
     let bases = PyTuple::new(py, [base.as_any(), builtin])?;
     let dict = pyo3::types::PyDict::new(py);
@@ -42,16 +52,54 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let ke = b.getattr("KeyError")?;
     let subs = [
         make_sub(py, "ShapeError", &ve, "Array lengths or shapes disagree.")?,
-        make_sub(py, "DtypeError", &te, "An array has an unsupported element type.")?,
-        make_sub(py, "OffsetsError", &ve, "offsets are not a valid ragged layout.")?,
-        make_sub(py, "InvalidOptionError", &ve, "An option string or scalar is outside its allowed set or range.")?,
-        make_sub(py, "CapacityError", &ve, "A sequence does not fit a token budget or pack capacity.")?,
-        make_sub(py, "FieldError", &ke, "Unknown, missing or conflicting named field.")?,
-        make_sub(py, "StateError", &ve, "Serialized state cannot be restored.")?,
+        make_sub(
+            py,
+            "DtypeError",
+            &te,
+            "An array has an unsupported element type.",
+        )?,
+        make_sub(
+            py,
+            "OffsetsError",
+            &ve,
+            "offsets are not a valid ragged layout.",
+        )?,
+        make_sub(
+            py,
+            "InvalidOptionError",
+            &ve,
+            "An option string or scalar is outside its allowed set or range.",
+        )?,
+        make_sub(
+            py,
+            "CapacityError",
+            &ve,
+            "A sequence does not fit a token budget or pack capacity.",
+        )?,
+        make_sub(
+            py,
+            "FieldError",
+            &ke,
+            "Unknown, missing or conflicting named field.",
+        )?,
+        make_sub(
+            py,
+            "StateError",
+            &ve,
+            "Serialized state cannot be restored.",
+        )?,
     ];
-    for (name, s) in ["ShapeError", "DtypeError", "OffsetsError", "InvalidOptionError", "CapacityError", "FieldError", "StateError"]
-        .iter()
-        .zip(subs.iter())
+    for (name, s) in [
+        "ShapeError",
+        "DtypeError",
+        "OffsetsError",
+        "InvalidOptionError",
+        "CapacityError",
+        "FieldError",
+        "StateError",
+    ]
+    .iter()
+    .zip(subs.iter())
     {
         m.add(*name, s.clone_ref(py))?;
     }
@@ -78,6 +126,11 @@ pub fn to_py(e: CoreError) -> PyErr {
         },
         None => RlhfCoreError::new_err(msg),
     })
+}
+
+/// An unexpected internal failure (a caught panic), as the base `RlhfCoreError`.
+pub fn internal_error(msg: String) -> PyErr {
+    RlhfCoreError::new_err(msg)
 }
 
 /// `?`-friendly conversion: `core_fn(..).map_err(to_py)?` or `.py()?`.
