@@ -399,6 +399,12 @@ def test_lora_reference_disables_adapters(tok):
     assert pol_lp.requires_grad and not ref_lp.requires_grad
     # the policy's adapters are active again after the reference ran
     torch.testing.assert_close(M.token_logprobs(policy, ids), pol_lp)
+    from rlhf_core.generation import generate
+
+    base_copy = M.build_builtin_policy(tok, seed=0)
+    g_ref = generate(ref, tok, ["abc"], max_new_tokens=6, temperature=0)
+    g_base = generate(base_copy, tok, ["abc"], max_new_tokens=6, temperature=0)
+    assert g_ref.response_ids[0].tolist() == g_base.response_ids[0].tolist()
     with pytest.raises(ValueError, match="r \\(LoRA rank\\)"):
         M.apply_lora(M.build_builtin_policy(tok), r=0)
 
