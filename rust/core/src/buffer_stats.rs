@@ -1,0 +1,138 @@
+//! Summary statistics of a [`RolloutBuffer`](crate::buffer::RolloutBuffer), for logging.
+//!
+//! Names (present only when the data they need is held):
+//! - `num_sequences`, `num_response_tokens`, `num_prompt_tokens`, `nbytes`;
+//! - `response_length/{mean,std,min,max}`, `prompt_length/{mean,std,min,max}`;
+//! - `truncated/frac` (fraction of sequences flagged truncated);
+//! - `scores/{mean,std,min,max}` over the non-NaN scores, `scores/num_nan`;
+//! - `groups/num_groups`, `groups/num_singleton` (groups of one sequence),
+//!   `groups/frac_zero_std`: among groups of two or more sequences, the fraction whose non-NaN
+//!   scores are all equal (fewer than two non-NaN scores counts as zero spread): these groups
+//!   give no GRPO/RLOO learning signal;
+//! - `advantages/{mean,std,min,max}` (over tokens or sequences, as stored), `returns/{mean,std}`.
+//!
+//! Standard deviations are population (ddof = 0), accumulated in f64 with two passes.
+
+use crate::buffer::{Column, RolloutBuffer, Slice};
+
+struct Moments {
+    mean: f64,
+    std: f64,
+    min: f64,
+    max: f64,
+}
+
+fn moments(n: usize, get: impl Fn(usize) -> f64) -> Option<Moments> {
+    let mut count = 0usize;
+    let mut sum = 0.0f64;
+    let mut min = f64::INFINITY;
+    let mut max = f64::NEG_INFINITY;
+    for i in 0..n {
+        let x = get(i);
+        if x.is_nan() {
+            continue;
+        }
+        count += 1;
+        sum += x;
+        min = min.min(x);
+        max = max.max(x);
+    }
+    if count == 0 {
+        return None;
+    }
+    let mean = sum / count as f64;
+    let mut ss = 0.0f64;
+    for i in 0..n {
+        let x = get(i);
+        if !x.is_nan() {
+            ss += (x - mean) * (x - mean);
+        }
+    }
+    Some(Moments { mean, std: (ss / count as f64).sqrt(), min, max })
+}
+
+fn push_moments(out: &mut Vec<(String, f64)>, prefix: &str, m: Option<Moments>, with_range: bool) {
+    if let Some(m) = m {
+        out.push((format!("{prefix}/mean"), m.mean));
+        out.push((format!("{prefix}/std"), m.std));
+        if with_range {
+            out.push((format!("{prefix}/min"), m.min));
+            out.push((format!("{prefix}/max"), m.max));
+        }
+    }
+}
+
+fn column_moments(c: &Column) -> Option<Moments> {
+    let s = c.as_slice();
+    moments(s.len(), |i| s.get_f64(i))
+}
+
+/// Group ids as i64 (None when the column is not an integer column).
+fn group_ids(c: &Column) -> Option<Vec<i64>> {
+    match c.as_slice() {
+        Slice::I32(v) => Some(v.iter().map(|&x| x as i64).collect()),
+        Slice::I64(v) => Some(v.to_vec()),
+        _ => None,
+    }
+}
+
+pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
+    let n = buf.len();
+    let mut out: Vec<(String, f64)> = vec![
+        ("num_sequences".into(), n as f64),
+        ("num_response_tokens".into(), buf.num_response_tokens() as f64),
+        ("num_prompt_tokens".into(), buf.num_prompt_tokens() as f64),
+        ("nbytes".into(), buf.nbytes() as f64),
+    ];
+    if n == 0 {
+        return out;
+    }
+    push_moments(&mut out, "response_length", moments(n, |i| buf.response_len(i) as f64), true);
+    push_moments(&mut out, "prompt_length", moments(n, |i| buf.prompt_len(i) as f64), true);
+    if let Some(Column::Bool(t)) = buf.seq_field("truncated") {
+        out.push(("truncated/frac".into(), t.iter().filter(|&&b| b).count() as f64 / n as f64));
+    }
+    let scores = buf.seq_field("scores");
+    if let Some(s) = scores {
+        let sl = s.as_slice();
+        let nan = (0..n).filter(|&i| sl.get_f64(i).is_nan()).count();
+        push_moments(&mut out, "scores", column_moments(s), true);
+        out.push(("scores/num_nan".into(), nan as f64));
+    }
+    if let (Some(s), Some(g)) = (scores, buf.seq_field("group_ids").and_then(group_ids)) {
+        let sl = s.as_slice();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (g[i], i));
+        let (mut groups, mut singletons, mut multi, mut zero) = (0usize, 0usize, 0usize, 0usize);
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            while end < n && g[order[end]] == g[order[start]] {
+                end += 1;
+            }
+            groups += 1;
+            if end - start == 1 {
+                singletons += 1;
+            } else {
+                multi += 1;
+                let vals: Vec<f64> = order[start..end].iter().map(|&i| sl.get_f64(i)).filter(|x| !x.is_nan()).collect();
+                if vals.len() < 2 || vals.iter().all(|&x| x == vals[0]) {
+                    zero += 1;
+                }
+            }
+            start = end;
+        }
+        out.push(("groups/num_groups".into(), groups as f64));
+        out.push(("groups/num_singleton".into(), singletons as f64));
+        if multi > 0 {
+            out.push(("groups/frac_zero_std".into(), zero as f64 / multi as f64));
+        }
+    }
+    if let Some(c) = buf.computed() {
+        push_moments(&mut out, "advantages", column_moments(c.advantages.column()), true);
+        if let Some(r) = &c.returns {
+            push_moments(&mut out, "returns", column_moments(r), false);
+        }
+    }
+    out
+}
