@@ -149,7 +149,8 @@ def generate(
     """Sample ``num_samples`` completions for each prompt.
 
     Args:
-        model: an HF causal LM (or peft model / :class:`rlhf_core.models.ReferenceModel`).
+        model: an HF causal LM (or peft model / :class:`rlhf_core.models.ReferenceModel`;
+            DDP wrappers are unwrapped).
         tokenizer: its tokenizer (pad and EOS ids; decoding).
         prompts: token-id lists (used as given) or strings (encoded with special tokens).
         num_samples: samples per prompt (G for group methods); rows are prompt-major.
@@ -190,6 +191,8 @@ def generate(
 
     from transformers import GenerationConfig
 
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module  # sampling needs no gradient sync
     device = _device_of(model)
     base_prompts = _encode_prompts(tokenizer, prompts)
     rows = [p for p in base_prompts for _ in range(num_samples)]  # prompt-major

@@ -456,9 +456,11 @@ def token_logprobs(
         step = chunk_size or max(1, DEFAULT_CHUNK_ELEMENTS // max(vocab, 1))
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, flat_idx)  # (N, d)
         fn = _head_chunk(head, temperature, return_entropy)
+        # One chunk is already bounded by the chunk size: recomputing it buys nothing.
+        recompute = grad and h.requires_grad and h.shape[0] > step
         for s in range(0, h.shape[0], step):
             hc, tc = h[s : s + step], targets[s : s + step]
-            if grad and hc.requires_grad:
+            if recompute:
                 from torch.utils.checkpoint import checkpoint
 
                 res = checkpoint(fn, hc, tc, use_reentrant=False)
@@ -591,7 +593,7 @@ def apply_lora(
         target_modules = list(target_modules)
     cfg = LoraConfig(
         r=int(r),
-        lora_alpha=float(alpha),
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
         target_modules=target_modules,
         lora_dropout=float(dropout),
         task_type="CAUSAL_LM",
