@@ -405,8 +405,19 @@ def test_lora_reference_disables_adapters(tok):
     g_ref = generate(ref, tok, ["abc"], max_new_tokens=6, temperature=0)
     g_base = generate(base_copy, tok, ["abc"], max_new_tokens=6, temperature=0)
     assert g_ref.response_ids[0].tolist() == g_base.response_ids[0].tolist()
+    # a reward model from a LoRA policy gets a plain body with the adapters merged in
+    rm = M.RewardModel.from_policy(policy)
+    assert not any("lora" in n for n, _ in rm.named_parameters())
+    assert _is_lora(policy)
+    with torch.no_grad():
+        merged_hidden = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        torch.testing.assert_close(rm.hidden_states(ids), merged_hidden, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="r \\(LoRA rank\\)"):
         M.apply_lora(M.build_builtin_policy(tok), r=0)
+
+
+def _is_lora(model):
+    return any("lora_" in n for n, _ in model.named_parameters())
 
 
 def test_last_token_index():

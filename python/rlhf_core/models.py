@@ -762,8 +762,13 @@ class _ScalarHeadModel(nn.Module):
     @classmethod
     def from_policy(cls, policy: nn.Module, *, seed: int | None = 0) -> Any:
         """A new model whose body is a deep copy of the policy's transformer body (no LM head)
-        and whose head is freshly initialised (normal, std ``1/sqrt(d+1)``, zero bias)."""
-        body = copy.deepcopy(_body_of(policy))
+        and whose head is freshly initialised (normal, std ``1/sqrt(d+1)``, zero bias).
+        A LoRA policy's adapters are merged into the copied weights (the policy is untouched)."""
+        m: Any = _unwrap_parallel(policy)
+        if _is_peft(m):  # fold the adapters into a copy: the body is a plain model
+            body = copy.deepcopy(m).merge_and_unload().base_model
+        else:
+            body = copy.deepcopy(_body_of(m))
         body.requires_grad_(True)
         return cls(body, seed=seed)
 
