@@ -73,6 +73,20 @@ def test_builtin_tokenizer_chat_template(tok):
     assert tok.convert_tokens_to_ids("<|assistant|>") in ids
 
 
+def test_shipped_tokenizer_matches_build_script(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "build_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("build_tokenizer", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.build(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shipped = (M.BUILTIN_TOKENIZER_DIR / name).read_text()
+        assert (tmp_path / name).read_text() == shipped, f"{name} is stale: rerun the script"
+
+
 def test_load_tokenizer_missing_path():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         M.load_tokenizer("/nonexistent/tokenizer")
