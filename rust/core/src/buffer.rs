@@ -109,7 +109,6 @@ macro_rules! each_column {
     };
 }
 
-
 impl<'a> Slice<'a> {
     pub fn len(&self) -> usize {
         each_slice!(self, v => v.len())
@@ -245,7 +244,12 @@ impl Column {
 
     /// Append `segments` (start, len) of `src` in order. `src` must have this column's dtype
     /// (checked by the caller's validation; a mismatch is reported, never a panic).
-    fn extend_segments(&mut self, src: Slice<'_>, segments: &[(usize, usize)], contiguous: bool) -> Result<()> {
+    fn extend_segments(
+        &mut self,
+        src: Slice<'_>,
+        segments: &[(usize, usize)],
+        contiguous: bool,
+    ) -> Result<()> {
         macro_rules! ext {
             ($dst:ident, $s:ident) => {{
                 if contiguous {
@@ -307,11 +311,20 @@ impl Column {
 #[derive(Debug, Clone, Copy)]
 pub enum TokenInput<'a> {
     /// Values of all sequences concatenated, with one length per sequence.
-    Ragged { values: Slice<'a>, lengths: &'a [i64] },
+    Ragged {
+        values: Slice<'a>,
+        lengths: &'a [i64],
+    },
     /// A `(rows, cols)` C-order array and a mask of shape `mask_shape` that must equal
     /// `(rows, cols)`. Each mask row must be one contiguous run of ones (right padding, left
     /// padding or both); the run gives the sequence's tokens. Mask values must be 0 or 1.
-    Padded { values: Slice<'a>, rows: usize, cols: usize, mask: Slice<'a>, mask_shape: (usize, usize) },
+    Padded {
+        values: Slice<'a>,
+        rows: usize,
+        cols: usize,
+        mask: Slice<'a>,
+        mask_shape: (usize, usize),
+    },
 }
 
 impl TokenInput<'_> {
@@ -391,7 +404,9 @@ fn dtype_list(ds: &[DType]) -> String {
 pub fn check_field_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let ok = match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+            chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
         _ => false,
     };
     if !ok {
@@ -479,7 +494,9 @@ fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
             let mut start = 0usize;
             for (i, &l) in lengths.iter().enumerate() {
                 if l < 0 {
-                    return Err(CoreError::shape(format!("{name}: sequence {i} has negative length {l}")));
+                    return Err(CoreError::shape(format!(
+                        "{name}: sequence {i} has negative length {l}"
+                    )));
                 }
                 segments.push((start, l as usize));
                 start += l as usize;
@@ -490,9 +507,18 @@ fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
                     values.len()
                 )));
             }
-            Ok(Resolved { segments, contiguous: true })
+            Ok(Resolved {
+                segments,
+                contiguous: true,
+            })
         }
-        TokenInput::Padded { values, rows, cols, mask, mask_shape } => {
+        TokenInput::Padded {
+            values,
+            rows,
+            cols,
+            mask,
+            mask_shape,
+        } => {
             if values.len() != rows * cols {
                 return Err(CoreError::shape(format!(
                     "{name}: a ({rows}, {cols}) array needs {} values, got {}",
@@ -534,7 +560,10 @@ fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
                     None => segments.push((base, 0)),
                 }
             }
-            Ok(Resolved { segments, contiguous: false })
+            Ok(Resolved {
+                segments,
+                contiguous: false,
+            })
         }
     }
 }
@@ -633,11 +662,17 @@ impl RolloutBuffer {
     }
 
     pub fn token_field(&self, name: &str) -> Option<&Column> {
-        self.token_fields.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+        self.token_fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
     }
 
     pub fn seq_field(&self, name: &str) -> Option<&Column> {
-        self.seq_fields.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+        self.seq_fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
     }
 
     pub fn computed(&self) -> Option<&Computed> {
@@ -658,15 +693,25 @@ impl RolloutBuffer {
 
     /// Prompt + response length of every sequence (the width each needs in `input_ids`).
     pub fn total_lengths(&self) -> Vec<u64> {
-        (0..self.len()).map(|i| (self.prompt_len(i) + self.response_len(i)) as u64).collect()
+        (0..self.len())
+            .map(|i| (self.prompt_len(i) + self.response_len(i)) as u64)
+            .collect()
     }
 
     /// Bytes of the values held (offsets included).
     pub fn nbytes(&self) -> usize {
         let mut b = (self.prompt_offsets.len() + self.response_offsets.len()) * 8;
         b += self.prompt_ids.as_ref().map_or(0, Column::nbytes);
-        b += self.token_fields.iter().map(|(_, c)| c.nbytes()).sum::<usize>();
-        b += self.seq_fields.iter().map(|(_, c)| c.nbytes()).sum::<usize>();
+        b += self
+            .token_fields
+            .iter()
+            .map(|(_, c)| c.nbytes())
+            .sum::<usize>();
+        b += self
+            .seq_fields
+            .iter()
+            .map(|(_, c)| c.nbytes())
+            .sum::<usize>();
         if let Some(c) = &self.computed {
             b += c.advantages.column().nbytes() + c.returns.as_ref().map_or(0, Column::nbytes);
         }
@@ -677,10 +722,19 @@ impl RolloutBuffer {
     pub fn capacity_bytes(&self) -> usize {
         let mut b = (self.prompt_offsets.capacity() + self.response_offsets.capacity()) * 8;
         b += self.prompt_ids.as_ref().map_or(0, Column::capacity_bytes);
-        b += self.token_fields.iter().map(|(_, c)| c.capacity_bytes()).sum::<usize>();
-        b += self.seq_fields.iter().map(|(_, c)| c.capacity_bytes()).sum::<usize>();
+        b += self
+            .token_fields
+            .iter()
+            .map(|(_, c)| c.capacity_bytes())
+            .sum::<usize>();
+        b += self
+            .seq_fields
+            .iter()
+            .map(|(_, c)| c.capacity_bytes())
+            .sum::<usize>();
         if let Some(c) = &self.computed {
-            b += c.advantages.column().capacity_bytes() + c.returns.as_ref().map_or(0, Column::capacity_bytes);
+            b += c.advantages.column().capacity_bytes()
+                + c.returns.as_ref().map_or(0, Column::capacity_bytes);
         }
         b
     }
@@ -708,7 +762,11 @@ impl RolloutBuffer {
         if let Some(p) = &mut self.prompt_ids {
             p.shrink_to_fit();
         }
-        for (_, c) in self.token_fields.iter_mut().chain(self.seq_fields.iter_mut()) {
+        for (_, c) in self
+            .token_fields
+            .iter_mut()
+            .chain(self.seq_fields.iter_mut())
+        {
             c.shrink_to_fit();
         }
     }
@@ -720,7 +778,11 @@ impl RolloutBuffer {
         if let Some(p) = &mut self.prompt_ids {
             p.clear();
         }
-        for (_, c) in self.token_fields.iter_mut().chain(self.seq_fields.iter_mut()) {
+        for (_, c) in self
+            .token_fields
+            .iter_mut()
+            .chain(self.seq_fields.iter_mut())
+        {
             c.clear();
         }
         self.computed = None;
@@ -862,7 +924,11 @@ impl RolloutBuffer {
             (t_order, s_order)
         } else {
             // First add: response_ids first, then the given order.
-            let r = batch.token_fields.iter().position(|(n, _)| n == "response_ids").unwrap_or(0);
+            let r = batch
+                .token_fields
+                .iter()
+                .position(|(n, _)| n == "response_ids")
+                .unwrap_or(0);
             let mut t_order = vec![r];
             t_order.extend((0..batch.token_fields.len()).filter(|&j| j != r));
             (t_order, (0..batch.seq_fields.len()).collect())
@@ -918,10 +984,21 @@ impl RolloutBuffer {
         }
         let total_p: usize = prompt.segments.iter().map(|&(_, l)| l).sum();
         let total_r: usize = response_lengths.iter().sum();
-        if self.num_prompt_tokens() + total_p > i64::MAX as usize || self.num_response_tokens() + total_r > i64::MAX as usize {
-            return Err(CoreError::capacity("the buffer would hold more than 2^63 tokens"));
+        if self.num_prompt_tokens() + total_p > i64::MAX as usize
+            || self.num_response_tokens() + total_r > i64::MAX as usize
+        {
+            return Err(CoreError::capacity(
+                "the buffer would hold more than 2^63 tokens",
+            ));
         }
-        Ok(AddPlan { n, prompt, token_order, token_resolved, seq_order, response_lengths })
+        Ok(AddPlan {
+            n,
+            prompt,
+            token_order,
+            token_resolved,
+            seq_order,
+            response_lengths,
+        })
     }
 
     fn append(&mut self, batch: &AddBatch<'_>, plan: AddPlan) -> Result<()> {
@@ -930,12 +1007,22 @@ impl RolloutBuffer {
             self.token_fields = plan
                 .token_order
                 .iter()
-                .map(|&j| (batch.token_fields[j].0.clone(), Column::empty(batch.token_fields[j].1.dtype())))
+                .map(|&j| {
+                    (
+                        batch.token_fields[j].0.clone(),
+                        Column::empty(batch.token_fields[j].1.dtype()),
+                    )
+                })
                 .collect();
             self.seq_fields = plan
                 .seq_order
                 .iter()
-                .map(|&j| (batch.seq_fields[j].0.clone(), Column::empty(batch.seq_fields[j].1.dtype())))
+                .map(|&j| {
+                    (
+                        batch.seq_fields[j].0.clone(),
+                        Column::empty(batch.seq_fields[j].1.dtype()),
+                    )
+                })
                 .collect();
         }
         grow(&mut self.prompt_offsets, plan.n);
@@ -951,10 +1038,23 @@ impl RolloutBuffer {
             self.response_offsets.push(r);
         }
         if let Some(col) = &mut self.prompt_ids {
-            col.extend_segments(batch.prompt_ids.values(), &plan.prompt.segments, plan.prompt.contiguous)?;
+            col.extend_segments(
+                batch.prompt_ids.values(),
+                &plan.prompt.segments,
+                plan.prompt.contiguous,
+            )?;
         }
-        for ((slot, &j), res) in self.token_fields.iter_mut().zip(&plan.token_order).zip(&plan.token_resolved) {
-            slot.1.extend_segments(batch.token_fields[j].1.values(), &res.segments, res.contiguous)?;
+        for ((slot, &j), res) in self
+            .token_fields
+            .iter_mut()
+            .zip(&plan.token_order)
+            .zip(&plan.token_resolved)
+        {
+            slot.1.extend_segments(
+                batch.token_fields[j].1.values(),
+                &res.segments,
+                res.contiguous,
+            )?;
         }
         for (slot, &j) in self.seq_fields.iter_mut().zip(&plan.seq_order) {
             let v = batch.seq_fields[j].1;
@@ -966,21 +1066,35 @@ impl RolloutBuffer {
     }
 
     /// Store the results of an advantage estimator (checked: lengths and float dtype).
-    pub fn set_advantages(&mut self, estimator: &str, advantages: Advantages, returns: Option<Column>) -> Result<()> {
+    pub fn set_advantages(
+        &mut self,
+        estimator: &str,
+        advantages: Advantages,
+        returns: Option<Column>,
+    ) -> Result<()> {
         let (level, want) = match &advantages {
             Advantages::Token(_) => ("per-token", self.num_response_tokens()),
             Advantages::Sequence(_) => ("per-sequence", self.len()),
         };
         let col = advantages.column();
         if !col.dtype().is_float() {
-            return Err(CoreError::dtype(format!("advantages must be float32 or float64, got {}", col.dtype().name())));
+            return Err(CoreError::dtype(format!(
+                "advantages must be float32 or float64, got {}",
+                col.dtype().name()
+            )));
         }
         if col.len() != want {
-            return Err(CoreError::shape(format!("{level} advantages: expected {want} values, got {}", col.len())));
+            return Err(CoreError::shape(format!(
+                "{level} advantages: expected {want} values, got {}",
+                col.len()
+            )));
         }
         if let Some(r) = &returns {
             if !r.dtype().is_float() {
-                return Err(CoreError::dtype(format!("returns must be float32 or float64, got {}", r.dtype().name())));
+                return Err(CoreError::dtype(format!(
+                    "returns must be float32 or float64, got {}",
+                    r.dtype().name()
+                )));
             }
             if r.len() != self.num_response_tokens() {
                 return Err(CoreError::shape(format!(
@@ -990,7 +1104,11 @@ impl RolloutBuffer {
                 )));
             }
         }
-        self.computed = Some(Computed { estimator: estimator.to_string(), advantages, returns });
+        self.computed = Some(Computed {
+            estimator: estimator.to_string(),
+            advantages,
+            returns,
+        });
         Ok(())
     }
 
@@ -1016,10 +1134,15 @@ impl RolloutBuffer {
     pub fn from_parts(parts: BufferParts) -> Result<RolloutBuffer> {
         let st = |m: String| CoreError::state(m);
         if !parts.float_dtype.is_float() {
-            return Err(st(format!("float_dtype must be float32 or float64, got {}", parts.float_dtype.name())));
+            return Err(st(format!(
+                "float_dtype must be float32 or float64, got {}",
+                parts.float_dtype.name()
+            )));
         }
-        check_offsets("prompt_offsets", &parts.prompt_offsets).map_err(|e| st(e.message().to_string()))?;
-        check_offsets("response_offsets", &parts.response_offsets).map_err(|e| st(e.message().to_string()))?;
+        check_offsets("prompt_offsets", &parts.prompt_offsets)
+            .map_err(|e| st(e.message().to_string()))?;
+        check_offsets("response_offsets", &parts.response_offsets)
+            .map_err(|e| st(e.message().to_string()))?;
         if parts.prompt_offsets.len() != parts.response_offsets.len() {
             return Err(st(format!(
                 "prompt_offsets has {} entries, response_offsets has {}",
@@ -1032,16 +1155,28 @@ impl RolloutBuffer {
         let n_r = *parts.response_offsets.last().unwrap_or(&0) as usize;
         match &parts.prompt_ids {
             None => {
-                if n != 0 || !parts.token_fields.is_empty() || !parts.seq_fields.is_empty() || parts.computed.is_some() {
-                    return Err(st("a buffer without prompt_ids (no schema) must be empty".into()));
+                if n != 0
+                    || !parts.token_fields.is_empty()
+                    || !parts.seq_fields.is_empty()
+                    || parts.computed.is_some()
+                {
+                    return Err(st(
+                        "a buffer without prompt_ids (no schema) must be empty".into()
+                    ));
                 }
             }
             Some(p) => {
                 if !p.dtype().is_int() {
-                    return Err(st(format!("prompt_ids must be int32 or int64, got {}", p.dtype().name())));
+                    return Err(st(format!(
+                        "prompt_ids must be int32 or int64, got {}",
+                        p.dtype().name()
+                    )));
                 }
                 if p.len() != n_p {
-                    return Err(st(format!("prompt_ids has {} values, prompt_offsets end at {n_p}", p.len())));
+                    return Err(st(format!(
+                        "prompt_ids has {} values, prompt_offsets end at {n_p}",
+                        p.len()
+                    )));
                 }
                 for i in 0..n {
                     if parts.prompt_offsets[i + 1] == parts.prompt_offsets[i] {
@@ -1062,18 +1197,27 @@ impl RolloutBuffer {
             seen.push(name);
             match known_dtypes(KNOWN_TOKEN_FIELDS, name) {
                 Some(allowed) if !allowed.contains(&col.dtype()) => {
-                    return Err(st(format!("{name} must be {}, got {}", dtype_list(allowed), col.dtype().name())))
+                    return Err(st(format!(
+                        "{name} must be {}, got {}",
+                        dtype_list(allowed),
+                        col.dtype().name()
+                    )))
                 }
                 Some(_) => {}
                 None => {
                     if known_dtypes(KNOWN_SEQ_FIELDS, name).is_some() {
-                        return Err(st(format!("{name:?} is a per-sequence field, found among per-token fields")));
+                        return Err(st(format!(
+                            "{name:?} is a per-sequence field, found among per-token fields"
+                        )));
                     }
                     check_field_name(name).map_err(|e| st(e.message().to_string()))?
                 }
             }
             if col.len() != n_r {
-                return Err(st(format!("{name} has {} values, response_offsets end at {n_r}", col.len())));
+                return Err(st(format!(
+                    "{name} has {} values, response_offsets end at {n_r}",
+                    col.len()
+                )));
             }
         }
         for (name, col) in &parts.seq_fields {
@@ -1083,18 +1227,27 @@ impl RolloutBuffer {
             seen.push(name);
             match known_dtypes(KNOWN_SEQ_FIELDS, name) {
                 Some(allowed) if !allowed.contains(&col.dtype()) => {
-                    return Err(st(format!("{name} must be {}, got {}", dtype_list(allowed), col.dtype().name())))
+                    return Err(st(format!(
+                        "{name} must be {}, got {}",
+                        dtype_list(allowed),
+                        col.dtype().name()
+                    )))
                 }
                 Some(_) => {}
                 None => {
                     if known_dtypes(KNOWN_TOKEN_FIELDS, name).is_some() {
-                        return Err(st(format!("{name:?} is a per-token field, found among per-sequence fields")));
+                        return Err(st(format!(
+                            "{name:?} is a per-token field, found among per-sequence fields"
+                        )));
                     }
                     check_field_name(name).map_err(|e| st(e.message().to_string()))?
                 }
             }
             if col.len() != n {
-                return Err(st(format!("{name} has {} values, the buffer holds {n} sequences", col.len())));
+                return Err(st(format!(
+                    "{name} has {} values, the buffer holds {n} sequences",
+                    col.len()
+                )));
             }
         }
         let mut buf = RolloutBuffer {
@@ -1108,7 +1261,8 @@ impl RolloutBuffer {
             version: 0,
         };
         if let Some(c) = parts.computed {
-            buf.set_advantages(&c.estimator, c.advantages, c.returns).map_err(|e| st(e.message().to_string()))?;
+            buf.set_advantages(&c.estimator, c.advantages, c.returns)
+                .map_err(|e| st(e.message().to_string()))?;
         }
         Ok(buf)
     }
@@ -1130,8 +1284,16 @@ impl RolloutBuffer {
 /// Check a ragged offsets array: N+1 entries, starting at 0, non-decreasing.
 pub fn check_offsets(name: &str, offsets: &[i64]) -> Result<()> {
     match offsets.first() {
-        None => return Err(CoreError::offsets(format!("{name} is empty; it needs N+1 entries starting at 0"))),
-        Some(&f) if f != 0 => return Err(CoreError::offsets(format!("{name}[0] is {f}; it must be 0"))),
+        None => {
+            return Err(CoreError::offsets(format!(
+                "{name} is empty; it needs N+1 entries starting at 0"
+            )))
+        }
+        Some(&f) if f != 0 => {
+            return Err(CoreError::offsets(format!(
+                "{name}[0] is {f}; it must be 0"
+            )))
+        }
         _ => {}
     }
     for i in 1..offsets.len() {

@@ -48,7 +48,12 @@ fn moments(n: usize, get: impl Fn(usize) -> f64) -> Option<Moments> {
             ss += (x - mean) * (x - mean);
         }
     }
-    Some(Moments { mean, std: (ss / count as f64).sqrt(), min, max })
+    Some(Moments {
+        mean,
+        std: (ss / count as f64).sqrt(),
+        min,
+        max,
+    })
 }
 
 fn push_moments(out: &mut Vec<(String, f64)>, prefix: &str, m: Option<Moments>, with_range: bool) {
@@ -80,17 +85,33 @@ pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
     let n = buf.len();
     let mut out: Vec<(String, f64)> = vec![
         ("num_sequences".into(), n as f64),
-        ("num_response_tokens".into(), buf.num_response_tokens() as f64),
+        (
+            "num_response_tokens".into(),
+            buf.num_response_tokens() as f64,
+        ),
         ("num_prompt_tokens".into(), buf.num_prompt_tokens() as f64),
         ("nbytes".into(), buf.nbytes() as f64),
     ];
     if n == 0 {
         return out;
     }
-    push_moments(&mut out, "response_length", moments(n, |i| buf.response_len(i) as f64), true);
-    push_moments(&mut out, "prompt_length", moments(n, |i| buf.prompt_len(i) as f64), true);
+    push_moments(
+        &mut out,
+        "response_length",
+        moments(n, |i| buf.response_len(i) as f64),
+        true,
+    );
+    push_moments(
+        &mut out,
+        "prompt_length",
+        moments(n, |i| buf.prompt_len(i) as f64),
+        true,
+    );
     if let Some(Column::Bool(t)) = buf.seq_field("truncated") {
-        out.push(("truncated/frac".into(), t.iter().filter(|&&b| b).count() as f64 / n as f64));
+        out.push((
+            "truncated/frac".into(),
+            t.iter().filter(|&&b| b).count() as f64 / n as f64,
+        ));
     }
     let scores = buf.seq_field("scores");
     if let Some(s) = scores {
@@ -115,7 +136,11 @@ pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
                 singletons += 1;
             } else {
                 multi += 1;
-                let vals: Vec<f64> = order[start..end].iter().map(|&i| sl.get_f64(i)).filter(|x| !x.is_nan()).collect();
+                let vals: Vec<f64> = order[start..end]
+                    .iter()
+                    .map(|&i| sl.get_f64(i))
+                    .filter(|x| !x.is_nan())
+                    .collect();
                 if vals.len() < 2 || vals.iter().all(|&x| x == vals[0]) {
                     zero += 1;
                 }
@@ -129,7 +154,12 @@ pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
         }
     }
     if let Some(c) = buf.computed() {
-        push_moments(&mut out, "advantages", column_moments(c.advantages.column()), true);
+        push_moments(
+            &mut out,
+            "advantages",
+            column_moments(c.advantages.column()),
+            true,
+        );
         if let Some(r) = &c.returns {
             push_moments(&mut out, "returns", column_moments(r), false);
         }

@@ -72,7 +72,10 @@ pub struct MaterializeOptions {
 
 impl Default for MaterializeOptions {
     fn default() -> Self {
-        MaterializeOptions { pad_token_id: 0, pad_to_multiple_of: 1 }
+        MaterializeOptions {
+            pad_token_id: 0,
+            pad_to_multiple_of: 1,
+        }
     }
 }
 
@@ -112,7 +115,11 @@ where
     }
     if pieces.len() >= 2 && work >= PAR_MIN_WORK && parallel_enabled() {
         let min_len = (pieces.len() * 8192 / work.max(1)).max(1);
-        pieces.into_par_iter().enumerate().with_min_len(min_len).for_each(|(r, p)| f(r, p));
+        pieces
+            .into_par_iter()
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(r, p)| f(r, p));
     } else {
         pieces.into_iter().enumerate().for_each(|(r, p)| f(r, p));
     }
@@ -137,17 +144,23 @@ struct Placement {
 
 impl Placement {
     fn token_segs(&self) -> Vec<(usize, usize)> {
-        (0..self.seqs.len()).map(|r| (self.token_start[r], self.prompt[r] + self.response[r])).collect()
+        (0..self.seqs.len())
+            .map(|r| (self.token_start[r], self.prompt[r] + self.response[r]))
+            .collect()
     }
 
     fn next_segs(&self) -> Vec<(usize, usize)> {
-        (0..self.seqs.len()).map(|r| (self.next_start[r], self.response[r])).collect()
+        (0..self.seqs.len())
+            .map(|r| (self.next_start[r], self.response[r]))
+            .collect()
     }
 }
 
 fn check_indices(buf: &RolloutBuffer, idx: &[usize]) -> Result<()> {
     if idx.is_empty() {
-        return Err(CoreError::shape("a batch needs at least one sequence; got an empty index list"));
+        return Err(CoreError::shape(
+            "a batch needs at least one sequence; got an empty index list",
+        ));
     }
     let n = buf.len();
     if let Some((pos, &bad)) = idx.iter().enumerate().find(|(_, &i)| i >= n) {
@@ -213,7 +226,10 @@ fn place(buf: &RolloutBuffer, idx: &[usize], packed: bool, multiple: usize) -> R
 
 fn ids_as_i64(col: &Column, start: usize, dst: &mut [i64]) {
     match col {
-        Column::I32(v) => dst.iter_mut().zip(&v[start..]).for_each(|(d, &x)| *d = x as i64),
+        Column::I32(v) => dst
+            .iter_mut()
+            .zip(&v[start..])
+            .for_each(|(d, &x)| *d = x as i64),
         Column::I64(v) => dst.copy_from_slice(&v[start..start + dst.len()]),
         _ => unreachable!("token id columns are int32 or int64 (checked on add and load)"),
     }
@@ -240,7 +256,12 @@ fn scatter_field(col: &Column, offsets: &[i64], pl: &Placement) -> Column {
 }
 
 /// Broadcast one value per sequence over its response positions where the loss mask allows.
-fn broadcast_field(col: &Column, loss_mask: Option<&[bool]>, offsets: &[i64], pl: &Placement) -> Column {
+fn broadcast_field(
+    col: &Column,
+    loss_mask: Option<&[bool]>,
+    offsets: &[i64],
+    pl: &Placement,
+) -> Column {
     let segs = pl.next_segs();
     macro_rules! go {
         ($v:ident, $zero:expr) => {
@@ -268,17 +289,34 @@ fn broadcast_field(col: &Column, loss_mask: Option<&[bool]>, offsets: &[i64], pl
     }
 }
 
-fn materialize(buf: &RolloutBuffer, idx: &[usize], opts: &MaterializeOptions, packed: bool) -> Result<Batch> {
-    let pl = place(buf, idx, packed, if packed { 1 } else { opts.pad_to_multiple_of })?;
-    let prompt_ids = buf.prompt_ids().ok_or_else(|| CoreError::state("the buffer has no sequences"))?;
-    let response_ids =
-        buf.token_field("response_ids").ok_or_else(|| CoreError::state("the buffer has no response_ids"))?;
+fn materialize(
+    buf: &RolloutBuffer,
+    idx: &[usize],
+    opts: &MaterializeOptions,
+    packed: bool,
+) -> Result<Batch> {
+    let pl = place(
+        buf,
+        idx,
+        packed,
+        if packed { 1 } else { opts.pad_to_multiple_of },
+    )?;
+    let prompt_ids = buf
+        .prompt_ids()
+        .ok_or_else(|| CoreError::state("the buffer has no sequences"))?;
+    let response_ids = buf
+        .token_field("response_ids")
+        .ok_or_else(|| CoreError::state("the buffer has no response_ids"))?;
     let (p_off, r_off) = (buf.prompt_offsets(), buf.response_offsets());
     let b = pl.seqs.len();
     let tsegs = pl.token_segs();
     let mut arrays: Vec<NamedArray> = Vec::new();
     let mut push = |name: &str, shape: Vec<usize>, data: Column| {
-        arrays.push(NamedArray { name: name.to_string(), shape, data });
+        arrays.push(NamedArray {
+            name: name.to_string(),
+            shape,
+            data,
+        });
     };
 
     let input_ids = scatter(pl.tokens_len, opts.pad_token_id, &tsegs, |r, d| {
@@ -311,40 +349,76 @@ fn materialize(buf: &RolloutBuffer, idx: &[usize], opts: &MaterializeOptions, pa
         Some(Column::Bool(v)) => Some(v),
         _ => None,
     };
-    let rm = scatter(pl.next_len, false, &pl.next_segs(), |r, d| match loss_mask {
-        None => d.fill(true),
-        Some(m) => {
-            let a = r_off[pl.seqs[r]] as usize;
-            d.copy_from_slice(&m[a..a + d.len()]);
-        }
-    });
+    let rm = scatter(
+        pl.next_len,
+        false,
+        &pl.next_segs(),
+        |r, d| match loss_mask {
+            None => d.fill(true),
+            Some(m) => {
+                let a = r_off[pl.seqs[r]] as usize;
+                d.copy_from_slice(&m[a..a + d.len()]);
+            }
+        },
+    );
     push("response_mask", pl.next_shape.clone(), Column::Bool(rm));
 
     for (name, col) in buf.token_fields() {
         if name == "response_ids" || name == "loss_mask" {
             continue;
         }
-        push(output_name(name), pl.next_shape.clone(), scatter_field(col, r_off, &pl));
+        push(
+            output_name(name),
+            pl.next_shape.clone(),
+            scatter_field(col, r_off, &pl),
+        );
     }
     if let Some(c) = buf.computed() {
         match &c.advantages {
-            Advantages::Token(col) => push("advantages", pl.next_shape.clone(), scatter_field(col, r_off, &pl)),
+            Advantages::Token(col) => push(
+                "advantages",
+                pl.next_shape.clone(),
+                scatter_field(col, r_off, &pl),
+            ),
             Advantages::Sequence(col) => {
-                push("advantages", pl.next_shape.clone(), broadcast_field(col, loss_mask, r_off, &pl));
+                push(
+                    "advantages",
+                    pl.next_shape.clone(),
+                    broadcast_field(col, loss_mask, r_off, &pl),
+                );
                 push("seq_advantages", vec![b], col.take(&pl.seqs));
             }
         }
         if let Some(r) = &c.returns {
-            push("returns", pl.next_shape.clone(), scatter_field(r, r_off, &pl));
+            push(
+                "returns",
+                pl.next_shape.clone(),
+                scatter_field(r, r_off, &pl),
+            );
         }
     }
-    push("seq_index", vec![b], Column::I64(pl.seqs.iter().map(|&s| s as i64).collect()));
-    push("prompt_lengths", vec![b], Column::I64(pl.prompt.iter().map(|&x| x as i64).collect()));
-    push("response_lengths", vec![b], Column::I64(pl.response.iter().map(|&x| x as i64).collect()));
+    push(
+        "seq_index",
+        vec![b],
+        Column::I64(pl.seqs.iter().map(|&s| s as i64).collect()),
+    );
+    push(
+        "prompt_lengths",
+        vec![b],
+        Column::I64(pl.prompt.iter().map(|&x| x as i64).collect()),
+    );
+    push(
+        "response_lengths",
+        vec![b],
+        Column::I64(pl.response.iter().map(|&x| x as i64).collect()),
+    );
     for (name, col) in buf.seq_fields() {
         push(name, vec![b], col.take(&pl.seqs));
     }
-    Ok(Batch { arrays, max_seqlen: pl.max_seqlen })
+    Ok(Batch {
+        arrays,
+        max_seqlen: pl.max_seqlen,
+    })
 }
 
 /// Right-padded `(b, t)` batch of the sequences `idx` (buffer indices, in row order).

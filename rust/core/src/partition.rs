@@ -41,7 +41,9 @@ impl Method {
             "kk" | "karmarkar_karp" => Ok(Method::Kk),
             "lpt" | "greedy" => Ok(Method::Lpt),
             "best" | "auto" => Ok(Method::Best),
-            other => Err(CoreError::option(format!("method must be 'best', 'kk' or 'lpt', got {other:?}"))),
+            other => Err(CoreError::option(format!(
+                "method must be 'best', 'kk' or 'lpt', got {other:?}"
+            ))),
         }
     }
 }
@@ -97,7 +99,9 @@ pub fn check_lengths(lengths: &[i64], name: &str) -> Result<Vec<u64>> {
         .enumerate()
         .map(|(i, &l)| {
             if l < 0 {
-                Err(CoreError::shape(format!("{name}[{i}] is {l}; lengths must be non-negative")))
+                Err(CoreError::shape(format!(
+                    "{name}[{i}] is {l}; lengths must be non-negative"
+                )))
             } else {
                 Ok(l as u64)
             }
@@ -113,17 +117,28 @@ fn sorted_desc(lengths: &[u64]) -> Vec<usize> {
 }
 
 /// Split `lengths` into `k` parts with balanced sums. See the module docs.
-pub fn balanced_partition(lengths: &[u64], k: usize, equal_size: bool, method: Method) -> Result<Partition> {
+pub fn balanced_partition(
+    lengths: &[u64],
+    k: usize,
+    equal_size: bool,
+    method: Method,
+) -> Result<Partition> {
     let n = lengths.len();
     if k == 0 {
-        return Err(CoreError::option("k (the number of parts) must be at least 1"));
+        return Err(CoreError::option(
+            "k (the number of parts) must be at least 1",
+        ));
     }
     if equal_size && !n.is_multiple_of(k) {
         return Err(CoreError::option(format!(
             "equal_size=True needs the number of sequences ({n}) to be a multiple of k ({k})"
         )));
     }
-    if lengths.iter().try_fold(0u64, |a, &l| a.checked_add(l)).is_none() {
+    if lengths
+        .iter()
+        .try_fold(0u64, |a, &l| a.checked_add(l))
+        .is_none()
+    {
         return Err(CoreError::capacity("the lengths add up to more than 2^64"));
     }
     let order = sorted_desc(lengths);
@@ -166,7 +181,9 @@ fn lpt(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) -> Vec<usiz
     // Min-heap of (load, part): the lightest part, ties to the lowest index.
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..k).map(|p| Reverse((0u64, p))).collect();
     for &i in order {
-        let Reverse((load, p)) = heap.pop().expect("a part with room exists while sequences remain");
+        let Reverse((load, p)) = heap
+            .pop()
+            .expect("a part with room exists while sequences remain");
         assign[i] = p;
         counts[p] += 1;
         if counts[p] < cap {
@@ -191,22 +208,23 @@ fn karmarkar_karp(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) 
     let mut sum: Vec<u64> = Vec::new();
     let mut head: Vec<u32> = Vec::new();
     let mut tail: Vec<u32> = Vec::new();
-    let push_state = |items: &[usize], sum: &mut Vec<u64>, head: &mut Vec<u32>, tail: &mut Vec<u32>| {
-        for j in 0..k {
-            match items.get(j) {
-                Some(&i) => {
-                    sum.push(lengths[i]);
-                    head.push(i as u32);
-                    tail.push(i as u32);
-                }
-                None => {
-                    sum.push(0);
-                    head.push(NONE);
-                    tail.push(NONE);
+    let push_state =
+        |items: &[usize], sum: &mut Vec<u64>, head: &mut Vec<u32>, tail: &mut Vec<u32>| {
+            for j in 0..k {
+                match items.get(j) {
+                    Some(&i) => {
+                        sum.push(lengths[i]);
+                        head.push(i as u32);
+                        tail.push(i as u32);
+                    }
+                    None => {
+                        sum.push(0);
+                        head.push(NONE);
+                        tail.push(NONE);
+                    }
                 }
             }
-        }
-    };
+        };
     if equal_size {
         for chunk in order.chunks(k) {
             push_state(chunk, &mut sum, &mut head, &mut tail);
@@ -218,8 +236,9 @@ fn karmarkar_karp(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) 
     }
     let states = sum.len() / k;
     // Max-heap on (spread, state id): the largest spread first, ties to the higher id.
-    let mut heap: BinaryHeap<(u64, u32)> =
-        (0..states).map(|s| (sum[s * k] - sum[s * k + k - 1], s as u32)).collect();
+    let mut heap: BinaryHeap<(u64, u32)> = (0..states)
+        .map(|s| (sum[s * k] - sum[s * k + k - 1], s as u32))
+        .collect();
     let mut new_sum = vec![0u64; k];
     let mut new_head = vec![NONE; k];
     let mut new_tail = vec![NONE; k];
@@ -293,7 +312,11 @@ fn refine(lengths: &[u64], assign: &mut [usize], k: usize, equal_size: bool) {
     let mut loads: Vec<u64> = parts.iter().map(|p| p.iter().map(|x| x.0).sum()).collect();
     let max_rounds = 4 * k + 64;
     for _ in 0..max_rounds {
-        let (hp, &hmax) = loads.iter().enumerate().max_by_key(|&(j, &l)| (l, Reverse(j))).expect("k >= 1");
+        let (hp, &hmax) = loads
+            .iter()
+            .enumerate()
+            .max_by_key(|&(j, &l)| (l, Reverse(j)))
+            .expect("k >= 1");
         let total: u64 = loads.iter().sum();
         if (hmax as u128) * (k as u128) < total as u128 + k as u128 {
             break; // already at the ceiling of the mean
@@ -306,7 +329,10 @@ fn refine(lengths: &[u64], assign: &mut [usize], k: usize, equal_size: bool) {
             }
             let d = hmax - loads[q];
             let half = d / 2;
-            let consider = |delta: u64, best: &mut Option<(u64, usize, usize, usize)>, ia: usize, ib: usize| {
+            let consider = |delta: u64,
+                            best: &mut Option<(u64, usize, usize, usize)>,
+                            ia: usize,
+                            ib: usize| {
                 if delta == 0 || delta >= d {
                     return;
                 }
@@ -335,7 +361,9 @@ fn refine(lengths: &[u64], assign: &mut [usize], k: usize, equal_size: bool) {
                 }
             }
         }
-        let Some((new_max, q, ia, ib)) = best else { break };
+        let Some((new_max, q, ia, ib)) = best else {
+            break;
+        };
         if new_max >= hmax {
             break;
         }
@@ -385,8 +413,15 @@ pub fn pack(lengths: &[u64], capacity: u64) -> Result<PackPlan> {
     for r in &mut rows {
         r.sort_unstable();
     }
-    let loads = rows.iter().map(|r| r.iter().map(|&i| lengths[i]).sum()).collect();
-    Ok(PackPlan { rows, loads, capacity })
+    let loads = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| lengths[i]).sum())
+        .collect();
+    Ok(PackPlan {
+        rows,
+        loads,
+        capacity,
+    })
 }
 
 /// First fit of `lens` (in the given order) into rows of `cap`; returns positions into `lens`

@@ -68,7 +68,9 @@ impl SplitMix64 {
 /// The generator for `(seed, epoch, stream)`: stream 0 shuffles sequences, stream 1 shuffles
 /// the order of bucketed micro-batches.
 pub fn stream(seed: u64, epoch: u64, stream: u64) -> SplitMix64 {
-    SplitMix64::new(mix64(mix64(mix64(seed).wrapping_add(epoch)).wrapping_add(stream)))
+    SplitMix64::new(mix64(
+        mix64(mix64(seed).wrapping_add(epoch)).wrapping_add(stream),
+    ))
 }
 
 /// Fisher–Yates shuffle in place (from the last element down, `j = below(i + 1)`).
@@ -100,7 +102,10 @@ pub fn fingerprint(lengths: &[u64]) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
     /// count × longest length (rounded up to a multiple of `pad_to_multiple_of`) ≤ `tokens`.
-    Padded { tokens: u64, pad_to_multiple_of: u64 },
+    Padded {
+        tokens: u64,
+        pad_to_multiple_of: u64,
+    },
     /// sum of lengths ≤ `tokens`.
     Packed { tokens: u64 },
 }
@@ -114,7 +119,10 @@ impl Budget {
 
     fn width(&self, len: u64) -> u64 {
         match *self {
-            Budget::Padded { pad_to_multiple_of: m, .. } if m > 1 => len.div_ceil(m) * m,
+            Budget::Padded {
+                pad_to_multiple_of: m,
+                ..
+            } if m > 1 => len.div_ceil(m) * m,
             _ => len,
         }
     }
@@ -123,7 +131,11 @@ impl Budget {
         if self.tokens() == 0 {
             return Err(CoreError::option("token_budget must be at least 1"));
         }
-        if let Budget::Padded { pad_to_multiple_of: 0, .. } = self {
+        if let Budget::Padded {
+            pad_to_multiple_of: 0,
+            ..
+        } = self
+        {
             return Err(CoreError::option("pad_to_multiple_of must be at least 1"));
         }
         Ok(())
@@ -134,17 +146,31 @@ impl Budget {
 /// `lengths[i]` is the token count of sequence `i` (prompt + response). Every sequence of
 /// `order` lands in exactly one micro-batch. With `bucket`, see the module docs; the returned
 /// batches are then longest first (the caller may shuffle their order).
-pub fn token_budget_batches(order: &[usize], lengths: &[u64], budget: Budget, bucket: bool) -> Result<Vec<Vec<usize>>> {
+pub fn token_budget_batches(
+    order: &[usize],
+    lengths: &[u64],
+    budget: Budget,
+    bucket: bool,
+) -> Result<Vec<Vec<usize>>> {
     budget.check()?;
     let cap = budget.tokens();
     for &i in order {
         let l = *lengths.get(i).ok_or_else(|| {
-            CoreError::shape(format!("sequence index {i} is out of range for {} lengths", lengths.len()))
+            CoreError::shape(format!(
+                "sequence index {i} is out of range for {} lengths",
+                lengths.len()
+            ))
         })?;
         if budget.width(l) > cap {
             let what = match budget {
-                Budget::Padded { pad_to_multiple_of: m, .. } if m > 1 => {
-                    format!("{l} tokens ({} once padded to a multiple of {m})", budget.width(l))
+                Budget::Padded {
+                    pad_to_multiple_of: m,
+                    ..
+                } if m > 1 => {
+                    format!(
+                        "{l} tokens ({} once padded to a multiple of {m})",
+                        budget.width(l)
+                    )
                 }
                 _ => format!("{l} tokens"),
             };
@@ -233,15 +259,28 @@ pub struct SamplerConfig {
 /// The batches of one epoch.
 pub fn plan_epoch(config: &SamplerConfig, lengths: &[u64], epoch: u64) -> Result<Vec<Vec<usize>>> {
     let n = lengths.len();
-    let order = if config.shuffle { permutation(n, config.seed, epoch) } else { (0..n).collect() };
+    let order = if config.shuffle {
+        permutation(n, config.seed, epoch)
+    } else {
+        (0..n).collect()
+    };
     match config.kind {
-        PlanKind::Minibatches { batch_size, drop_last } => {
+        PlanKind::Minibatches {
+            batch_size,
+            drop_last,
+        } => {
             if batch_size == 0 {
                 return Err(CoreError::option("batch_size must be at least 1"));
             }
             let full = n / batch_size;
-            let count = if drop_last { full } else { n.div_ceil(batch_size) };
-            Ok((0..count).map(|b| order[b * batch_size..((b + 1) * batch_size).min(n)].to_vec()).collect())
+            let count = if drop_last {
+                full
+            } else {
+                n.div_ceil(batch_size)
+            };
+            Ok((0..count)
+                .map(|b| order[b * batch_size..((b + 1) * batch_size).min(n)].to_vec())
+                .collect())
         }
         PlanKind::MicroBatches { budget, bucket } => {
             let mut batches = token_budget_batches(&order, lengths, budget, bucket)?;
@@ -282,13 +321,18 @@ impl Sampler {
     pub fn new(config: SamplerConfig, lengths: Vec<u64>) -> Result<Sampler> {
         let n = lengths.len();
         if n == 0 {
-            return Err(CoreError::option("the buffer holds no sequences; add rollouts before planning"));
+            return Err(CoreError::option(
+                "the buffer holds no sequences; add rollouts before planning",
+            ));
         }
         if config.epochs == 0 {
             return Err(CoreError::option("epochs must be at least 1"));
         }
         match config.kind {
-            PlanKind::Minibatches { batch_size, drop_last } => {
+            PlanKind::Minibatches {
+                batch_size,
+                drop_last,
+            } => {
                 if batch_size == 0 {
                     return Err(CoreError::option("batch_size must be at least 1"));
                 }
@@ -306,7 +350,14 @@ impl Sampler {
             }
         }
         let fingerprint = fingerprint(&lengths);
-        Ok(Sampler { config, lengths, fingerprint, epoch: 0, step: 0, cache: None })
+        Ok(Sampler {
+            config,
+            lengths,
+            fingerprint,
+            epoch: 0,
+            step: 0,
+            cache: None,
+        })
     }
 
     /// Resume from a saved state; `lengths` must be those the state was planned on.
@@ -324,7 +375,8 @@ impl Sampler {
                  same checkpoint first",
             ));
         }
-        let mut s = Sampler::new(state.config, lengths).map_err(|e| CoreError::state(e.message().to_string()))?;
+        let mut s = Sampler::new(state.config, lengths)
+            .map_err(|e| CoreError::state(e.message().to_string()))?;
         s.set_position(state.epoch, state.step)?;
         Ok(s)
     }
@@ -363,9 +415,17 @@ impl Sampler {
     /// Number of batches in `epoch` (fixed for minibatches; may vary per epoch for unbucketed
     /// token-budget plans).
     pub fn batches_in_epoch(&mut self, epoch: u64) -> Result<usize> {
-        if let PlanKind::Minibatches { batch_size, drop_last } = self.config.kind {
+        if let PlanKind::Minibatches {
+            batch_size,
+            drop_last,
+        } = self.config.kind
+        {
             let n = self.lengths.len();
-            return Ok(if drop_last { n / batch_size } else { n.div_ceil(batch_size) });
+            return Ok(if drop_last {
+                n / batch_size
+            } else {
+                n.div_ceil(batch_size)
+            });
         }
         Ok(self.epoch_batches(epoch)?.len())
     }
@@ -382,7 +442,9 @@ impl Sampler {
         if epoch < self.config.epochs {
             let count = self.batches_in_epoch(epoch)? as u64;
             if step > count {
-                return Err(CoreError::state(format!("epoch {epoch} has {count} batches; step {step} does not exist")));
+                return Err(CoreError::state(format!(
+                    "epoch {epoch} has {count} batches; step {step} does not exist"
+                )));
             }
             if step == count {
                 self.epoch = epoch + 1;
