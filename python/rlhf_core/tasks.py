@@ -238,7 +238,7 @@ def gold_components(prompt: str, completion: str) -> dict[str, float] | None:
         if any(w in SUBJECTS and w != subject for w in sw) and subject not in sw:
             off_topic += 1
     unknown = sum(w not in VOCABULARY for w in words)
-    return {
+    parts = {
         "topic": 1.0 if subject in words else -1.0,
         "ending": 0.5 if (text.endswith(".") and not tail) else -0.5,
         "positive": 0.4 * min(n_pos, 2) - 0.3 * max(0, n_pos - 3),
@@ -249,6 +249,7 @@ def gold_components(prompt: str, completion: str) -> dict[str, float] | None:
         "off_topic": -0.3 * off_topic,
         "unknown_words": -min(0.2 * unknown, 2.0),
     }
+    return {k: v + 0.0 for k, v in parts.items()}  # + 0.0 turns -0.0 into 0.0
 
 
 def gold_reward(
