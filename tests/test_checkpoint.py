@@ -11,6 +11,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from rlhf_core.checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -20,7 +22,6 @@ from rlhf_core.checkpoint import (
     resume_or_start,
     save_checkpoint,
 )
-from torch import nn
 
 
 class Tied(nn.Module):

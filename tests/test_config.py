@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import pytest
+
 from rlhf_core.config import (
     ConfigError,
     add_dataclass_arguments,

@@ -13,6 +13,7 @@ import pathlib
 from typing import Any
 
 import pytest
+
 from rlhf_core.data import (
     DataError,
     load_preferences,

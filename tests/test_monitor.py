@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from rlhf_core import monitor
 from rlhf_core.monitor import (
     InstabilityDetector,

@@ -7,6 +7,7 @@ import math
 import pathlib
 
 import pytest
+
 from rlhf_core.monitor import MetricsLogger, OveroptimizationMonitor, read_metrics
 from rlhf_core.report import (
     CurvePoint,
