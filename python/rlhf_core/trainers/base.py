@@ -560,22 +560,32 @@ class Trainer:
 
 
 def logprobs_of(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """float32 (B, T-1) next-token logprobs (:func:`rlhf_core.models.token_logprobs`)."""
     from rlhf_core.models import token_logprobs
 
-    out = token_logprobs(model, input_ids, attention_mask)
+    out = token_logprobs(model, input_ids, attention_mask, temperature=temperature)
     assert isinstance(out, torch.Tensor)
     return out
 
 
 def logprobs_and_entropy(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 (B, T-1) next-token logprobs and entropies."""
     from rlhf_core.models import token_logprobs
 
-    out = token_logprobs(model, input_ids, attention_mask, return_entropy=True)
+    out = token_logprobs(
+        model, input_ids, attention_mask, temperature=temperature, return_entropy=True
+    )
     assert isinstance(out, tuple)
     return out[0], out[1]

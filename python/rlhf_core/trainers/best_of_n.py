@@ -1,0 +1,142 @@
+"""Best-of-N rejection sampling with supervised fine-tuning on the winners.
+
+Each step: sample N completions for each of ``rollout_batch_size / N`` prompts, score them
+with the reward sources, keep the highest-scoring completion of each prompt (ties: the first
+sample; unscorable samples never win; a prompt whose best is below ``min_reward`` contributes
+nothing), and take ``sft_epochs`` SFT steps on the kept (prompt, completion) pairs. This is the
+rejection-sampling baseline of the RLHF literature (Llama 2, Gao et al. 2022's best-of-n),
+iterated: the policy is re-sampled after every update.
+
+Logged per step besides the rollout metrics: ``best_of_n/selected_reward`` (mean score of the
+winners), ``best_of_n/reward_gain`` (winners minus all samples), ``best_of_n/num_selected``,
+and the SFT loss of the update. With ``track_kl`` the KL of the samples to the reference is
+logged as ``kl`` (nats per sequence), the x-axis of over-optimisation curves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlhf_core import losses as L
+from rlhf_core.trainers.base import check_field, pad_sequences
+from rlhf_core.trainers.on_policy import Rollout, RolloutConfig, RolloutTrainer
+from rlhf_core.trainers.sft import sft_update
+
+__all__ = ["BestOfNConfig", "BestOfNTrainer", "select_best"]
+
+
+@dataclass
+class BestOfNConfig(RolloutConfig):
+    """Config of :class:`BestOfNTrainer` (``num_samples`` is N)."""
+
+    num_samples: int = field(default=4, metadata={"help": "N: completions sampled per prompt"})
+    sft_epochs: int = field(
+        default=1,
+        metadata={"help": "optimizer steps per rollout, each over all selected completions"},
+    )
+    aggregation: str = field(
+        default="token-mean",
+        metadata={"help": f"SFT loss aggregation, one of {', '.join(L.AGGREGATIONS)}"},
+    )
+    min_reward: float | None = field(
+        default=None,
+        metadata={"help": "keep a prompt's best completion only if it scores at least this"},
+    )
+    track_kl: bool = field(
+        default=True,
+        metadata={"help": "log the samples' KL to the reference (two extra forward passes)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(
+            self.num_samples >= 2,
+            "num_samples",
+            self.num_samples,
+            "best-of-N needs N >= 2 samples per prompt to choose from",
+        )
+        check_field(self.sft_epochs >= 1, "sft_epochs", self.sft_epochs, "expected >= 1")
+        check_field(
+            self.aggregation in L.AGGREGATIONS,
+            "aggregation",
+            self.aggregation,
+            f"unknown loss aggregation; expected one of {L.AGGREGATIONS}",
+        )
+
+
+def select_best(
+    scores: np.ndarray, group_ids: np.ndarray, min_reward: float | None = None
+) -> np.ndarray:
+    """Row index of the best-scoring member of each group (ascending group id), skipping
+    groups whose scores are all NaN or whose best is below ``min_reward``. Ties go to the
+    first row. Returns int64 (K,)."""
+    out: list[int] = []
+    for g in np.unique(group_ids):
+        rows = np.flatnonzero(group_ids == g)
+        s = scores[rows]
+        ok = np.isfinite(s)
+        if not ok.any():
+            continue
+        best = rows[np.flatnonzero(ok)[np.argmax(s[ok])]]
+        if min_reward is not None and scores[best] < min_reward:
+            continue
+        out.append(int(best))
+    return np.asarray(out, dtype=np.int64)
+
+
+class BestOfNTrainer(RolloutTrainer):
+    """Iterated best-of-N: sample, score, keep the best per prompt, SFT on it.
+
+    Arguments as :class:`~rlhf_core.trainers.on_policy.RolloutTrainer`.
+    """
+
+    name = "best_of_n"
+    config: BestOfNConfig
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.config
+        with self.timer.phase("generation"):
+            roll = self.generate(step)
+        with self.timer.phase("scoring"):
+            self.score_rollout(roll)
+            if cfg.track_kl:
+                self.forward_rollout(roll)
+        with self.timer.phase("bookkeeping"):
+            metrics = self.rollout_metrics(roll)
+            best = select_best(roll.scores, roll.group_ids, cfg.min_reward)
+            metrics["best_of_n/num_selected"] = float(len(best))
+            if len(best):
+                sel = roll.scores[best]
+                metrics["best_of_n/selected_reward"] = float(sel.mean())
+                metrics["best_of_n/reward_gain"] = float(sel.mean() - np.nanmean(roll.scores))
+        with self.timer.phase("training"):
+            if len(best):
+                metrics.update(self._update(roll, best))
+            self.scheduler.step()
+        return metrics
+
+    def _update(self, roll: Rollout, best: np.ndarray) -> dict[str, float]:
+        cfg = self.config
+        batch = pad_sequences(
+            [np.concatenate([roll.prompt_ids[i], roll.response_ids[i]]) for i in best],
+            [len(roll.prompt_ids[i]) for i in best],
+            self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        sums: dict[str, float] = {}
+        for _ in range(cfg.sft_epochs):
+            m = sft_update(
+                self,
+                self.policy,
+                self.optimizer,
+                self.params,
+                batch,
+                micro_batch_size=cfg.micro_batch_size,
+                aggregation=cfg.aggregation,
+                max_len=cfg.max_new_tokens,
+            )
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {k: v / cfg.sft_epochs for k, v in sums.items()}

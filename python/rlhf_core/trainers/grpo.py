@@ -1,0 +1,282 @@
+"""GRPO and its relatives: Dr.GRPO, DAPO options, RLOO and REINFORCE++.
+
+No value model. Each prompt gets G = ``num_samples`` completions; the advantage of a completion
+comes from its score relative to the others of its group (Rust kernels through the buffer):
+
+=========================  ==============================================================
+``estimator``              advantage
+=========================  ==============================================================
+``grpo``                   (r − mean_group) / (std_group + ε) with ``scale_rewards="group"``
+                           (DeepSeekMath), / (std_batch + ε) with ``"batch"``, no division
+                           with ``"none"`` (Dr.GRPO)
+``rloo``                   r − mean of the other G−1 samples (leave-one-out, Ahmadian et al.
+                           2024); scaled like ``grpo`` when ``scale_rewards`` is not "none"
+``reinforce++``            discounted per-token return of the KL-shaped rewards, whitened
+                           over the batch (Hu 2025; works with G = 1)
+``reinforce++_baseline``   r − mean_group, then whitened over the batch's tokens
+=========================  ==============================================================
+
+The loss is the clipped surrogate with asymmetric clip (``clip_low``, ``clip_high``; DAPO uses
+0.2 / 0.28), aggregated by ``loss_type``:
+
+- ``grpo``: ``seq-mean-token-mean`` (the GRPO paper),
+- ``dr_grpo``: ``seq-mean-token-sum-norm`` with L = ``max_new_tokens``, and by default no
+  std scaling of advantages (Liu et al. 2025),
+- ``dapo``: ``token-mean`` over the batch's tokens (Yu et al. 2025; TRL's default),
+
+or directly by ``aggregation``. The KL to the reference goes into the loss with β =
+``kl_coef`` and the k3 estimator (GRPO's choice), or into the reward (``kl_in_reward``, the
+RLOO / REINFORCE++ choice). ``mask_truncated`` drops completions that hit ``max_new_tokens``
+from the loss (DAPO's overlong filtering). Groups whose rewards are all equal get zero
+advantage; their fraction is logged as ``frac_zero_std_groups``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlhf_core import losses as L
+from rlhf_core.trainers.base import check_field
+from rlhf_core.trainers.on_policy import OnPolicyTrainer, RLConfig, Rollout
+
+__all__ = [
+    "GRPOConfig",
+    "GRPOTrainer",
+    "RLOOConfig",
+    "RLOOTrainer",
+    "ReinforcePPConfig",
+    "ReinforcePPTrainer",
+    "ESTIMATORS",
+    "LOSS_TYPES",
+]
+
+ESTIMATORS = ("grpo", "rloo", "reinforce++", "reinforce++_baseline")
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce++_baseline")
+LOSS_TYPES = {
+    "grpo": "seq-mean-token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+    "dapo": "token-mean",
+}
+SCALES = ("group", "batch", "none")
+
+
+@dataclass
+class GRPOConfig(RLConfig):
+    """Config of :class:`GRPOTrainer`. ``num_samples`` is the group size G."""
+
+    num_samples: int = field(default=4, metadata={"help": "G: completions per prompt (>= 2)"})
+    rollout_batch_size: int = field(
+        default=32,
+        metadata={"help": "completions per step; a multiple of num_samples (prompts × G)"},
+    )
+    estimator: str = field(
+        default="grpo", metadata={"help": f"advantage estimator, one of {', '.join(ESTIMATORS)}"}
+    )
+    loss_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "grpo (seq-mean-token-mean), dr_grpo (seq-mean-token-sum-norm, no std "
+            "scaling), dapo (token-mean); sets aggregation / scale_rewards left at 'auto'"
+        },
+    )
+    aggregation: str = field(
+        default="auto",
+        metadata={"help": "loss aggregation ('auto' = from loss_type), or one of the modes"},
+    )
+    scale_rewards: str = field(
+        default="auto",
+        metadata={
+            "help": "divide group-centred rewards by the group std ('group'), the batch std "
+            "('batch') or not ('none'); 'auto' = none for dr_grpo and rloo, else group"
+        },
+    )
+    std_eps: float = field(
+        default=1e-4, metadata={"help": "ε added to the std before dividing (TRL: 1e-4)"}
+    )
+    gamma: float = field(
+        default=1.0, metadata={"help": "discount of the reinforce++ per-token returns"}
+    )
+
+    def __post_init__(self) -> None:
+        check_field(
+            self.loss_type in LOSS_TYPES,
+            "loss_type",
+            self.loss_type,
+            f"unknown loss type; expected one of {tuple(LOSS_TYPES)}",
+        )
+        check_field(
+            self.estimator in ESTIMATORS,
+            "estimator",
+            self.estimator,
+            f"unknown advantage estimator; expected one of {ESTIMATORS}",
+        )
+        if self.aggregation == "auto":
+            self.aggregation = LOSS_TYPES[self.loss_type]
+        if self.scale_rewards == "auto":
+            plain = self.loss_type == "dr_grpo" or self.estimator == "rloo"
+            self.scale_rewards = "none" if plain else "group"
+        check_field(
+            self.scale_rewards in SCALES,
+            "scale_rewards",
+            self.scale_rewards,
+            f"expected one of {SCALES} or 'auto'",
+        )
+        super().__post_init__()
+        if self.estimator in GROUP_ESTIMATORS:
+            check_field(
+                self.num_samples >= 2,
+                "num_samples",
+                self.num_samples,
+                f"the group size G must be >= 2 for estimator {self.estimator!r} (a group of "
+                "one has no baseline); use G >= 2, or estimator 'reinforce++' for G = 1",
+            )
+        check_field(self.std_eps > 0, "std_eps", self.std_eps, "expected > 0 (e.g. 1e-4)")
+        check_field(0 <= self.gamma <= 1, "gamma", self.gamma, "expected in [0, 1]")
+
+
+@dataclass
+class RLOOConfig(GRPOConfig):
+    """Config of :class:`RLOOTrainer`: leave-one-out baseline, KL (k1) in the reward (as in
+    TRL's RLOO trainer)."""
+
+    estimator: str = field(
+        default="rloo", metadata={"help": f"advantage estimator, one of {', '.join(ESTIMATORS)}"}
+    )
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the KL penalty (>= 0)"})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": f"KL estimator, one of {', '.join(L.KL_ESTIMATORS)}"}
+    )
+    kl_in_reward: bool = field(
+        default=True,
+        metadata={"help": "KL as a reward penalty (true) or a loss term (false)"},
+    )
+
+
+@dataclass
+class ReinforcePPConfig(GRPOConfig):
+    """Config of :class:`ReinforcePPTrainer`: REINFORCE++ (per-token discounted returns of the
+    KL-shaped reward, whitened over the batch); G = 1 allowed."""
+
+    num_samples: int = field(default=1, metadata={"help": "completions per prompt"})
+    estimator: str = field(
+        default="reinforce++",
+        metadata={"help": f"advantage estimator, one of {', '.join(ESTIMATORS)}"},
+    )
+    loss_type: str = field(
+        default="dapo", metadata={"help": "aggregation preset (dapo = token-mean)"}
+    )
+    kl_coef: float = field(default=0.01, metadata={"help": "β of the KL penalty (>= 0)"})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": f"KL estimator, one of {', '.join(L.KL_ESTIMATORS)}"}
+    )
+    kl_in_reward: bool = field(
+        default=True,
+        metadata={"help": "KL as a per-token reward penalty (true) or a loss term (false)"},
+    )
+
+
+class GRPOTrainer(OnPolicyTrainer):
+    """GRPO / Dr.GRPO / DAPO (and, by ``estimator``, RLOO and REINFORCE++).
+
+    Args: as :class:`~rlhf_core.trainers.on_policy.OnPolicyTrainer` (policy, tokenizer,
+    prompts, reward_funcs, reference).
+    """
+
+    name = "grpo"
+    config: GRPOConfig
+
+    def _scores_for_buffer(self, roll: Rollout) -> np.ndarray:
+        """Scores with the summed KL penalty subtracted when the KL goes into the reward of a
+        sequence-level estimator: r − β·Σ_t KL_t (TRL's RLOO)."""
+        cfg = self.config
+        if not (cfg.kl_in_reward and cfg.kl_coef > 0 and cfg.estimator != "reinforce++"):
+            return roll.scores
+        per_tok = [
+            L.kl_estimate(_t(lp), _t(ref), estimator=cfg.kl_estimator).numpy()
+            for lp, ref in zip(roll.logprobs, roll.ref_logprobs, strict=True)
+        ]
+        penalty = np.array([float(k.sum()) for k in per_tok])
+        return roll.scores - cfg.kl_coef * penalty
+
+    def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
+        fields: dict[str, Any] = {"scores": self._scores_for_buffer(roll)}
+        cfg = self.config
+        if cfg.estimator == "reinforce++":
+            fields["rewards"] = shaped_rewards(
+                roll, beta=cfg.kl_coef if cfg.kl_in_reward else 0.0, estimator=cfg.kl_estimator
+            )
+        return fields
+
+    def compute_advantages(self, roll: Rollout) -> dict[str, float]:
+        cfg = self.config
+        if cfg.estimator == "reinforce++":
+            stats = self.buffer.compute_advantages("reinforce++", gamma=cfg.gamma)
+        elif cfg.estimator == "reinforce++_baseline":
+            stats = self.buffer.compute_advantages("reinforce++_baseline")
+        else:
+            stats = self.buffer.compute_advantages(
+                cfg.estimator, scale=cfg.scale_rewards, eps=cfg.std_eps
+            )
+        return advantage_metrics(stats)
+
+
+class RLOOTrainer(GRPOTrainer):
+    """RLOO: :class:`GRPOTrainer` with the leave-one-out estimator (see :class:`RLOOConfig`)."""
+
+    name = "rloo"
+    config: RLOOConfig
+
+
+class ReinforcePPTrainer(GRPOTrainer):
+    """REINFORCE++: :class:`GRPOTrainer` with the ``reinforce++`` estimator (see
+    :class:`ReinforcePPConfig`)."""
+
+    name = "reinforce++"
+    config: ReinforcePPConfig
+
+
+def _t(x: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def shaped_rewards(roll: Rollout, *, beta: float, estimator: str) -> list[np.ndarray]:
+    """Per-token rewards: −β·KL_t on every response token plus the score on the last one
+    (:func:`rlhf_core.ops.shaped_rewards` over the ragged rollout). Unscorable (NaN) scores
+    count as 0 here; such sequences are masked out of the loss by the trainers."""
+    from rlhf_core import ops
+
+    lengths = roll.response_lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    scores = np.nan_to_num(roll.scores, nan=0.0).astype(np.float32)
+    out = ops.shaped_rewards(
+        scores,
+        np.concatenate(roll.logprobs).astype(np.float32),
+        np.concatenate(roll.ref_logprobs).astype(np.float32),
+        offsets=offsets,
+        beta=beta,
+        estimator=estimator,
+    )
+    return list(np.split(np.asarray(out), offsets[1:-1]))
+
+
+def advantage_metrics(stats: Any) -> dict[str, float]:
+    """Metrics from the buffer's advantage statistics."""
+    out: dict[str, float] = {}
+    mapping = {
+        "mean": "advantages/mean",
+        "std": "advantages/std",
+        "min": "advantages/min",
+        "max": "advantages/max",
+        "frac_zero_std": "frac_zero_std_groups",
+        "num_nan": "num_unscorable",
+    }
+    items = stats.items() if isinstance(stats, dict) else vars(stats).items()
+    for k, v in items:
+        if k in mapping and v is not None:
+            out[mapping[k]] = float(v)
+    return out

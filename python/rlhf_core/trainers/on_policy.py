@@ -1,0 +1,738 @@
+"""The on-policy loop shared by PPO, GRPO, RLOO and REINFORCE++.
+
+One training step::
+
+    generation   draw prompts (seeded, resumable), sample completions from the policy
+    scoring      reward functions / reward models -> one score per completion (NaN =
+                 unscorable); forward passes without grad for the rollout policy's logprobs,
+                 the frozen reference's logprobs (and the value model's values, PPO)
+    bookkeeping  RolloutBuffer (Rust): add the ragged rollout, compute advantages
+    training     ppo_epochs x shuffled minibatches from the buffer, split into micro-batches;
+                 losses from rlhf_core.losses normalised by the minibatch's global token /
+                 sequence counts; one optimizer step per minibatch
+
+Subclasses choose the advantage estimator (:meth:`OnPolicyTrainer.compute_advantages`) and may
+add a value model (:meth:`OnPolicyTrainer.rollout_values`, :meth:`OnPolicyTrainer.loss`).
+
+Token alignment: every per-token tensor here is ``(B, T-1)`` and aligned with
+:func:`rlhf_core.models.token_logprobs` (column ``j`` is about token ``j+1``), the same
+alignment as the buffer's materialised ``response_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_core import losses as L
+from rlhf_core.trainers.base import (
+    IndexSampler,
+    Trainer,
+    TrainerConfig,
+    build_optimizer,
+    build_scheduler,
+    check_field,
+    iter_micro_batches,
+    logprobs_and_entropy,
+    logprobs_of,
+    pad_sequences,
+    step_seed,
+    trainable_parameters,
+)
+
+__all__ = [
+    "RolloutConfig",
+    "RLConfig",
+    "RolloutTrainer",
+    "OnPolicyTrainer",
+    "RewardSource",
+    "Rollout",
+    "prompt_table",
+]
+
+RewardSource = Callable[..., Any] | nn.Module
+
+
+@dataclass
+class RolloutConfig(TrainerConfig):
+    """Fields of every trainer that samples from its policy (on-policy RL, best-of-N)."""
+
+    rollout_batch_size: int = field(
+        default=32,
+        metadata={"help": "completions generated per step (prompts per step × num_samples)"},
+    )
+    num_samples: int = field(
+        default=1, metadata={"help": "completions per prompt (G, the group of group methods)"}
+    )
+    max_new_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "most tokens per completion; also the constant L of seq-mean-token-sum-norm"
+        },
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "sampling temperature (> 0); logprobs in the loss use it too"},
+    )
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "rows per generate call; none = all at once"}
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "sequences per forward/backward (accumulation); none = minibatch"},
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "weight of each reward source; none = all 1"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1 sample")
+        check_field(
+            self.rollout_batch_size >= 1,
+            "rollout_batch_size",
+            self.rollout_batch_size,
+            "expected >= 1",
+        )
+        if self.rollout_batch_size % self.num_samples:
+            k = self.num_samples
+            fix = (self.rollout_batch_size // k + 1) * k
+            raise ValueError(
+                f"rollout_batch_size={self.rollout_batch_size} is not divisible by "
+                f"num_samples={k}: each prompt gets {k} samples, so set rollout_batch_size to "
+                f"a multiple of {k} (e.g. {fix})"
+            )
+        check_field(
+            self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "expected >= 1"
+        )
+        check_field(self.temperature > 0, "temperature", self.temperature, "expected > 0")
+        check_field(0 < self.top_p <= 1, "top_p", self.top_p, "expected in (0, 1]")
+        check_field(self.top_k >= 0, "top_k", self.top_k, "expected >= 0 (0 = off)")
+        check_field(
+            self.generation_batch_size is None or self.generation_batch_size >= 1,
+            "generation_batch_size",
+            self.generation_batch_size,
+            "expected >= 1 or none",
+        )
+        check_field(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "micro_batch_size",
+            self.micro_batch_size,
+            "expected >= 1 or none",
+        )
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.rollout_batch_size // self.num_samples
+
+
+@dataclass
+class RLConfig(RolloutConfig):
+    """Fields shared by the policy-gradient trainers (PPO, GRPO, RLOO, REINFORCE++)."""
+
+    ppo_epochs: int = field(
+        default=1,
+        metadata={"help": "passes over each rollout batch (μ, 'num_iterations' in GRPO)"},
+    )
+    minibatch_size: int | None = field(
+        default=None,
+        metadata={"help": "sequences per optimizer step; none = rollout_batch_size"},
+    )
+    clip_low: float = field(default=0.2, metadata={"help": "PPO clip ε_low"})
+    clip_high: float | None = field(
+        default=None, metadata={"help": "PPO clip ε_high (DAPO clip-higher); none = clip_low"}
+    )
+    dual_clip: float | None = field(
+        default=None,
+        metadata={"help": "dual-clip bound c > 1 for negative advantages (e.g. 3); none = off"},
+    )
+    log_ratio_clamp: float | None = field(
+        default=20.0, metadata={"help": "clamp log π/π_old to ±this before exp; none = off"}
+    )
+    aggregation: str = field(
+        default="token-mean",
+        metadata={"help": f"loss aggregation, one of {', '.join(L.AGGREGATIONS)}"},
+    )
+    kl_coef: float = field(
+        default=0.0, metadata={"help": "β, weight of the KL to the reference (>= 0)"}
+    )
+    kl_estimator: str = field(
+        default="k3", metadata={"help": f"KL estimator, one of {', '.join(L.KL_ESTIMATORS)}"}
+    )
+    kl_in_reward: bool = field(
+        default=False,
+        metadata={"help": "KL as a per-token reward penalty (true) or a loss term (false)"},
+    )
+    entropy_coef: float = field(
+        default=0.0, metadata={"help": "entropy bonus coefficient (>= 0; entropy is logged)"}
+    )
+    mask_truncated: bool = field(
+        default=False,
+        metadata={"help": "leave completions without EOS out of the loss (DAPO overlong mask)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(self.ppo_epochs >= 1, "ppo_epochs", self.ppo_epochs, "expected >= 1")
+        if self.minibatch_size is not None:
+            check_field(
+                self.minibatch_size >= 1 and self.rollout_batch_size % self.minibatch_size == 0,
+                "minibatch_size",
+                self.minibatch_size,
+                f"expected a divisor of rollout_batch_size={self.rollout_batch_size} "
+                "(every optimizer step sees the same number of sequences)",
+            )
+        check_field(self.clip_low >= 0, "clip_low", self.clip_low, "expected >= 0 (e.g. 0.2)")
+        check_field(
+            self.clip_high is None or self.clip_high >= 0,
+            "clip_high",
+            self.clip_high,
+            "expected >= 0 (e.g. 0.28) or none",
+        )
+        check_field(
+            self.dual_clip is None or self.dual_clip > 1,
+            "dual_clip",
+            self.dual_clip,
+            "expected > 1 (e.g. 3.0) or none",
+        )
+        check_field(
+            self.log_ratio_clamp is None or self.log_ratio_clamp > 0,
+            "log_ratio_clamp",
+            self.log_ratio_clamp,
+            "expected > 0 (e.g. 20) or none",
+        )
+        check_field(
+            self.aggregation in L.AGGREGATIONS,
+            "aggregation",
+            self.aggregation,
+            f"unknown loss aggregation; expected one of {L.AGGREGATIONS}",
+        )
+        check_field(
+            self.kl_coef >= 0,
+            "kl_coef",
+            self.kl_coef,
+            "the KL coefficient beta must be >= 0 (0 disables the KL term)",
+        )
+        check_field(
+            self.kl_estimator in L.KL_ESTIMATORS,
+            "kl_estimator",
+            self.kl_estimator,
+            f"expected one of {L.KL_ESTIMATORS}",
+        )
+        check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
+
+
+def prompt_table(prompts: Any) -> tuple[list[str], dict[str, list[Any]]]:
+    """Prompt texts and the extra columns (for reward functions) from a
+    :class:`rlhf_core.data.PromptDataset`, a list of strings, or a list of mappings with a
+    ``prompt`` key (every other key becomes a column; all rows must have the same keys)."""
+    if hasattr(prompts, "prompts") and hasattr(prompts, "columns"):
+        return [str(p) for p in prompts.prompts], {
+            k: list(v) for k, v in dict(prompts.columns).items()
+        }
+    texts: list[str] = []
+    columns: dict[str, list[Any]] = {}
+    keys: set[str] | None = None
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            row_keys: set[str] = set()
+            texts.append(p)
+        elif isinstance(p, Mapping):
+            if "prompt" not in p:
+                raise ValueError(f"prompts[{i}] has no 'prompt' key (keys: {sorted(p)})")
+            texts.append(str(p["prompt"]))
+            row_keys = {str(k) for k in p if k != "prompt"}
+            for k in row_keys:
+                columns.setdefault(k, []).append(p[k])
+        else:
+            raise ValueError(
+                f"prompts[{i}] is a {type(p).__name__}; expected a string or a mapping with "
+                "'prompt'"
+            )
+        if keys is None:
+            keys = row_keys
+        elif row_keys != keys:
+            raise ValueError(
+                f"prompts[{i}] has columns {sorted(row_keys)} but earlier rows have "
+                f"{sorted(keys)}: every row needs the same columns"
+            )
+    if not texts:
+        raise ValueError("prompts is empty")
+    return texts, columns
+
+
+@dataclass
+class Rollout:
+    """One step's sampled completions and everything computed about them.
+
+    Ragged per-token arrays are float32 (R_i,) per sequence (aligned with response tokens);
+    ``padded`` is the model input of the whole rollout (``input_ids``, ``attention_mask``,
+    ``loss_mask`` (N, T-1) marking response tokens)."""
+
+    prompt_ids: list[np.ndarray]
+    response_ids: list[np.ndarray]
+    group_ids: np.ndarray
+    truncated: np.ndarray
+    texts: list[str]
+    prompt_index: np.ndarray
+    scores: np.ndarray
+    score_parts: dict[str, np.ndarray]
+    padded: dict[str, torch.Tensor]
+    logprobs: list[np.ndarray] = field(default_factory=list)
+    ref_logprobs: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def response_lengths(self) -> np.ndarray:
+        return np.array([len(r) for r in self.response_ids], dtype=np.int64)
+
+
+class RolloutTrainer(Trainer):
+    """Base of the trainers that sample from their policy: prompts, reward sources, the frozen
+    reference, generation, scoring and the no-grad forward passes over a rollout.
+
+    Args:
+        config: a :class:`RolloutConfig` subclass.
+        policy: an HF causal LM (trained in place; moved to the config's device).
+        tokenizer: its tokenizer (pad and EOS tokens).
+        prompts: a :class:`rlhf_core.data.PromptDataset`, strings, or mappings with
+            ``prompt`` plus extra columns handed to reward functions (e.g. ``answer``).
+        reward_funcs: one reward source or a list: functions
+            ``fn(prompts, completions, **columns) -> list[float | None]`` and/or
+            :class:`rlhf_core.models.RewardModel` instances (frozen; scored on token ids),
+            weighted by ``config.reward_weights``.
+        reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
+            ``policy`` as passed (so pass the same starting policy when resuming).
+    """
+
+    config: RolloutConfig
+
+    def __init__(
+        self,
+        config: RolloutConfig,
+        policy: nn.Module,
+        tokenizer: Any,
+        prompts: Any,
+        reward_funcs: RewardSource | Sequence[RewardSource],
+        *,
+        reference: nn.Module | None = None,
+    ) -> None:
+        from rlhf_core.models import make_reference
+
+        super().__init__(config)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token; set tokenizer.pad_token first")
+        self.prompt_texts, self.prompt_columns = prompt_table(prompts)
+        self.prompt_ids = [
+            np.asarray(tokenizer(p, add_special_tokens=True)["input_ids"], dtype=np.int64)
+            for p in self.prompt_texts
+        ]
+        for i, ids in enumerate(self.prompt_ids):
+            if ids.size == 0:
+                raise ValueError(f"prompts[{i}] encodes to no tokens")
+        self.reward_sources = self._reward_sources(reward_funcs)
+        self.reference = (reference if reference is not None else make_reference(policy)).to(
+            self.device
+        )
+        self.reference.eval()
+        self.policy = policy.to(self.device)
+        self.sampler = IndexSampler(len(self.prompt_texts), seed=config.seed)
+        self.params = trainable_parameters(self.policy)
+        self.optimizer = build_optimizer(self.params, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+
+    # ---- rewards ----------------------------------------------------------------------------
+    def _reward_sources(
+        self, reward_funcs: RewardSource | Sequence[RewardSource]
+    ) -> list[Callable[..., Any]]:
+        from rlhf_core.rewards import RewardModelScorer
+
+        items = (
+            [reward_funcs]
+            if callable(reward_funcs) or isinstance(reward_funcs, nn.Module)
+            else list(reward_funcs)
+        )
+        if not items:
+            raise ValueError("reward_funcs is empty: give at least one reward function or model")
+        out: list[Callable[..., Any]] = []
+        for i, src in enumerate(items):
+            if isinstance(src, nn.Module):
+                src.to(self.device).eval().requires_grad_(False)
+                out.append(RewardModelScorer(src, self.tokenizer))
+            elif callable(src):
+                out.append(src)
+            else:
+                raise TypeError(
+                    f"reward_funcs[{i}] is a {type(src).__name__}; expected a reward function "
+                    "or a RewardModel"
+                )
+        w = self.config.reward_weights
+        if w is not None and len(w) != len(out):
+            raise ValueError(
+                f"reward_weights={w} has {len(w)} entries but there are {len(out)} reward "
+                "sources: give one weight per reward function / model"
+            )
+        return out
+
+    def score(
+        self, prompts: list[str], sequences: list[np.ndarray], texts: list[str], columns: dict
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Weighted sum of the reward sources: float64 (N,) (NaN where any source returned
+        None) and each source's raw scores by name."""
+        from rlhf_core.rewards import (
+            RewardModelScorer,
+            call_reward_function,
+            reward_function_name,
+        )
+
+        weights = self.config.reward_weights or [1.0] * len(self.reward_sources)
+        total = np.zeros(len(texts), dtype=np.float64)
+        parts: dict[str, np.ndarray] = {}
+        for src, w in zip(self.reward_sources, weights, strict=True):
+            if isinstance(src, RewardModelScorer):
+                s = src.score_ids(sequences)  # the exact sampled tokens
+            else:
+                s = call_reward_function(src, prompts, texts, **columns)
+            total += float(w) * s
+            name, k = reward_function_name(src), 0
+            key = name
+            while key in parts:
+                k += 1
+                key = f"{name}_{k}"
+            parts[key] = s
+        return total, parts
+
+    def generate(self, step: int) -> Rollout:
+        from rlhf_core.generation import generate
+
+        cfg = self.config
+        pidx = self.sampler.next(cfg.prompts_per_step)
+        comp = generate(
+            self.policy,
+            self.tokenizer,
+            [self.prompt_ids[i] for i in pidx],
+            num_samples=cfg.num_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=step_seed(cfg.seed, step, 1),
+            batch_size=cfg.generation_batch_size,
+        )
+        empty = [i for i, r in enumerate(comp.response_ids) if len(r) == 0]
+        if empty:
+            raise RuntimeError(f"generation returned empty responses at rows {empty[:5]}")
+        return Rollout(
+            prompt_ids=comp.prompt_ids,
+            response_ids=comp.response_ids,
+            group_ids=comp.group_ids,
+            truncated=comp.truncated,
+            texts=comp.texts,
+            prompt_index=pidx[comp.group_ids],
+            scores=np.zeros(0),
+            score_parts={},
+            padded={},
+        )
+
+    def score_rollout(self, roll: Rollout) -> None:
+        idx = roll.prompt_index
+        prompts = [self.prompt_texts[i] for i in idx]
+        columns = {k: [v[i] for i in idx] for k, v in self.prompt_columns.items()}
+        seqs = [
+            np.concatenate([p, r]) for p, r in zip(roll.prompt_ids, roll.response_ids, strict=True)
+        ]
+        roll.scores, roll.score_parts = self.score(prompts, seqs, roll.texts, columns)
+
+    @torch.no_grad()
+    def forward_rollout(self, roll: Rollout) -> None:
+        """Logprobs of the rollout policy and the reference (and values, via
+        :meth:`rollout_values`) for every response token, without grad."""
+        cfg = self.config
+        seqs = [
+            np.concatenate([p, r]) for p, r in zip(roll.prompt_ids, roll.response_ids, strict=True)
+        ]
+        roll.padded = pad_sequences(
+            seqs,
+            [len(p) for p in roll.prompt_ids],
+            self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        lengths = roll.response_lengths
+        old: list[torch.Tensor] = []
+        ref: list[torch.Tensor] = []
+        val: list[torch.Tensor] = []
+        self.policy.eval()
+        try:
+            for mb in iter_micro_batches(roll.padded, cfg.micro_batch_size):
+                m = mb["loss_mask"]
+                with self.autocast():
+                    lp = logprobs_of(
+                        self.policy,
+                        mb["input_ids"],
+                        mb["attention_mask"],
+                        temperature=cfg.temperature,
+                    )
+                    with torch.inference_mode():
+                        rlp = logprobs_of(
+                            self.reference,
+                            mb["input_ids"],
+                            mb["attention_mask"],
+                            temperature=cfg.temperature,
+                        )
+                    v = self.rollout_values(mb)
+                old.append(lp.float()[m])
+                ref.append(rlp.float()[m].clone())
+                if v is not None:
+                    val.append(v.float()[m])
+        finally:
+            self.policy.train()
+        split = np.cumsum(lengths)[:-1]
+        roll.logprobs = np.split(torch.cat(old).cpu().numpy(), split)
+        roll.ref_logprobs = np.split(torch.cat(ref).cpu().numpy(), split)
+        if val:
+            roll.values = np.split(torch.cat(val).cpu().numpy(), split)
+
+    def rollout_values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Values (B, T-1) aligned with logprobs, for trainers with a value model."""
+        return None
+
+    def rollout_metrics(self, roll: Rollout) -> dict[str, float]:
+        s = roll.scores
+        finite = s[np.isfinite(s)]
+        lengths = roll.response_lengths
+        metrics: dict[str, float] = {
+            "reward/mean": float(finite.mean()) if finite.size else float("nan"),
+            "reward/std": float(finite.std()) if finite.size else float("nan"),
+            "reward/min": float(finite.min()) if finite.size else float("nan"),
+            "reward/max": float(finite.max()) if finite.size else float("nan"),
+            "reward/frac_unscorable": float(np.mean(~np.isfinite(s))),
+            "response_length/mean": float(lengths.mean()),
+            "response_length/min": float(lengths.min()),
+            "response_length/max": float(lengths.max()),
+            "response_length/frac_truncated": float(np.mean(roll.truncated)),
+        }
+        for name, part in roll.score_parts.items():
+            ok = part[np.isfinite(part)]
+            metrics[f"reward/{name}"] = float(ok.mean()) if ok.size else float("nan")
+        if not roll.logprobs:
+            return metrics
+        old = np.concatenate(roll.logprobs).astype(np.float64)
+        ref = np.concatenate(roll.ref_logprobs).astype(np.float64)
+        delta = old - ref
+        seq_kl = np.add.reduceat(delta, np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        metrics["kl"] = float(seq_kl.mean())  # Σ_t (log π − log π_ref), nats per sequence
+        metrics["kl/k3_token_mean"] = float(np.mean(np.exp(-delta) + delta - 1.0))
+        return metrics
+
+    # ---- checkpoint -------------------------------------------------------------------------
+    def checkpoint_models(self) -> dict[str, nn.Module]:
+        return {"policy": self.policy}
+
+    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def checkpoint_schedulers(self) -> dict[str, Any]:
+        return {"policy": self.scheduler}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+class OnPolicyTrainer(RolloutTrainer):
+    """Base of the policy-gradient trainers (PPO, GRPO, RLOO, REINFORCE++): the rollout goes
+    into a :class:`rlhf_core.buffer.RolloutBuffer`, advantages come from its kernels, and the
+    clipped surrogate is optimised over shuffled minibatches. See the module docstring.
+
+    Arguments as :class:`RolloutTrainer`.
+    """
+
+    config: RLConfig
+
+    def __init__(
+        self,
+        config: RLConfig,
+        policy: nn.Module,
+        tokenizer: Any,
+        prompts: Any,
+        reward_funcs: RewardSource | Sequence[RewardSource],
+        *,
+        reference: nn.Module | None = None,
+    ) -> None:
+        from rlhf_core.buffer import RolloutBuffer
+
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        self.buffer = RolloutBuffer()
+
+    # ---- the step ---------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        with self.timer.phase("generation"):
+            roll = self.generate(step)
+        with self.timer.phase("scoring"):
+            self.score_rollout(roll)
+            self.forward_rollout(roll)
+        with self.timer.phase("bookkeeping"):
+            metrics = self.rollout_metrics(roll)
+            metrics.update(self.fill_buffer(roll))
+        with self.timer.phase("training"):
+            metrics.update(self.update(step))
+            self.scheduler.step()
+        metrics.update(self.after_update(metrics))
+        return metrics
+
+    def loss_mask(self, roll: Rollout) -> list[np.ndarray] | None:
+        """Per-token bool masks of the tokens that count in the loss, or None (all count).
+        With ``mask_truncated``, completions that hit ``max_new_tokens`` drop out entirely."""
+        if not self.config.mask_truncated:
+            return None
+        return [
+            np.full(len(r), not t, dtype=bool)
+            for r, t in zip(roll.response_ids, roll.truncated, strict=True)
+        ]
+
+    def fill_buffer(self, roll: Rollout) -> dict[str, float]:
+        """Put the rollout into the buffer and compute advantages; return their metrics."""
+        self.buffer.clear()
+        fields: dict[str, Any] = dict(
+            prompt_ids=roll.prompt_ids,
+            response_ids=roll.response_ids,
+            logprobs=roll.logprobs,
+            ref_logprobs=roll.ref_logprobs,
+            scores=roll.scores,
+            group_ids=roll.group_ids,
+            truncated=roll.truncated,
+        )
+        if roll.values:
+            fields["values"] = roll.values
+        mask = self.loss_mask(roll)
+        if mask is not None:
+            fields["loss_mask"] = mask
+        fields.update(self.extra_buffer_fields(roll))
+        self.buffer.add(**fields)
+        return self.compute_advantages(roll)
+
+    def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
+        """More fields to add to the buffer (e.g. per-token shaped rewards)."""
+        return {}
+
+    def compute_advantages(self, roll: Rollout) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ---- the update -------------------------------------------------------------------------
+    def update(self, step: int) -> dict[str, float]:
+        """ppo_epochs × minibatches; one optimizer step per minibatch. Returns metrics averaged
+        over the optimizer steps (``*_min`` / ``*_max``: extremes)."""
+        cfg = self.config
+        mbs = cfg.minibatch_size or cfg.rollout_batch_size
+        sums: dict[str, float] = {}
+        n_steps = 0
+        self.policy.train()
+        for mb in self.buffer.minibatches(
+            batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
+        ):
+            batch = {
+                k: v.to(self.device)
+                for k, v in mb.to_padded().items()
+                if isinstance(v, torch.Tensor)
+            }
+            n_tok, n_seq = L.count_tokens_and_seqs(batch["response_mask"])
+            if n_tok == 0:
+                continue  # every sequence masked out (e.g. all truncated)
+            self._last_batch = batch
+            totals: dict[str, torch.Tensor] = {}
+            for micro in iter_micro_batches(batch, cfg.micro_batch_size):
+                out = self.loss(micro, n_tok, n_seq)
+                out.loss.backward()
+                L.merge_metrics(totals, out.metrics)
+            mb_metrics = {k: float(v) for k, v in totals.items()}
+            mb_metrics.update(self.optimizer_steps(mb_metrics))
+            n_steps += 1
+            for k, v in mb_metrics.items():
+                if k.endswith("_min"):
+                    sums[k] = min(sums.get(k, v), v)
+                elif k.endswith("_max"):
+                    sums[k] = max(sums.get(k, v), v)
+                else:
+                    sums[k] = sums.get(k, 0.0) + v
+        out_metrics = {
+            k: (v if k.endswith(("_min", "_max")) else v / max(n_steps, 1)) for k, v in sums.items()
+        }
+        out_metrics["optimizer_steps"] = float(n_steps)
+        return out_metrics
+
+    def optimizer_steps(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Clip, check and step the optimizer(s); return their metrics."""
+        return {"grad_norm": self.optimizer_step(self.optimizer, self.params, metrics)}
+
+    def policy_loss(
+        self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int
+    ) -> L.LossOutput:
+        """Clipped surrogate + (KL in the loss) + entropy bonus for one micro-batch."""
+        cfg = self.config
+        with self.autocast():
+            logp, ent = logprobs_and_entropy(
+                self.policy,
+                micro["input_ids"],
+                micro["attention_mask"],
+                temperature=cfg.temperature,
+            )
+        mask = micro["response_mask"]
+        kw: dict[str, Any] = dict(
+            aggregation=cfg.aggregation,
+            num_tokens=n_tok,
+            num_seqs=n_seq,
+            max_len=cfg.max_new_tokens,
+        )
+        out = L.ppo_policy_loss(
+            logp,
+            micro["old_logprobs"],
+            micro["advantages"],
+            mask,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip,
+            log_ratio_clamp=cfg.log_ratio_clamp,
+            **kw,
+        )
+        beta = self.current_kl_coef()
+        if beta > 0 and not cfg.kl_in_reward:
+            out = out + L.kl_penalty(
+                logp,
+                micro["ref_logprobs"],
+                mask,
+                coef=beta,
+                estimator=cfg.kl_estimator,
+                **kw,
+            )
+        out = out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, **kw)
+        return out
+
+    def current_kl_coef(self) -> float:
+        """β used this step (PPO's adaptive controller overrides it)."""
+        return self.config.kl_coef
+
+    def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
+        return self.policy_loss(micro, n_tok, n_seq)
+
+    def after_update(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Hook after the update (e.g. the KL controller); returns extra metrics."""
+        return {}
+
+    # ---- checkpoint -------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "buffer": self.buffer.state_dict()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        super().load_extra_state(state)
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
