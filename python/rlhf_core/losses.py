@@ -298,9 +298,10 @@ def kl_estimate(
     Args:
         logprobs, ref_logprobs: float tensors of the same shape (any shape).
         estimator: one of :data:`KL_ESTIMATORS`.
-        clamp: if given, Δ is clamped to ±2·clamp before the exponential of k3 and the result
-            is clamped to [−clamp, clamp] (verl clamps Δ to ±20 and k3 to ±10; OpenRLHF
-            clamps every estimator to ±10). None = no clamp.
+        clamp: if given, every estimate is clamped to [−clamp, clamp] (OpenRLHF clamps all
+            estimators to ±10, verl k3 to ±10), and for k3 Δ is first clamped to
+            ±(clamp + 1) so the exponential cannot overflow (this never changes a value the
+            output clamp keeps). None = the raw formula. Same rule as ``ops.kl``.
 
     Returns:
         a tensor of the input shape.
@@ -318,7 +319,7 @@ def kl_estimate(
         out = delta.abs()
     else:
         if clamp is not None:
-            delta = delta.clamp(-2.0 * clamp, 2.0 * clamp)
+            delta = delta.clamp(-(clamp + 1.0), clamp + 1.0)
         out = torch.exp(-delta) + delta - 1.0
     if clamp is not None:
         out = out.clamp(-clamp, clamp)
