@@ -31,6 +31,7 @@ See ``docs/kernels.md`` for the exact semantics and which framework each default
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,16 @@ from rlhf_core.errors import DtypeError
 __all__ = [
     "gae",
     "discounted_returns",
+    "group_advantages",
+    "GroupStats",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "kl",
+    "shaped_rewards",
+    "broadcast_to_tokens",
+    "reduce_tokens",
+    "RunningMoments",
 ]
 
 ArrayLike = Any  # numpy.ndarray or torch.Tensor (kept loose so torch stays optional)
@@ -186,3 +197,353 @@ def discounted_returns(
         r, _arr(mask, "mask"), _index(offsets, "offsets"), gamma, masked
     )
     return _out(out, _is_tensor(rewards))
+
+
+# ---------------------------------------------------------------------------------------------
+# Group advantages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Counts from one :func:`group_advantages` call.
+
+    Attributes:
+        num_groups: distinct groups.
+        num_nan: NaN (unscorable) scores; their advantage is 0.
+        num_singleton: groups with exactly one scorable member (handled per ``singleton``).
+        num_zero_std: groups with at least two scorable members, all equal (advantage 0).
+    """
+
+    num_groups: int
+    num_nan: int
+    num_singleton: int
+    num_zero_std: int
+
+    @property
+    def frac_zero_std(self) -> float:
+        """``num_zero_std / num_groups`` (0 for an empty batch); TRL logs it as
+        ``frac_reward_zero_std``."""
+        return self.num_zero_std / self.num_groups if self.num_groups else 0.0
+
+
+def group_advantages(
+    scores: ArrayLike,
+    *,
+    group_ids: ArrayLike | None = None,
+    group_size: int | None = None,
+    baseline: str = "mean",
+    scale: str = "group",
+    ddof: int = 1,
+    eps: float = 1e-6,
+    singleton: str = "zero",
+    return_stats: bool = False,
+) -> Any:
+    """Group-relative advantages, one per sequence (GRPO, Dr.GRPO, RLOO).
+
+    Args:
+        scores: float32/float64 ``(B,)``, one score per sequence; NaN marks an unscorable
+            sample (left out of its group's statistics, advantage 0). ±inf is an error.
+        group_ids: integer ``(B,)``: the group (prompt) of each sequence, any order, any
+            group sizes. Give this or ``group_size``.
+        group_size: contiguous groups of this size (``B`` must be a multiple).
+        baseline: ``"mean"`` (GRPO): ``r − mean_g``; ``"leave_one_out"`` (RLOO):
+            ``r − mean of the other members``.
+        scale: ``"group"`` (GRPO): divide by the group std + ``eps``; ``"batch"``: by the
+            std of all scorable scores of the batch + ``eps``; ``"none"`` (Dr.GRPO, RLOO).
+        ddof: 1 (unbiased std, every anchor's choice) or 0.
+        eps: added to the std (verl 1e-6, TRL 1e-4, OpenRLHF 1e-9).
+        singleton: what a group with one scorable member gets: ``"zero"`` or ``"raw"`` (its
+            score, as verl's loop implementation).
+        return_stats: also return a :class:`GroupStats`.
+
+    A group whose scorable scores are all bit-identical gets exactly 0. Statistics are
+    two-pass in float64.
+
+    Returns:
+        advantages ``(B,)`` (dtype and kind of ``scores``), or ``(advantages, GroupStats)``.
+    """
+    adv, counts = _core.group_advantages(
+        _arr(scores, "scores"),
+        _index(group_ids, "group_ids"),
+        group_size,
+        baseline,
+        scale,
+        ddof,
+        eps,
+        singleton,
+    )
+    out = _out(adv, _is_tensor(scores))
+    if return_stats:
+        return out, GroupStats(*counts)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def _stat_out(a: np.ndarray, torch_out: bool) -> Any:
+    """A 0-d result becomes a numpy scalar (numpy in) or a 0-d tensor (torch in)."""
+    if torch_out:
+        return _out(a, True)
+    return a[()] if a.ndim == 0 else a
+
+
+def masked_mean(
+    x: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    offsets: ArrayLike | None = None,
+    axis: int | None = None,
+) -> Any:
+    """Mean of the valid entries of ``x`` (float64 accumulation).
+
+    Args:
+        x: float32/float64 ``(B, T)`` padded, or ``(N_tok,)`` ragged with ``offsets``.
+        mask: optional, same shape as ``x``.
+        offsets: int64 ``(N + 1,)`` for the ragged layout.
+        axis: ``None``: over the whole batch (a scalar: numpy scalar, or 0-d tensor);
+            ``-1`` / ``1``: per sequence, shape ``(B,)`` / ``(N,)`` (``(1,)`` for one 1-D
+            sequence).
+
+    A selection without valid entries has mean 0 (never NaN). Dtype and kind of ``x``.
+    """
+    out = _core.masked_mean(_arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), axis)
+    return _stat_out(out, _is_tensor(x))
+
+
+def masked_var(
+    x: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    offsets: ArrayLike | None = None,
+    axis: int | None = None,
+    ddof: int = 1,
+) -> Any:
+    """Variance of the valid entries of ``x`` with ``ddof`` (1: unbiased, default; or 0).
+
+    Two-pass in float64. Layouts and ``axis`` as :func:`masked_mean`; ``n <= ddof`` valid
+    entries give 0.
+    """
+    out = _core.masked_var(
+        _arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), axis, ddof
+    )
+    return _stat_out(out, _is_tensor(x))
+
+
+def masked_whiten(
+    x: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    offsets: ArrayLike | None = None,
+    shift_mean: bool = True,
+    ddof: int = 1,
+    eps: float = 1e-8,
+    axis: int | None = None,
+) -> Any:
+    """Whiten the valid entries: ``(x − μ) / sqrt(σ² + eps)``, plus ``μ`` back when
+    ``shift_mean=False``.
+
+    ``μ`` and ``σ²`` (``ddof``) are taken over the whole batch (``axis=None``, verl's and
+    OpenRLHF's advantage whitening) or per sequence (``axis=-1``). Defaults match verl's
+    ``masked_whiten`` (unbiased variance, ``eps=1e-8`` inside the square root). Returns the
+    shape, dtype and kind of ``x``; masked and padding slots are 0.
+    """
+    out = _core.masked_whiten(
+        _arr(x, "x"),
+        _arr(mask, "mask"),
+        _index(offsets, "offsets"),
+        axis,
+        shift_mean,
+        ddof,
+        eps,
+    )
+    return _out(out, _is_tensor(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# KL
+# ---------------------------------------------------------------------------------------------
+
+
+def kl(
+    logp: ArrayLike,
+    ref_logp: ArrayLike,
+    *,
+    estimator: str = "k3",
+    clamp: float | None = 10.0,
+) -> Any:
+    """Per-token KL estimate between policy and reference log-probabilities.
+
+    With ``Δ = logp − ref_logp``: ``"k1"`` = Δ, ``"k2"`` = ½Δ², ``"k3"`` = exp(−Δ) + Δ − 1
+    (default; low variance, ≥ 0), ``"abs"`` = |Δ|. verl's names ``"kl"``, ``"mse"``,
+    ``"low_var_kl"`` are accepted too.
+
+    Args:
+        logp, ref_logp: float32/float64, any equal shapes and dtypes.
+        estimator: see above.
+        clamp: clamp the estimate to ``[−clamp, clamp]`` (default 10, as OpenRLHF for every
+            estimator and verl for k3); ``None`` for the raw formula (verl's k1/k2/abs).
+
+    Computed elementwise in the input precision (relative error below 1e-5 for float32);
+    NaN propagates. Returns the shape, dtype and kind of ``logp``.
+    """
+    out = _core.kl(_arr(logp, "logp"), _arr(ref_logp, "ref_logp"), estimator, clamp)
+    return _out(out, _is_tensor(logp))
+
+
+def shaped_rewards(
+    scores: ArrayLike,
+    logp: ArrayLike,
+    ref_logp: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    offsets: ArrayLike | None = None,
+    beta: float,
+    estimator: str = "k1",
+    clamp: float | None = 10.0,
+) -> Any:
+    """KL-penalised per-token rewards: ``−beta·KL_t`` on every valid token plus the
+    sequence's score on its last valid token (KL in the reward, as PPO in verl, OpenRLHF,
+    TRL).
+
+    Args:
+        scores: ``(B,)`` / ``(N,)`` one score per sequence, dtype of ``logp``.
+        logp, ref_logp: float32/float64 ``(B, T)`` padded or ``(N_tok,)`` ragged.
+        mask: optional, same shape as ``logp``.
+        offsets: int64 ``(N + 1,)`` for the ragged layout.
+        beta: KL coefficient.
+        estimator, clamp: as :func:`kl` (default k1, clamped to ±10 as OpenRLHF; pass
+            ``clamp=None`` for verl's unclamped k1).
+
+    Returns the shape, dtype and kind of ``logp``; masked and padding slots are 0, and a
+    sequence without valid tokens is all 0.
+    """
+    out = _core.shaped_rewards(
+        _arr(scores, "scores"),
+        _arr(logp, "logp"),
+        _arr(ref_logp, "ref_logp"),
+        _arr(mask, "mask"),
+        _index(offsets, "offsets"),
+        beta,
+        estimator,
+        clamp,
+    )
+    return _out(out, _is_tensor(logp))
+
+
+# ---------------------------------------------------------------------------------------------
+# Broadcast / reduce
+# ---------------------------------------------------------------------------------------------
+
+
+def broadcast_to_tokens(
+    seq_values: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    offsets: ArrayLike | None = None,
+) -> Any:
+    """Write each sequence's value on its valid tokens (0 on masked and padding slots).
+
+    Args:
+        seq_values: float32/float64 ``(B,)`` / ``(N,)``.
+        mask: ``(B, T)`` for the padded layout (its shape sets the output's), or an optional
+            ``(N_tok,)`` mask with ``offsets``.
+        offsets: int64 ``(N + 1,)`` for the ragged layout (output ``(offsets[-1],)``).
+
+    One of ``mask`` / ``offsets`` is required. Dtype and kind of ``seq_values``.
+    """
+    out = _core.broadcast_to_tokens(
+        _arr(seq_values, "seq_values"), _arr(mask, "mask"), _index(offsets, "offsets")
+    )
+    return _out(out, _is_tensor(seq_values))
+
+
+def reduce_tokens(
+    x: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    offsets: ArrayLike | None = None,
+    how: str = "sum",
+) -> Any:
+    """Per-sequence ``"sum"`` or ``"mean"`` of the valid tokens of ``x`` (float64
+    accumulation; the mean of a sequence without valid tokens is 0).
+
+    ``x``: float32/float64 ``(B, T)`` padded or ``(N_tok,)`` ragged with ``offsets``.
+    Returns ``(B,)`` / ``(N,)`` with the dtype and kind of ``x``.
+    """
+    out = _core.reduce_tokens(_arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), how)
+    return _out(out, _is_tensor(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running moments
+# ---------------------------------------------------------------------------------------------
+
+
+class RunningMoments:
+    """Mergeable running mean and variance (reward normalisation across steps and ranks).
+
+    ``update(x, mask=None)`` folds in the valid entries of ``x`` (numpy or torch, float32 or
+    float64, any shape) with a two-pass float64 batch reduction and Chan et al.'s pairwise
+    update; ``merge(other)`` folds in another accumulator (e.g. gathered from another rank).
+    ``mean``, ``var`` (with the ``ddof`` given at construction, default 1), ``std`` and
+    ``count`` are Python numbers (0 before any data; var 0 while ``count <= ddof``).
+    ``state_dict()`` / ``load_state_dict()`` round-trip through plain Python numbers, and
+    instances pickle.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, ddof: int = 1) -> None:
+        self._inner = _core.RunningMoments(ddof)
+
+    def update(self, x: ArrayLike, mask: ArrayLike | None = None) -> RunningMoments:
+        """Fold in the valid entries of ``x``; returns ``self``."""
+        self._inner.update(_arr(x, "x"), _arr(mask, "mask"))
+        return self
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        """Fold in ``other``'s data; returns ``self``."""
+        self._inner.merge(other._inner)
+        return self
+
+    @property
+    def count(self) -> int:
+        return self._inner.count
+
+    @property
+    def mean(self) -> float:
+        return self._inner.mean
+
+    @property
+    def var(self) -> float:
+        return self._inner.var
+
+    @property
+    def std(self) -> float:
+        return self._inner.std
+
+    @property
+    def ddof(self) -> int:
+        return self._inner.ddof
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"count": int, "mean": float, "m2": float, "ddof": int}``."""
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; ``StateError`` on a malformed state."""
+        self._inner.load_state_dict(state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.state_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._inner = _core.RunningMoments(int(state.get("ddof", 1)))
+        self._inner.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return repr(self._inner)

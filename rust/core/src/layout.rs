@@ -27,16 +27,32 @@ use crate::error::{CoreError, Result};
 ///
 /// Arithmetic inside kernels runs in f64 (`to_f64` / `from_f64`), except the purely
 /// elementwise KL estimators, which run in the input precision (see `kl.rs`).
-pub trait Float: Copy + Send + Sync + PartialOrd + std::fmt::Debug + 'static {
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + 'static
+{
     const ZERO: Self;
+    const ONE: Self;
     /// "float32" or "float64", for messages.
     const NAME: &'static str;
     fn to_f64(self) -> f64;
     fn from_f64(x: f64) -> Self;
+    fn abs(self) -> Self;
+    fn is_nan(self) -> bool;
 }
 
 impl Float for f32 {
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
     const NAME: &'static str = "float32";
     #[inline(always)]
     fn to_f64(self) -> f64 {
@@ -46,10 +62,19 @@ impl Float for f32 {
     fn from_f64(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f32::abs(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
 }
 
 impl Float for f64 {
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
     const NAME: &'static str = "float64";
     #[inline(always)]
     fn to_f64(self) -> f64 {
@@ -58,6 +83,14 @@ impl Float for f64 {
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
         x
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f64::abs(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
     }
 }
 

@@ -8,14 +8,20 @@
 //! f64, rayon across rows or groups only so results are bit-identical for any thread count.
 
 pub mod buffer;
+pub mod buffer_advantages;
 pub mod buffer_stats;
 pub mod error;
 pub mod gae;
+pub mod group;
+pub mod kl;
 pub mod layout;
 pub mod materialize;
 pub mod partition;
 pub mod plan;
 pub mod returns;
+pub mod running;
+pub mod stats;
+pub mod tokens;
 
 pub use error::{CoreError, Result};
 pub use layout::{Float, Layout, MaskValue};
