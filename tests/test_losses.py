@@ -476,3 +476,18 @@ def test_loss_output_addition_rejects_clashing_metrics():
     a = L.LossOutput(torch.tensor(1.0), {"x": torch.tensor(1.0)})
     with pytest.raises(ValueError, match="x"):
         _ = a + a
+
+
+@pytest.mark.parametrize("clamp", [10.0, 2.0, None])
+@pytest.mark.parametrize("est", L.KL_ESTIMATORS)
+def test_kl_estimate_matches_ops_kl(est, clamp):
+    """The differentiable estimator and the Rust kernel use the same definitions."""
+    from rlhf_core import ops
+
+    g = np.random.default_rng(1)
+    delta = np.concatenate([g.normal(0, 1, 64), [-30.0, -11.0, -3.0, 0.0, 3.0, 11.0, 40.0]])
+    lp = g.normal(-2, 1, delta.shape)
+    ref = lp - delta
+    expected = ops.kl(lp, ref, estimator=est, clamp=clamp)
+    got = L.kl_estimate(torch.tensor(lp), torch.tensor(ref), estimator=est, clamp=clamp)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
