@@ -5,8 +5,8 @@ the Rust extension ``rlhf_core._core``; PyTorch runs the models. Submodules are 
 lazily so that ``import rlhf_core`` stays cheap and ``rlhf_core.ops`` works without torch.
 
 Submodules: ``ops`` (kernels), ``buffer`` (RolloutBuffer and minibatch planning), ``models``,
-``generation``, ``rewards``, ``losses``, ``trainers``, ``data``, ``monitor``, ``checkpoint``,
-``cli``.
+``generation``, ``rewards``, ``losses``, ``trainers``, ``data``, ``distributed``, ``monitor``,
+``checkpoint``, ``cli``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ _SUBMODULES = {
     "losses",
     "trainers",
     "data",
+    "distributed",
     "monitor",
     "checkpoint",
     "config",
