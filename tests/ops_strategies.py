@@ -109,12 +109,16 @@ def tol(dtype: Any) -> dict[str, float]:
     }
 
 
-def assert_close(out: Any, ref: np.ndarray, dtype: Any, scale: float | None = None) -> None:
+def assert_close(
+    out: Any, ref: np.ndarray, dtype: Any, scale: float | None = None, rtol: float | None = None
+) -> None:
     """``out`` (kernel, input dtype) against ``ref`` (float64), relative to ``scale``."""
     out = np.asarray(out)
     assert out.dtype == np.dtype(dtype), (out.dtype, dtype)
     assert out.shape == ref.shape, (out.shape, ref.shape)
     t = tol(dtype)
+    if rtol is not None:
+        t = {"rtol": rtol, "atol": rtol}
     if scale is None:
         finite = ref[np.isfinite(ref)]
         scale = float(np.max(np.abs(finite))) if finite.size else 1.0

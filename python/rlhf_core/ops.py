@@ -52,11 +52,30 @@ __all__ = [
     "broadcast_to_tokens",
     "reduce_tokens",
     "RunningMoments",
+    "set_parallelism",
+    "get_parallelism",
 ]
 
 ArrayLike = Any  # numpy.ndarray or torch.Tensor (kept loose so torch stays optional)
 
 _HALF_TORCH = ("torch.float16", "torch.bfloat16")
+
+
+def set_parallelism(enabled: bool) -> None:
+    """Let kernels use several threads (rayon; default on) or keep them on the calling thread.
+
+    Results are bit-identical either way: work is split across sequences, groups or fixed
+    blocks only, never in a way that depends on the thread count. The number of threads
+    follows ``RAYON_NUM_THREADS`` (default: one per core). In a process created by
+    ``os.fork`` kernels always run serially, since the parent's worker threads do not exist
+    there.
+    """
+    _core.set_parallelism(bool(enabled))
+
+
+def get_parallelism() -> bool:
+    """Whether kernels may use several threads (see :func:`set_parallelism`)."""
+    return _core.get_parallelism()
 
 
 def _tensor_to_numpy(x: Any, name: str) -> np.ndarray:

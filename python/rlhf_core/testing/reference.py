@@ -16,6 +16,14 @@ __all__ = [
     "rows",
     "gae",
     "discounted_returns",
+    "group_advantages",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "kl",
+    "shaped_rewards",
+    "broadcast_to_tokens",
+    "reduce_tokens",
 ]
 
 
@@ -111,3 +119,215 @@ def discounted_returns(
             elif masked == "zero":
                 g = gamma * g
     return out
+
+
+def group_advantages(
+    scores: np.ndarray,
+    *,
+    group_ids: np.ndarray | None = None,
+    group_size: int | None = None,
+    baseline: str = "mean",
+    scale: str = "group",
+    ddof: int = 1,
+    eps: float = 1e-6,
+    singleton: str = "zero",
+) -> tuple[np.ndarray, dict[str, int]]:
+    """float64 group advantages with a dict of groups; returns ``(advantages, counts)``."""
+    s = np.asarray(scores, dtype=np.float64)
+    b = s.shape[0]
+    if group_ids is None:
+        assert group_size is not None, "pass group_ids or group_size"
+        ids = np.arange(b) // group_size
+    else:
+        ids = np.asarray(group_ids)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(ids.tolist()):
+        members.setdefault(g, []).append(i)
+    scorable = s[~np.isnan(s)]
+    batch_std = 0.0
+    if scorable.size > ddof:
+        centred = scorable - scorable.mean()
+        batch_std = float(np.sqrt(np.sum(centred**2) / (scorable.size - ddof)))
+    adv = np.zeros(b)
+    counts = {"num_groups": len(members), "num_nan": int(np.isnan(s).sum()),
+              "num_singleton": 0, "num_zero_std": 0}
+    for idx in members.values():
+        ok = [i for i in idx if not np.isnan(s[i])]
+        vals = s[ok]
+        n = len(ok)
+        if n == 1:
+            counts["num_singleton"] += 1
+            adv[ok[0]] = 0.0 if singleton == "zero" else vals[0]
+            continue
+        if n == 0:
+            continue
+        if np.all(vals == vals[0]):
+            counts["num_zero_std"] += 1
+            continue  # advantages stay exactly 0
+        mean = vals.mean()
+        std = float(np.sqrt(np.sum((vals - mean) ** 2) / (n - ddof)))
+        for i in ok:
+            if baseline == "mean":
+                c = s[i] - mean
+            else:  # leave one out: r_i minus the mean of the others
+                c = s[i] - (vals.sum() - s[i]) / (n - 1)
+            if scale == "group":
+                c = c / (std + eps)
+            elif scale == "batch":
+                c = c / (batch_std + eps)
+            adv[i] = c
+    return adv, counts
+
+
+def _selections(
+    x: np.ndarray, mask: np.ndarray | None, offsets: np.ndarray | None, axis: int | None
+) -> list[np.ndarray]:
+    """The float64 valid values of the whole batch (one list entry) or of each row."""
+    v = np.asarray(x, dtype=np.float64)
+    valid = _valid(mask, v.shape)
+    if axis is None:
+        return [v[valid]]
+    return [v[idx][valid[idx]] for idx in rows(v.shape, offsets)]
+
+
+def _var(vals: np.ndarray, ddof: int) -> float:
+    if vals.size <= ddof:
+        return 0.0
+    return float(np.sum((vals - vals.mean()) ** 2) / (vals.size - ddof))
+
+
+def masked_mean(
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    offsets: np.ndarray | None = None,
+    axis: int | None = None,
+) -> np.ndarray:
+    """float64 mean of the valid entries: a 0-d array (axis None) or one per row; empty → 0."""
+    means = [float(v.mean()) if v.size else 0.0 for v in _selections(x, mask, offsets, axis)]
+    return np.asarray(means[0]) if axis is None else np.asarray(means)
+
+
+def masked_var(
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    offsets: np.ndarray | None = None,
+    axis: int | None = None,
+    ddof: int = 1,
+) -> np.ndarray:
+    """float64 two-pass variance of the valid entries; ``n <= ddof`` → 0."""
+    out = [_var(v, ddof) for v in _selections(x, mask, offsets, axis)]
+    return np.asarray(out[0]) if axis is None else np.asarray(out)
+
+
+def masked_whiten(
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    offsets: np.ndarray | None = None,
+    shift_mean: bool = True,
+    ddof: int = 1,
+    eps: float = 1e-8,
+    axis: int | None = None,
+) -> np.ndarray:
+    """float64 ``(x − μ)/sqrt(σ² + eps)`` (+ μ when not ``shift_mean``) on valid slots, 0 else."""
+    v = np.asarray(x, dtype=np.float64)
+    valid = _valid(mask, v.shape)
+    out = np.zeros_like(v)
+    groups = [slice(None)] if axis is None else list(rows(v.shape, offsets))
+    for idx in groups:
+        sel = valid[idx]
+        vals = v[idx][sel]
+        mu = float(vals.mean()) if vals.size else 0.0
+        w = (vals - mu) / np.sqrt(_var(vals, ddof) + eps)
+        if not shift_mean:
+            w = w + mu
+        row = out[idx]
+        row[sel] = w
+    return out
+
+
+def kl(
+    logp: np.ndarray, ref_logp: np.ndarray, *, estimator: str = "k3", clamp: float | None = 10.0
+) -> np.ndarray:
+    """float64 KL estimators of ``Δ = logp − ref_logp``, clamped to ``[−clamp, clamp]``."""
+    with np.errstate(invalid="ignore"):
+        d = np.asarray(logp, dtype=np.float64) - np.asarray(ref_logp, dtype=np.float64)
+    name = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}.get(estimator, estimator)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "k1":
+            out = d
+        elif name == "k2":
+            out = 0.5 * d * d
+        elif name == "k3":
+            dd = d if clamp is None else np.clip(d, -(clamp + 1), clamp + 1)
+            # expm1(−Δ) + Δ cancels for tiny Δ: use the Taylor series there (error < Δ⁶/720)
+            series = dd**2 / 2 - dd**3 / 6 + dd**4 / 24 - dd**5 / 120
+            out = np.where(np.abs(dd) < 1e-3, series, np.expm1(-dd) + dd)
+        elif name == "abs":
+            out = np.abs(d)
+        else:
+            raise ValueError(estimator)
+        if clamp is not None:
+            out = np.where(np.isnan(out), out, np.clip(out, -clamp, clamp))
+    return out
+
+
+def shaped_rewards(
+    scores: np.ndarray,
+    logp: np.ndarray,
+    ref_logp: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    offsets: np.ndarray | None = None,
+    beta: float,
+    estimator: str = "k1",
+    clamp: float | None = 10.0,
+) -> np.ndarray:
+    """float64 ``−beta·KL`` on valid tokens plus the score on each row's last valid token."""
+    k = kl(logp, ref_logp, estimator=estimator, clamp=clamp)
+    valid = _valid(mask, k.shape)
+    with np.errstate(invalid="ignore"):
+        out = np.where(valid, -beta * k, 0.0)
+    for i, idx in enumerate(rows(k.shape, offsets)):
+        on = np.flatnonzero(valid[idx])
+        if on.size:
+            row = out[idx]
+            row[on[-1]] += float(np.float64(scores[i]))
+    return out
+
+
+def broadcast_to_tokens(
+    seq_values: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    offsets: np.ndarray | None = None,
+) -> np.ndarray:
+    """float64: each row's value on its valid slots, 0 elsewhere."""
+    v = np.asarray(seq_values, dtype=np.float64)
+    if mask is not None:
+        shape = np.asarray(mask).shape
+    else:
+        assert offsets is not None
+        shape = (int(offsets[-1]),)
+    valid = _valid(mask, shape)
+    out = np.zeros(shape)
+    for i, idx in enumerate(rows(shape, offsets)):
+        row = out[idx]
+        row[valid[idx]] = v[i]
+    return out
+
+
+def reduce_tokens(
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    offsets: np.ndarray | None = None,
+    how: str = "sum",
+) -> np.ndarray:
+    """float64 per-row sum or mean of the valid entries (empty mean → 0)."""
+    sel = _selections(x, mask, offsets, -1)
+    if how == "sum":
+        return np.asarray([float(v.sum()) for v in sel])
+    return np.asarray([float(v.mean()) if v.size else 0.0 for v in sel])

@@ -328,17 +328,23 @@ pub const PAR_MIN_SLOTS: usize = 1 << 15;
 const PAR_GRAIN: usize = 1 << 14;
 
 static PARALLEL: AtomicBool = AtomicBool::new(true);
+static FORKED: AtomicBool = AtomicBool::new(false);
 
-/// Enable or disable rayon parallelism process-wide. The Python glue disables it in a forked
-/// child: the parent's rayon threads do not exist there and the global pool would hang.
-/// Results are the same either way.
+/// Enable or disable rayon parallelism process-wide (results are the same either way).
 pub fn set_parallel(enabled: bool) {
     PARALLEL.store(enabled, Ordering::SeqCst);
 }
 
+/// Mark this process as a forked child: rayon stays off for good, since the parent's worker
+/// threads do not exist here and the global pool would hang. Called by the Python glue's
+/// `os.register_at_fork(after_in_child=...)` hook.
+pub fn mark_forked_child() {
+    FORKED.store(true, Ordering::SeqCst);
+}
+
 /// Whether kernels may use rayon.
 pub fn parallel_enabled() -> bool {
-    PARALLEL.load(Ordering::Relaxed)
+    PARALLEL.load(Ordering::Relaxed) && !FORKED.load(Ordering::Relaxed)
 }
 
 /// Whether `work` slots spread over `items` independent items are worth running in parallel.

@@ -277,6 +277,33 @@ fn ensure_per_row(name: &str, shape: &[usize]) -> PyResult<()> {
     Ok(())
 }
 
+/// A zero-filled output buffer of `n` elements, or `MemoryError` when it cannot be allocated
+/// (`vec![0.0; n]` would abort the process instead; output sizes can come from user-given
+/// offsets).
+fn zeros<T: Float>(n: usize) -> PyResult<Vec<T>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let too_big = || {
+        pyo3::exceptions::PyMemoryError::new_err(format!(
+            "cannot allocate an output of {n} {} values",
+            T::NAME
+        ))
+    };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| too_big())?;
+    // SAFETY: `layout` has a non-zero size; a null pointer is handled; all-zero bits are 0.0
+    // for f32 and f64 (the only `Float` types); the Vec takes ownership of a block allocated
+    // by the global allocator with exactly the layout of `n` elements of `T`. Zeroed
+    // allocation (calloc) gets fresh zero pages from the OS instead of writing every byte.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            return Err(too_big());
+        }
+        Ok(Vec::from_raw_parts(p, n, n))
+    }
+}
+
 /// Move a freshly computed buffer into a numpy array of `shape` (no copy).
 fn to_numpy<'py, T: Element>(
     py: Python<'py>,
@@ -345,7 +372,7 @@ fn gae_typed<'py, F: Float + Element>(
         .map(|b| slice(b, "bootstrap"))
         .transpose()?;
     let n = layout.n_slots();
-    let (mut adv, mut ret) = (vec![F::ZERO; n], vec![F::ZERO; n]);
+    let (mut adv, mut ret) = (zeros::<F>(n)?, zeros::<F>(n)?);
     with_mask!(&mask, m => run_kernel(py, "gae", || {
         core_gae::gae(&layout, r, v, m, b, opts, &mut adv, &mut ret)
     }))?;
@@ -384,7 +411,7 @@ fn returns_typed<'py, F: Float + Element>(
     let shape = rewards.shape().to_vec();
     let layout = layout_of(&shape, "rewards", offsets, mask.as_ref())?;
     let r = slice(&rewards, "rewards")?;
-    let mut out = vec![F::ZERO; layout.n_slots()];
+    let mut out = zeros::<F>(layout.n_slots())?;
     with_mask!(&mask, m => run_kernel(py, "discounted_returns", || {
         core_returns::discounted_returns(&layout, r, m, gamma, masked, &mut out)
     }))?;
@@ -394,6 +421,9 @@ fn returns_typed<'py, F: Float + Element>(
 // ---------------------------------------------------------------------------------------------
 // Group advantages
 // ---------------------------------------------------------------------------------------------
+
+/// `(num_groups, num_nan, num_singleton, num_zero_std)`.
+type GroupCounts = (usize, usize, usize, usize);
 
 /// Group-relative advantages; see `rlhf_core.ops.group_advantages`. Returns
 /// `(advantages, (num_groups, num_nan, num_singleton, num_zero_std))`.
@@ -410,7 +440,7 @@ fn group_advantages<'py>(
     ddof: i64,
     eps: f64,
     singleton: &str,
-) -> PyResult<(Bound<'py, PyAny>, (usize, usize, usize, usize))> {
+) -> PyResult<(Bound<'py, PyAny>, GroupCounts)> {
     let opts = GroupOptions::parse(baseline, scale, ddof, eps, singleton).py()?;
     let ids = group_ids
         .map(|g| typed::<i64>(g, "group_ids", "int64"))
@@ -437,10 +467,10 @@ fn group_typed<'py, F: Float + Element>(
     scores: PyReadonlyArrayDyn<'py, F>,
     groups: Groups,
     opts: GroupOptions,
-) -> PyResult<(Bound<'py, PyAny>, (usize, usize, usize, usize))> {
+) -> PyResult<(Bound<'py, PyAny>, GroupCounts)> {
     ensure_per_row("scores", scores.shape())?;
     let s = slice(&scores, "scores")?;
-    let mut out = vec![F::ZERO; s.len()];
+    let mut out = zeros::<F>(s.len())?;
     let st = run_kernel(py, "group_advantages", || {
         core_group::group_advantages(s, groups, &opts, &mut out)
     })?;
@@ -501,7 +531,7 @@ fn mean_typed<'py, F: Float + Element>(
     let layout = layout_of(x.shape(), "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
     let shape = stat_shape(axis, &layout);
-    let mut out = vec![F::ZERO; shape.iter().product()];
+    let mut out = zeros::<F>(shape.iter().product())?;
     with_mask!(&mask, m => run_kernel(py, "masked_mean", || {
         core_stats::masked_mean(&layout, xs, m, axis, &mut out)
     }))?;
@@ -537,7 +567,7 @@ fn var_typed<'py, F: Float + Element>(
     let layout = layout_of(x.shape(), "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
     let shape = stat_shape(axis, &layout);
-    let mut out = vec![F::ZERO; shape.iter().product()];
+    let mut out = zeros::<F>(shape.iter().product())?;
     with_mask!(&mask, m => run_kernel(py, "masked_var", || {
         core_stats::masked_var(&layout, xs, m, axis, ddof, &mut out)
     }))?;
@@ -575,7 +605,7 @@ fn whiten_typed<'py, F: Float + Element>(
     let shape = x.shape().to_vec();
     let layout = layout_of(&shape, "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
-    let mut out = vec![F::ZERO; layout.n_slots()];
+    let mut out = zeros::<F>(layout.n_slots())?;
     with_mask!(&mask, m => run_kernel(py, "masked_whiten", || {
         core_stats::masked_whiten(&layout, xs, m, opts, &mut out)
     }))?;
@@ -612,7 +642,7 @@ fn kl_typed<'py, F: KlFloat + Element>(
     let rf = same_float::<F>(ref_logp, "ref_logp", "logp")?;
     ensure_same_shape("ref_logp", rf.shape(), "logp", &shape).py()?;
     let (a, b) = (slice(&logp, "logp")?, slice(&rf, "ref_logp")?);
-    let mut out = vec![F::ZERO; a.len()];
+    let mut out = zeros::<F>(a.len())?;
     run_kernel(py, "kl", || core_kl::kl(a, b, est, clamp, &mut out))?;
     to_numpy(py, out, &shape)
 }
@@ -667,7 +697,7 @@ fn shaped_typed<'py, F: KlFloat + Element>(
         slice(&rf, "ref_logp")?,
         slice(&sc, "scores")?,
     );
-    let mut out = vec![F::ZERO; layout.n_slots()];
+    let mut out = zeros::<F>(layout.n_slots())?;
     with_mask!(&mask, m => run_kernel(py, "shaped_rewards", || {
         core_kl::shaped_rewards(&layout, s, a, b, m, beta, est, clamp, &mut out)
     }))?;
@@ -715,7 +745,7 @@ fn broadcast_typed<'py, F: Float + Element>(
     };
     let layout = Layout::from_shape(&shape, offsets, "mask").py()?;
     let v = slice(&seq_values, "seq_values")?;
-    let mut out = vec![F::ZERO; layout.n_slots()];
+    let mut out = zeros::<F>(layout.n_slots())?;
     with_mask!(&mask, m => run_kernel(py, "broadcast_to_tokens", || {
         core_tokens::broadcast_to_tokens(&layout, v, m, &mut out)
     }))?;
@@ -749,7 +779,7 @@ fn reduce_typed<'py, F: Float + Element>(
     let layout = layout_of(x.shape(), "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
     let n = layout.n_rows();
-    let mut out = vec![F::ZERO; n];
+    let mut out = zeros::<F>(n)?;
     with_mask!(&mask, m => run_kernel(py, "reduce_tokens", || {
         core_tokens::reduce_tokens(&layout, xs, m, how, &mut out)
     }))?;
@@ -850,13 +880,13 @@ impl PyRunningMoments {
         let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
             state.get_item(k).map_err(|_| {
                 CoreError::state(format!(
-                    "RunningMoments state is missing {k:?}; expected keys count, mean, m2, ddof"
+                    "RunningMoments state is missing '{k}'; expected keys count, mean, m2, ddof"
                 ))
                 .into_pyerr()
             })
         };
         let bad = |k: &str, e: PyErr| {
-            CoreError::state(format!("RunningMoments state[{k:?}] is invalid: {e}")).into_pyerr()
+            CoreError::state(format!("RunningMoments state['{k}'] is invalid: {e}")).into_pyerr()
         };
         let count: u64 = get("count")?.extract().map_err(|e| bad("count", e))?;
         let mean: f64 = get("mean")?.extract().map_err(|e| bad("mean", e))?;
@@ -893,10 +923,22 @@ impl PyRunningMoments {
 // Registration
 // ---------------------------------------------------------------------------------------------
 
-/// Disable rayon in a forked child (the parent's worker threads do not exist there).
+/// Disable rayon for good in a forked child (the parent's worker threads do not exist there).
 #[pyfunction]
 fn _after_fork_in_child() {
-    rlhf_core_kernels::layout::set_parallel(false);
+    rlhf_core_kernels::layout::mark_forked_child();
+}
+
+/// Turn rayon parallelism on or off process-wide; see `rlhf_core.ops.set_parallelism`.
+#[pyfunction]
+fn set_parallelism(enabled: bool) {
+    rlhf_core_kernels::layout::set_parallel(enabled);
+}
+
+/// Whether kernels may run on several threads (false in a forked child).
+#[pyfunction]
+fn get_parallelism() -> bool {
+    rlhf_core_kernels::layout::parallel_enabled()
 }
 
 /// Add the kernels to `rlhf_core._core` and register the fork hook.
@@ -913,6 +955,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reduce_tokens, m)?)?;
     m.add_class::<PyRunningMoments>()?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(set_parallelism, m)?)?;
+    m.add_function(wrap_pyfunction!(get_parallelism, m)?)?;
     let py = m.py();
     let hook = m.getattr("_after_fork_in_child")?;
     let kwargs = pyo3::types::PyDict::new(py);

@@ -1,0 +1,180 @@
+"""Threads: every kernel releases the GIL, results are bit-identical for 1 and N rayon
+threads, and a forked child still computes (serially)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from rlhf_core import ops
+
+# ---------------------------------------------------------------------------------------------
+# The GIL is released during every kernel
+# ---------------------------------------------------------------------------------------------
+
+N = 4_000_000  # tokens: several milliseconds per call on one core
+
+
+@pytest.fixture(scope="module")
+def big():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(N).astype(np.float32)
+    y = rng.standard_normal(N).astype(np.float32)
+    one_row = np.array([0, N], dtype=np.int64)
+    scores = rng.standard_normal(N).astype(np.float32)
+    return x, y, one_row, scores
+
+
+KERNELS = {
+    "gae": lambda x, y, off, s: ops.gae(x, y, offsets=off, gamma=0.99, lam=0.95),
+    "discounted_returns": lambda x, y, off, s: ops.discounted_returns(x, offsets=off, gamma=0.9),
+    "group_advantages": lambda x, y, off, s: ops.group_advantages(s, group_size=10),
+    "masked_mean": lambda x, y, off, s: ops.masked_mean(x, offsets=off, axis=-1),
+    "masked_var": lambda x, y, off, s: ops.masked_var(x),
+    "masked_whiten": lambda x, y, off, s: ops.masked_whiten(x),
+    "kl": lambda x, y, off, s: ops.kl(x, y),
+    "shaped_rewards": lambda x, y, off, s: ops.shaped_rewards(
+        s[:1], x, y, offsets=off, beta=0.1, estimator="k3"),
+    "broadcast_to_tokens": lambda x, y, off, s: ops.broadcast_to_tokens(s[:1], offsets=off),
+    "reduce_tokens": lambda x, y, off, s: ops.reduce_tokens(x, offsets=off, how="mean"),
+    "RunningMoments.update": lambda x, y, off, s: ops.RunningMoments().update(x),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_two_threads_overlap_inside_a_kernel(name, big):
+    """Two threads enter the same kernel together. With the GIL held for the whole call their
+    call intervals could not overlap (a 1 s switch interval rules out forced switches); with
+    the GIL released they run side by side."""
+    fn = KERNELS[name]
+    fn(*big)  # warm up (first-touch page faults, thread pool)
+    barrier = threading.Barrier(2)
+    spans: list[tuple[float, float]] = [(0.0, 0.0), (0.0, 0.0)]
+
+    def worker(k: int) -> None:
+        barrier.wait()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn(*big)
+        spans[k] = (t0, time.perf_counter())
+
+    old_interval = sys.getswitchinterval()
+    ops.set_parallelism(False)  # one thread per call, so the two calls compete only for the GIL
+    sys.setswitchinterval(1.0)
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+        ops.set_parallelism(True)
+    (a0, a1), (b0, b1) = spans
+    overlap = min(a1, b1) - max(a0, b0)
+    shorter = min(a1 - a0, b1 - b0)
+    assert overlap > 0.5 * shorter, f"{name}: overlap {overlap:.4f}s of {shorter:.4f}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Same bits for any thread count
+# ---------------------------------------------------------------------------------------------
+
+_DIGEST_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+from rlhf_core import ops
+if len(sys.argv) > 1 and sys.argv[1] == "serial":
+    ops.set_parallelism(False)
+rng = np.random.default_rng(1)
+B, T = 300, 700                                  # 210k slots: well above the serial cutoff
+lengths = rng.integers(0, T + 1, B)
+mask = np.arange(T)[None, :] < lengths[:, None]
+mask &= rng.random((B, T)) > 0.1                 # holes (multi-turn style)
+offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+out = {}
+def h(name, *arrays):
+    d = hashlib.sha256()
+    for a in arrays:
+        d.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    out[name] = d.hexdigest()
+for dt in (np.float32, np.float64):
+    r = rng.standard_normal((B, T)).astype(dt)
+    v = rng.standard_normal((B, T)).astype(dt)
+    flat = rng.standard_normal(int(offsets[-1])).astype(dt)
+    s = rng.standard_normal(B).astype(dt)
+    k = dt.__name__
+    h("gae" + k, *ops.gae(r, v, mask, gamma=0.99, lam=0.95, masked="zero"))
+    h("gae_ragged" + k, *ops.gae(flat, flat[::-1].copy(), offsets=offsets, gamma=0.9, lam=0.9))
+    h("returns" + k, ops.discounted_returns(r, mask, gamma=0.97))
+    h("mean" + k, ops.masked_mean(r, mask), ops.masked_mean(flat, offsets=offsets, axis=-1))
+    h("var" + k, ops.masked_var(r, mask), ops.masked_var(r, mask, axis=-1))
+    h("whiten" + k, ops.masked_whiten(r, mask), ops.masked_whiten(flat, offsets=offsets, axis=-1))
+    h("kl" + k, *[ops.kl(r, v, estimator=e) for e in ("k1", "k2", "k3", "abs")])
+    h("shaped" + k, ops.shaped_rewards(s, r, v, mask, beta=0.05, estimator="k3"))
+    h("broadcast" + k, ops.broadcast_to_tokens(s, mask), ops.broadcast_to_tokens(s, offsets=offsets))
+    h("reduce" + k, ops.reduce_tokens(r, mask, how="mean"), ops.reduce_tokens(flat, offsets=offsets))
+    h("group" + k, ops.group_advantages(np.tile(s, 40), group_size=8))
+    rm = ops.RunningMoments().update(r, mask)
+    out["running" + k] = [rm.count, rm.mean.hex(), rm.var.hex()]
+print(json.dumps(out))
+"""
+
+
+def _digests(threads: str, *args: str) -> dict:
+    env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT, *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_bit_identical_for_one_and_many_threads():
+    one = _digests("1")
+    many = _digests("4")
+    serial = _digests("4", "serial")
+    assert one == many == serial
+
+
+# ---------------------------------------------------------------------------------------------
+# Fork safety
+# ---------------------------------------------------------------------------------------------
+
+
+def _child_kl(q, logp, ref_logp):
+    try:
+        q.put(hashlib.sha256(ops.kl(logp, ref_logp).tobytes()).hexdigest())
+    except BaseException as e:  # report anything, so the parent does not hang on q.get
+        q.put(repr(e))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method is Linux-only here")
+def test_forked_child_computes_after_parent_used_the_thread_pool():
+    rng = np.random.default_rng(0)
+    logp = rng.standard_normal(400_000)
+    ref_logp = rng.standard_normal(400_000)
+    expect = hashlib.sha256(ops.kl(logp, ref_logp).tobytes()).hexdigest()  # parallel in parent
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (py3.12+)
+        p = ctx.Process(target=_child_kl, args=(q, logp, ref_logp))
+        p.start()
+    try:
+        got = q.get(timeout=60)
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    assert got == expect
+    assert ops.get_parallelism()  # the parent keeps its threads
