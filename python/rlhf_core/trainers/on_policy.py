@@ -84,6 +84,10 @@ class RolloutConfig(TrainerConfig):
     generation_batch_size: int | None = field(
         default=None, metadata={"help": "rows per generate call; none = all at once"}
     )
+    fast_generation: bool = field(
+        default=False,
+        metadata={"help": "on CUDA, sample with a static KV cache and compiled decode step"},
+    )
     micro_batch_size: int | None = field(
         default=None,
         metadata={"help": "sequences per forward/backward (accumulation); none = minibatch"},
@@ -426,6 +430,7 @@ class RolloutTrainer(Trainer):
             top_k=cfg.top_k,
             seed=step_seed(cfg.seed, step, 1),
             batch_size=cfg.generation_batch_size,
+            fast=cfg.fast_generation,
         )
         empty = [i for i, r in enumerate(comp.response_ids) if len(r) == 0]
         if empty:
