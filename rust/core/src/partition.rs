@@ -10,9 +10,12 @@
 //!   order start in chunks of `k` (one per part), so every part ends with `n / k` sequences.
 //! - `Lpt`: longest processing time first (Graham 1969): sorted in decreasing order, each
 //!   length goes to the currently lightest part (that still has room when `equal_size`).
-//! - `Best` (default): both, each followed by a local search that moves or swaps one pair of
-//!   sequences between the heaviest part and another part while that lowers the heavier of
-//!   the two; the result with the smaller maximum load wins. It is never worse than `Lpt`.
+//! - `Best` (default): a serpentine start (the lengths in decreasing order dealt to parts
+//!   0..k, k..0, ...) repaired by a local search that moves or swaps sequences between the
+//!   heaviest part and lighter ones (see `refine`); when that does not reach the ceiling of the
+//!   mean load (a lower bound on the optimum), LPT and, for up to 2,048 sequences,
+//!   Karmarkar–Karp, each followed by the same search, and the best result is kept. It is
+//!   never worse than `Lpt`.
 //!
 //! Every tie is broken by index, so results are deterministic. Parts list their sequence
 //! indices in increasing order.
@@ -26,6 +29,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::error::{CoreError, Result};
+
+/// Above this many sequences `Method::Best` skips its Karmarkar–Karp candidate (a heap
+/// operation per sequence, about 1 ms at 8,192 sequences); for that many sequences LPT with the
+/// local search is within a few tokens of the ceiling of the mean.
+const KK_FALLBACK_MAX: usize = 2048;
 
 /// Which algorithm [`balanced_partition`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +56,26 @@ impl Method {
     }
 }
 
-/// `k` parts (lists of indices, increasing) and their loads (sums of lengths).
+/// `k` parts (lists of indices, increasing) and their loads (sums of lengths), stored flat:
+/// part `p` is `order[offsets[p]..offsets[p + 1]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
-    pub parts: Vec<Vec<usize>>,
+    pub order: Vec<usize>,
+    pub offsets: Vec<usize>,
     pub loads: Vec<u64>,
 }
 
 impl Partition {
+    /// The indices of part `p`, increasing.
+    pub fn part(&self, p: usize) -> &[usize] {
+        &self.order[self.offsets[p]..self.offsets[p + 1]]
+    }
+
+    /// Every part.
+    pub fn parts(&self) -> Vec<&[usize]> {
+        (0..self.loads.len()).map(|p| self.part(p)).collect()
+    }
+
     pub fn max_load(&self) -> u64 {
         self.loads.iter().copied().max().unwrap_or(0)
     }
@@ -81,14 +101,27 @@ impl Partition {
         }
     }
 
-    fn from_assignment(assign: &[usize], lengths: &[u64], k: usize) -> Partition {
-        let mut parts = vec![Vec::new(); k];
+    fn from_assignment(assign: &[u32], lengths: &[u64], k: usize) -> Partition {
+        let mut offsets = vec![0usize; k + 1];
         let mut loads = vec![0u64; k];
         for (i, &p) in assign.iter().enumerate() {
-            parts[p].push(i);
-            loads[p] += lengths[i];
+            offsets[p as usize + 1] += 1;
+            loads[p as usize] += lengths[i];
         }
-        Partition { parts, loads }
+        for p in 0..k {
+            offsets[p + 1] += offsets[p];
+        }
+        let mut next = offsets[..k].to_vec();
+        let mut order = vec![0usize; assign.len()];
+        for (i, &p) in assign.iter().enumerate() {
+            order[next[p as usize]] = i;
+            next[p as usize] += 1;
+        }
+        Partition {
+            order,
+            offsets,
+            loads,
+        }
     }
 }
 
@@ -109,10 +142,63 @@ pub fn check_lengths(lengths: &[i64], name: &str) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// Indices sorted by decreasing length, ties by increasing index.
-fn sorted_desc(lengths: &[u64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_unstable_by_key(|&i| (Reverse(lengths[i]), i));
+/// Indices sorted by decreasing length, ties by increasing index, in O(n + max): a counting
+/// sort when the largest length is at most a few times `n` (the usual case for token counts),
+/// else a stable LSD radix sort with 11-bit digits over the bits the largest length needs.
+pub(crate) fn sorted_desc(lengths: &[u64]) -> Vec<u32> {
+    let n = lengths.len();
+    debug_assert!(n <= u32::MAX as usize);
+    let max = lengths.iter().copied().max().unwrap_or(0);
+    let bits = 64 - max.leading_zeros() as usize;
+    if n < 64 || bits > 44 {
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&i| Reverse(lengths[i as usize]));
+        return order;
+    }
+    if max <= (4 * n as u64).max(1 << 16) {
+        // Bucket b holds length max − b; buckets in increasing b = decreasing length.
+        let mut start = vec![0u32; max as usize + 2];
+        for &l in lengths {
+            start[(max - l) as usize + 1] += 1;
+        }
+        for b in 1..start.len() {
+            start[b] += start[b - 1];
+        }
+        let mut order = vec![0u32; n];
+        for (i, &l) in lengths.iter().enumerate() {
+            let slot = &mut start[(max - l) as usize];
+            order[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+        return order;
+    }
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    const DIGIT: usize = 11;
+    const BUCKETS: usize = 1 << DIGIT;
+    let mut tmp = vec![0u32; n];
+    let mut count = vec![0usize; BUCKETS];
+    let mut shift = 0;
+    while shift < bits {
+        count.iter_mut().for_each(|c| *c = 0);
+        // Key (max - len) ascending == len descending; stability keeps ties by index.
+        let digit = |i: u32| (((max - lengths[i as usize]) >> shift) as usize) & (BUCKETS - 1);
+        for &i in &order {
+            count[digit(i)] += 1;
+        }
+        let mut acc = 0;
+        for c in count.iter_mut() {
+            let x = *c;
+            *c = acc;
+            acc += x;
+        }
+        for &i in &order {
+            let d = digit(i);
+            tmp[count[d]] = i;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut order, &mut tmp);
+        shift += DIGIT;
+    }
     order
 }
 
@@ -141,29 +227,49 @@ pub fn balanced_partition(
     {
         return Err(CoreError::capacity("the lengths add up to more than 2^64"));
     }
+    if n > u32::MAX as usize {
+        return Err(CoreError::capacity(format!(
+            "{n} sequences: at most 2^32 - 1 are supported"
+        )));
+    }
     let order = sorted_desc(lengths);
     let assign = match method {
         Method::Kk => karmarkar_karp(lengths, &order, k, equal_size),
         Method::Lpt => lpt(lengths, &order, k, equal_size),
         Method::Best => {
-            let mut a = karmarkar_karp(lengths, &order, k, equal_size);
-            refine(lengths, &mut a, k, equal_size);
-            let mut b = lpt(lengths, &order, k, equal_size);
-            refine(lengths, &mut b, k, equal_size);
-            if max_of(&loads_of(lengths, &b, k)) < max_of(&loads_of(lengths, &a, k)) {
-                b
-            } else {
-                a
+            // Cheapest first: a serpentine start repaired by the local search usually reaches
+            // the ceiling of the mean (optimal). Otherwise LPT, then (up to KK_FALLBACK_MAX
+            // sequences) Karmarkar–Karp, each with the same search, keeping the best. LPT is
+            // among the candidates, so the result is never worse than LPT.
+            let total: u64 = lengths.iter().sum();
+            let ceil = total.div_ceil(k as u64);
+            let max_load = |asg: &[u32]| max_of(&loads_of(lengths, asg, k));
+            let mut best = snake(&order, k);
+            refine(lengths, &order, &mut best, k, equal_size);
+            if max_load(&best) > ceil {
+                let mut a = lpt(lengths, &order, k, equal_size);
+                refine(lengths, &order, &mut a, k, equal_size);
+                if max_load(&a) <= max_load(&best) {
+                    best = a;
+                }
             }
+            if max_load(&best) > ceil && lengths.len() <= KK_FALLBACK_MAX {
+                let mut b = karmarkar_karp(lengths, &order, k, equal_size);
+                refine(lengths, &order, &mut b, k, equal_size);
+                if max_load(&b) < max_load(&best) {
+                    best = b;
+                }
+            }
+            best
         }
     };
     Ok(Partition::from_assignment(&assign, lengths, k))
 }
 
-fn loads_of(lengths: &[u64], assign: &[usize], k: usize) -> Vec<u64> {
+fn loads_of(lengths: &[u64], assign: &[u32], k: usize) -> Vec<u64> {
     let mut loads = vec![0u64; k];
     for (i, &p) in assign.iter().enumerate() {
-        loads[p] += lengths[i];
+        loads[p as usize] += lengths[i];
     }
     loads
 }
@@ -173,21 +279,62 @@ fn max_of(loads: &[u64]) -> u64 {
 }
 
 /// LPT: part of each sequence.
-fn lpt(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) -> Vec<usize> {
+fn lpt(lengths: &[u64], order: &[u32], k: usize, equal_size: bool) -> Vec<u32> {
     let n = lengths.len();
     let cap = if equal_size { n / k } else { usize::MAX };
-    let mut assign = vec![0usize; n];
+    let mut assign = vec![0u32; n];
     let mut counts = vec![0usize; k];
+    if k <= 8 && !equal_size {
+        // Few parts: an unrolled scan over a fixed array (unused slots hold u64::MAX).
+        let mut loads = [u64::MAX; 8];
+        loads[..k].fill(0);
+        for &i in order {
+            let mut best = 0;
+            let mut best_load = loads[0];
+            for (p, &l) in loads.iter().enumerate().skip(1) {
+                if l < best_load {
+                    best = p;
+                    best_load = l;
+                }
+            }
+            assign[i as usize] = best as u32;
+            loads[best] = best_load + lengths[i as usize];
+        }
+        return assign;
+    }
+    if k <= 32 {
+        // A linear scan over few parts beats a heap. Full parts (equal_size) read as u64::MAX.
+        let mut loads = vec![0u64; k];
+        for &i in order {
+            let mut best = 0;
+            let mut best_load = loads[0];
+            for (p, &l) in loads.iter().enumerate().skip(1) {
+                if l < best_load {
+                    best = p;
+                    best_load = l;
+                }
+            }
+            assign[i as usize] = best as u32;
+            loads[best] += lengths[i as usize];
+            if equal_size {
+                counts[best] += 1;
+                if counts[best] == cap {
+                    loads[best] = u64::MAX;
+                }
+            }
+        }
+        return assign;
+    }
     // Min-heap of (load, part): the lightest part, ties to the lowest index.
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..k).map(|p| Reverse((0u64, p))).collect();
     for &i in order {
         let Reverse((load, p)) = heap
             .pop()
             .expect("a part with room exists while sequences remain");
-        assign[i] = p;
+        assign[i as usize] = p as u32;
         counts[p] += 1;
         if counts[p] < cap {
-            heap.push(Reverse((load + lengths[i], p)));
+            heap.push(Reverse((load + lengths[i as usize], p)));
         }
     }
     assign
@@ -196,9 +343,9 @@ fn lpt(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) -> Vec<usiz
 const NONE: u32 = u32::MAX;
 
 /// Karmarkar–Karp largest differencing: part of each sequence.
-fn karmarkar_karp(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) -> Vec<usize> {
+fn karmarkar_karp(lengths: &[u64], order: &[u32], k: usize, equal_size: bool) -> Vec<u32> {
     let n = lengths.len();
-    let mut assign = vec![0usize; n];
+    let mut assign = vec![0u32; n];
     if n == 0 || k == 1 {
         return assign;
     }
@@ -209,13 +356,13 @@ fn karmarkar_karp(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) 
     let mut head: Vec<u32> = Vec::new();
     let mut tail: Vec<u32> = Vec::new();
     let push_state =
-        |items: &[usize], sum: &mut Vec<u64>, head: &mut Vec<u32>, tail: &mut Vec<u32>| {
+        |items: &[u32], sum: &mut Vec<u64>, head: &mut Vec<u32>, tail: &mut Vec<u32>| {
             for j in 0..k {
                 match items.get(j) {
                     Some(&i) => {
-                        sum.push(lengths[i]);
-                        head.push(i as u32);
-                        tail.push(i as u32);
+                        sum.push(lengths[i as usize]);
+                        head.push(i);
+                        tail.push(i);
                     }
                     None => {
                         sum.push(0);
@@ -286,102 +433,183 @@ fn karmarkar_karp(lengths: &[u64], order: &[usize], k: usize, equal_size: bool) 
     for j in 0..k {
         let mut it = head[s + j];
         while it != NONE {
-            assign[it as usize] = j;
+            assign[it as usize] = j as u32;
             it = next[it as usize];
         }
     }
     assign
 }
 
-/// Local search: while some move (or swap, with `equal_size` only swaps) between the heaviest
-/// part and another part lowers the larger of their two loads, apply the best such change.
-/// Bounded number of rounds; each round strictly lowers the heaviest part or the number of
-/// parts at the maximum.
-fn refine(lengths: &[u64], assign: &mut [usize], k: usize, equal_size: bool) {
+/// Local search towards the ceiling `C = ⌈total / k⌉` of the mean load (a lower bound on the
+/// best maximum). Each round takes the heaviest part `h` (excess `e = load_h − C`) and:
+/// 1. looks, over the lighter parts `q` (lightest first), for a move of one sequence (not with
+///    `equal_size`) or a swap of two whose length change `δ` lies in `[e, C − load_q]`: both
+///    parts then end at or below `C` (fewest changes: `δ` closest to `e`);
+/// 2. failing that, applies the change that most lowers the larger of `load_h`, `load_q`.
+///
+/// Every applied change lowers the number of parts above `C`, or the heaviest load, or the
+/// number of parts at it; rounds are bounded, so the search always ends.
+fn refine(lengths: &[u64], order_desc: &[u32], assign: &mut [u32], k: usize, equal_size: bool) {
     if k < 2 || lengths.len() < 2 {
         return;
     }
-    // Items of each part sorted by (length, index).
-    let mut parts: Vec<Vec<(u64, usize)>> = vec![Vec::new(); k];
+    let mut loads = vec![0u64; k];
+    let mut sizes = vec![0usize; k];
     for (i, &p) in assign.iter().enumerate() {
-        parts[p].push((lengths[i], i));
+        loads[p as usize] += lengths[i];
+        sizes[p as usize] += 1;
     }
-    for p in &mut parts {
-        p.sort_unstable();
+    let total: u64 = loads.iter().sum();
+    let ceil = total.div_ceil(k as u64);
+    if max_of(&loads) <= ceil {
+        return; // already optimal: nothing to search
     }
-    let mut loads: Vec<u64> = parts.iter().map(|p| p.iter().map(|x| x.0).sum()).collect();
-    let max_rounds = 4 * k + 64;
+    // Items of each part sorted by increasing length (reverse of the decreasing order).
+    let mut parts: Vec<Vec<(u64, usize)>> =
+        sizes.iter().map(|&c| Vec::with_capacity(c + 1)).collect();
+    for &i in order_desc.iter().rev() {
+        let i = i as usize;
+        parts[assign[i] as usize].push((lengths[i], i));
+    }
+    let max_rounds = 8 * k + 64;
+    let mut lighter: Vec<usize> = Vec::with_capacity(k);
     for _ in 0..max_rounds {
-        let (hp, &hmax) = loads
+        let (hp, hmax) = loads
             .iter()
             .enumerate()
-            .max_by_key(|&(j, &l)| (l, Reverse(j)))
-            .expect("k >= 1");
-        let total: u64 = loads.iter().sum();
-        if (hmax as u128) * (k as u128) < total as u128 + k as u128 {
-            break; // already at the ceiling of the mean
+            .fold((0, 0u64), |b, (j, &l)| if l > b.1 { (j, l) } else { b });
+        if hmax <= ceil {
+            break; // optimal
         }
-        // Best change: (new larger load of the pair, q, index in hp, index in q or NONE).
-        let mut best: Option<(u64, usize, usize, usize)> = None;
-        for q in 0..k {
-            if q == hp || loads[q] >= hmax {
-                continue;
-            }
-            let d = hmax - loads[q];
-            let half = d / 2;
-            let consider = |delta: u64,
-                            best: &mut Option<(u64, usize, usize, usize)>,
-                            ia: usize,
-                            ib: usize| {
-                if delta == 0 || delta >= d {
-                    return;
-                }
-                let new_max = (hmax - delta).max(loads[q] + delta);
-                if best.is_none_or(|b| new_max < b.0) {
-                    *best = Some((new_max, q, ia, ib));
-                }
-            };
-            let pb = &parts[q];
-            for (ia, &(la, _)) in parts[hp].iter().enumerate() {
-                if la == 0 {
-                    continue;
-                }
-                if !equal_size {
-                    consider(la, &mut best, ia, usize::MAX);
-                }
-                // Swap with b where la - lb is closest to d/2, 0 < la - lb < d.
-                let target = la.saturating_sub(half);
-                let pos = pb.partition_point(|&(lb, _)| lb < target);
-                for cand in [pos.wrapping_sub(1), pos] {
-                    if let Some(&(lb, _)) = pb.get(cand) {
-                        if lb < la {
-                            consider(la - lb, &mut best, ia, cand);
-                        }
-                    }
-                }
-            }
-        }
-        let Some((new_max, q, ia, ib)) = best else {
+        lighter.clear();
+        lighter.extend((0..k).filter(|&q| loads[q] < hmax));
+        lighter.sort_by_key(|&q| (loads[q], q));
+        let change = fix_excess(&parts, &loads, hp, hmax - ceil, ceil, &lighter, equal_size)
+            .or_else(|| best_pair_change(&parts, &loads, hp, hmax, &lighter, equal_size));
+        let Some((q, ia, ib)) = change else {
             break;
         };
-        if new_max >= hmax {
-            break;
-        }
         let a = parts[hp].remove(ia);
         loads[hp] -= a.0;
         if ib != usize::MAX {
             let b = parts[q].remove(ib);
             loads[q] -= b.0;
-            let pos = parts[hp].partition_point(|x| *x < b);
+            let pos = parts[hp].partition_point(|x| x.0 < b.0);
             parts[hp].insert(pos, b);
             loads[hp] += b.0;
-            assign[b.1] = hp;
+            assign[b.1] = hp as u32;
         }
-        let pos = parts[q].partition_point(|x| *x < a);
+        let pos = parts[q].partition_point(|x| x.0 < a.0);
         parts[q].insert(pos, a);
         loads[q] += a.0;
-        assign[a.1] = q;
+        assign[a.1] = q as u32;
     }
+}
+
+/// A change `(q, position in h, position in q or usize::MAX for a move)` with length change
+/// `δ ∈ [e, C − load_q]`, `δ` as small as found first; see [`refine`].
+fn fix_excess(
+    parts: &[Vec<(u64, usize)>],
+    loads: &[u64],
+    hp: usize,
+    e: u64,
+    ceil: u64,
+    lighter: &[usize],
+    equal_size: bool,
+) -> Option<(usize, usize, usize)> {
+    let ph = &parts[hp];
+    let first = ph.partition_point(|x| x.0 < e); // only items of length ≥ e can help
+    for &q in lighter {
+        if loads[q] >= ceil || ceil - loads[q] < e {
+            continue;
+        }
+        let s = ceil - loads[q];
+        if !equal_size {
+            if let Some(&(la, _)) = ph.get(first) {
+                if la <= s {
+                    return Some((q, first, usize::MAX));
+                }
+            }
+        }
+        let pq = &parts[q];
+        for (ia, &(la, _)) in ph.iter().enumerate().skip(first) {
+            // The longest b with la − lb ≥ e, accepted when la − lb ≤ s.
+            let pos = pq.partition_point(|x| x.0 <= la - e);
+            if pos > 0 && pq[pos - 1].0 + s >= la {
+                return Some((q, ia, pos - 1));
+            }
+        }
+    }
+    None
+}
+
+/// The move or swap between `h` and a lighter part that most lowers the larger of their two
+/// loads (seeking a change of half their difference; the first part that allows any
+/// improvement is used). `None` when nothing improves.
+fn best_pair_change(
+    parts: &[Vec<(u64, usize)>],
+    loads: &[u64],
+    hp: usize,
+    hmax: u64,
+    lighter: &[usize],
+    equal_size: bool,
+) -> Option<(usize, usize, usize)> {
+    // (new larger load of the pair, q, position in hp, position in q or usize::MAX)
+    let mut best: Option<(u64, usize, usize, usize)> = None;
+    'parts: for &q in lighter {
+        let d = hmax - loads[q];
+        if d < 2 {
+            continue;
+        }
+        let ideal = hmax - d / 2; // the pair's larger load after a perfect change
+        let pb = &parts[q];
+        for (ia, &(la, _)) in parts[hp].iter().enumerate() {
+            if la == 0 {
+                continue;
+            }
+            let mut consider = |delta: u64, ib: usize| {
+                if delta == 0 || delta >= d {
+                    return false;
+                }
+                let new_max = (hmax - delta).max(loads[q] + delta);
+                if best.is_none_or(|b| new_max < b.0) {
+                    best = Some((new_max, q, ia, ib));
+                }
+                new_max == ideal
+            };
+            if !equal_size && consider(la, usize::MAX) {
+                break 'parts;
+            }
+            // Swap with b where la − lb is closest to d/2.
+            let target = la.saturating_sub(d / 2);
+            let pos = pb.partition_point(|&(lb, _)| lb < target);
+            for cand in [pos, pos.wrapping_sub(1)] {
+                if let Some(&(lb, _)) = pb.get(cand) {
+                    if lb < la && consider(la - lb, cand) {
+                        break 'parts;
+                    }
+                }
+            }
+        }
+        if best.is_some() {
+            break;
+        }
+    }
+    match best {
+        Some((new_max, q, ia, ib)) if new_max < hmax => Some((q, ia, ib)),
+        _ => None,
+    }
+}
+
+/// Serpentine assignment of the lengths in decreasing order: parts 0..k, then k..0, ...
+/// (every part gets `n / k` or `n / k + 1` sequences).
+fn snake(order: &[u32], k: usize) -> Vec<u32> {
+    let mut assign = vec![0u32; order.len()];
+    for (r, &i) in order.iter().enumerate() {
+        let (round, pos) = (r / k, r % k);
+        assign[i as usize] = if round % 2 == 0 { pos } else { k - 1 - pos } as u32;
+    }
+    assign
 }
 
 /// A packing plan: rows of original indices (increasing within a row) and their loads.
@@ -404,11 +632,16 @@ pub fn pack(lengths: &[u64], capacity: u64) -> Result<PackPlan> {
             )));
         }
     }
+    if lengths.len() > u32::MAX as usize {
+        return Err(CoreError::capacity(
+            "at most 2^32 - 1 sequences can be packed at once",
+        ));
+    }
     let order = sorted_desc(lengths);
-    let sorted: Vec<u64> = order.iter().map(|&i| lengths[i]).collect();
+    let sorted: Vec<u64> = order.iter().map(|&i| lengths[i as usize]).collect();
     let mut rows: Vec<Vec<usize>> = ffd_rows(&sorted, capacity)
         .into_iter()
-        .map(|r| r.into_iter().map(|j| order[j]).collect())
+        .map(|r| r.into_iter().map(|j| order[j] as usize).collect())
         .collect();
     for r in &mut rows {
         r.sort_unstable();

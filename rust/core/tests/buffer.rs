@@ -153,7 +153,7 @@ fn add_padded_left_and_right_padding() {
     let prompt = [0i32, 7, 8, 9, 9, 9];
     let pmask = [false, true, true, true, true, true];
     let resp = [5i32, 6, 0, 4, 0, 0];
-    let rmask = [1u8 as f32, 1.0, 0.0, 1.0, 0.0, 0.0];
+    let rmask = [1.0f32, 1.0, 0.0, 1.0, 0.0, 0.0];
     let lp = [-1.0f64, -2.0, 99.0, -3.0, 99.0, 99.0];
     let b = AddBatch {
         prompt_ids: TokenInput::Padded {

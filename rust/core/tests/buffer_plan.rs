@@ -250,13 +250,13 @@ fn partition_small_cases() {
     assert_eq!(p.loads.iter().sum::<u64>(), 30);
     let p = balanced_partition(&[4, 4, 1, 1], 2, true, Method::Best).unwrap();
     assert_eq!(p.loads, vec![5, 5]);
-    assert!(p.parts.iter().all(|q| q.len() == 2));
+    assert!(p.parts().iter().all(|q| q.len() == 2));
     let e = balanced_partition(&[1, 2, 3], 2, true, Method::Best).unwrap_err();
     assert!(e.message().contains("multiple of k"), "{e}");
     let e = balanced_partition(&[1], 0, false, Method::Best).unwrap_err();
     assert!(matches!(e, CoreError::InvalidOption(_)));
     let p = balanced_partition(&[3, 1], 4, false, Method::Best).unwrap();
-    assert_eq!(p.parts.len(), 4);
+    assert_eq!(p.parts().len(), 4);
     assert_eq!(p.max_load(), 3);
 }
 
@@ -290,11 +290,11 @@ proptest! {
         }
         for m in [Method::Kk, Method::Lpt, Method::Best] {
             let p = balanced_partition(&lengths, k, equal, m).unwrap();
-            prop_assert_eq!(p.parts.len(), k);
-            let mut all: Vec<usize> = p.parts.concat();
+            prop_assert_eq!(p.parts().len(), k);
+            let mut all: Vec<usize> = p.parts().concat();
             all.sort_unstable();
             prop_assert_eq!(all, (0..lengths.len()).collect::<Vec<_>>());
-            for (q, part) in p.parts.iter().enumerate() {
+            for (q, part) in p.parts().iter().enumerate() {
                 prop_assert_eq!(p.loads[q], part.iter().map(|&i| lengths[i]).sum::<u64>());
                 prop_assert!(part.windows(2).all(|w| w[0] < w[1]));
                 if equal {

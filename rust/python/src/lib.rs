@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod buffer;
 mod errors;
 mod gil;
 mod ops;
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     errors::register(m)?;
     ops::register(m)?;
+    buffer::register(m)?;
     Ok(())
 }

@@ -1,0 +1,521 @@
+//! Advantage estimators run in place on a [`RolloutBuffer`]'s flat ragged fields.
+//!
+//! The kernels ([`crate::gae`], [`crate::returns`], [`crate::group`], [`crate::kl`],
+//! [`crate::stats`]) read the buffer's columns directly with `response_offsets` as a ragged
+//! layout: no copy when the fields already have the buffer's `float_dtype`.
+//!
+//! Estimators (defaults in brackets; the anchor each matches is named):
+//! - `gae` (PPO): per-token rewards `r_t` = the `rewards` field (if held) − `kl_coef`·KL_t
+//!   (if `kl_coef` ≠ 0; needs `logprobs` and `ref_logprobs`) + the sequence's score on its last
+//!   valid token (if `scores` are held); then GAE with `gamma` [1], `lam` [1], `masked` [skip]
+//!   over `values`. Advantages and returns per token. Whitening [token] (verl, OpenRLHF).
+//! - `reinforce++`: the same rewards, returns = discounted reward-to-go with `gamma` [1],
+//!   advantages = whitened returns [token] (OpenRLHF `reinforce`).
+//! - `grpo`: group mean baseline, divided by the group std + `eps` [1e-6] (verl's
+//!   `norm_adv_by_std_in_grpo=True`; TRL uses eps 1e-4), `ddof` [1]. One advantage per sequence.
+//! - `dr_grpo`: group mean baseline, no std scaling (Dr. GRPO; verl `norm_adv_by_std_in_grpo=False`).
+//! - `rloo`: leave-one-out baseline, no scaling (verl, OpenRLHF `rloo`).
+//! - `reinforce++_baseline`: group mean baseline, then as `reinforce++` on those centred
+//!   scores (OpenRLHF `reinforce_baseline`). With `kl_coef = 0` and `gamma = 1` every token of
+//!   a sequence would get the same value, so one advantage per sequence is kept; whitening
+//!   [token] then weights each sequence by its number of valid tokens, which is what whitening
+//!   the broadcast tokens would do.
+//!
+//! Group estimators take groups from the `group_ids` field, or contiguous groups of
+//! `group_size`. `scale` overrides the estimator's std scaling (`group`, `batch`, `none`).
+//!
+//! Valid tokens: response tokens whose `loss_mask` (if held) is true. A sequence whose score is
+//! NaN (unscorable) gets advantage 0 and is left out of whitening statistics.
+//!
+//! Whitening `(x − μ)/sqrt(σ² + whiten_eps)` (verl's `masked_whiten`): `token` weighs every valid
+//! token equally (unbiased variance, ddof 1, via [`crate::stats::masked_whiten`] for per-token
+//! advantages); `sequence` weighs every sequence equally (each of its valid tokens gets weight
+//! 1/n_valid; population variance); `none` leaves them as computed.
+
+use std::borrow::Cow;
+
+use crate::buffer::{Advantages, Column, RolloutBuffer};
+use crate::error::{CoreError, Result};
+use crate::gae::{gae, GaeOptions, Masked};
+use crate::group::{group_advantages, GroupOptions, GroupStats, Groups};
+use crate::kl::{shaped_rewards, Estimator as KlEstimator, KlFloat};
+use crate::layout::{Float, Layout};
+use crate::returns::discounted_returns;
+use crate::stats::{masked_whiten, Axis, WhitenOptions};
+
+/// Which estimator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Estimator {
+    Gae,
+    ReinforcePP,
+    Grpo,
+    DrGrpo,
+    Rloo,
+    ReinforcePPBaseline,
+}
+
+impl Estimator {
+    pub fn parse(s: &str) -> Result<Estimator> {
+        match s {
+            "gae" => Ok(Estimator::Gae),
+            "reinforce++" => Ok(Estimator::ReinforcePP),
+            "grpo" => Ok(Estimator::Grpo),
+            "dr_grpo" => Ok(Estimator::DrGrpo),
+            "rloo" => Ok(Estimator::Rloo),
+            "reinforce++_baseline" => Ok(Estimator::ReinforcePPBaseline),
+            other => Err(CoreError::option(format!(
+                "estimator must be one of 'gae', 'grpo', 'dr_grpo', 'rloo', 'reinforce++', \
+                 'reinforce++_baseline', got {other:?}"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::Gae => "gae",
+            Estimator::ReinforcePP => "reinforce++",
+            Estimator::Grpo => "grpo",
+            Estimator::DrGrpo => "dr_grpo",
+            Estimator::Rloo => "rloo",
+            Estimator::ReinforcePPBaseline => "reinforce++_baseline",
+        }
+    }
+
+    fn is_group(self) -> bool {
+        matches!(
+            self,
+            Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo | Estimator::ReinforcePPBaseline
+        )
+    }
+}
+
+/// Whitening of the advantages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiten {
+    None,
+    Token,
+    Sequence,
+}
+
+/// Everything [`compute`] needs, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct AdvantageOptions {
+    pub estimator: Estimator,
+    pub gamma: f64,
+    pub lam: f64,
+    pub masked: Masked,
+    pub kl_coef: f64,
+    pub kl_estimator: KlEstimator,
+    pub kl_clamp: Option<f64>,
+    pub group: GroupOptions,
+    pub group_size: Option<usize>,
+    pub whiten: Whiten,
+    pub whiten_eps: f64,
+}
+
+impl AdvantageOptions {
+    /// Parse and check the options; `scale` and `whiten` default per estimator when `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        estimator: &str,
+        gamma: f64,
+        lam: f64,
+        masked: &str,
+        kl_coef: f64,
+        kl_estimator: &str,
+        kl_clamp: Option<f64>,
+        ddof: i64,
+        eps: f64,
+        singleton: &str,
+        scale: Option<&str>,
+        whiten: Option<&str>,
+        whiten_eps: f64,
+        group_size: Option<i64>,
+    ) -> Result<AdvantageOptions> {
+        let est = Estimator::parse(estimator)?;
+        let (baseline, default_scale) = match est {
+            Estimator::Grpo => ("mean", "group"),
+            Estimator::DrGrpo | Estimator::ReinforcePPBaseline => ("mean", "none"),
+            Estimator::Rloo => ("leave_one_out", "none"),
+            Estimator::Gae | Estimator::ReinforcePP => ("mean", "none"),
+        };
+        if scale.is_some() && !est.is_group() {
+            return Err(CoreError::option(format!(
+                "scale applies to group estimators, not {estimator:?}"
+            )));
+        }
+        let group = GroupOptions::parse(
+            baseline,
+            scale.unwrap_or(default_scale),
+            ddof,
+            eps,
+            singleton,
+        )?;
+        let default_whiten = match est {
+            Estimator::Gae | Estimator::ReinforcePP | Estimator::ReinforcePPBaseline => "token",
+            _ => "none",
+        };
+        let whiten = match whiten.unwrap_or(default_whiten) {
+            "none" => Whiten::None,
+            "token" => Whiten::Token,
+            "sequence" => Whiten::Sequence,
+            other => {
+                return Err(CoreError::option(format!(
+                    "whiten must be 'none', 'token' or 'sequence', got {other:?}"
+                )))
+            }
+        };
+        if !(whiten_eps.is_finite() && whiten_eps >= 0.0) {
+            return Err(CoreError::option(format!(
+                "whiten_eps must be finite and >= 0, got {whiten_eps}"
+            )));
+        }
+        if !kl_coef.is_finite() {
+            return Err(CoreError::option(format!(
+                "kl_coef must be finite, got {kl_coef}"
+            )));
+        }
+        if kl_coef != 0.0 && matches!(est, Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo) {
+            return Err(CoreError::option(format!(
+                "kl_coef puts a KL penalty into the rewards of gae / reinforce++ / reinforce++_baseline; {estimator} \
+                 uses scores only (put the KL term in the loss instead)"
+            )));
+        }
+        for (name, x) in [("gamma", gamma), ("lam", lam)] {
+            if !(0.0..=1.0).contains(&x) {
+                return Err(CoreError::option(format!(
+                    "{name} must be in [0, 1], got {x}"
+                )));
+            }
+        }
+        if let Some(c) = kl_clamp {
+            if c.is_nan() || c < 0.0 {
+                return Err(CoreError::option(format!(
+                    "kl_clamp must be None or >= 0, got {c}"
+                )));
+            }
+        }
+        let group_size = match group_size {
+            None => None,
+            Some(g) if g >= 1 => Some(g as usize),
+            Some(g) => {
+                return Err(CoreError::option(format!(
+                    "group_size must be a positive integer, got {g}"
+                )))
+            }
+        };
+        Ok(AdvantageOptions {
+            estimator: est,
+            gamma,
+            lam,
+            masked: Masked::parse(masked)?,
+            kl_coef,
+            kl_estimator: KlEstimator::parse(kl_estimator)?,
+            kl_clamp,
+            group,
+            group_size,
+            whiten,
+            whiten_eps,
+        })
+    }
+}
+
+/// f32 / f64 views of buffer columns.
+trait ColumnFloat: KlFloat {
+    fn column(v: Vec<Self>) -> Column;
+    fn borrow(c: &Column) -> Cow<'_, [Self]>;
+}
+
+impl ColumnFloat for f32 {
+    fn column(v: Vec<f32>) -> Column {
+        Column::F32(v)
+    }
+    fn borrow(c: &Column) -> Cow<'_, [f32]> {
+        match c {
+            Column::F32(v) => Cow::Borrowed(v),
+            Column::F64(v) => Cow::Owned(v.iter().map(|&x| x as f32).collect()),
+            other => Cow::Owned(
+                (0..other.len())
+                    .map(|i| other.as_slice().get_f64(i) as f32)
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl ColumnFloat for f64 {
+    fn column(v: Vec<f64>) -> Column {
+        Column::F64(v)
+    }
+    fn borrow(c: &Column) -> Cow<'_, [f64]> {
+        match c {
+            Column::F64(v) => Cow::Borrowed(v),
+            other => Cow::Owned(
+                (0..other.len())
+                    .map(|i| other.as_slice().get_f64(i))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn need<'a>(buf: &'a RolloutBuffer, name: &str, why: &str) -> Result<&'a Column> {
+    buf.token_field(name)
+        .or_else(|| buf.seq_field(name))
+        .ok_or_else(|| {
+            CoreError::field(format!(
+                "{why} needs the field {name:?}, which this buffer does not hold"
+            ))
+        })
+}
+
+/// Run the estimator and store its results in the buffer. Returns group statistics for
+/// group estimators.
+pub fn compute(buf: &mut RolloutBuffer, opts: &AdvantageOptions) -> Result<Option<GroupStats>> {
+    if buf.is_empty() {
+        return Err(CoreError::option(
+            "the buffer holds no sequences; add rollouts first",
+        ));
+    }
+    let (adv, ret, stats) = match buf.float_dtype() {
+        crate::buffer::DType::F64 => compute_typed::<f64>(buf, opts)?,
+        _ => compute_typed::<f32>(buf, opts)?,
+    };
+    buf.set_advantages(opts.estimator.name(), adv, ret)?;
+    Ok(stats)
+}
+
+type Outcome = (Advantages, Option<Column>, Option<GroupStats>);
+
+fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -> Result<Outcome> {
+    let n = buf.len();
+    let offsets = buf.response_offsets();
+    let layout = Layout::ragged(offsets, buf.num_response_tokens())?;
+    let what = opts.estimator.name();
+    let scores: Option<Cow<'_, [F]>> = buf.seq_field("scores").map(F::borrow);
+
+    // Valid tokens: loss_mask AND the sequence's score is not NaN.
+    let loss_mask: Option<&[bool]> = match buf.token_field("loss_mask") {
+        Some(Column::Bool(v)) => Some(v),
+        _ => None,
+    };
+    let nan_seq: Vec<bool> = match &scores {
+        Some(s) => s.iter().map(|x| x.is_nan()).collect(),
+        None => vec![false; n],
+    };
+    let mask: Option<Cow<'_, [bool]>> = if nan_seq.iter().any(|&b| b) {
+        let mut m: Vec<bool> =
+            loss_mask.map_or_else(|| vec![true; buf.num_response_tokens()], |m| m.to_vec());
+        for (i, &bad) in nan_seq.iter().enumerate() {
+            if bad {
+                m[offsets[i] as usize..offsets[i + 1] as usize].fill(false);
+            }
+        }
+        Some(Cow::Owned(m))
+    } else {
+        loss_mask.map(Cow::Borrowed)
+    };
+    let mask_ref: Option<&[bool]> = mask.as_deref();
+
+    // Group estimators: centred (and maybe scaled) scores, one per sequence.
+    let mut group_stats = None;
+    let mut seq_scores: Option<Vec<F>> = None;
+    if opts.estimator.is_group() {
+        let s = scores.as_deref().ok_or_else(|| {
+            CoreError::field(format!(
+                "{what} needs the per-sequence field \"scores\", which this buffer does not hold"
+            ))
+        })?;
+        let ids: Option<Cow<'_, [i64]>> = match buf.seq_field("group_ids") {
+            Some(Column::I64(v)) => Some(Cow::Borrowed(v)),
+            Some(Column::I32(v)) => Some(Cow::Owned(v.iter().map(|&x| x as i64).collect())),
+            _ => None,
+        };
+        let groups = match (opts.group_size, ids.as_deref()) {
+            (Some(g), _) => Groups::Size(g),
+            (None, Some(ids)) => Groups::Ids(ids),
+            (None, None) => {
+                return Err(CoreError::field(format!(
+                "{what} needs groups: add the per-sequence field \"group_ids\" or pass group_size"
+            )))
+            }
+        };
+        let mut out = vec![F::ZERO; n];
+        group_stats = Some(group_advantages(s, groups, &opts.group, &mut out)?);
+        seq_scores = Some(out);
+    }
+
+    let per_sequence = match opts.estimator {
+        Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo => true,
+        Estimator::ReinforcePPBaseline => opts.kl_coef == 0.0 && opts.gamma == 1.0,
+        Estimator::Gae | Estimator::ReinforcePP => false,
+    };
+
+    if per_sequence {
+        let mut a = seq_scores.expect("group estimators computed per-sequence scores");
+        // Valid-token count per sequence (0 for NaN-score sequences: excluded from whitening).
+        let counts: Vec<f64> = (0..n)
+            .map(|i| {
+                let r = offsets[i] as usize..offsets[i + 1] as usize;
+                match mask_ref {
+                    None => r.len() as f64,
+                    Some(m) => m[r].iter().filter(|&&b| b).count() as f64,
+                }
+            })
+            .collect();
+        match opts.whiten {
+            Whiten::None => {}
+            Whiten::Token => weighted_whiten(&mut a, &counts, opts.whiten_eps),
+            Whiten::Sequence => {
+                let w: Vec<f64> = counts
+                    .iter()
+                    .zip(&nan_seq)
+                    .map(|(&c, &bad)| if bad || c == 0.0 { 0.0 } else { 1.0 })
+                    .collect();
+                weighted_whiten(&mut a, &w, opts.whiten_eps);
+            }
+        }
+        return Ok((Advantages::Sequence(F::column(a)), None, group_stats));
+    }
+
+    // Per-token rewards: rewards field − kl_coef·KL + score (or centred score) on the last
+    // valid token.
+    let t = buf.num_response_tokens();
+    let outcome: Option<Cow<'_, [F]>> = match seq_scores {
+        Some(v) => Some(Cow::Owned(v)),
+        None => scores.clone(),
+    };
+    let token_rewards = buf.token_field("rewards").map(F::borrow);
+    if outcome.is_none() && token_rewards.is_none() {
+        return Err(CoreError::field(format!(
+            "{what} needs per-token \"rewards\" or per-sequence \"scores\"; this buffer holds neither"
+        )));
+    }
+    let zeros;
+    let outcome_ref: &[F] = match &outcome {
+        Some(o) => o,
+        None => {
+            zeros = vec![F::ZERO; n];
+            &zeros
+        }
+    };
+    let mut rewards = vec![F::ZERO; t];
+    if opts.kl_coef != 0.0 {
+        let lp = F::borrow(need(buf, "logprobs", "kl_coef != 0")?);
+        let rf = F::borrow(need(buf, "ref_logprobs", "kl_coef != 0")?);
+        shaped_rewards(
+            &layout,
+            outcome_ref,
+            &lp,
+            &rf,
+            mask_ref,
+            opts.kl_coef,
+            opts.kl_estimator,
+            opts.kl_clamp,
+            &mut rewards,
+        )?;
+    } else {
+        // Score on the last valid token of each sequence (no KL term).
+        for i in 0..n {
+            let r = offsets[i] as usize..offsets[i + 1] as usize;
+            let last = match mask_ref {
+                None => r.clone().last(),
+                Some(m) => r.clone().rev().find(|&j| m[j]),
+            };
+            if let Some(j) = last {
+                rewards[j] = outcome_ref[i];
+            }
+        }
+    }
+    if let Some(tr) = &token_rewards {
+        for (j, (r, &x)) in rewards.iter_mut().zip(tr.iter()).enumerate() {
+            if mask_ref.is_none_or(|m| m[j]) {
+                *r = *r + x;
+            }
+        }
+    }
+
+    let (mut adv, ret) = match opts.estimator {
+        Estimator::Gae => {
+            let values = F::borrow(need(buf, "values", "gae")?);
+            let (mut a, mut r) = (vec![F::ZERO; t], vec![F::ZERO; t]);
+            let g = GaeOptions {
+                gamma: opts.gamma,
+                lam: opts.lam,
+                masked: opts.masked,
+            };
+            gae(
+                &layout, &rewards, &values, mask_ref, None, g, &mut a, &mut r,
+            )?;
+            (a, r)
+        }
+        _ => {
+            let mut r = vec![F::ZERO; t];
+            discounted_returns(&layout, &rewards, mask_ref, opts.gamma, opts.masked, &mut r)?;
+            (r.clone(), r)
+        }
+    };
+    match opts.whiten {
+        Whiten::None => {}
+        Whiten::Token => {
+            let w = WhitenOptions::new(Axis::All, true, 1, opts.whiten_eps)?;
+            let mut out = vec![F::ZERO; t];
+            masked_whiten(&layout, &adv, mask_ref, w, &mut out)?;
+            adv = out;
+        }
+        Whiten::Sequence => {
+            let mut w = vec![0.0f64; t];
+            for i in 0..n {
+                let r = offsets[i] as usize..offsets[i + 1] as usize;
+                let c = match mask_ref {
+                    None => r.len(),
+                    Some(m) => m[r.clone()].iter().filter(|&&b| b).count(),
+                };
+                for j in r {
+                    if mask_ref.is_none_or(|m| m[j]) {
+                        w[j] = 1.0 / c as f64;
+                    }
+                }
+            }
+            weighted_whiten(&mut adv, &w, opts.whiten_eps);
+        }
+    }
+    Ok((
+        Advantages::Token(F::column(adv)),
+        Some(F::column(ret)),
+        group_stats,
+    ))
+}
+
+/// Whiten `x` in place with weights `w` (≥ 0): `(x − μ)/sqrt(σ² + eps)` where μ and σ² are the
+/// weighted mean and population variance (two passes in f64); entries of weight 0 become 0.
+/// All-zero weights leave `x` zeroed where the weight is 0 and unchanged elsewhere (nothing).
+pub fn weighted_whiten<F: Float>(x: &mut [F], w: &[f64], eps: f64) {
+    let (mut sw, mut swx) = (0.0f64, 0.0f64);
+    for (xi, &wi) in x.iter().zip(w) {
+        if wi > 0.0 {
+            sw += wi;
+            swx += wi * xi.to_f64();
+        }
+    }
+    if sw == 0.0 {
+        x.iter_mut().for_each(|v| *v = F::ZERO);
+        return;
+    }
+    let mu = swx / sw;
+    let mut ss = 0.0f64;
+    for (xi, &wi) in x.iter().zip(w) {
+        if wi > 0.0 {
+            let d = xi.to_f64() - mu;
+            ss += wi * d * d;
+        }
+    }
+    let inv = 1.0 / (ss / sw + eps).sqrt();
+    for (xi, &wi) in x.iter_mut().zip(w) {
+        *xi = if wi > 0.0 {
+            F::from_f64((xi.to_f64() - mu) * inv)
+        } else {
+            F::ZERO
+        };
+    }
+}
