@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from ops_strategies import assert_close, assert_masked_zero, token_cases
+
 from rlhf_core import _core, ops
 from rlhf_core.testing import reference as ref
 

@@ -48,6 +48,8 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     fn abs(self) -> Self;
     fn is_nan(self) -> bool;
+    /// `self` when `on`, else +0.0, branch-free (vectorises; NaN never leaks through).
+    fn keep(self, on: bool) -> Self;
 }
 
 impl Float for f32 {
@@ -70,6 +72,10 @@ impl Float for f32 {
     fn is_nan(self) -> bool {
         f32::is_nan(self)
     }
+    #[inline(always)]
+    fn keep(self, on: bool) -> Self {
+        f32::from_bits(self.to_bits() & (on as u32).wrapping_neg())
+    }
 }
 
 impl Float for f64 {
@@ -91,6 +97,10 @@ impl Float for f64 {
     #[inline(always)]
     fn is_nan(self) -> bool {
         f64::is_nan(self)
+    }
+    #[inline(always)]
+    fn keep(self, on: bool) -> Self {
+        f64::from_bits(self.to_bits() & (on as u64).wrapping_neg())
     }
 }
 

@@ -20,6 +20,7 @@ pub mod partition;
 pub mod plan;
 pub mod returns;
 pub mod running;
+mod simd;
 pub mod stats;
 pub mod tokens;
 

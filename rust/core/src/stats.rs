@@ -12,6 +12,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::simd::{keep_f64, vectorized};
 
 /// Slots per reduction block (16 KiB of f32).
 pub const BLOCK: usize = 4096;
@@ -79,6 +80,14 @@ impl Moments {
 /// Sum (f64, eight lanes) and count of the valid entries.
 #[inline]
 pub fn sum_count<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64) {
+    vectorized(
+        #[inline(always)]
+        || sum_count_body(x, m),
+    )
+}
+
+#[inline(always)]
+fn sum_count_body<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64) {
     let mut acc = [0.0f64; LANES];
     match m {
         None => {
@@ -100,13 +109,13 @@ pub fn sum_count<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64)
             for (c, mc) in (&mut xi).zip(&mut mi) {
                 for k in 0..LANES {
                     let on = mc[k].on();
-                    acc[k] += if on { c[k].to_f64() } else { 0.0 };
+                    acc[k] += keep_f64(c[k].to_f64(), on);
                     cnt[k] += on as u64;
                 }
             }
             for (k, (v, mv)) in xi.remainder().iter().zip(mi.remainder()).enumerate() {
                 let on = mv.on();
-                acc[k] += if on { v.to_f64() } else { 0.0 };
+                acc[k] += keep_f64(v.to_f64(), on);
                 cnt[k] += on as u64;
             }
             (lane_total(&acc), cnt.iter().sum())
@@ -117,6 +126,14 @@ pub fn sum_count<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64)
 /// Σ (x − mean)² over the valid entries (f64, eight lanes).
 #[inline]
 fn centred_squares<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>, mean: f64) -> f64 {
+    vectorized(
+        #[inline(always)]
+        || centred_squares_body(x, m, mean),
+    )
+}
+
+#[inline(always)]
+fn centred_squares_body<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>, mean: f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     match m {
         None => {
@@ -138,12 +155,12 @@ fn centred_squares<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>, mean: f64) 
             for (c, mc) in (&mut xi).zip(&mut mi) {
                 for k in 0..LANES {
                     let d = c[k].to_f64() - mean;
-                    acc[k] += if mc[k].on() { d * d } else { 0.0 };
+                    acc[k] += keep_f64(d * d, mc[k].on());
                 }
             }
             for (k, (v, mv)) in xi.remainder().iter().zip(mi.remainder()).enumerate() {
                 let d = v.to_f64() - mean;
-                acc[k] += if mv.on() { d * d } else { 0.0 };
+                acc[k] += keep_f64(d * d, mv.on());
             }
         }
     }
@@ -367,19 +384,21 @@ fn whiten_slice<F: Float, M: MaskValue>(
     add: f64,
     out: &mut [F],
 ) {
-    match m {
-        None => {
-            for (o, v) in out.iter_mut().zip(x) {
-                *o = F::from_f64((v.to_f64() - mu) * inv + add);
+    vectorized(
+        #[inline(always)]
+        || match m {
+            None => {
+                for (o, v) in out.iter_mut().zip(x) {
+                    *o = F::from_f64((v.to_f64() - mu) * inv + add);
+                }
             }
-        }
-        Some(m) => {
-            for ((o, v), mv) in out.iter_mut().zip(x).zip(m) {
-                let w = F::from_f64((v.to_f64() - mu) * inv + add);
-                *o = if mv.on() { w } else { F::ZERO };
+            Some(m) => {
+                for ((o, v), mv) in out.iter_mut().zip(x).zip(m) {
+                    *o = F::from_f64((v.to_f64() - mu) * inv + add).keep(mv.on());
+                }
             }
-        }
-    }
+        },
+    )
 }
 
 fn check_out<F>(out: &[F], n: usize) -> Result<()> {

@@ -7,6 +7,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::simd::vectorized;
 use crate::stats::{sum_count, BLOCK};
 
 /// Broadcast `seq_values` (one per row) onto the valid slots of `layout`; every slot of `out`
@@ -26,9 +27,15 @@ pub fn broadcast_to_tokens<F: Float, M: MaskValue>(
         match mask {
             None => o.fill(v),
             Some(m) => {
-                for (x, mv) in o.iter_mut().zip(&m[layout.row(i)]) {
-                    *x = if mv.on() { v } else { F::ZERO };
-                }
+                let m = &m[layout.row(i)];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (x, mv) in o.iter_mut().zip(m) {
+                            *x = v.keep(mv.on());
+                        }
+                    },
+                )
             }
         }
     });
