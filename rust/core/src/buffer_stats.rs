@@ -5,10 +5,9 @@
 //! - `response_length/{mean,std,min,max}`, `prompt_length/{mean,std,min,max}`;
 //! - `truncated/frac` (fraction of sequences flagged truncated);
 //! - `scores/{mean,std,min,max}` over the non-NaN scores, `scores/num_nan`;
-//! - `groups/num_groups`, `groups/num_singleton` (groups of one sequence),
-//!   `groups/frac_zero_std`: among groups of two or more sequences, the fraction whose non-NaN
-//!   scores are all equal (fewer than two non-NaN scores counts as zero spread): these groups
-//!   give no GRPO/RLOO learning signal;
+//! - `groups/num_groups`, `groups/num_singleton` (groups with exactly one non-NaN score),
+//!   `groups/frac_zero_std`: the fraction of groups with two or more non-NaN scores, all equal
+//!   (no GRPO/RLOO learning signal); the same definitions as `group_advantages`' statistics;
 //! - `advantages/{mean,std,min,max}` (over tokens or sequences, as stored), `returns/{mean,std}`.
 //!
 //! Standard deviations are population (ddof = 0), accumulated in f64 with two passes.
@@ -124,7 +123,7 @@ pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
         let sl = s.as_slice();
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| (g[i], i));
-        let (mut groups, mut singletons, mut multi, mut zero) = (0usize, 0usize, 0usize, 0usize);
+        let (mut groups, mut singletons, mut zero) = (0usize, 0usize, 0usize);
         let mut start = 0;
         while start < n {
             let mut end = start + 1;
@@ -132,26 +131,21 @@ pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
                 end += 1;
             }
             groups += 1;
-            if end - start == 1 {
+            let vals: Vec<f64> = order[start..end]
+                .iter()
+                .map(|&i| sl.get_f64(i))
+                .filter(|x| !x.is_nan())
+                .collect();
+            if vals.len() == 1 {
                 singletons += 1;
-            } else {
-                multi += 1;
-                let vals: Vec<f64> = order[start..end]
-                    .iter()
-                    .map(|&i| sl.get_f64(i))
-                    .filter(|x| !x.is_nan())
-                    .collect();
-                if vals.len() < 2 || vals.iter().all(|&x| x == vals[0]) {
-                    zero += 1;
-                }
+            } else if vals.len() >= 2 && vals.iter().all(|&x| x == vals[0]) {
+                zero += 1;
             }
             start = end;
         }
         out.push(("groups/num_groups".into(), groups as f64));
         out.push(("groups/num_singleton".into(), singletons as f64));
-        if multi > 0 {
-            out.push(("groups/frac_zero_std".into(), zero as f64 / multi as f64));
-        }
+        out.push(("groups/frac_zero_std".into(), zero as f64 / groups as f64));
     }
     if let Some(c) = buf.computed() {
         push_moments(

@@ -553,8 +553,9 @@ fn stats_report_lengths_scores_and_groups() {
     assert_eq!(st["scores/mean"], 1.0);
     assert_eq!(st["scores/num_nan"], 1.0);
     assert_eq!(st["groups/num_groups"], 3.0);
-    assert_eq!(st["groups/num_singleton"], 1.0);
-    assert_eq!(st["groups/frac_zero_std"], 0.5);
+    // Group 2 has no non-NaN score: neither a singleton nor zero-std.
+    assert_eq!(st["groups/num_singleton"], 0.0);
+    assert_eq!(st["groups/frac_zero_std"], 1.0 / 3.0);
 }
 
 #[test]
