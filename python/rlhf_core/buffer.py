@@ -204,6 +204,17 @@ def _token_spec(
         return ("padded", np.ascontiguousarray(fix(values)), np.ascontiguousarray(_mask_dtype(mask)))
     if isinstance(value, (list, tuple)):
         arrays = [_to_numpy(v, name) for v in value]
+        # An empty Python list has no dtype of its own (numpy says float64): it takes the
+        # dtype of the other sequences (int64 when all are empty).
+        loose = [
+            i for i, (v, a) in enumerate(zip(value, arrays, strict=True))
+            if a.size == 0 and not isinstance(v, np.ndarray) and not _is_tensor(v)
+        ]
+        if loose:
+            typed = [a.dtype for i, a in enumerate(arrays) if i not in set(loose)]
+            dt = typed[0] if typed else np.dtype(np.int64)
+            for i in loose:
+                arrays[i] = np.zeros(0, dtype=dt)
         for i, a in enumerate(arrays):
             if a.ndim != 1:
                 raise ShapeError(f"{name}: sequence {i} has shape {a.shape}; expected a 1-D array")
@@ -255,6 +266,8 @@ def _seq_array(name: str, value: Any) -> np.ndarray:
 
 def _lengths_array(lengths: Any, name: str = "lengths") -> np.ndarray:
     a = _to_numpy(lengths, name)
+    if a.size == 0 and isinstance(lengths, (list, tuple)):
+        a = np.zeros(0, dtype=np.int64)  # an empty Python list has no dtype of its own
     if a.ndim != 1:
         raise ShapeError(f"{name} must be 1-D, got shape {a.shape}")
     if a.dtype.kind not in "iu":
@@ -531,7 +544,7 @@ class RolloutBuffer:
         eps: float = 1e-6,
         singleton: str = "zero",
         scale: str | None = None,
-        whiten: str | None = None,
+        whiten: str | bool | None = None,
         whiten_eps: float = 1e-8,
         group_size: int | None = None,
     ) -> dict[str, float]:
@@ -540,18 +553,21 @@ class RolloutBuffer:
 
         Estimators (the anchor each matches in brackets):
 
-        - ``"gae"`` (PPO): per-token rewards = ``rewards`` field (if held) − ``kl_coef``·KL
-          (``kl_estimator``, ``kl_clamp``; needs ``logprobs`` and ``ref_logprobs``) + the score
-          on the last valid token (if ``scores`` held); GAE over ``values`` with ``gamma``,
-          ``lam``; ``masked`` = ``"skip"`` (verl) or ``"zero"`` (OpenRLHF) for ``loss_mask``-ed
-          tokens inside a response. Per-token advantages and returns.
+        - ``"gae"`` (PPO): per-token rewards = the ``rewards`` field when the buffer holds one
+          (it is the whole per-token reward: scores are not added again), else the score on
+          each sequence's last valid token; minus ``kl_coef``·KL when ``kl_coef != 0``
+          (``kl_estimator``, ``kl_clamp``; needs ``logprobs`` and ``ref_logprobs``). GAE over
+          ``values`` with ``gamma``, ``lam``; ``masked`` = ``"skip"`` (verl) or ``"zero"``
+          (OpenRLHF) for ``loss_mask``-ed tokens inside a response. Per-token advantages and
+          returns.
         - ``"reinforce++"``: the same rewards; returns = discounted reward-to-go (``gamma``);
           advantages = whitened returns (OpenRLHF).
         - ``"grpo"``: (score − group mean) / (group std + ``eps``), ``ddof`` [verl, TRL].
         - ``"dr_grpo"``: score − group mean (no std) [Dr. GRPO].
         - ``"rloo"``: leave-one-out baseline, no scaling [verl, OpenRLHF].
-        - ``"reinforce++_baseline"``: score − group mean, then as ``"reinforce++"``
-          [OpenRLHF]; kept per sequence when ``kl_coef == 0`` and ``gamma == 1``.
+        - ``"reinforce++_baseline"``: score − group mean on the last valid token (plus the
+          ``rewards`` field when held), then as ``"reinforce++"`` [OpenRLHF]; kept per sequence
+          when ``kl_coef == 0``, ``gamma == 1`` and no ``rewards`` field is held.
 
         The GRPO family keeps **one advantage per sequence**; it is broadcast to tokens only
         when a batch is materialised. Groups come from ``group_ids`` or contiguous
@@ -561,14 +577,20 @@ class RolloutBuffer:
 
         ``whiten``: ``"token"`` (every valid token weighs the same; default for gae and the
         reinforce++ family), ``"sequence"`` (every sequence weighs the same) or ``"none"``
-        (default for the GRPO family); ``(x − μ)/sqrt(σ² + whiten_eps)``.
+        (default for the GRPO family); ``(x − μ)/sqrt(σ² + whiten_eps)``. ``True`` means the
+        estimator's default mode if it whitens, else ``"token"``; ``False`` means ``"none"``.
 
         Returns:
-            Group statistics for group estimators (``num_groups``, ``num_nan``,
-            ``num_singleton``, ``num_zero_std``, ``frac_zero_std``), else an empty dict.
+            ``mean``, ``std``, ``min``, ``max`` of the advantages over what is trained on (valid
+            tokens, or sequences with a valid token), and for group estimators ``num_groups``,
+            ``num_nan``, ``num_singleton``, ``num_zero_std``, ``frac_zero_std``.
         """
         if estimator not in ESTIMATORS:
             raise InvalidOptionError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if whiten is True:
+            whiten = "token"
+        elif whiten is False:
+            whiten = "none"
         stats = self._core.compute_advantages(
             estimator,
             gamma=float(gamma),
@@ -585,16 +607,20 @@ class RolloutBuffer:
             whiten_eps=float(whiten_eps),
             group_size=None if group_size is None else int(group_size),
         )
-        if stats is None:
-            return {}
-        groups, nan, single, zero = stats
-        return {
-            "num_groups": float(groups),
-            "num_nan": float(nan),
-            "num_singleton": float(single),
-            "num_zero_std": float(zero),
-            "frac_zero_std": zero / groups if groups else 0.0,
-        }
+        out: dict[str, float] = {}
+        moments = self._core.advantage_moments()
+        if moments is not None:
+            out.update(zip(("mean", "std", "min", "max"), moments, strict=True))
+        if stats is not None:
+            groups, nan, single, zero = stats
+            out.update(
+                num_groups=float(groups),
+                num_nan=float(nan),
+                num_singleton=float(single),
+                num_zero_std=float(zero),
+                frac_zero_std=zero / groups if groups else 0.0,
+            )
+        return out
 
     def set_advantages(
         self, advantages: Any, *, returns: Any = None, estimator: str = "custom"

@@ -5,19 +5,21 @@
 //! layout: no copy when the fields already have the buffer's `float_dtype`.
 //!
 //! Estimators (defaults in brackets; the anchor each matches is named):
-//! - `gae` (PPO): per-token rewards `r_t` = the `rewards` field (if held) − `kl_coef`·KL_t
-//!   (if `kl_coef` ≠ 0; needs `logprobs` and `ref_logprobs`) + the sequence's score on its last
-//!   valid token (if `scores` are held); then GAE with `gamma` [1], `lam` [1], `masked` [skip]
-//!   over `values`. Advantages and returns per token. Whitening [token] (verl, OpenRLHF).
+//! - `gae` (PPO): per-token rewards `r_t` = the `rewards` field when held (it is the whole
+//!   per-token reward; scores are then not added again), else the sequence's score on its last
+//!   valid token; minus `kl_coef`·KL_t when `kl_coef` ≠ 0 (needs `logprobs` and
+//!   `ref_logprobs`). Then GAE with `gamma` [1], `lam` [1], `masked` [skip] over `values`.
+//!   Advantages and returns per token. Whitening [token] (verl, OpenRLHF).
 //! - `reinforce++`: the same rewards, returns = discounted reward-to-go with `gamma` [1],
 //!   advantages = whitened returns [token] (OpenRLHF `reinforce`).
 //! - `grpo`: group mean baseline, divided by the group std + `eps` [1e-6] (verl's
 //!   `norm_adv_by_std_in_grpo=True`; TRL uses eps 1e-4), `ddof` [1]. One advantage per sequence.
 //! - `dr_grpo`: group mean baseline, no std scaling (Dr. GRPO; verl `norm_adv_by_std_in_grpo=False`).
 //! - `rloo`: leave-one-out baseline, no scaling (verl, OpenRLHF `rloo`).
-//! - `reinforce++_baseline`: group mean baseline, then as `reinforce++` on those centred
-//!   scores (OpenRLHF `reinforce_baseline`). With `kl_coef = 0` and `gamma = 1` every token of
-//!   a sequence would get the same value, so one advantage per sequence is kept; whitening
+//! - `reinforce++_baseline`: group mean baseline, then as `reinforce++` with the centred score
+//!   on the last valid token plus the `rewards` field when held (OpenRLHF
+//!   `reinforce_baseline`). With `kl_coef = 0`, `gamma = 1` and no `rewards` field every token
+//!   of a sequence would get the same value, so one advantage per sequence is kept; whitening
 //!   [token] then weights each sequence by its number of valid tokens, which is what whitening
 //!   the broadcast tokens would do.
 //!
@@ -347,7 +349,9 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
 
     let per_sequence = match opts.estimator {
         Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo => true,
-        Estimator::ReinforcePPBaseline => opts.kl_coef == 0.0 && opts.gamma == 1.0,
+        Estimator::ReinforcePPBaseline => {
+            opts.kl_coef == 0.0 && opts.gamma == 1.0 && buf.token_field("rewards").is_none()
+        }
         Estimator::Gae | Estimator::ReinforcePP => false,
     };
 
@@ -378,14 +382,17 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
         return Ok((Advantages::Sequence(F::column(a)), None, group_stats));
     }
 
-    // Per-token rewards: rewards field − kl_coef·KL + score (or centred score) on the last
-    // valid token.
+    // Per-token rewards. gae / reinforce++: the `rewards` field when held (it is the reward,
+    // scores are not added again), else the score on the last valid token.
+    // reinforce++_baseline: the centred score on the last valid token plus the `rewards` field
+    // when held. Then − kl_coef·KL on every valid token when kl_coef ≠ 0.
     let t = buf.num_response_tokens();
+    let token_rewards = buf.token_field("rewards").map(F::borrow);
     let outcome: Option<Cow<'_, [F]>> = match seq_scores {
         Some(v) => Some(Cow::Owned(v)),
+        None if token_rewards.is_some() => None,
         None => scores.clone(),
     };
-    let token_rewards = buf.token_field("rewards").map(F::borrow);
     if outcome.is_none() && token_rewards.is_none() {
         return Err(CoreError::field(format!(
             "{what} needs per-token \"rewards\" or per-sequence \"scores\"; this buffer holds neither"
@@ -414,8 +421,8 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             opts.kl_clamp,
             &mut rewards,
         )?;
-    } else {
-        // Score on the last valid token of each sequence (no KL term).
+    } else if outcome.is_some() {
+        // The outcome on the last valid token of each sequence (no KL term).
         for i in 0..n {
             let r = offsets[i] as usize..offsets[i + 1] as usize;
             let last = match mask_ref {

@@ -8,7 +8,9 @@
 //! - `groups/num_groups`, `groups/num_singleton` (groups with exactly one non-NaN score),
 //!   `groups/frac_zero_std`: the fraction of groups with two or more non-NaN scores, all equal
 //!   (no GRPO/RLOO learning signal); the same definitions as `group_advantages`' statistics;
-//! - `advantages/{mean,std,min,max}` (over tokens or sequences, as stored), `returns/{mean,std}`.
+//! - `advantages/{mean,std,min,max}` over what is trained on: valid tokens (`loss_mask` true,
+//!   score not NaN) for per-token advantages, sequences with a valid token for per-sequence
+//!   ones; `returns/{mean,std}` over valid tokens.
 //!
 //! Standard deviations are population (ddof = 0), accumulated in f64 with two passes.
 
@@ -69,6 +71,54 @@ fn push_moments(out: &mut Vec<(String, f64)>, prefix: &str, m: Option<Moments>, 
 fn column_moments(c: &Column) -> Option<Moments> {
     let s = c.as_slice();
     moments(s.len(), |i| s.get_f64(i))
+}
+
+/// Whether each response token counts: its `loss_mask` (if held) is true and its sequence's
+/// score (if held) is not NaN — the tokens advantage estimators train on.
+fn valid_tokens(buf: &RolloutBuffer) -> Vec<bool> {
+    let mut valid = match buf.token_field("loss_mask") {
+        Some(Column::Bool(m)) => m.clone(),
+        _ => vec![true; buf.num_response_tokens()],
+    };
+    if let Some(s) = buf.seq_field("scores") {
+        let sl = s.as_slice();
+        let off = buf.response_offsets();
+        for i in 0..buf.len() {
+            if sl.get_f64(i).is_nan() {
+                valid[off[i] as usize..off[i + 1] as usize].fill(false);
+            }
+        }
+    }
+    valid
+}
+
+fn advantage_moments_of(buf: &RolloutBuffer, valid: &[bool]) -> Option<Moments> {
+    let c = buf.computed()?;
+    let s = c.advantages.column().as_slice();
+    if c.advantages.is_token_level() {
+        moments(s.len(), |j| if valid[j] { s.get_f64(j) } else { f64::NAN })
+    } else {
+        // Sequences with at least one valid token.
+        let off = buf.response_offsets();
+        moments(s.len(), |i| {
+            if valid[off[i] as usize..off[i + 1] as usize]
+                .iter()
+                .any(|&b| b)
+            {
+                s.get_f64(i)
+            } else {
+                f64::NAN
+            }
+        })
+    }
+}
+
+/// `(mean, std, min, max)` of the stored advantages over what is trained on: valid tokens
+/// (per-token advantages) or sequences with a valid token (per-sequence advantages); `None`
+/// before any estimator ran or when nothing is valid.
+pub fn advantage_moments(buf: &RolloutBuffer) -> Option<(f64, f64, f64, f64)> {
+    let valid = valid_tokens(buf);
+    advantage_moments_of(buf, &valid).map(|m| (m.mean, m.std, m.min, m.max))
 }
 
 /// Group ids as i64 (None when the column is not an integer column).
@@ -148,14 +198,17 @@ pub fn stats(buf: &RolloutBuffer) -> Vec<(String, f64)> {
         out.push(("groups/frac_zero_std".into(), zero as f64 / groups as f64));
     }
     if let Some(c) = buf.computed() {
+        let valid = valid_tokens(buf);
         push_moments(
             &mut out,
             "advantages",
-            column_moments(c.advantages.column()),
+            advantage_moments_of(buf, &valid),
             true,
         );
         if let Some(r) = &c.returns {
-            push_moments(&mut out, "returns", column_moments(r), false);
+            let s = r.as_slice();
+            let m = moments(s.len(), |j| if valid[j] { s.get_f64(j) } else { f64::NAN });
+            push_moments(&mut out, "returns", m, false);
         }
     }
     out

@@ -534,6 +534,11 @@ impl PyRolloutBuffer {
         self.inner.set_advantages(estimator, a, r).py()
     }
 
+    /// `(mean, std, min, max)` of the advantages over valid tokens / sequences, or None.
+    fn advantage_moments(&self) -> Option<(f64, f64, f64, f64)> {
+        rlhf_core_kernels::buffer_stats::advantage_moments(&self.inner)
+    }
+
     fn clear_advantages(&mut self) {
         self.inner.clear_advantages();
     }
