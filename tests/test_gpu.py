@@ -79,7 +79,7 @@ def test_token_logprobs_never_holds_full_logits() -> None:
 
     from rlhf_core.models import tiny_config, token_logprobs
 
-    vocab, b, t = 32000, 4, 1024
+    vocab, b, t = 32000, 8, 1024
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_config(vocab, hidden_size=128, intermediate_size=256)).to(DEVICE)
     ids = torch.randint(4, vocab, (b, t), device=DEVICE)
@@ -89,7 +89,7 @@ def test_token_logprobs_never_holds_full_logits() -> None:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    lp = token_logprobs(model, ids, mask, chunk_size=512)
+    lp = token_logprobs(model, ids, mask, chunk_size=256)
     assert isinstance(lp, torch.Tensor)
     (-lp.sum()).backward()
     torch.cuda.synchronize()
