@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from rlhf_core import models as M
 from rlhf_core.generation import Completions, generate
-from torch import nn
 
 PROMPTS = ["hello", "12+7=", "the cat sat on"]
 

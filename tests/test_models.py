@@ -8,8 +8,9 @@ import string
 import numpy as np
 import pytest
 import torch
-from rlhf_core import models as M
 from torch import nn
+
+from rlhf_core import models as M
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from rlhf_core import models as M
 from rlhf_core import rewards as R
-from torch import nn
 
 
 @pytest.fixture(scope="module")
