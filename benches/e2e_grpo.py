@@ -13,7 +13,7 @@ workload (the one of the GPU-speed issue):
   calls honour), β = 0.04 (k3 KL in the loss), one optimizer step per generation round,
   micro-batches of 8 sequences, learning rate 1e-6, TRL's ``loss_type`` ("dapo", token-mean)
   on both sides, temperature 1;
-- a cheap reward function (fraction of distinct words), so scoring is not the bottleneck.
+- a cheap reward function (fraction of even-numbered words), so scoring is not the bottleneck.
 
 It prints the median step time and completion tokens per second of each trainer, their ratio
 (the target: rlhf_core's step at most 1/3 of TRL's) and rlhf_core's per-phase breakdown from the
@@ -178,12 +178,14 @@ def make_prompts(work: Workload, n: int, seed: int = 0) -> list[str]:
     ]
 
 
-def distinct_words(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-    """Reward: fraction of distinct words in the completion (cheap, varies within a group)."""
+def even_words(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+    """Reward: fraction of the completion's words ``w<i>`` with an even ``i`` (cheap; about
+    Binomial(n, 1/2) / n for a random policy, so it varies within every group)."""
     out = []
     for c in completions:
         words = str(c).split()
-        out.append(len(set(words)) / len(words) if words else 0.0)
+        even = sum(1 for w in words if w[1:].isdigit() and int(w[1:]) % 2 == 0)
+        out.append(even / len(words) if words else 0.0)
     return out
 
 
@@ -273,7 +275,7 @@ def run_trl(
         clock = StepClock()
         trainer = trl.GRPOTrainer(
             model=str(folder),
-            reward_funcs=distinct_words,
+            reward_funcs=even_words,
             args=args,
             train_dataset=Dataset.from_dict({"prompt": prompts}),
             processing_class=tok,
@@ -332,7 +334,7 @@ def run_ours(
         if "fast_generation" in known:  # the static-cache / compiled decode path, on CUDA
             cfg_fields["fast_generation"] = on_gpu
         config = GRPOConfig(**cfg_fields)
-        trainer = GRPOTrainer(config, policy, tok, prompts, distinct_words)
+        trainer = GRPOTrainer(config, policy, tok, prompts, even_words)
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)
         times: list[float] = []
