@@ -320,6 +320,19 @@ def _worker(out_dir: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the test, which skips with the reason
         res["fsdp2"] = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
 
+    # ---- frozen models (reference): DDP leaves them unwrapped; FSDP2 shards them and a
+    # forward under inference_mode on this rank's rows gives the unsharded model's logprobs
+    frozen = copy.deepcopy(base).requires_grad_(False)
+    res["frozen_ddp_unwrapped"] = D.wrap_model(frozen, "ddp", ctx) is frozen
+    try:
+        ref_frozen = D.wrap_model(copy.deepcopy(base).requires_grad_(False), "fsdp2", ctx)
+        r = torch.as_tensor(rows)
+        with torch.inference_mode():
+            got = token_logprobs(ref_frozen, batch["input_ids"][r], batch["attention_mask"][r])
+        res["frozen_fsdp2_diff"] = float((got - lp0[r]).abs().max())
+    except Exception as exc:  # noqa: BLE001
+        res["frozen_fsdp2_diff"] = f"{type(exc).__name__}: {exc}"
+
     # ---- group advantages with groups split across ranks, moments, ragged gather
     rng = np.random.default_rng(3)
     scores = rng.normal(size=24)
@@ -460,6 +473,14 @@ def test_fsdp2_equals_single_process(ranks: list[dict[str, Any]]) -> None:
     assert f0["same_keys"]
     assert f0["weights_diff"] <= 1e-5
     assert ranks[1]["fsdp2"]["weights_diff"] is None
+
+
+def test_frozen_models(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        assert r["frozen_ddp_unwrapped"] is True
+        diff = r["frozen_fsdp2_diff"]
+        assert isinstance(diff, float), diff
+        assert diff < 1e-5
 
 
 def test_group_scores_gathered_in_global_order(ranks: list[dict[str, Any]]) -> None:
