@@ -52,3 +52,46 @@ def test_broadcast_needs_a_layout_and_keeps_kind():
     out = ops.broadcast_to_tokens(torch.tensor([1.0, 2.0]), offsets=torch.tensor([0, 2, 3]))
     assert isinstance(out, torch.Tensor)
     assert out.tolist() == [1.0, 1.0, 2.0]
+
+
+def _poison_cache(n_values: int, dtype) -> None:
+    """Leave a cached output block of exactly n_values elements full of NaN."""
+    nan = np.full(n_values, np.nan, dtype=dtype)
+    out = ops.kl(nan, nan, clamp=None)
+    assert np.isnan(out).all()
+    del out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reused_output_blocks_are_fully_written(dtype, rng):
+    """Outputs of 1 MiB and more reuse cached blocks holding stale data: every slot, masked
+    or padding, must still be written."""
+    b, t = 512, 1024  # 2 MiB of float32 per (B, T) output
+    r = rng.standard_normal((b, t)).astype(dtype)
+    v = rng.standard_normal((b, t)).astype(dtype)
+    mask = np.arange(t)[None, :] < rng.integers(0, t, b)[:, None]
+    s = rng.standard_normal(b).astype(dtype)
+    flat = r[mask]
+    offsets = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    many = rng.standard_normal(b * t).astype(dtype)
+    calls = {
+        "gae": (2 * b * t, lambda: np.stack(ops.gae(r, v, mask, gamma=0.9, lam=0.9))),
+        "returns": (b * t, lambda: ops.discounted_returns(r, mask, gamma=0.9)),
+        "whiten": (b * t, lambda: ops.masked_whiten(r, mask)),
+        "whiten_rows": (b * t, lambda: ops.masked_whiten(r, mask, axis=-1)),
+        "kl": (b * t, lambda: ops.kl(r, v)),
+        "shaped": (b * t, lambda: ops.shaped_rewards(s, r, v, mask, beta=0.1)),
+        "broadcast": (b * t, lambda: ops.broadcast_to_tokens(s, mask)),
+        "broadcast_ragged": (flat.size, lambda: ops.broadcast_to_tokens(s, offsets=offsets)),
+        "group": (b * t, lambda: ops.group_advantages(many, group_size=8)),
+    }
+    for name, (n_values, call) in calls.items():
+        _poison_cache(n_values, dtype)
+        out = np.asarray(call())
+        assert not np.isnan(out).any(), name
+        if out.shape == (2, b, t):
+            assert np.all(out[:, ~mask] == 0), name
+        elif out.shape == (b, t) and name != "kl":
+            assert np.all(out[~mask] == 0), name
+    assert ops.empty_cache() > 0
+    assert ops.empty_cache() == 0

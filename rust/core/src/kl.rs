@@ -79,23 +79,7 @@ impl KlFloat for f32 {
     }
     #[inline(always)]
     fn k3(self) -> f32 {
-        let x = -self;
-        // Σ_{k≥2} x^k / k!, truncated after k = 10 (error < 3e-10 relative for |x| ≤ 0.5)
-        let p = 1.0 / 2.0
-            + x * (1.0 / 6.0
-                + x * (1.0 / 24.0
-                    + x * (1.0 / 120.0
-                        + x * (1.0 / 720.0
-                            + x * (1.0 / 5040.0
-                                + x * (1.0 / 40320.0
-                                    + x * (1.0 / 362880.0 + x * (1.0 / 3628800.0))))))));
-        let series = x * x * p;
-        let direct = (exp_f32(x) - 1.0) + self;
-        if self.abs() <= 0.5 {
-            series
-        } else {
-            direct
-        }
+        k3_f32(self)
     }
 }
 
@@ -173,6 +157,44 @@ pub fn exp_f32(x: f32) -> f32 {
         0.0
     } else {
         y
+    }
+}
+
+/// k3 for f32 from one `exp` range reduction: with `x = −Δ = n·ln2 + r`,
+/// `e^x − 1 − x = 2^n·(1 + r + p(r)) − 1 − x` where `p(r) = r²·P(r)` is the polynomial tail;
+/// when `n = 0` (|x| < ln2/2) `r = x` and the result is `p(r)` itself, so small divergences
+/// keep full relative precision without a separate series.
+#[inline(always)]
+pub fn k3_f32(d: f32) -> f32 {
+    const HI: f32 = 88.722_83;
+    const LO: f32 = -87.336_54;
+    const MAGIC: f32 = 12_582_912.0;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = -d;
+    let xc = x.clamp(LO, HI);
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = (xc - n * C1) - n * C2;
+    let tail = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let tail = tail * (r * r);
+    let h = ni >> 1;
+    let s1 = f32::from_bits((h.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((ni.wrapping_sub(h).wrapping_add(127) as u32) << 23);
+    let big = (((tail + r) + 1.0) * s1 * s2 - 1.0) - x;
+    if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        -1.0 - x
+    } else if ni == 0 {
+        tail
+    } else {
+        big
     }
 }
 
@@ -403,6 +425,31 @@ mod tests {
                 "k3_32({d}) = {got32}"
             );
         }
+    }
+
+    #[test]
+    fn k3_f32_dense() {
+        let mut d = -30.0f64;
+        let mut worst = 0.0f64;
+        while d < 30.0 {
+            let d32 = d as f32;
+            let x = -(d32 as f64);
+            let exact = if x.abs() < 1e-3 {
+                x * x / 2.0 + x * x * x / 6.0 + x.powi(4) / 24.0 + x.powi(5) / 120.0
+            } else {
+                x.exp_m1() - x
+            };
+            let got = k3_f32(d32) as f64;
+            if exact > 0.0 {
+                worst = worst.max(((got - exact) / exact).abs());
+            }
+            d += if d.abs() < 1e-2 { 1.3e-7 } else { 1.1e-3 };
+        }
+        assert!(worst < 4e-6, "worst relative error {worst}");
+        assert_eq!(k3_f32(0.0), 0.0);
+        assert_eq!(k3_f32(f32::NEG_INFINITY), f32::INFINITY);
+        assert_eq!(k3_f32(200.0), 199.0);
+        assert!(k3_f32(f32::NAN).is_nan());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod buffer;
 mod errors;
 mod gil;
 mod ops;
+mod pool;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

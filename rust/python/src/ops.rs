@@ -6,7 +6,6 @@
 //! calls the core and wraps freshly allocated outputs as numpy arrays without a copy.
 //! No arithmetic lives here.
 
-use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{
     Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
@@ -26,6 +25,7 @@ use rlhf_core_kernels::{
 
 use crate::errors::IntoPyResult;
 use crate::gil::run_kernel;
+use crate::pool::OutBuf;
 
 // ---------------------------------------------------------------------------------------------
 // Argument helpers
@@ -276,45 +276,6 @@ fn ensure_per_row(name: &str, shape: &[usize]) -> PyResult<()> {
     Ok(())
 }
 
-/// A zero-filled output buffer of `n` elements, or `MemoryError` when it cannot be allocated
-/// (`vec![0.0; n]` would abort the process instead; output sizes can come from user-given
-/// offsets).
-fn zeros<T: Float>(n: usize) -> PyResult<Vec<T>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let too_big = || {
-        pyo3::exceptions::PyMemoryError::new_err(format!(
-            "cannot allocate an output of {n} {} values",
-            T::NAME
-        ))
-    };
-    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| too_big())?;
-    // SAFETY: `layout` has a non-zero size; a null pointer is handled; all-zero bits are 0.0
-    // for f32 and f64 (the only `Float` types); the Vec takes ownership of a block allocated
-    // by the global allocator with exactly the layout of `n` elements of `T`. Zeroed
-    // allocation (calloc) gets fresh zero pages from the OS instead of writing every byte.
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut T;
-        if p.is_null() {
-            return Err(too_big());
-        }
-        Ok(Vec::from_raw_parts(p, n, n))
-    }
-}
-
-/// Move a freshly computed buffer into a numpy array of `shape` (no copy).
-fn to_numpy<'py, T: Element>(
-    py: Python<'py>,
-    data: Vec<T>,
-    shape: &[usize],
-) -> PyResult<Bound<'py, PyAny>> {
-    let arr = ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| {
-        crate::errors::internal_error(format!("output shape {}: {e}", fmt_shape(shape)))
-    })?;
-    Ok(PyArrayDyn::from_owned_array(py, arr).into_any())
-}
-
 // ---------------------------------------------------------------------------------------------
 // GAE and discounted returns
 // ---------------------------------------------------------------------------------------------
@@ -374,14 +335,14 @@ fn gae_typed<'py, F: Float + Element>(
     // One allocation for both outputs (two views of a (2, ...) array): two separate large
     // buffers freed together push glibc to return them to the OS on every call, and the next
     // call pays a page fault per 4 KiB (measured: 2.5x slower at 1024x2048 float32).
-    let mut both = zeros::<F>(2 * n)?;
-    let (adv, ret) = both.split_at_mut(n);
+    let mut both = OutBuf::<F>::new(2 * n)?;
+    let (adv, ret) = both.as_mut_slice().split_at_mut(n);
     with_mask!(&mask, m => run_kernel(py, "gae", || {
         core_gae::gae(&layout, r, v, m, b, opts, adv, ret)
     }))?;
     let mut dims = vec![2];
     dims.extend_from_slice(&shape);
-    let both = to_numpy(py, both, &dims)?;
+    let both = both.into_numpy(py, &dims)?;
     Ok((both.get_item(0)?, both.get_item(1)?))
 }
 
@@ -417,11 +378,12 @@ fn returns_typed<'py, F: Float + Element>(
     let shape = rewards.shape().to_vec();
     let layout = layout_of(&shape, "rewards", offsets, mask.as_ref())?;
     let r = slice(&rewards, "rewards")?;
-    let mut out = zeros::<F>(layout.n_slots())?;
+    let mut out = OutBuf::<F>::new(layout.n_slots())?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "discounted_returns", || {
-        core_returns::discounted_returns(&layout, r, m, gamma, masked, &mut out)
+        core_returns::discounted_returns(&layout, r, m, gamma, masked, o)
     }))?;
-    to_numpy(py, out, &shape)
+    out.into_numpy(py, &shape)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,13 +438,13 @@ fn group_typed<'py, F: Float + Element>(
 ) -> PyResult<(Bound<'py, PyAny>, GroupCounts)> {
     ensure_per_row("scores", scores.shape())?;
     let s = slice(&scores, "scores")?;
-    let mut out = zeros::<F>(s.len())?;
+    let mut out = OutBuf::<F>::new(s.len())?;
+    let o = out.as_mut_slice();
     let st = run_kernel(py, "group_advantages", || {
-        core_group::group_advantages(s, groups, &opts, &mut out)
+        core_group::group_advantages(s, groups, &opts, o)
     })?;
-    let n = out.len();
     Ok((
-        to_numpy(py, out, &[n])?,
+        out.into_numpy(py, &[s.len()])?,
         (st.num_groups, st.num_nan, st.num_singleton, st.num_zero_std),
     ))
 }
@@ -537,11 +499,12 @@ fn mean_typed<'py, F: Float + Element>(
     let layout = layout_of(x.shape(), "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
     let shape = stat_shape(axis, &layout);
-    let mut out = zeros::<F>(shape.iter().product())?;
+    let mut out = OutBuf::<F>::new(shape.iter().product())?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "masked_mean", || {
-        core_stats::masked_mean(&layout, xs, m, axis, &mut out)
+        core_stats::masked_mean(&layout, xs, m, axis, o)
     }))?;
-    to_numpy(py, out, &shape)
+    out.into_numpy(py, &shape)
 }
 
 /// Masked variance; see `rlhf_core.ops.masked_var`.
@@ -573,11 +536,12 @@ fn var_typed<'py, F: Float + Element>(
     let layout = layout_of(x.shape(), "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
     let shape = stat_shape(axis, &layout);
-    let mut out = zeros::<F>(shape.iter().product())?;
+    let mut out = OutBuf::<F>::new(shape.iter().product())?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "masked_var", || {
-        core_stats::masked_var(&layout, xs, m, axis, ddof, &mut out)
+        core_stats::masked_var(&layout, xs, m, axis, ddof, o)
     }))?;
-    to_numpy(py, out, &shape)
+    out.into_numpy(py, &shape)
 }
 
 /// Masked whitening; see `rlhf_core.ops.masked_whiten`.
@@ -611,11 +575,12 @@ fn whiten_typed<'py, F: Float + Element>(
     let shape = x.shape().to_vec();
     let layout = layout_of(&shape, "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
-    let mut out = zeros::<F>(layout.n_slots())?;
+    let mut out = OutBuf::<F>::new(layout.n_slots())?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "masked_whiten", || {
-        core_stats::masked_whiten(&layout, xs, m, opts, &mut out)
+        core_stats::masked_whiten(&layout, xs, m, opts, o)
     }))?;
-    to_numpy(py, out, &shape)
+    out.into_numpy(py, &shape)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,9 +613,10 @@ fn kl_typed<'py, F: KlFloat + Element>(
     let rf = same_float::<F>(ref_logp, "ref_logp", "logp")?;
     ensure_same_shape("ref_logp", rf.shape(), "logp", &shape).py()?;
     let (a, b) = (slice(&logp, "logp")?, slice(&rf, "ref_logp")?);
-    let mut out = zeros::<F>(a.len())?;
-    run_kernel(py, "kl", || core_kl::kl(a, b, est, clamp, &mut out))?;
-    to_numpy(py, out, &shape)
+    let mut out = OutBuf::<F>::new(a.len())?;
+    let o = out.as_mut_slice();
+    run_kernel(py, "kl", || core_kl::kl(a, b, est, clamp, o))?;
+    out.into_numpy(py, &shape)
 }
 
 /// KL-shaped per-token rewards; see `rlhf_core.ops.shaped_rewards`.
@@ -703,11 +669,12 @@ fn shaped_typed<'py, F: KlFloat + Element>(
         slice(&rf, "ref_logp")?,
         slice(&sc, "scores")?,
     );
-    let mut out = zeros::<F>(layout.n_slots())?;
+    let mut out = OutBuf::<F>::new(layout.n_slots())?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "shaped_rewards", || {
-        core_kl::shaped_rewards(&layout, s, a, b, m, beta, est, clamp, &mut out)
+        core_kl::shaped_rewards(&layout, s, a, b, m, beta, est, clamp, o)
     }))?;
-    to_numpy(py, out, &shape)
+    out.into_numpy(py, &shape)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,11 +718,12 @@ fn broadcast_typed<'py, F: Float + Element>(
     };
     let layout = Layout::from_shape(&shape, offsets, "mask").py()?;
     let v = slice(&seq_values, "seq_values")?;
-    let mut out = zeros::<F>(layout.n_slots())?;
+    let mut out = OutBuf::<F>::new(layout.n_slots())?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "broadcast_to_tokens", || {
-        core_tokens::broadcast_to_tokens(&layout, v, m, &mut out)
+        core_tokens::broadcast_to_tokens(&layout, v, m, o)
     }))?;
-    to_numpy(py, out, &shape)
+    out.into_numpy(py, &shape)
 }
 
 /// Per-sequence sum or mean of per-token values; see `rlhf_core.ops.reduce_tokens`.
@@ -785,11 +753,12 @@ fn reduce_typed<'py, F: Float + Element>(
     let layout = layout_of(x.shape(), "x", offsets, mask.as_ref())?;
     let xs = slice(&x, "x")?;
     let n = layout.n_rows();
-    let mut out = zeros::<F>(n)?;
+    let mut out = OutBuf::<F>::new(n)?;
+    let o = out.as_mut_slice();
     with_mask!(&mask, m => run_kernel(py, "reduce_tokens", || {
-        core_tokens::reduce_tokens(&layout, xs, m, how, &mut out)
+        core_tokens::reduce_tokens(&layout, xs, m, how, o)
     }))?;
-    to_numpy(py, out, &[n])
+    out.into_numpy(py, &[n])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -941,6 +910,12 @@ fn set_parallelism(enabled: bool) {
     rlhf_core_kernels::layout::set_parallel(enabled);
 }
 
+/// Free the cached output blocks; see `rlhf_core.ops.empty_cache`. Returns bytes released.
+#[pyfunction]
+fn empty_cache() -> usize {
+    crate::pool::clear()
+}
+
 /// Whether kernels may run on several threads (false in a forked child).
 #[pyfunction]
 fn get_parallelism() -> bool {
@@ -963,6 +938,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(set_parallelism, m)?)?;
     m.add_function(wrap_pyfunction!(get_parallelism, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_cache, m)?)?;
     let py = m.py();
     let hook = m.getattr("_after_fork_in_child")?;
     let kwargs = pyo3::types::PyDict::new(py);
