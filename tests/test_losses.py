@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from rlhf_core import losses as L
 
 # ---------------------------------------------------------------------------------------------

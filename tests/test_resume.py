@@ -112,6 +112,8 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "reward": make_reward,
     "dpo": make_dpo,
     "best_of_n": make_bon,
+    "grpo": make_grpo,
+    "ppo": make_ppo,
 }
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "ReinforcePPTrainer",
     "ESTIMATORS",
     "LOSS_TYPES",
+    "advantage_metrics",
 ]
 
 ESTIMATORS = ("grpo", "rloo", "reinforce++", "reinforce++_baseline")
@@ -188,37 +189,39 @@ class GRPOTrainer(OnPolicyTrainer):
     name = "grpo"
     config: GRPOConfig
 
-    def _scores_for_buffer(self, roll: Rollout) -> np.ndarray:
-        """Scores with the summed KL penalty subtracted when the KL goes into the reward of a
-        sequence-level estimator: r − β·Σ_t KL_t (TRL's RLOO)."""
-        cfg = self.config
-        if not (cfg.kl_in_reward and cfg.kl_coef > 0 and cfg.estimator != "reinforce++"):
-            return roll.scores
-        per_tok = [
-            L.kl_estimate(_t(lp), _t(ref), estimator=cfg.kl_estimator).numpy()
-            for lp, ref in zip(roll.logprobs, roll.ref_logprobs, strict=True)
-        ]
-        penalty = np.array([float(k.sum()) for k in per_tok])
-        return roll.scores - cfg.kl_coef * penalty
-
     def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
-        fields: dict[str, Any] = {"scores": self._scores_for_buffer(roll)}
+        """Scores with the summed KL penalty subtracted, r − β·Σ_t KL_t (TRL's RLOO), when the
+        KL goes into the reward of a sequence-level estimator (grpo, rloo). The reinforce++
+        estimators get the penalty per token from the buffer instead."""
         cfg = self.config
-        if cfg.estimator == "reinforce++":
-            fields["rewards"] = shaped_rewards(
-                roll, beta=cfg.kl_coef if cfg.kl_in_reward else 0.0, estimator=cfg.kl_estimator
-            )
-        return fields
+        if not (cfg.kl_in_reward and cfg.kl_coef > 0 and cfg.estimator in ("grpo", "rloo")):
+            return {}
+        penalty = np.array(
+            [
+                float(
+                    L.kl_estimate(
+                        _t(lp), _t(ref), estimator=cfg.kl_estimator, clamp=cfg.kl_clamp
+                    ).sum()
+                )
+                for lp, ref in zip(roll.logprobs, roll.ref_logprobs, strict=True)
+            ]
+        )
+        return {"scores": roll.scores - cfg.kl_coef * penalty}
 
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
         cfg = self.config
-        if cfg.estimator == "reinforce++":
-            stats = self.buffer.compute_advantages("reinforce++", gamma=cfg.gamma)
-        elif cfg.estimator == "reinforce++_baseline":
-            stats = self.buffer.compute_advantages("reinforce++_baseline")
-        else:
+        if cfg.estimator in ("grpo", "rloo"):
             stats = self.buffer.compute_advantages(
                 cfg.estimator, scale=cfg.scale_rewards, eps=cfg.std_eps
+            )
+        else:  # reinforce++ family: per-token KL penalty in the reward when kl_in_reward
+            beta = cfg.kl_coef if cfg.kl_in_reward else 0.0
+            stats = self.buffer.compute_advantages(
+                cfg.estimator,
+                gamma=cfg.gamma,
+                kl_coef=beta,
+                kl_estimator=cfg.kl_estimator,
+                kl_clamp=cfg.kl_clamp,
             )
         return advantage_metrics(stats)
 
@@ -244,39 +247,14 @@ def _t(x: np.ndarray) -> Any:
     return torch.from_numpy(np.asarray(x, dtype=np.float64))
 
 
-def shaped_rewards(roll: Rollout, *, beta: float, estimator: str) -> list[np.ndarray]:
-    """Per-token rewards: −β·KL_t on every response token plus the score on the last one
-    (:func:`rlhf_core.ops.shaped_rewards` over the ragged rollout). Unscorable (NaN) scores
-    count as 0 here; such sequences are masked out of the loss by the trainers."""
-    from rlhf_core import ops
-
-    lengths = roll.response_lengths
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    scores = np.nan_to_num(roll.scores, nan=0.0).astype(np.float32)
-    out = ops.shaped_rewards(
-        scores,
-        np.concatenate(roll.logprobs).astype(np.float32),
-        np.concatenate(roll.ref_logprobs).astype(np.float32),
-        offsets=offsets,
-        beta=beta,
-        estimator=estimator,
-    )
-    return list(np.split(np.asarray(out), offsets[1:-1]))
-
-
-def advantage_metrics(stats: Any) -> dict[str, float]:
-    """Metrics from the buffer's advantage statistics."""
-    out: dict[str, float] = {}
-    mapping = {
+def advantage_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """Logged names of the buffer's advantage statistics."""
+    names = {
         "mean": "advantages/mean",
         "std": "advantages/std",
         "min": "advantages/min",
         "max": "advantages/max",
         "frac_zero_std": "frac_zero_std_groups",
-        "num_nan": "num_unscorable",
+        "num_singleton": "num_singleton_groups",
     }
-    items = stats.items() if isinstance(stats, dict) else vars(stats).items()
-    for k, v in items:
-        if k in mapping and v is not None:
-            out[mapping[k]] = float(v)
-    return out
+    return {names[k]: float(v) for k, v in stats.items() if k in names}

@@ -174,6 +174,10 @@ class RLConfig(RolloutConfig):
         default=False,
         metadata={"help": "KL as a per-token reward penalty (true) or a loss term (false)"},
     )
+    kl_clamp: float | None = field(
+        default=10.0,
+        metadata={"help": "clamp each per-token KL estimate to ±this (OpenRLHF: 10); none = off"},
+    )
     entropy_coef: float = field(
         default=0.0, metadata={"help": "entropy bonus coefficient (>= 0; entropy is logged)"}
     )
@@ -229,6 +233,12 @@ class RLConfig(RolloutConfig):
             "kl_estimator",
             self.kl_estimator,
             f"expected one of {L.KL_ESTIMATORS}",
+        )
+        check_field(
+            self.kl_clamp is None or self.kl_clamp > 0,
+            "kl_clamp",
+            self.kl_clamp,
+            "expected > 0 (e.g. 10) or none",
         )
         check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
 
@@ -455,6 +465,23 @@ class RolloutTrainer(Trainer):
             np.concatenate([p, r]) for p, r in zip(roll.prompt_ids, roll.response_ids, strict=True)
         ]
         roll.scores, roll.score_parts = self.score(prompts, seqs, roll.texts, columns)
+        if np.isinf(roll.scores).any():
+            from rlhf_core.monitor import check_finite
+
+            # None / NaN means unscorable and is fine; an infinite reward is a bug upstream
+            check_finite(
+                {
+                    f"reward/{k}": np.nan_to_num(v, nan=0.0, posinf=np.inf, neginf=-np.inf)
+                    for k, v in roll.score_parts.items()
+                },
+                {
+                    "prompt_ids": roll.prompt_ids,
+                    "response_ids": roll.response_ids,
+                    "completions": roll.texts,
+                },
+                self.run_dir / "nonfinite",
+                step=self.global_step + 1,
+            )
 
     @torch.no_grad()
     def forward_rollout(self, roll: Rollout) -> None:
@@ -645,15 +672,16 @@ class OnPolicyTrainer(RolloutTrainer):
         for mb in self.buffer.minibatches(
             batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
         ):
-            batch = {
-                k: v.to(self.device)
-                for k, v in mb.to_padded().items()
-                if isinstance(v, torch.Tensor)
-            }
+            padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
+            batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
             n_tok, n_seq = L.count_tokens_and_seqs(batch["response_mask"])
             if n_tok == 0:
                 continue  # every sequence masked out (e.g. all truncated)
-            self._last_batch = batch
+            # dumped on a non-finite loss; scores may be NaN by design (unscorable), so they
+            # ride along unchecked
+            self._last_batch = {k: v for k, v in batch.items() if k != "scores"}
+            if "scores" in batch:
+                self._last_batch["unchecked"] = {"scores": batch["scores"]}
             totals: dict[str, torch.Tensor] = {}
             for micro in iter_micro_batches(batch, cfg.micro_batch_size):
                 out = self.loss(micro, n_tok, n_seq)
@@ -717,6 +745,7 @@ class OnPolicyTrainer(RolloutTrainer):
                 mask,
                 coef=beta,
                 estimator=cfg.kl_estimator,
+                clamp=cfg.kl_clamp,
                 **kw,
             )
         out = out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, **kw)

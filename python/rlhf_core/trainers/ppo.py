@@ -2,8 +2,8 @@
 
 Per step: sample completions; score them (a frozen reward model and/or reward functions);
 compute the rollout policy's and the frozen reference's logprobs and the value model's values;
-build KL-shaped per-token rewards ``r_t = −β·KL_t (+ score on the last token)``
-(:func:`rlhf_core.ops.shaped_rewards`); GAE advantages and returns in the buffer (Rust),
+build KL-shaped per-token rewards ``r_t = −β·KL_t (+ score on the last token)``, GAE
+advantages and returns in the buffer (Rust kernels),
 whitened over the batch's tokens; then ``ppo_epochs`` passes of shuffled minibatches, each one
 optimizer step of the policy (clipped surrogate) and of the value model (clipped value loss,
 weighted by ``vf_coef``). β is fixed or follows the adaptive controller of Ziegler et al. 2019
@@ -30,7 +30,7 @@ from rlhf_core.trainers.base import (
     check_field,
     trainable_parameters,
 )
-from rlhf_core.trainers.grpo import advantage_metrics, shaped_rewards
+from rlhf_core.trainers.grpo import advantage_metrics
 from rlhf_core.trainers.on_policy import OnPolicyTrainer, RewardSource, RLConfig, Rollout
 
 __all__ = ["PPOConfig", "PPOTrainer", "FixedKLController", "AdaptiveKLController"]
@@ -213,23 +213,24 @@ class PPOTrainer(OnPolicyTrainer):
         return [np.full(len(r), bool(k)) for r, k in zip(roll.response_ids, keep, strict=True)]
 
     def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
-        cfg = self.config
-        beta = self.current_kl_coef() if cfg.kl_in_reward else 0.0
-        return {
-            "scores": np.nan_to_num(roll.scores, nan=0.0),
-            "rewards": shaped_rewards(roll, beta=beta, estimator=cfg.kl_estimator),
-        }
+        return {"scores": np.nan_to_num(roll.scores, nan=0.0)}
 
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
+        """GAE on r_t = −β·KL_t (+ score on the last token), whitened over the tokens."""
         cfg = self.config
         stats = self.buffer.compute_advantages(
-            "gae", gamma=cfg.gamma, lam=cfg.lam, whiten=cfg.whiten_advantages
+            "gae",
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            kl_coef=self.current_kl_coef() if cfg.kl_in_reward else 0.0,
+            kl_estimator=cfg.kl_estimator,
+            kl_clamp=cfg.kl_clamp,
+            whiten="token" if cfg.whiten_advantages else "none",
         )
         out = advantage_metrics(stats)
-        returns = self.buffer.returns()  # ragged (N_tok,) aligned with values
-        values = np.concatenate(roll.values)
         out["explained_variance"] = L.explained_variance(
-            torch.from_numpy(values), torch.as_tensor(np.asarray(returns, dtype=values.dtype))
+            torch.from_numpy(self.buffer.field("values").astype(np.float64)),
+            torch.from_numpy(self.buffer.field("returns").astype(np.float64)),
         )
         return out
 
