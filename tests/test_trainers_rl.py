@@ -185,6 +185,18 @@ def test_unscorable_rewards_are_counted_not_fatal(tmp_path):
     assert math.isfinite(res.metrics["policy_loss"])
 
 
+def test_weight_zero_sources_are_logged_not_optimised(tmp_path):
+    def sometimes_none(prompts: list[str], completions: list[str], **_: Any) -> list[Any]:
+        return [None if i % 2 else 5.0 for i in range(len(completions))]
+
+    cfg = GRPOConfig(run_dir=str(tmp_path), total_steps=1, rollout_batch_size=8,
+                     reward_weights=[1.0, 0.0], **RL_COMMON)  # fmt: skip
+    res = GRPOTrainer(cfg, policy(), tokenizer(), PROMPTS, [digit_reward, sometimes_none]).train()
+    assert res.metrics["reward/frac_unscorable"] == 0.0
+    assert res.metrics["reward/sometimes_none"] == 5.0
+    assert res.metrics["reward/mean"] == pytest.approx(res.metrics["reward/digit_reward"])
+
+
 def test_reward_columns_reach_reward_functions(tmp_path):
     seen: list[list[str]] = []
 

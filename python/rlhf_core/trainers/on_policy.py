@@ -399,8 +399,9 @@ class RolloutTrainer(Trainer):
     def score(
         self, prompts: list[str], sequences: list[np.ndarray], texts: list[str], columns: dict
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Weighted sum of the reward sources: float64 (N,) (NaN where any source returned
-        None) and each source's raw scores by name."""
+        """Weighted sum of the reward sources: float64 (N,) (NaN where any source with a
+        non-zero weight returned None) and each source's raw scores by name. A source with
+        weight 0 is only logged (e.g. a gold reward watched while a proxy is optimised)."""
         from rlhf_core.rewards import (
             RewardModelScorer,
             call_reward_function,
@@ -415,7 +416,8 @@ class RolloutTrainer(Trainer):
                 s = src.score_ids(sequences)  # the exact sampled tokens
             else:
                 s = call_reward_function(src, prompts, texts, **columns)
-            total += float(w) * s
+            if w != 0:  # a weight-0 source is tracked (logged), not optimised
+                total += float(w) * s
             name, k = reward_function_name(src), 0
             key = name
             while key in parts:
