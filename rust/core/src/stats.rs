@@ -2,7 +2,7 @@
 //!
 //! Values are accumulated in f64. Each fixed block of at most [`BLOCK`] slots (cut from the
 //! flat buffer for batch statistics, from each row for per-row ones) is reduced with a
-//! two-pass formula while it sits in cache, with eight fixed accumulator lanes; the block
+//! two-pass formula while it sits in cache, with a fixed set of accumulator lanes; the block
 //! results are merged left to right with Chan et al.'s pairwise update. Block boundaries
 //! depend only on the data layout, never on the thread count, so results are bit-identical
 //! for any number of threads.
@@ -17,7 +17,10 @@ use crate::simd::{keep_f64, vectorized};
 /// Slots per reduction block (16 KiB of f32).
 pub const BLOCK: usize = 4096;
 
-const LANES: usize = 8;
+/// Independent f64 accumulators per reduction: enough to hide the add latency with AVX-512
+/// (two 8-wide registers) and AVX2 (four 4-wide). The lane structure is fixed, so the
+/// summation order is the same on every CPU and thread count.
+const LANES: usize = 16;
 
 /// Count, mean and centred sum of squares of a set of values; mergeable.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -77,7 +80,7 @@ impl Moments {
     }
 }
 
-/// Sum (f64, eight lanes) and count of the valid entries.
+/// Sum (f64, `LANES` lanes) and count of the valid entries.
 #[inline]
 pub fn sum_count<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64) {
     vectorized(
@@ -123,7 +126,7 @@ fn sum_count_body<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64
     }
 }
 
-/// Σ (x − mean)² over the valid entries (f64, eight lanes).
+/// Σ (x − mean)² over the valid entries (f64, `LANES` lanes).
 #[inline]
 fn centred_squares<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>, mean: f64) -> f64 {
     vectorized(
@@ -169,7 +172,16 @@ fn centred_squares_body<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>, mean: 
 
 #[inline(always)]
 fn lane_total(acc: &[f64; LANES]) -> f64 {
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    // pairwise, in a fixed order
+    let mut v = *acc;
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for k in 0..w {
+            v[k] += v[k + w];
+        }
+    }
+    v[0]
 }
 
 /// Over which slots a statistic is taken.
