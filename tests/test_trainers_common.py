@@ -84,15 +84,16 @@ def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def capture_grads(trainer: Any) -> list[list[torch.Tensor]]:
-    """Record the accumulated gradients each time the trainer takes an optimizer step."""
+    """Record the accumulated gradients (before clipping) each time the trainer checks them
+    for an optimizer step."""
     seen: list[list[torch.Tensor]] = []
-    original = trainer.optimizer_step
+    original = trainer.clip_and_check
 
-    def spy(optimizer: Any, params: Any, metrics: Any, **kw: Any) -> float:
+    def spy(params: Any, metrics: Any, **kw: Any) -> float:
         seen.append([p.grad.detach().clone() for p in params])
-        return original(optimizer, params, metrics, **kw)
+        return original(params, metrics, **kw)
 
-    trainer.optimizer_step = spy
+    trainer.clip_and_check = spy
     return seen
 
 

@@ -316,21 +316,26 @@ def pad_sequences(
 def iter_micro_batches(
     batch: Mapping[str, torch.Tensor], micro_batch_size: int | None
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Split a dict of row-aligned tensors into chunks of ``micro_batch_size`` rows.
+    """Split a dict of row-aligned tensors into chunks of ``micro_batch_size`` rows
+    (``None`` = one chunk).
 
-    Columns that are entirely padding in a chunk are trimmed (by ``attention_mask`` when
-    present), so each micro-batch is only as wide as its longest row. ``None`` = one chunk.
-    Tensors with the sequence axis of the logprobs (``T-1``) are trimmed to match.
+    With a right-padded ``attention_mask`` (B, T) in the batch, columns that are padding in
+    every row of a chunk are cut, so each micro-batch is only as wide as its longest row:
+    tensors whose second axis is ``T`` keep ``width`` columns, those aligned with the
+    logprobs (``T - 1``) keep ``width - 1``. 1-D tensors are only sliced by rows.
     """
+    if not batch:
+        return
     n = next(iter(batch.values())).shape[0]
     size = n if micro_batch_size is None else int(micro_batch_size)
+    if n == 0 or size < 1:
+        return
     attn = batch.get("attention_mask")
+    t_full = attn.shape[1] if attn is not None and attn.dim() == 2 else None
     for s in range(0, n, size):
         chunk = {k: v[s : s + size] for k, v in batch.items()}
-        if attn is not None and attn.dim() == 2:
-            t_full = attn.shape[1]
-            width = int(chunk["attention_mask"].sum(dim=1).max().item()) if size else t_full
-            width = max(width, 2)
+        if t_full is not None:
+            width = max(int(chunk["attention_mask"].sum(dim=1).max().item()), 2)
             if width < t_full:
                 for k, v in chunk.items():
                     if v.dim() >= 2 and v.shape[1] == t_full:
@@ -412,19 +417,12 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def optimizer_step(
-        self,
-        optimizer: torch.optim.Optimizer,
-        params: Sequence[nn.Parameter],
-        metrics: Mapping[str, Any],
-        *,
-        prefix: str = "",
+    def clip_and_check(
+        self, params: Sequence[nn.Parameter], metrics: Mapping[str, Any], *, prefix: str = ""
     ) -> float:
-        """Clip gradients, check that loss metrics and the gradient norm are finite (else stop
-        with a dump of the batch, see :func:`rlhf_core.monitor.check_finite`), step, zero grads.
-
-        Returns the gradient norm before clipping.
-        """
+        """Clip the gradient norm to ``max_grad_norm`` and check that the loss metrics and the
+        norm are finite; otherwise stop with :class:`rlhf_core.monitor.NonFiniteError` after
+        dumping the batch to ``run_dir/nonfinite``. Returns the norm before clipping."""
         from rlhf_core.monitor import check_finite
 
         max_norm = self.config.max_grad_norm
@@ -437,9 +435,21 @@ class Trainer:
             self.run_dir / "nonfinite",
             step=self.global_step + 1,
         )
+        return float(norm)
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[nn.Parameter],
+        metrics: Mapping[str, Any],
+        *,
+        prefix: str = "",
+    ) -> float:
+        """:meth:`clip_and_check`, then step and zero the gradients. Returns the norm."""
+        norm = self.clip_and_check(params, metrics, prefix=prefix)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

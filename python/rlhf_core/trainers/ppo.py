@@ -257,12 +257,14 @@ class PPOTrainer(OnPolicyTrainer):
         return self.kl_ctl.value
 
     def optimizer_steps(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        return {
-            "grad_norm": self.optimizer_step(self.optimizer, self.params, metrics),
-            "value_grad_norm": self.optimizer_step(
-                self.value_optimizer, self.value_params, metrics, prefix="value_"
-            ),
-        }
+        """Check both models' gradients before stepping either, so a non-finite value
+        gradient cannot leave a half-applied update behind."""
+        norm = self.clip_and_check(self.params, metrics)
+        value_norm = self.clip_and_check(self.value_params, metrics, prefix="value_")
+        for opt in (self.optimizer, self.value_optimizer):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return {"grad_norm": norm, "value_grad_norm": value_norm}
 
     def update(self, step: int) -> dict[str, float]:
         self.value_model.train()
