@@ -15,10 +15,11 @@
 //! `±(c + 1)` so `exp` cannot produce `inf − inf`; this never changes a value that the output
 //! clamp keeps. NaN propagates. `clamp = None` is the raw formula.
 //!
-//! These elementwise kernels compute in the input precision (f32 for f32 inputs) with a
-//! branch-free `exp` that the compiler vectorises (AVX2 when the CPU has it, chosen at run
-//! time), and a Taylor series of k3 for `|Δ| ≤ 0.5` so small divergences keep full relative
-//! precision.
+//! These elementwise kernels compute in the input precision (f32 for f32 inputs) with
+//! branch-free code the compiler vectorises (AVX-512 / AVX2 chosen at run time, see
+//! `simd.rs`). k3 keeps full relative precision for small divergences: in f32 it comes from
+//! the tail of the `exp` polynomial (see [`k3_f32`]), in f64 from a Taylor series for
+//! `|Δ| ≤ 0.5`.
 
 use crate::error::{CoreError, Result};
 use crate::gae::valid_end;
@@ -65,18 +66,13 @@ pub fn check_clamp(clamp: Option<f64>) -> Result<()> {
     Ok(())
 }
 
-/// Float types with a vectorisable `exp` and an accurate `k3`.
+/// Float types with an accurate, vectorisable `k3`.
 pub trait KlFloat: Float {
-    fn exp_fast(self) -> Self;
     /// `exp(−d) + d − 1`, accurate in relative terms near 0.
     fn k3(self) -> Self;
 }
 
 impl KlFloat for f32 {
-    #[inline(always)]
-    fn exp_fast(self) -> f32 {
-        exp_f32(self)
-    }
     #[inline(always)]
     fn k3(self) -> f32 {
         k3_f32(self)
@@ -84,10 +80,6 @@ impl KlFloat for f32 {
 }
 
 impl KlFloat for f64 {
-    #[inline(always)]
-    fn exp_fast(self) -> f64 {
-        exp_f64(self)
-    }
     #[inline(always)]
     fn k3(self) -> f64 {
         let x = -self;
