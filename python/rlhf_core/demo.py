@@ -755,7 +755,7 @@ class _Demo:
         ]
         self.eval_seed = config.seed + 1000
         self._stage_no = 0
-        self._num_stages = 3 + len(config.methods) + (1 if config.arithmetic.enabled else 0) + 1
+        self._num_stages = len(self.expected_stages()) + 1  # + the report
 
     # ---- small helpers ----------------------------------------------------------------------
     def say(self, text: str) -> None:
