@@ -9,6 +9,9 @@ steps, metrics and checkpoints. Each trainer has a validated config dataclass.
 - :class:`BestOfNTrainer` / :class:`BestOfNConfig`: rejection sampling + SFT.
 - :class:`DPOTrainer` / :class:`DPOConfig`: DPO and IPO.
 
+Custom on-policy trainers subclass :class:`OnPolicyTrainer` (rollout, scoring, buffer,
+clipped-surrogate update) or :class:`RolloutTrainer` (rollout and scoring only).
+
 Submodules are imported on first use, so importing one trainer does not import the others.
 """
 
@@ -21,6 +24,10 @@ _EXPORTS = {
     "Trainer": "base",
     "TrainerConfig": "base",
     "TrainResult": "base",
+    "RolloutConfig": "on_policy",
+    "RLConfig": "on_policy",
+    "RolloutTrainer": "on_policy",
+    "OnPolicyTrainer": "on_policy",
     "SFTTrainer": "sft",
     "SFTConfig": "sft",
     "RewardTrainer": "reward",

@@ -656,7 +656,8 @@ class OnPolicyTrainer(RolloutTrainer):
         return self.compute_advantages(roll)
 
     def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
-        """More fields to add to the buffer (e.g. per-token shaped rewards)."""
+        """Fields that replace or extend the defaults of :meth:`fill_buffer` (e.g. scores with
+        a KL penalty subtracted)."""
         return {}
 
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
