@@ -62,7 +62,7 @@ def _grpo(run: Path, cls=GRPOTrainer, cfg_cls=GRPOConfig, **kw: Any) -> Any:
     kw.setdefault("total_steps", 2)
     kw.setdefault("rollout_batch_size", 8)
     kw.setdefault("num_samples", 4)
-    cfg = cfg_cls(run_dir=str(run), **RL_COMMON, **kw)
+    cfg = cfg_cls(run_dir=str(run), **{**RL_COMMON, **kw})
     return cls(cfg, policy(), tokenizer(), PROMPTS, digit_reward)
 
 
@@ -183,6 +183,52 @@ def test_unscorable_rewards_are_counted_not_fatal(tmp_path):
     res = GRPOTrainer(cfg, policy(), tokenizer(), PROMPTS, half_none).train()
     assert res.metrics["reward/frac_unscorable"] == 0.5
     assert math.isfinite(res.metrics["policy_loss"])
+
+
+@pytest.mark.parametrize("mask_truncated", [True, False])
+def test_mask_truncated_drops_truncated_completions_from_the_loss(tmp_path, mask_truncated):
+    t = _grpo(tmp_path, total_steps=1, max_new_tokens=2, mask_truncated=mask_truncated)
+    seen: list[Any] = []
+    original = t.loss
+
+    def spy(micro: Any, n_tok: int, n_seq: int) -> Any:
+        seen.append((micro["truncated"].clone(), micro["response_mask"].clone()))
+        return original(micro, n_tok, n_seq)
+
+    t.loss = spy
+    res = t.train()
+    truncated = torch.cat([tr for tr, _ in seen])
+    in_loss = torch.cat([m.any(dim=1) for _, m in seen])
+    assert truncated.any(), "with 2 new tokens some completions must hit the limit"
+    if mask_truncated:
+        assert torch.equal(in_loss, ~truncated)
+    else:
+        assert in_loss.all()
+    assert res.metrics["response_length/frac_truncated"] == pytest.approx(
+        float(truncated.float().mean())
+    )
+
+
+def test_ppo_leaves_unscorable_samples_out_of_the_loss(tmp_path):
+    def half_none(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
+        return [None if i % 2 else 1.0 for i in range(len(completions))]
+
+    cfg = PPOConfig(run_dir=str(tmp_path), total_steps=1, rollout_batch_size=4, ppo_epochs=1,
+                    **RL_COMMON)  # fmt: skip
+    t = PPOTrainer(cfg, policy(), tokenizer(), PROMPTS, half_none)
+    seen: list[Any] = []
+    original = t.loss
+
+    def spy(micro: Any, n_tok: int, n_seq: int) -> Any:
+        seen.append((micro["seq_index"].clone(), micro["response_mask"].any(dim=1)))
+        return original(micro, n_tok, n_seq)
+
+    t.loss = spy
+    res = t.train()
+    assert res.metrics["reward/frac_unscorable"] == 0.5
+    assert_finite_metrics({k: v for k, v in res.metrics.items() if k != "explained_variance"})
+    for idx, in_loss in seen:
+        assert torch.equal(in_loss, idx % 2 == 0)
 
 
 def test_weight_zero_sources_are_logged_not_optimised(tmp_path):
