@@ -142,8 +142,9 @@ class RunningMoments:
 # typed wrappers in rlhf_core.buffer (see docs/buffer.md); these take numpy arrays only.
 
 _Array = npt.NDArray[Any]
-# ("ragged", values 1-D, lengths int64 1-D) or ("padded", values 2-D, mask 2-D)
-_TokenSpec = tuple[str, _Array, _Array]
+# ("ragged", values 1-D, lengths int64 1-D), ("pieces", [1-D array per sequence], None) or
+# ("padded", values 2-D, mask 2-D)
+_TokenSpec = tuple[str, Any, Any]
 
 @final
 class _RolloutBuffer:

@@ -169,8 +169,9 @@ def _mask_dtype(m: np.ndarray) -> np.ndarray:
 
 def _token_spec(
     name: str, value: Any, shared_mask: Any, *, bool_field: bool = False
-) -> tuple[str, np.ndarray, np.ndarray]:
-    """One per-token input as ``("ragged", values, lengths)`` or ``("padded", values, mask)``.
+) -> tuple[str, Any, Any]:
+    """One per-token input as ``("ragged", values, lengths)``, ``("pieces", [one 1-D array per
+    sequence], None)`` or ``("padded", values, mask)``.
 
     Accepted forms: a list/tuple of 1-D arrays or tensors (one per sequence); :class:`Ragged`
     (flat values + offsets); :class:`Padded` (2-D values + mask); or a 2-D ``(B, T)`` array with
@@ -203,35 +204,39 @@ def _token_spec(
             )
         return ("padded", np.ascontiguousarray(fix(values)), np.ascontiguousarray(_mask_dtype(mask)))
     if isinstance(value, (list, tuple)):
-        arrays = [_to_numpy(v, name) for v in value]
-        # An empty Python list has no dtype of its own (numpy says float64): it takes the
-        # dtype of the other sequences (int64 when all are empty).
-        loose = [
-            i for i, (v, a) in enumerate(zip(value, arrays, strict=True))
-            if a.size == 0 and not isinstance(v, np.ndarray) and not _is_tensor(v)
-        ]
-        if loose:
-            typed = [a.dtype for i, a in enumerate(arrays) if i not in set(loose)]
-            dt = typed[0] if typed else np.dtype(np.int64)
-            for i in loose:
-                arrays[i] = np.zeros(0, dtype=dt)
-        for i, a in enumerate(arrays):
-            if a.ndim != 1:
-                raise ShapeError(f"{name}: sequence {i} has shape {a.shape}; expected a 1-D array")
-        if arrays:
-            dtypes = {a.dtype for a in arrays}
-            if len(dtypes) > 1:
-                first_dt = arrays[0].dtype
-                i = next(i for i, a in enumerate(arrays) if a.dtype != first_dt)
-                raise DtypeError(
-                    f"{name}: sequence {i} has dtype {arrays[i].dtype}, sequence 0 has "
-                    f"{first_dt}; every sequence of a field must have the same dtype"
-                )
-            values = np.concatenate(arrays)
+        if not value:
+            return ("pieces", [], None)
+        if all(type(v) is np.ndarray for v in value):
+            arrays = list(value)  # the common case: no per-element conversion
         else:
-            values = np.zeros(0, dtype=np.int64)
-        lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
-        return ("ragged", np.ascontiguousarray(fix(values)), lengths)
+            arrays = [_to_numpy(v, name) for v in value]
+            # An empty Python list has no dtype of its own (numpy says float64): it takes the
+            # dtype of the other sequences (int64 when all are empty).
+            loose = {
+                i for i, (v, a) in enumerate(zip(value, arrays, strict=True))
+                if a.size == 0 and not isinstance(v, np.ndarray) and not _is_tensor(v)
+            }
+            if loose:
+                typed = [a.dtype for i, a in enumerate(arrays) if i not in loose]
+                dt = typed[0] if typed else np.dtype(np.int64)
+                for i in loose:
+                    arrays[i] = np.zeros(0, dtype=dt)
+        if any(a.ndim != 1 for a in arrays):
+            i = next(i for i, a in enumerate(arrays) if a.ndim != 1)
+            raise ShapeError(f"{name}: sequence {i} has shape {arrays[i].shape}; expected a 1-D array")
+        first_dt = arrays[0].dtype
+        if any(a.dtype != first_dt for a in arrays):
+            i = next(i for i, a in enumerate(arrays) if a.dtype != first_dt)
+            raise DtypeError(
+                f"{name}: sequence {i} has dtype {arrays[i].dtype}, sequence 0 has "
+                f"{first_dt}; every sequence of a field must have the same dtype"
+            )
+        if bool_field or first_dt not in _STORABLE:
+            arrays = [fix(a) for a in arrays]
+        if not all(a.flags.c_contiguous for a in arrays):
+            arrays = [np.ascontiguousarray(a) for a in arrays]
+        # One slice per sequence goes straight into the Rust column (no concatenation).
+        return ("pieces", arrays, None)
     a = _to_numpy(value, name)
     if a.ndim == 2:
         if shared_mask is None:
@@ -440,7 +445,7 @@ class RolloutBuffer:
             response_ids, (Ragged, Padded)
         ) and len(response_ids) == 0:
             return  # an empty batch adds nothing (and fixes no schema)
-        token: list[tuple[str, tuple[str, np.ndarray, np.ndarray]]] = [
+        token: list[tuple[str, tuple[str, Any, Any]]] = [
             ("response_ids", _token_spec("response_ids", response_ids, response_mask))
         ]
         named = {
@@ -464,8 +469,11 @@ class RolloutBuffer:
                 raise FieldError(f"field {name!r} is given both per token and per sequence")
             seq.append((name, _seq_array(name, v)))
         prompt = _token_spec("prompt_ids", prompt_ids, prompt_mask)
-        if prompt[1].dtype not in _ID_DTYPES:
-            raise DtypeError(f"prompt_ids must be int32 or int64, got {prompt[1].dtype}")
+        pdt = prompt[1][0].dtype if prompt[0] == "pieces" and prompt[1] else None
+        if prompt[0] != "pieces":
+            pdt = prompt[1].dtype
+        if pdt is not None and pdt not in _ID_DTYPES:
+            raise DtypeError(f"prompt_ids must be int32 or int64, got {pdt}")
         self._core.add(prompt, token, seq)
 
     def reserve(self, sequences: int, prompt_tokens: int, response_tokens: int) -> None:

@@ -162,6 +162,7 @@ fn grow<T>(v: &mut Vec<T>, additional: usize) {
     if need > v.capacity() {
         let target = need.max(v.capacity() + v.capacity() / 8);
         v.reserve_exact(target - v.len());
+        crate::hugepages::advise(v);
     }
 }
 
@@ -279,6 +280,16 @@ impl Column {
         }
     }
 
+    /// Append every piece in order (all of this column's dtype, checked by validation).
+    fn extend_pieces(&mut self, pieces: &[Slice<'_>]) -> Result<()> {
+        let total: usize = pieces.iter().map(Slice::len).sum();
+        self.reserve(total);
+        for p in pieces {
+            self.extend_segments(*p, &[(0, p.len())], true)?;
+        }
+        Ok(())
+    }
+
     /// Bitwise equality (NaN equals NaN with the same bits); what an exact round trip means.
     pub fn bits_eq(&self, other: &Column) -> bool {
         match (self, other) {
@@ -308,13 +319,16 @@ impl Column {
 }
 
 /// One field of an add, as it arrives from the caller.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum TokenInput<'a> {
     /// Values of all sequences concatenated, with one length per sequence.
     Ragged {
         values: Slice<'a>,
         lengths: &'a [i64],
     },
+    /// One slice per sequence (at least one; all of the same dtype): copied straight into the
+    /// column, without concatenating them first.
+    Pieces(Vec<Slice<'a>>),
     /// A `(rows, cols)` C-order array and a mask of shape `mask_shape` that must equal
     /// `(rows, cols)`. Each mask row must be one contiguous run of ones (right padding, left
     /// padding or both); the run gives the sequence's tokens. Mask values must be 0 or 1.
@@ -331,19 +345,16 @@ impl TokenInput<'_> {
     pub fn num_sequences(&self) -> usize {
         match self {
             TokenInput::Ragged { lengths, .. } => lengths.len(),
+            TokenInput::Pieces(p) => p.len(),
             TokenInput::Padded { rows, .. } => *rows,
         }
     }
 
+    /// The dtype (of the first piece for `Pieces`; an empty list reads as int64).
     pub fn dtype(&self) -> DType {
         match self {
             TokenInput::Ragged { values, .. } | TokenInput::Padded { values, .. } => values.dtype(),
-        }
-    }
-
-    fn values(&self) -> Slice<'_> {
-        match self {
-            TokenInput::Ragged { values, .. } | TokenInput::Padded { values, .. } => *values,
+            TokenInput::Pieces(p) => p.first().map_or(DType::I64, |s| s.dtype()),
         }
     }
 }
@@ -489,6 +500,21 @@ fn seq_label(i: usize, base: usize) -> String {
 /// Resolve one input into per-sequence segments, checking lengths and the mask.
 fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
     match *input {
+        TokenInput::Pieces(ref pieces) => {
+            let dt = input.dtype();
+            if let Some(i) = pieces.iter().position(|p| p.dtype() != dt) {
+                return Err(CoreError::dtype(format!(
+                    "{name}: sequence {i} has dtype {}, sequence 0 has {}; every sequence of a field must \
+                     have the same dtype",
+                    pieces[i].dtype().name(),
+                    dt.name()
+                )));
+            }
+            Ok(Resolved {
+                segments: pieces.iter().map(|p| (0, p.len())).collect(),
+                contiguous: false,
+            })
+        }
         TokenInput::Ragged { values, lengths } => {
             let mut segments = Vec::with_capacity(lengths.len());
             let mut start = 0usize;
@@ -564,6 +590,16 @@ fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
                 segments,
                 contiguous: false,
             })
+        }
+    }
+}
+
+/// Append one validated input to its column.
+fn extend_input(col: &mut Column, input: &TokenInput<'_>, res: &Resolved) -> Result<()> {
+    match input {
+        TokenInput::Pieces(p) => col.extend_pieces(p),
+        TokenInput::Ragged { values, .. } | TokenInput::Padded { values, .. } => {
+            col.extend_segments(*values, &res.segments, res.contiguous)
         }
     }
 }
@@ -1038,11 +1074,7 @@ impl RolloutBuffer {
             self.response_offsets.push(r);
         }
         if let Some(col) = &mut self.prompt_ids {
-            col.extend_segments(
-                batch.prompt_ids.values(),
-                &plan.prompt.segments,
-                plan.prompt.contiguous,
-            )?;
+            extend_input(col, &batch.prompt_ids, &plan.prompt)?;
         }
         for ((slot, &j), res) in self
             .token_fields
@@ -1050,11 +1082,7 @@ impl RolloutBuffer {
             .zip(&plan.token_order)
             .zip(&plan.token_resolved)
         {
-            slot.1.extend_segments(
-                batch.token_fields[j].1.values(),
-                &res.segments,
-                res.contiguous,
-            )?;
+            extend_input(&mut slot.1, &batch.token_fields[j].1, res)?;
         }
         for (slot, &j) in self.seq_fields.iter_mut().zip(&plan.seq_order) {
             let v = batch.seq_fields[j].1;

@@ -40,6 +40,7 @@ use crate::buffer::{Advantages, Column, RolloutBuffer};
 use crate::error::{CoreError, Result};
 use crate::gae::{gae, GaeOptions, Masked};
 use crate::group::{group_advantages, GroupOptions, GroupStats, Groups};
+use crate::hugepages;
 use crate::kl::{shaped_rewards, Estimator as KlEstimator, KlFloat};
 use crate::layout::{Float, Layout};
 use crate::returns::discounted_returns;
@@ -406,7 +407,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             &zeros
         }
     };
-    let mut rewards = vec![F::ZERO; t];
+    let mut rewards = hugepages::filled(t, F::ZERO);
     if opts.kl_coef != 0.0 {
         let lp = F::borrow(need(buf, "logprobs", "kl_coef != 0")?);
         let rf = F::borrow(need(buf, "ref_logprobs", "kl_coef != 0")?);
@@ -442,35 +443,54 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
         }
     }
 
-    let (mut adv, ret) = match opts.estimator {
+    // `rewards` is scratch once the recurrence has read it: it receives the whitened (or
+    // copied) advantages, so only two more token-sized buffers are allocated.
+    let mut scratch = rewards;
+    let (raw_adv, ret) = match opts.estimator {
         Estimator::Gae => {
             let values = F::borrow(need(buf, "values", "gae")?);
-            let (mut a, mut r) = (vec![F::ZERO; t], vec![F::ZERO; t]);
+            let (mut a, mut r) = (hugepages::filled(t, F::ZERO), hugepages::filled(t, F::ZERO));
             let g = GaeOptions {
                 gamma: opts.gamma,
                 lam: opts.lam,
                 masked: opts.masked,
             };
             gae(
-                &layout, &rewards, &values, mask_ref, None, g, &mut a, &mut r,
+                &layout, &scratch, &values, mask_ref, None, g, &mut a, &mut r,
             )?;
-            (a, r)
+            (Some(a), r)
         }
         _ => {
-            let mut r = vec![F::ZERO; t];
-            discounted_returns(&layout, &rewards, mask_ref, opts.gamma, opts.masked, &mut r)?;
-            (r.clone(), r)
+            let mut r = hugepages::filled(t, F::ZERO);
+            discounted_returns(&layout, &scratch, mask_ref, opts.gamma, opts.masked, &mut r)?;
+            (None, r) // advantages = returns, before whitening
         }
     };
-    match opts.whiten {
-        Whiten::None => {}
-        Whiten::Token => {
-            let w = WhitenOptions::new(Axis::All, true, 1, opts.whiten_eps)?;
-            let mut out = vec![F::ZERO; t];
-            masked_whiten(&layout, &adv, mask_ref, w, &mut out)?;
-            adv = out;
+    let adv = match (opts.whiten, raw_adv) {
+        (Whiten::None, Some(a)) => a,
+        (Whiten::None, None) => {
+            scratch.copy_from_slice(&ret);
+            scratch
         }
-        Whiten::Sequence => {
+        (Whiten::Token, a) => {
+            let w = WhitenOptions::new(Axis::All, true, 1, opts.whiten_eps)?;
+            masked_whiten(
+                &layout,
+                a.as_deref().unwrap_or(&ret),
+                mask_ref,
+                w,
+                &mut scratch,
+            )?;
+            scratch
+        }
+        (Whiten::Sequence, a) => {
+            let mut adv = match a {
+                Some(a) => a,
+                None => {
+                    scratch.copy_from_slice(&ret);
+                    scratch
+                }
+            };
             let mut w = vec![0.0f64; t];
             for i in 0..n {
                 let r = offsets[i] as usize..offsets[i + 1] as usize;
@@ -485,8 +505,9 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
                 }
             }
             weighted_whiten(&mut adv, &w, opts.whiten_eps);
+            adv
         }
-    }
+    };
     Ok((
         Advantages::Token(F::column(adv)),
         Some(F::column(ret)),
