@@ -589,3 +589,28 @@ def test_core_class_is_not_subclassable_and_builds_in_release():
     assert _core.BUILD_PROFILE in ("release", "debug")
     with pytest.raises(TypeError):
         type("X", (_core._RolloutBuffer,), {})
+
+
+def test_per_sequence_arrays_are_checked_in_the_core():
+    core = _core._RolloutBuffer()
+    prompt = ("pieces", [np.array([1], np.int64)], None)
+
+    def add(resp):
+        core.add(prompt, [("response_ids", ("pieces", resp, None))], [])
+
+    with pytest.raises(DtypeError, match="sequence 0"):
+        add([[1, 2]])  # not an array
+    with pytest.raises(ShapeError, match="not C-contiguous"):
+        add([np.arange(4, dtype=np.int64)[::2]])
+    with pytest.raises(ShapeError, match="1-D"):
+        add([np.zeros((1, 2), np.int64)])
+    with pytest.raises(DtypeError, match="float16"):
+        add([np.zeros(2, np.float16)])
+    assert len(core) == 0
+    # Through the Python layer, strided views and Python lists are converted first.
+    buf = RolloutBuffer()
+    base = np.arange(10, dtype=np.int64)
+    buf.add(prompt_ids=[base[::3], [5]], response_ids=[base[1::2], []])
+    assert buf.sequence(0)["prompt_ids"].tolist() == [0, 3, 6, 9]
+    assert buf.sequence(0)["response_ids"].tolist() == [1, 3, 5, 7, 9]
+    assert buf.sequence(1)["response_ids"].tolist() == []

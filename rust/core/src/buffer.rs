@@ -162,7 +162,6 @@ fn grow<T>(v: &mut Vec<T>, additional: usize) {
     if need > v.capacity() {
         let target = need.max(v.capacity() + v.capacity() / 8);
         v.reserve_exact(target - v.len());
-        crate::hugepages::advise(v);
     }
 }
 

@@ -40,7 +40,6 @@ use crate::buffer::{Advantages, Column, RolloutBuffer};
 use crate::error::{CoreError, Result};
 use crate::gae::{gae, GaeOptions, Masked};
 use crate::group::{group_advantages, GroupOptions, GroupStats, Groups};
-use crate::hugepages;
 use crate::kl::{shaped_rewards, Estimator as KlEstimator, KlFloat};
 use crate::layout::{Float, Layout};
 use crate::returns::discounted_returns;
@@ -407,7 +406,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             &zeros
         }
     };
-    let mut rewards = hugepages::filled(t, F::ZERO);
+    let mut rewards = vec![F::ZERO; t];
     if opts.kl_coef != 0.0 {
         let lp = F::borrow(need(buf, "logprobs", "kl_coef != 0")?);
         let rf = F::borrow(need(buf, "ref_logprobs", "kl_coef != 0")?);
@@ -449,7 +448,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
     let (raw_adv, ret) = match opts.estimator {
         Estimator::Gae => {
             let values = F::borrow(need(buf, "values", "gae")?);
-            let (mut a, mut r) = (hugepages::filled(t, F::ZERO), hugepages::filled(t, F::ZERO));
+            let (mut a, mut r) = (vec![F::ZERO; t], vec![F::ZERO; t]);
             let g = GaeOptions {
                 gamma: opts.gamma,
                 lam: opts.lam,
@@ -461,7 +460,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             (Some(a), r)
         }
         _ => {
-            let mut r = hugepages::filled(t, F::ZERO);
+            let mut r = vec![F::ZERO; t];
             discounted_returns(&layout, &scratch, mask_ref, opts.gamma, opts.masked, &mut r)?;
             (None, r) // advantages = returns, before whitening
         }

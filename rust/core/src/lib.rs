@@ -13,7 +13,6 @@ pub mod buffer_stats;
 pub mod error;
 pub mod gae;
 pub mod group;
-pub mod hugepages;
 pub mod kl;
 pub mod layout;
 pub mod materialize;

@@ -99,7 +99,7 @@ where
     T: Copy + Send + Sync,
     F: Fn(usize, &mut [T]) + Sync + Send,
 {
-    let mut out = crate::hugepages::filled(out_len, fill);
+    let mut out = vec![fill; out_len];
     let mut pieces: Vec<&mut [T]> = Vec::with_capacity(segs.len());
     let mut rest: &mut [T] = &mut out;
     let mut pos = 0usize;
