@@ -57,14 +57,18 @@ __all__ = [
     "GatheredGroups",
     "GlobalMoments",
     "STRATEGIES",
+    "all_gather_object",
     "all_gather_ragged",
     "all_reduce_max",
     "all_reduce_metrics",
     "all_reduce_min",
     "all_reduce_sum",
     "barrier",
+    "broadcast_module",
+    "flagged_ranks",
     "distributed_group_advantages",
     "fsdp2_available",
+    "gather_full_optimizer_state_dict",
     "gather_full_state_dict",
     "gather_scores_for_groups",
     "get_context",
@@ -72,7 +76,10 @@ __all__ = [
     "global_masked_whiten",
     "global_token_counts",
     "init_distributed",
+    "is_fsdp2",
     "is_main_process",
+    "load_full_optimizer_state_dict",
+    "load_full_state_dict",
     "no_sync",
     "rank_seed",
     "scale_loss",
@@ -500,7 +507,7 @@ def all_reduce_metrics(
     max) whatever the number of metrics. Values: Python numbers or 0-d tensors.
     """
     local = {
-        k: float(v.detach().float().item() if isinstance(v, torch.Tensor) else v)
+        k: float(v.detach().item() if isinstance(v, torch.Tensor) else v)
         for k, v in metrics.items()
     }
     c = _ctx(ctx)
@@ -569,6 +576,34 @@ def all_gather_ragged(x: Any, ctx: DistContext | None = None) -> tuple[Any, list
     if dtype == torch.bool:
         full = full.bool()
     return (full.numpy() if is_np else full), counts
+
+
+def all_gather_object(obj: Any, ctx: DistContext | None = None) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` for a single process).
+
+    For small things only (RNG states, key lists): it pickles through the process group.
+    """
+    c = _ctx(ctx)
+    if not c.is_distributed:
+        return [obj]
+    out: list[Any] = [None] * c.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def flagged_ranks(flag: bool, ctx: DistContext | None = None) -> list[int]:
+    """The ranks that passed ``flag=True`` (one all-reduce of ``world_size`` integers).
+
+    Lets every rank take the same branch after a local check, e.g. all ranks stop when one of
+    them found a non-finite value, instead of the others waiting in the next collective.
+    """
+    c = _ctx(ctx)
+    if not c.is_distributed:
+        return [0] if flag else []
+    t = torch.zeros(c.world_size, dtype=torch.int64, device=c.comm_device)
+    t[c.rank] = int(bool(flag))
+    dist.all_reduce(t)
+    return [int(r) for r in torch.nonzero(t).flatten().tolist()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,6 +813,12 @@ def fsdp2_available() -> bool:
     return True
 
 
+def is_fsdp2(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by ``fully_shard`` (FSDP2): its forward passes and state
+    dict gathering are then collectives."""
+    return _is_fsdp2(model)
+
+
 def _is_fsdp2(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -813,6 +854,7 @@ def wrap_model(
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
     reshard_after_forward: bool = True,
+    sync_module_states: bool = True,
 ) -> nn.Module:
     """Move ``model`` to this rank's device and wrap it for data-parallel training.
 
@@ -836,6 +878,11 @@ def wrap_model(
             dtype.
         reshard_after_forward: FSDP2: free the gathered parameters after each forward (saves
             memory, gathers again in backward).
+        sync_module_states: first make every rank hold rank 0's parameters and buffers
+            (:func:`broadcast_module`) where the wrapper would not: frozen models under
+            ``"ddp"`` (returned unwrapped) and every model under ``"fsdp2"`` (``fully_shard``
+            keeps each rank's own slice of its own tensors, it does not broadcast). DDP does
+            it itself for trainable models.
 
     Returns:
         The wrapped module (for ``fsdp2`` the same object, its class swapped by
@@ -854,6 +901,8 @@ def wrap_model(
     trainable = any(p.requires_grad for p in model.parameters())
     if strategy == "ddp":
         if not trainable:
+            if sync_module_states:
+                broadcast_module(model, c)
             return model
         device_ids = [c.device.index] if c.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
@@ -871,10 +920,36 @@ def wrap_model(
         kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=param_dtype, reduce_dtype=reduce_dtype
         )
+    if sync_module_states:
+        broadcast_module(model, c)
     for block in _block_modules(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+@torch.no_grad()
+def broadcast_module(model: nn.Module, ctx: DistContext | None = None, *, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into ``model`` on every rank, in place (one
+    broadcast per tensor; a no-op for a single process). For plain (not yet sharded) modules.
+    """
+    c = _ctx(ctx)
+    if not c.is_distributed:
+        return
+    seen: set[int] = set()
+    tensors = [*model.parameters(), *model.buffers()]
+    for t in tensors:
+        if id(t) in seen:  # tied weights: once
+            continue
+        seen.add(id(t))
+        buf = t.detach()
+        if buf.device != c.comm_device:
+            buf = buf.to(c.comm_device)
+        elif not buf.is_contiguous():
+            buf = buf.contiguous()
+        dist.broadcast(buf, src=src)
+        if buf.data_ptr() != t.data_ptr():
+            t.copy_(buf)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -941,3 +1016,112 @@ def gather_full_state_dict(model: nn.Module, *, cpu: bool = True) -> dict[str, t
     if cpu:
         sd = {k: v.detach().cpu() for k, v in sd.items()}
     return sd
+
+
+def _tied_aliases(model: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one tensor (tied weights), each group > 1 name."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in unwrap_model(model).named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def load_full_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True
+) -> None:
+    """Load a full (unsharded, unwrapped) state dict, e.g. a checkpoint written by rank 0.
+
+    DDP / plain models: ``load_state_dict`` of the inner module. FSDP2: every rank passes the
+    full dict and keeps its slices (``set_model_state_dict`` with ``full_state_dict=True``; a
+    collective). A tied weight saved under one of its names only (safetensors drops the
+    duplicates) is filled in under the others.
+    """
+    if not _is_fsdp2(model):
+        unwrap_model(model).load_state_dict(state, strict=strict)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full: dict[str, Any] = dict(state)  # set_model_state_dict replaces the dict's values
+    for names in _tied_aliases(model):
+        have = [n for n in names if n in full]
+        for n in names:
+            if n not in full and have:
+                full[n] = full[have[0]]
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, strict=strict))
+
+
+def _optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    names = {id(p): n for n, p in unwrap_model(model).named_parameters()}
+    out: list[str] = []
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            if id(p) not in names:
+                raise ValueError(
+                    "the optimizer holds a parameter that is not in the model given with it: "
+                    "pass the model whose parameters the optimizer steps"
+                )
+            out.append(names[id(p)])
+    return out
+
+
+def gather_full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, cpu: bool = True
+) -> dict[str, Any]:
+    """The optimizer's state as a single process would hold it, for checkpoints.
+
+    The result has the layout of ``optimizer.state_dict()`` (states keyed by the parameter's
+    position in the param groups), so a checkpoint written under FSDP2 loads into a DDP or
+    single-process run and vice versa. DDP / plain models: ``optimizer.state_dict()`` (the
+    same on every rank). FSDP2: ``get_optimizer_state_dict(full_state_dict=True)`` — a
+    **collective**: every rank calls it; with ``cpu`` only rank 0 receives the tensors (on the
+    CPU), the other ranks get an empty dict.
+    """
+    if not _is_fsdp2(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full: Any = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu)
+    )
+    if not full or not full.get("param_groups"):
+        return {}
+    index: dict[str, int] = {}
+    groups = []
+    for g in full["param_groups"]:
+        ids = []
+        for fqn in g["params"]:
+            index.setdefault(fqn, len(index))
+            ids.append(index[fqn])
+        groups.append({**g, "params": ids})
+    return {"state": {index[k]: v for k, v in full["state"].items()}, "param_groups": groups}
+
+
+def load_full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
+) -> None:
+    """Load what :func:`gather_full_optimizer_state_dict` returned (or a single-process
+    ``optimizer.state_dict()``) on every rank. FSDP2: each rank keeps the slices of its
+    parameters (``set_optimizer_state_dict``, a collective)."""
+    if not _is_fsdp2(model):
+        optimizer.load_state_dict(dict(state))
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    order = _optimizer_param_names(model, optimizer)
+    n = len(order)
+    for g in state["param_groups"]:
+        for i in g["params"]:
+            if not 0 <= int(i) < n:
+                raise ValueError(
+                    f"optimizer state names parameter {i} but the optimizer has {n} parameters: "
+                    "load a checkpoint of the same model"
+                )
+    by_name: Any = {
+        "state": {order[int(i)]: v for i, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [order[int(i)] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(
+        model, optimizer, by_name, options=StateDictOptions(full_state_dict=True)
+    )
