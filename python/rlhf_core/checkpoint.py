@@ -105,7 +105,16 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _save_model(model: torch.nn.Module, folder: pathlib.Path, name: str, use_st: bool) -> str:
+def _save_model(
+    model: torch.nn.Module | Mapping[str, torch.Tensor],
+    folder: pathlib.Path,
+    name: str,
+    use_st: bool,
+) -> str:
+    if isinstance(model, Mapping):  # a full state dict gathered from a sharded (FSDP2) model
+        fname = f"{name}.pt"
+        torch.save({k: v.detach() for k, v in model.items()}, folder / fname)
+        return fname
     if use_st:
         try:
             from safetensors.torch import save_model
@@ -131,7 +140,7 @@ def save_checkpoint(
     run_dir: str | os.PathLike[str],
     step: int,
     *,
-    models: Mapping[str, torch.nn.Module] | None = None,
+    models: Mapping[str, torch.nn.Module | Mapping[str, torch.Tensor]] | None = None,
     optimizers: Mapping[str, Any] | None = None,
     schedulers: Mapping[str, Any] | None = None,
     extra_state: Mapping[str, Any] | None = None,
@@ -145,7 +154,10 @@ def save_checkpoint(
         step: the number of completed training steps (resuming starts at ``step``).
         models: name -> ``nn.Module``; saved as safetensors (shared/tied tensors handled) when
             possible, else ``torch.save`` of the state dict. Frozen models (reference, reward)
-            need not be saved if they are rebuilt from their source.
+            need not be saved if they are rebuilt from their source. A mapping of tensors
+            instead of a module (the full state dict gathered from an FSDP2-sharded model, see
+            :func:`rlhf_core.distributed.gather_full_state_dict`) is saved with
+            ``torch.save``.
         optimizers / schedulers: name -> object with ``state_dict()``.
         extra_state: anything ``torch.save`` can pickle (buffer state, sampler position,
             trainer counters, KL controller, monitor states, generator states).
@@ -180,10 +192,10 @@ def save_checkpoint(
             (tmp / "models").mkdir()
             for name, model in models.items():
                 meta["models"][name] = _save_model(model, tmp / "models", name, safetensors)
-        for kind, objs in (("optimizers", optimizers), ("schedulers", schedulers)):
-            if objs:
+        for kind, stateful in (("optimizers", optimizers), ("schedulers", schedulers)):
+            if stateful:
                 (tmp / kind).mkdir()
-                for name, obj in objs.items():
+                for name, obj in stateful.items():
                     torch.save(obj.state_dict(), tmp / kind / f"{name}.pt")
                     meta[kind].append(name)
         torch.save(capture_rng_state(), tmp / "rng.pt")
@@ -263,10 +275,14 @@ def load_checkpoint(
     ``path`` is a run folder (its latest checkpoint is used) or a ``step_NNNNNN`` folder.
     Every model, optimizer and scheduler passed must exist in the checkpoint (names are the
     keys used at save time); those in the checkpoint but not passed are left alone. Model
-    weights are loaded with ``strict`` key matching. RNG states are restored unless
+    weights are loaded with ``strict`` key matching; an FSDP2-sharded model is given the full
+    state dict on every rank and keeps its slices
+    (:func:`rlhf_core.distributed.load_full_state_dict`, a collective: every rank loads). RNG states are restored unless
     ``restore_rng=False``. Optimizer states are loaded onto ``map_location`` first; the
     optimizer moves them to its parameters' device.
     """
+    from rlhf_core import distributed as D
+
     ckpt = _resolve(path)
     meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
     if meta.get("format_version") != FORMAT_VERSION:
@@ -281,7 +297,15 @@ def load_checkpoint(
                 f"{ckpt}: no model named {name!r}; it holds {sorted(meta['models'])}"
             )
         fpath = ckpt / "models" / fname
-        if fname.endswith(".safetensors"):
+        if D.is_fsdp2(model):
+            if fname.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                full = load_file(str(fpath))
+            else:
+                full = torch.load(fpath, map_location="cpu", weights_only=True)
+            D.load_full_state_dict(model, full, strict=strict)
+        elif fname.endswith(".safetensors"):
             from safetensors.torch import load_model
 
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
