@@ -77,6 +77,14 @@ class Completions:
         ]
 
 
+def _is_fsdp2(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - depends on the torch build
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     if p is not None:
@@ -145,6 +153,7 @@ def generate(
     batch_size: int | None = None,
     return_logprobs: bool = False,
     fast: bool = False,
+    synced_gpus: bool | None = None,
 ) -> Completions:
     """Sample ``num_samples`` completions for each prompt.
 
@@ -168,6 +177,10 @@ def generate(
         return_logprobs: also return the sampler's logprobs (see :class:`Completions`).
         fast: on CUDA, try a static KV cache with ``torch.compile`` of the decode step; falls
             back to the plain dynamic cache if that fails. Ignored on CPU.
+        synced_gpus: passed to HF ``generate``: True keeps every process of a
+            ``torch.distributed`` job stepping the decoder until all of them are done, which an
+            FSDP2-sharded model needs (each forward gathers parameters collectively); None
+            leaves HF's default.
 
     Returns:
         :class:`Completions` with ``len(prompts) * num_samples`` rows.
@@ -225,7 +238,10 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with _rng(seed, device), torch.inference_mode():
+        # an FSDP2-sharded model keeps the buffers of its gathered parameters between calls:
+        # made under inference_mode they could not be reused by a training forward later
+        no_grad = torch.no_grad() if _is_fsdp2(model) else torch.inference_mode()
+        with _rng(seed, device), no_grad:
             for s in range(0, len(rows), step):
                 chunk = rows[s : s + step]
                 width = max(len(p) for p in chunk)
@@ -235,7 +251,9 @@ def generate(
                     ids[i, width - len(p) :] = torch.from_numpy(p)
                     mask[i, width - len(p) :] = 1
                 ids, mask = ids.to(device), mask.to(device)
-                out = _run_generate(model, ids, mask, gcfg, fast and device.type == "cuda")
+                out = _run_generate(
+                    model, ids, mask, gcfg, fast and device.type == "cuda", synced_gpus
+                )
                 new = out.sequences[:, width:]  # (b, n_new)
                 new_np = new.cpu().numpy()
                 lp_np = None
@@ -276,22 +294,28 @@ def generate(
 
 
 def _run_generate(
-    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, gcfg: Any, fast: bool
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    gcfg: Any,
+    fast: bool,
+    synced_gpus: bool | None = None,
 ) -> Any:
     """One ``model.generate`` call; with ``fast`` first try a compiled static cache."""
     gen = getattr(model, "generate", None)
     if gen is None:
         raise TypeError(f"{type(model).__name__} has no generate(); pass an HF causal LM")
+    extra: dict[str, Any] = {} if synced_gpus is None else {"synced_gpus": bool(synced_gpus)}
     if fast:
         try:
             # HF generate compiles the decode step itself when the cache is static.
             fast_cfg = copy.deepcopy(gcfg)
             fast_cfg.cache_implementation = "static"
-            return gen(input_ids=ids, attention_mask=mask, generation_config=fast_cfg)
+            return gen(input_ids=ids, attention_mask=mask, generation_config=fast_cfg, **extra)
         except Exception as exc:  # noqa: BLE001 - any failure falls back to the plain path
             warnings.warn(
                 f"fast generation (static cache + compile) failed, using the dynamic cache: {exc}",
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return gen(input_ids=ids, attention_mask=mask, generation_config=gcfg)
+    return gen(input_ids=ids, attention_mask=mask, generation_config=gcfg, **extra)
