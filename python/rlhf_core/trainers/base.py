@@ -16,10 +16,19 @@ Determinism: all randomness of a step comes from seeds derived from ``(config.se
 (:func:`step_seed`) and from state saved in the checkpoint (sampler position, optimizer,
 scheduler, controllers), so a run resumed from a checkpoint continues exactly as if it had
 never stopped: same metrics and, on CPU, bit-identical weights.
+
+Several processes (``torchrun``): the trainer reads the process group from the environment
+(:func:`rlhf_core.distributed.init_distributed`), wraps its trained models with DDP or FSDP2
+(``config.parallel``), gives each rank its share of every batch, normalises losses by the
+counts of the global batch and reduces metrics over ranks, so a step equals the
+single-process step on the same global batch (``docs/scaling.md``). Only rank 0 logs, shows
+progress and writes checkpoints; every rank takes part in gathering the state they hold and
+every rank loads them to resume. With one process none of this does anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -32,6 +41,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+
+from rlhf_core import distributed as D
 
 __all__ = [
     "TrainerConfig",
@@ -111,6 +122,13 @@ class TrainerConfig:
     bf16: bool = field(
         default=True, metadata={"help": "bf16 autocast for forward passes on CUDA (no-op on CPU)"}
     )
+    parallel: Literal["ddp", "fsdp2"] = field(
+        default="ddp",
+        metadata={
+            "help": "under torchrun: 'ddp' (a full replica per process) or 'fsdp2' (parameters, "
+            "gradients and optimizer state sharded over processes); ignored with one process"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field(self.total_steps >= 1, "total_steps", self.total_steps, "expected >= 1")
@@ -148,6 +166,12 @@ class TrainerConfig:
             self.device,
             "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
         )
+        check_field(
+            self.parallel in ("ddp", "fsdp2"),
+            "parallel",
+            self.parallel,
+            "expected 'ddp' or 'fsdp2'",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,9 +188,14 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def step_seed(seed: int, step: int, purpose: int = 0) -> int:
-    """A 31-bit seed derived from (run seed, step, purpose): independent streams per step."""
-    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(purpose)])
+def step_seed(seed: int, step: int, purpose: int = 0, index: int | None = None) -> int:
+    """A 31-bit seed derived from (run seed, step, purpose[, index]): independent streams per
+    step, and with ``index`` per item of the step (e.g. the position of a prompt in the step's
+    global prompt list)."""
+    words = [int(seed) & 0xFFFFFFFF, int(step), int(purpose)]
+    if index is not None:
+        words.append(int(index))
+    ss = np.random.SeedSequence(words)
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
 
 
@@ -382,7 +411,14 @@ class Trainer:
         from rlhf_core.monitor import PhaseTimer
 
         self.config = config
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)  # validates the name first
+        #: where this process sits in a torchrun job (world_size 1 for a plain run)
+        self.dist = D.init_distributed(device=config.device)
+        self.device = self.dist.device if self.dist.is_distributed else device
+        if self.dist.is_distributed:
+            # dropout and anything else unseeded differ per rank; trainers' own draws come
+            # from step_seed(...) and are the same on every rank where they must be
+            D.seed_everything(config.seed, self.dist)
         self.run_dir = Path(config.run_dir)
         self.timer = PhaseTimer(cuda_sync=self.device.type == "cuda")
         self.global_step = 0
@@ -410,6 +446,114 @@ class Trainer:
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
 
+    # ---- several processes ------------------------------------------------------------------
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0 (or the only process): the one that logs and writes checkpoints."""
+        return self.dist.is_main_process
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
+
+    def shard(self, n: int, *, allow_uneven: bool = False) -> np.ndarray:
+        """int64 indices ``0..n-1`` of the items this rank keeps (a contiguous block;
+        ``arange(n)`` for a single process), see :func:`rlhf_core.distributed.shard_indices`."""
+        return D.shard_indices(n, self.dist.rank, self.dist.world_size, allow_uneven=allow_uneven)
+
+    def check_divisible(self, name: str, value: int) -> None:
+        """Refuse a global batch size the processes cannot share equally."""
+        w = self.dist.world_size
+        check_field(
+            value % w == 0,
+            name,
+            value,
+            f"must be a multiple of the number of processes ({w}) so that every process gets "
+            f"the same share (e.g. {max(w, value - value % w)})",
+        )
+
+    def wrap_trained(self, model: nn.Module) -> nn.Module:
+        """A trained model on this rank's device, wrapped per ``config.parallel`` (DDP or
+        FSDP2) when there are several processes; the model itself otherwise."""
+        model = model.to(self.device)
+        if not self.dist.is_distributed:
+            return model
+        return D.wrap_model(model, self.config.parallel, self.dist)
+
+    def wrap_frozen(self, model: nn.Module) -> nn.Module:
+        """A frozen model (reference, reward model) on this rank's device: with several
+        processes made equal to rank 0's, and sharded too under FSDP2 (every rank then runs
+        its forward passes in lockstep)."""
+        from rlhf_core.models import ReferenceModel
+
+        model = model.to(self.device)
+        if not self.dist.is_distributed or isinstance(model, ReferenceModel):
+            return model  # a ReferenceModel shares the (already wrapped) policy's weights
+        strategy = "fsdp2" if self.config.parallel == "fsdp2" else "ddp"
+        return D.wrap_model(model, strategy, self.dist)
+
+    @property
+    def lockstep_forwards(self) -> bool:
+        """True when every forward pass is a collective (FSDP2 with several processes), so all
+        ranks must run the same number of them, even without data of their own."""
+        return self.dist.is_distributed and self.config.parallel == "fsdp2"
+
+    def no_sync(self, *models: nn.Module, enabled: bool = True) -> AbstractContextManager[Any]:
+        """Skip the gradient synchronisation of the wrapped ``models`` in the block (every
+        micro-batch but the last of an optimizer step); nothing for a single process."""
+        if not (enabled and self.dist.is_distributed):
+            return nullcontext()
+        stack = contextlib.ExitStack()
+        for m in models:
+            stack.enter_context(D.no_sync(m, enabled=True))
+        return stack
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``backward()`` of a loss normalised by global counts; × world size under DDP/FSDP2
+        (they average gradients over ranks; :func:`rlhf_core.distributed.scale_loss`)."""
+        D.scale_loss(loss, self.dist).backward()
+
+    def reduce_metrics(self, totals: Mapping[str, Any]) -> dict[str, float]:
+        """Plain floats of summed micro-batch metrics, summed over ranks (``*_min`` /
+        ``*_max``: extremes over ranks) when there are several processes."""
+        if not self.dist.is_distributed:
+            return {k: float(v) for k, v in totals.items()}
+        return D.all_reduce_metrics(totals, self.dist)
+
+    @property
+    def dump_dir(self) -> Path:
+        """Where batches with non-finite values are saved (one folder per rank when there are
+        several)."""
+        base = self.run_dir / "nonfinite"
+        return base / f"rank{self.dist.rank}" if self.dist.is_distributed else base
+
+    def check_finite(self, metrics: Mapping[str, Any], batch: Mapping[str, Any] | None) -> None:
+        """:func:`rlhf_core.monitor.check_finite` at the current step; with several processes
+        every rank raises when any of them found a non-finite value (the others would
+        otherwise wait for it in the next collective)."""
+        from rlhf_core.monitor import NonFiniteError, check_finite
+
+        step = self.global_step + 1
+        if not self.dist.is_distributed:
+            check_finite(metrics, batch, self.dump_dir, step=step)
+            return
+        error: NonFiniteError | None = None
+        try:
+            check_finite(metrics, batch, self.dump_dir, step=step)
+        except NonFiniteError as exc:
+            error = exc
+        bad = D.flagged_ranks(error is not None, self.dist)
+        if error is not None:
+            raise error
+        if bad:
+            raise NonFiniteError(
+                f"non-finite values at step {step} on rank(s) {bad} (this is rank "
+                f"{self.dist.rank}); their batches were saved under {self.run_dir / 'nonfinite'}",
+                names=[],
+                dump_path=None,
+                step=step,
+            )
+
     # ---- helpers for subclasses -------------------------------------------------------------
     def autocast(self) -> AbstractContextManager[Any]:
         """bf16 autocast on CUDA when ``config.bf16``; a no-op otherwise."""
@@ -422,19 +566,19 @@ class Trainer:
     ) -> float:
         """Clip the gradient norm to ``max_grad_norm`` and check that the loss metrics and the
         norm are finite; otherwise stop with :class:`rlhf_core.monitor.NonFiniteError` after
-        dumping the batch to ``run_dir/nonfinite``. Returns the norm before clipping."""
-        from rlhf_core.monitor import check_finite
+        dumping the batch to ``run_dir/nonfinite``. Returns the norm before clipping.
 
+        With several processes the gradients are already synchronised, the norm is global
+        (FSDP2 returns a ``DTensor``, read in full) and ``metrics`` must be the reduced ones,
+        so every rank takes the same decision."""
         max_norm = self.config.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(
             params, max_norm if max_norm is not None else float("inf")
         )
-        check_finite(
-            {**metrics, f"{prefix}grad_norm": norm},
-            self._last_batch,
-            self.run_dir / "nonfinite",
-            step=self.global_step + 1,
-        )
+        full = getattr(norm, "full_tensor", None)
+        if full is not None:  # FSDP2: a DTensor
+            norm = full()
+        self.check_finite({**metrics, f"{prefix}grad_norm": norm}, self._last_batch)
         return float(norm)
 
     def optimizer_step(
@@ -454,34 +598,91 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Save models, optimisers, schedulers, RNG states and :meth:`extra_state` at
-        ``self.global_step`` under ``run_dir`` (keeping the last ``config.keep_last``)."""
-        from rlhf_core.checkpoint import save_checkpoint
+        ``self.global_step`` under ``run_dir`` (keeping the last ``config.keep_last``).
+
+        With several processes every rank must call it: the full (unwrapped, unsharded) model
+        and optimizer states are gathered on every rank (a collective under FSDP2), rank 0
+        writes them with every rank's RNG state, and all ranks wait until it is written."""
+        from rlhf_core.checkpoint import checkpoint_dir, save_checkpoint
 
         extra = {"trainer": self.name, "total_steps": self.config.total_steps}
         extra.update(self.extra_state())
-        return Path(
-            save_checkpoint(
+        models: Mapping[str, Any] = self.checkpoint_models()
+        optimizers: Mapping[str, Any] = self.checkpoint_optimizers()
+        if self.dist.is_distributed:
+            from rlhf_core.checkpoint import capture_rng_state
+
+            models, optimizers = self._full_states(models, optimizers)
+            extra["world_size"] = self.dist.world_size
+            extra["rng_per_rank"] = D.all_gather_object(capture_rng_state(), self.dist)
+            if not self.is_main_process:
+                D.barrier(self.dist)
+                return checkpoint_dir(self.run_dir, self.global_step)
+        try:
+            path = save_checkpoint(
                 self.run_dir,
                 self.global_step,
-                models=self.checkpoint_models(),
-                optimizers=self.checkpoint_optimizers(),
+                models=models,
+                optimizers=optimizers,
                 schedulers=self.checkpoint_schedulers(),
                 extra_state=extra,
                 keep_last=self.config.keep_last,
             )
-        )
+        finally:
+            if self.dist.is_distributed:
+                D.barrier(self.dist)
+        return Path(path)
+
+    def _full_states(
+        self, models: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Unwrapped models (DDP) or gathered full state dicts (FSDP2), and optimizer states in
+        the single-process layout, as :func:`rlhf_core.checkpoint.save_checkpoint` takes them.
+        An optimizer is matched with the model of the same name."""
+        out_models: dict[str, Any] = {}
+        for name, m in models.items():
+            out_models[name] = D.gather_full_state_dict(m) if D.is_fsdp2(m) else D.unwrap_model(m)
+        out_opts: dict[str, Any] = {}
+        for name, opt in optimizers.items():
+            model = models.get(name)
+            state = (
+                D.gather_full_optimizer_state_dict(model, opt)
+                if model is not None
+                else opt.state_dict()
+            )
+            out_opts[name] = _StateHolder(state)
+        return out_models, out_opts
 
     def load(self, checkpoint: str | os.PathLike[str]) -> int:
         """Restore a checkpoint folder (or a run folder's latest) into this trainer: models,
-        optimisers, schedulers, RNG states and :meth:`extra_state`. Returns its step."""
-        from rlhf_core.checkpoint import load_checkpoint
+        optimisers, schedulers, RNG states and :meth:`extra_state`. Returns its step.
 
+        With several processes every rank calls it and reads the same files; a checkpoint
+        written with any number of processes (and either ``parallel``) loads."""
+        from rlhf_core.checkpoint import load_checkpoint, restore_rng_state
+
+        models: Mapping[str, Any] = self.checkpoint_models()
+        optimizers: Mapping[str, Any] = self.checkpoint_optimizers()
+        if self.dist.is_distributed:
+            models = {k: m if D.is_fsdp2(m) else D.unwrap_model(m) for k, m in models.items()}
+            raw = self.checkpoint_models()
+            optimizers = {
+                k: _FullOptimizerLoader(raw[k], opt) if k in raw else opt
+                for k, opt in optimizers.items()
+            }
         step, extra = load_checkpoint(
             checkpoint,
-            models=self.checkpoint_models(),
-            optimizers=self.checkpoint_optimizers(),
+            models=models,
+            optimizers=optimizers,
             schedulers=self.checkpoint_schedulers(),
         )
+        per_rank = extra.get("rng_per_rank")
+        if self.dist.is_distributed and per_rank is not None:
+            if len(per_rank) == self.dist.world_size:
+                restore_rng_state(per_rank[self.dist.rank])
+            else:  # another world size: fresh per-rank streams (rank 0 keeps the saved one)
+                if not self.is_main_process:
+                    D.seed_everything(self.config.seed + int(step), self.dist)
         saved_by = extra.get("trainer")
         if saved_by is not None and saved_by != self.name:
             raise ValueError(
@@ -523,13 +724,16 @@ class Trainer:
                 f"stop_at_step={stop_at_step} is not after the step the run starts from ({start})"
             )
         self.global_step = start
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=start)
+        main = self.is_main_process
+        logger = None
+        if main:  # only rank 0 writes metrics.jsonl / TensorBoard events
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=start)
         last: dict[str, float] = {}
         bar = tqdm(
             total=cfg.total_steps,
             initial=start,
-            disable=not cfg.progress_bar,
+            disable=not (cfg.progress_bar and main),
             desc=self.name,
             dynamic_ncols=True,
         )
@@ -540,7 +744,8 @@ class Trainer:
                 metrics.update(self.timer.summary())
                 metrics["lr"] = self.current_lr()
                 self.global_step = step + 1
-                logger.log(self.global_step, metrics)
+                if logger is not None:
+                    logger.log(self.global_step, metrics)
                 last = metrics
                 bar.update(1)
                 bar.set_postfix(self.progress_postfix(metrics), refresh=False)
@@ -550,11 +755,13 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
         msg = (
             f"{self.name}: trained steps {start + 1}..{end} of {cfg.total_steps} in {self.run_dir}"
         )
-        log.info(msg)
+        if main:
+            log.info(msg)
         return TrainResult(step=self.global_step, metrics=last, message=msg)
 
     def current_lr(self) -> float:
@@ -567,6 +774,29 @@ class Trainer:
         """A few metrics shown on the progress bar."""
         keys = ("loss", "reward/mean", "kl", "accuracy")
         return {k: f"{metrics[k]:.4g}" for k in keys if k in metrics}
+
+
+class _StateHolder:
+    """A state dict gathered before writing, handed to the checkpoint writer as an object with
+    ``state_dict()`` (rank 0 writes what every rank helped gather)."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self._state = state
+
+    def state_dict(self) -> Mapping[str, Any]:
+        return self._state
+
+
+class _FullOptimizerLoader:
+    """``load_state_dict`` of a checkpointed optimizer state (single-process layout) into an
+    optimizer of a possibly FSDP2-sharded model."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = optimizer
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        D.load_full_optimizer_state_dict(self.model, self.optimizer, state)
 
 
 def logprobs_of(
