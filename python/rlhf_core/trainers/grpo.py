@@ -29,6 +29,12 @@ or directly by ``aggregation``. The KL to the reference goes into the loss with 
 RLOO / REINFORCE++ choice). ``mask_truncated`` drops completions that hit ``max_new_tokens``
 from the loss (DAPO's overlong filtering). Groups whose rewards are all equal get zero
 advantage; their fraction is logged as ``frac_zero_std_groups``.
+
+Several processes: a prompt's group is sampled and held on one rank, so ``scale_rewards=
+"group"`` / ``"none"`` advantages are computed locally, bit for bit as in one process.
+``"batch"`` gathers one score per sequence and runs the same kernel on the global batch;
+the reinforce++ estimators whiten with the moments of every rank's tokens; the logged
+advantage statistics are global.
 """
 
 from __future__ import annotations
@@ -210,10 +216,13 @@ class GRPOTrainer(OnPolicyTrainer):
 
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
         cfg = self.config
+        several = self.dist.is_distributed
         if cfg.estimator in ("grpo", "rloo"):
             stats = self.buffer.compute_advantages(
                 cfg.estimator, scale=cfg.scale_rewards, eps=cfg.std_eps
             )
+            if several and cfg.scale_rewards == "batch":
+                self._batch_scaled_advantages()
         else:  # reinforce++ family: per-token KL penalty in the reward when kl_in_reward
             beta = cfg.kl_coef if cfg.kl_in_reward else 0.0
             stats = self.buffer.compute_advantages(
@@ -222,8 +231,33 @@ class GRPOTrainer(OnPolicyTrainer):
                 kl_coef=beta,
                 kl_estimator=cfg.kl_estimator,
                 kl_clamp=cfg.kl_clamp,
+                # None = the estimator's own (token) whitening; several processes whiten below
+                # with the moments of every rank's tokens
+                whiten="none" if several else None,
             )
+            if several:
+                self.whiten_advantages_globally(cfg.estimator)
+        if several:
+            stats = self.global_advantage_stats(stats)
         return advantage_metrics(stats)
+
+    def _batch_scaled_advantages(self) -> None:
+        """``scale_rewards="batch"`` over several processes: the std of every rank's scores.
+        The buffer's (per-rank) result is replaced by the group kernel run on the gathered
+        global scores (the same kernel and float dtype, so the same bits as one process)."""
+        from rlhf_core import distributed as D
+
+        cfg = self.config
+        dtype = np.dtype(self.buffer.float_dtype)
+        adv = D.distributed_group_advantages(
+            self.buffer.field("scores").astype(dtype),
+            self.buffer.field("group_ids"),
+            self.dist,
+            baseline="mean" if cfg.estimator == "grpo" else "leave_one_out",
+            scale="batch",
+            eps=cfg.std_eps,
+        )
+        self.buffer.set_advantages(np.asarray(adv, dtype=dtype), estimator=cfg.estimator)
 
 
 class RLOOTrainer(GRPOTrainer):

@@ -17,6 +17,17 @@ add a value model (:meth:`OnPolicyTrainer.rollout_values`, :meth:`OnPolicyTraine
 Token alignment: every per-token tensor here is ``(B, T-1)`` and aligned with
 :func:`rlhf_core.models.token_logprobs` (column ``j`` is about token ``j+1``), the same
 alignment as the buffer's materialised ``response_mask``.
+
+Several processes (``torchrun``): every rank draws the same global prompts and keeps a
+contiguous block of whole prompts (all G samples of a prompt on one rank, so group statistics
+stay local); group ids are global prompt positions. The buffer holds the rank's rollout;
+what spans the batch (batch-scaled group advantages, token whitening, advantage and rollout
+metrics) is reduced over ranks, minibatches are ``minibatch_size / world_size`` local rows,
+losses use the global token / sequence counts and ``× world_size`` before ``backward`` (DDP and
+FSDP2 average gradients). With ``per_prompt_seeds`` a prompt's samples do not depend on the
+rank that draws them, so the whole step equals a single-process step on the same prompts
+(when each optimizer step sees the whole rollout; with smaller minibatches each rank shuffles
+its own rows). See ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
     IndexSampler,
@@ -87,6 +99,15 @@ class RolloutConfig(TrainerConfig):
     fast_generation: bool = field(
         default=False,
         metadata={"help": "on CUDA, sample with a static KV cache and compiled decode step"},
+    )
+    per_prompt_seeds: bool = field(
+        default=False,
+        metadata={
+            "help": "sample each prompt's completions in their own generate call, seeded from "
+            "(seed, step, position of the prompt in the step): samples then do not depend on "
+            "the number of processes, generation_batch_size or the other prompts (slower: one "
+            "call per prompt)"
+        },
     )
     micro_batch_size: int | None = field(
         default=None,
@@ -352,12 +373,22 @@ class RolloutTrainer(Trainer):
         for i, ids in enumerate(self.prompt_ids):
             if ids.size == 0:
                 raise ValueError(f"prompts[{i}] encodes to no tokens")
+        w = self.world_size
+        if config.prompts_per_step % w:
+            raise ValueError(
+                f"rollout_batch_size={config.rollout_batch_size} with num_samples="
+                f"{config.num_samples} gives {config.prompts_per_step} prompts per step, which "
+                f"the {w} processes cannot share equally: use a rollout_batch_size that is a "
+                f"multiple of num_samples × {w} = {config.num_samples * w}"
+            )
         self.reward_sources = self._reward_sources(reward_funcs)
-        self.reference = (reference if reference is not None else make_reference(policy)).to(
-            self.device
+        # the reference is a copy of the policy as passed, made before the policy is wrapped
+        self.reference = self.wrap_frozen(
+            reference if reference is not None else make_reference(policy)
         )
         self.reference.eval()
-        self.policy = policy.to(self.device)
+        self.policy = self.wrap_trained(policy)
+        # every rank draws the same global prompts (same seed) and keeps its shard
         self.sampler = IndexSampler(len(self.prompt_texts), seed=config.seed)
         self.params = trainable_parameters(self.policy)
         self.optimizer = build_optimizer(self.params, config)
@@ -380,7 +411,7 @@ class RolloutTrainer(Trainer):
         for i, src in enumerate(items):
             if isinstance(src, nn.Module):
                 src.to(self.device).eval().requires_grad_(False)
-                out.append(RewardModelScorer(src, self.tokenizer))
+                out.append(RewardModelScorer(self.wrap_frozen(src), self.tokenizer))
             elif callable(src):
                 out.append(src)
             else:
@@ -427,36 +458,80 @@ class RolloutTrainer(Trainer):
         return total, parts
 
     def generate(self, step: int) -> Rollout:
+        """Draw the step's prompts (the same global draw on every rank; this rank keeps its
+        block) and sample ``num_samples`` completions of each. Group ids are positions in the
+        step's global prompt list."""
         from rlhf_core.generation import generate
 
         cfg = self.config
-        pidx = self.sampler.next(cfg.prompts_per_step)
-        comp = generate(
-            self.policy,
-            self.tokenizer,
-            [self.prompt_ids[i] for i in pidx],
-            num_samples=cfg.num_samples,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            seed=step_seed(cfg.seed, step, 1),
-            batch_size=cfg.generation_batch_size,
-            fast=cfg.fast_generation,
-        )
+        global_idx = self.sampler.next(cfg.prompts_per_step)
+        mine = self.shard(len(global_idx))
+        pidx = global_idx[mine]
+        first = int(mine[0]) if len(mine) else 0
+        if cfg.per_prompt_seeds:
+            comp = self._generate_per_prompt(step, pidx, first)
+        else:
+            comp = generate(
+                self.policy,
+                self.tokenizer,
+                [self.prompt_ids[i] for i in pidx],
+                num_samples=cfg.num_samples,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                # rank 0 keeps the run's seed, other ranks draw independent streams
+                seed=step_seed(D.rank_seed(cfg.seed, self.dist.rank), step, 1),
+                batch_size=cfg.generation_batch_size,
+                fast=cfg.fast_generation,
+                synced_gpus=True if self.lockstep_forwards else None,
+            )
         empty = [i for i, r in enumerate(comp.response_ids) if len(r) == 0]
         if empty:
             raise RuntimeError(f"generation returned empty responses at rows {empty[:5]}")
         return Rollout(
             prompt_ids=comp.prompt_ids,
             response_ids=comp.response_ids,
-            group_ids=comp.group_ids,
+            group_ids=comp.group_ids + first,
             truncated=comp.truncated,
             texts=comp.texts,
             prompt_index=pidx[comp.group_ids],
             scores=np.zeros(0),
             score_parts={},
             padded={},
+        )
+
+    def _generate_per_prompt(self, step: int, pidx: np.ndarray, first: int) -> Any:
+        """One generate call per prompt, seeded by the prompt's global position
+        ``first + j`` in the step: the samples of a prompt are the same whichever rank draws
+        them and whatever else is sampled."""
+        from rlhf_core.generation import Completions, generate
+
+        cfg = self.config
+        parts = [
+            generate(
+                self.policy,
+                self.tokenizer,
+                [self.prompt_ids[i]],
+                num_samples=cfg.num_samples,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                seed=step_seed(cfg.seed, step, 1, index=first + j),
+                batch_size=cfg.generation_batch_size,
+                fast=cfg.fast_generation,
+                synced_gpus=True if self.lockstep_forwards else None,
+            )
+            for j, i in enumerate(pidx)
+        ]
+        return Completions(
+            prompt_ids=[p for c in parts for p in c.prompt_ids],
+            response_ids=[r for c in parts for r in c.response_ids],
+            truncated=np.concatenate([c.truncated for c in parts]).astype(bool),
+            group_ids=np.repeat(np.arange(len(parts), dtype=np.int64), cfg.num_samples),
+            texts=[t for c in parts for t in c.texts],
+            prompts=[t for c in parts for t in c.prompts],
         )
 
     def score_rollout(self, roll: Rollout) -> None:
@@ -503,13 +578,16 @@ class RolloutTrainer(Trainer):
         old: list[torch.Tensor] = []
         ref: list[torch.Tensor] = []
         val: list[torch.Tensor] = []
+        # no gradient: DDP's wrapper (and its collectives) is not needed; FSDP2 runs the
+        # sharded model itself, the same number of micro-batches on every rank
+        policy = D.unwrap_model(self.policy)
         self.policy.eval()
         try:
             for mb in iter_micro_batches(roll.padded, cfg.micro_batch_size):
                 m = mb["loss_mask"]
                 with self.autocast():
                     lp = logprobs_of(
-                        self.policy,
+                        policy,
                         mb["input_ids"],
                         mb["attention_mask"],
                         temperature=cfg.temperature,
@@ -538,22 +616,34 @@ class RolloutTrainer(Trainer):
         """Values (B, T-1) aligned with logprobs, for trainers with a value model."""
         return None
 
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """The 1-D per-sequence (or per-token) array ``x`` of every rank, in rank order, which
+        is the single-process order of the global batch (``x`` itself for one process)."""
+        out, _ = D.all_gather_ragged(np.asarray(x), self.dist)
+        return out
+
     def rollout_metrics(self, roll: Rollout) -> dict[str, float]:
-        s = roll.scores
+        """Reward, length and KL statistics of the global rollout (per-sequence values of every
+        rank are gathered first, so the numbers are those of a single process)."""
+        s = self.gather(roll.scores)
         finite = s[np.isfinite(s)]
         lengths = roll.response_lengths
+        all_lengths = self.gather(lengths)
         metrics: dict[str, float] = {
             "reward/mean": float(finite.mean()) if finite.size else float("nan"),
             "reward/std": float(finite.std()) if finite.size else float("nan"),
             "reward/min": float(finite.min()) if finite.size else float("nan"),
             "reward/max": float(finite.max()) if finite.size else float("nan"),
             "reward/frac_unscorable": float(np.mean(~np.isfinite(s))),
-            "response_length/mean": float(lengths.mean()),
-            "response_length/min": float(lengths.min()),
-            "response_length/max": float(lengths.max()),
-            "response_length/frac_truncated": float(np.mean(roll.truncated)),
+            "response_length/mean": float(all_lengths.mean()),
+            "response_length/min": float(all_lengths.min()),
+            "response_length/max": float(all_lengths.max()),
+            "response_length/frac_truncated": float(
+                np.mean(self.gather(np.asarray(roll.truncated, dtype=bool)))
+            ),
         }
         for name, part in roll.score_parts.items():
+            part = self.gather(part)
             ok = part[np.isfinite(part)]
             metrics[f"reward/{name}"] = float(ok.mean()) if ok.size else float("nan")
         if not roll.logprobs:
@@ -562,6 +652,7 @@ class RolloutTrainer(Trainer):
         ref = np.concatenate(roll.ref_logprobs).astype(np.float64)
         delta = old - ref
         seq_kl = np.add.reduceat(delta, np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        seq_kl, delta = self.gather(seq_kl), self.gather(delta)
         metrics["kl"] = float(seq_kl.mean())  # Σ_t (log π − log π_ref), nats per sequence
         metrics["kl/k3_token_mean"] = float(np.mean(np.exp(-delta) + delta - 1.0))
         return metrics
@@ -606,6 +697,8 @@ class OnPolicyTrainer(RolloutTrainer):
         from rlhf_core.buffer import RolloutBuffer
 
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        if config.minibatch_size is not None:
+            self.check_divisible("minibatch_size", config.minibatch_size)
         self.buffer = RolloutBuffer()
 
     # ---- the step ---------------------------------------------------------------------------
@@ -663,12 +756,84 @@ class OnPolicyTrainer(RolloutTrainer):
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
         raise NotImplementedError
 
+    # ---- advantages over several processes ----------------------------------------------------
+    def _valid_tokens(self) -> np.ndarray:
+        """bool (num_response_tokens,): the tokens the buffer's estimators train on —
+        ``loss_mask`` (if held) and the sequence's score not NaN."""
+        buf = self.buffer
+        valid = (
+            buf.field("loss_mask").astype(bool)
+            if "loss_mask" in buf.token_fields
+            else np.ones(buf.num_response_tokens, dtype=bool)
+        )
+        if "scores" in buf.sequence_fields:
+            nan = np.isnan(buf.field("scores").astype(np.float64))
+            if nan.any():
+                valid &= ~np.repeat(nan, buf.lengths("response"))
+        return valid
+
+    def _valid_counts(self, valid: np.ndarray) -> np.ndarray:
+        """int64 (N,) number of valid tokens of each sequence."""
+        c = np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])
+        off = self.buffer.offsets("response")
+        return c[off[1:]] - c[off[:-1]]
+
+    def whiten_advantages_globally(self, estimator: str, eps: float = 1e-8) -> None:
+        """Whiten the buffer's advantages (computed with ``whiten="none"``) with the mean and
+        variance of the valid tokens of **every rank**, as the buffer's ``whiten="token"``
+        does for a single process: per-token advantages with the unbiased variance, masked
+        tokens 0; per-sequence advantages weighted by their number of valid tokens
+        (population variance)."""
+        buf = self.buffer
+        info = buf.advantages_info or {}
+        adv = buf.field("advantages")
+        valid = self._valid_tokens()
+        if info.get("level") == "token":
+            white = D.global_masked_whiten(adv, valid, self.dist, ddof=1, eps=eps)
+            returns = buf.field("returns") if info.get("has_returns") else None
+            buf.set_advantages(white, returns=returns, estimator=estimator)
+            return
+        counts = self._valid_counts(valid)
+        mom = D.global_masked_moments(
+            np.repeat(adv.astype(np.float64), counts), None, self.dist, ddof=0
+        )
+        white = np.where(
+            counts > 0, (adv.astype(np.float64) - mom.mean) / np.sqrt(mom.var + eps), 0.0
+        )
+        buf.set_advantages(white.astype(adv.dtype), estimator=estimator)
+
+    def global_advantage_stats(self, local: Mapping[str, float]) -> dict[str, float]:
+        """The buffer's advantage statistics (``mean``, ``std`` (ddof 0), ``min``, ``max`` over
+        valid tokens, or over sequences with a valid token for per-sequence advantages; group
+        counts and ``frac_zero_std``) over every rank's rollout."""
+        buf = self.buffer
+        adv = buf.field("advantages").astype(np.float64)
+        valid = self._valid_tokens()
+        if (buf.advantages_info or {}).get("level") == "sequence":
+            valid = self._valid_counts(valid) > 0
+        out: dict[str, float] = {}
+        mom = D.global_masked_moments(adv, valid, self.dist, ddof=0)
+        if mom.count > 0:
+            have = bool(valid.any())
+            lo = D.all_reduce_min(float(adv[valid].min()) if have else np.inf, self.dist)
+            hi = D.all_reduce_max(float(adv[valid].max()) if have else -np.inf, self.dist)
+            out.update(mean=float(mom.mean), std=float(np.sqrt(mom.var)), min=lo, max=hi)
+        keys = ("num_groups", "num_nan", "num_singleton", "num_zero_std")
+        if all(k in local for k in keys):
+            sums = D.all_reduce_sum(np.array([local[k] for k in keys], dtype=np.float64), self.dist)
+            out.update(zip(keys, (float(v) for v in sums), strict=True))
+            out["frac_zero_std"] = out["num_zero_std"] / out["num_groups"] if sums[0] else 0.0
+        return out
+
     # ---- the update -------------------------------------------------------------------------
     def update(self, step: int) -> dict[str, float]:
         """ppo_epochs × minibatches; one optimizer step per minibatch. Returns metrics averaged
-        over the optimizer steps (``*_min`` / ``*_max``: extremes)."""
+        over the optimizer steps (``*_min`` / ``*_max``: extremes).
+
+        With several processes each rank iterates over ``minibatch_size / world_size`` of its
+        own rows per minibatch; token counts, the loss scale and metrics are global."""
         cfg = self.config
-        mbs = cfg.minibatch_size or cfg.rollout_batch_size
+        mbs = (cfg.minibatch_size or cfg.rollout_batch_size) // self.world_size
         sums: dict[str, float] = {}
         n_steps = 0
         self.policy.train()
@@ -677,7 +842,8 @@ class OnPolicyTrainer(RolloutTrainer):
         ):
             padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
             batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
-            n_tok, n_seq = L.count_tokens_and_seqs(batch["response_mask"])
+            # counts of the global minibatch: the same on every rank, so is the skip below
+            n_tok, n_seq = D.global_token_counts(batch["response_mask"], self.dist)
             if n_tok == 0:
                 continue  # every sequence masked out (e.g. all truncated)
             # dumped on a non-finite loss; scores may be NaN by design (unscorable), so they
@@ -686,11 +852,14 @@ class OnPolicyTrainer(RolloutTrainer):
             if "scores" in batch:
                 self._last_batch["unchecked"] = {"scores": batch["scores"]}
             totals: dict[str, torch.Tensor] = {}
-            for micro in iter_micro_batches(batch, cfg.micro_batch_size):
-                out = self.loss(micro, n_tok, n_seq)
-                out.loss.backward()
+            micros = list(iter_micro_batches(batch, cfg.micro_batch_size))
+            for i, micro in enumerate(micros):
+                # gradients are synchronised once, in the last micro-batch's backward
+                with self.no_sync(*self.synced_models(), enabled=i < len(micros) - 1):
+                    out = self.loss(micro, n_tok, n_seq)
+                    self.backward(out.loss)
                 L.merge_metrics(totals, out.metrics)
-            mb_metrics = {k: float(v) for k, v in totals.items()}
+            mb_metrics = self.reduce_metrics(totals)
             mb_metrics.update(self.optimizer_steps(mb_metrics))
             n_steps += 1
             for k, v in mb_metrics.items():
@@ -705,6 +874,10 @@ class OnPolicyTrainer(RolloutTrainer):
         }
         out_metrics["optimizer_steps"] = float(n_steps)
         return out_metrics
+
+    def synced_models(self) -> list[nn.Module]:
+        """The (wrapped) models whose gradients the loss's backward synchronises."""
+        return [self.policy]
 
     def optimizer_steps(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Clip, check and step the optimizer(s); return their metrics."""

@@ -11,6 +11,11 @@ weighted by ``vf_coef``). β is fixed or follows the adaptive controller of Zieg
 
 Unscorable completions (a reward function returned None) get score 0 in the shaped reward and
 are left out of the loss.
+
+Several processes: the value model is wrapped like the policy (DDP or FSDP2) and one
+backward of the summed loss synchronises both; GAE is per sequence (local), the token
+whitening of the advantages uses the moments of every rank's tokens, and the adaptive KL
+controller sees the global KL of the global batch.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
     build_optimizer,
@@ -175,15 +181,16 @@ class PPOTrainer(OnPolicyTrainer):
     ) -> None:
         from rlhf_core.models import RewardModel, ValueModel
 
-        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
         if value_model is None:
+            # from the models as passed, before the base class wraps (or shards) them
             items = reward_funcs if isinstance(reward_funcs, Sequence) else [reward_funcs]
             rms = [r for r in items if isinstance(r, RewardModel)]
             if config.value_init == "reward_model" and rms:
                 value_model = ValueModel.from_reward_model(rms[0])
             else:
-                value_model = ValueModel.from_policy(self.policy, seed=config.seed)
-        self.value_model = value_model.to(self.device)
+                value_model = ValueModel.from_policy(policy, seed=config.seed)
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        self.value_model = self.wrap_trained(value_model)
         self.value_params = trainable_parameters(self.value_model)
         self.value_optimizer = build_optimizer(
             self.value_params, config, lr=config.value_learning_rate
@@ -199,7 +206,8 @@ class PPOTrainer(OnPolicyTrainer):
     def rollout_values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         self.value_model.eval()
         try:
-            v = self.value_model(micro["input_ids"], micro["attention_mask"])  # (B, T)
+            model = D.unwrap_model(self.value_model)  # no grad: no DDP wrapper needed
+            v = model(micro["input_ids"], micro["attention_mask"])  # (B, T)
         finally:
             self.value_model.train()
         return v[:, :-1]  # aligned with logprobs: the value of the state before token j+1
@@ -216,8 +224,11 @@ class PPOTrainer(OnPolicyTrainer):
         return {"scores": np.nan_to_num(roll.scores, nan=0.0)}
 
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
-        """GAE on r_t = −β·KL_t (+ score on the last token), whitened over the tokens."""
+        """GAE on r_t = −β·KL_t (+ score on the last token), whitened over the tokens (of
+        every rank when there are several processes)."""
         cfg = self.config
+        several = self.dist.is_distributed
+        whiten = "token" if cfg.whiten_advantages else "none"
         stats = self.buffer.compute_advantages(
             "gae",
             gamma=cfg.gamma,
@@ -225,12 +236,16 @@ class PPOTrainer(OnPolicyTrainer):
             kl_coef=self.current_kl_coef() if cfg.kl_in_reward else 0.0,
             kl_estimator=cfg.kl_estimator,
             kl_clamp=cfg.kl_clamp,
-            whiten="token" if cfg.whiten_advantages else "none",
+            whiten="none" if several else whiten,
         )
+        if several:
+            if cfg.whiten_advantages:
+                self.whiten_advantages_globally("gae")
+            stats = self.global_advantage_stats(stats)
         out = advantage_metrics(stats)
         out["explained_variance"] = L.explained_variance(
-            torch.from_numpy(self.buffer.field("values").astype(np.float64)),
-            torch.from_numpy(self.buffer.field("returns").astype(np.float64)),
+            torch.from_numpy(self.gather(self.buffer.field("values").astype(np.float64))),
+            torch.from_numpy(self.gather(self.buffer.field("returns").astype(np.float64))),
         )
         return out
 
@@ -256,6 +271,9 @@ class PPOTrainer(OnPolicyTrainer):
     def current_kl_coef(self) -> float:
         return self.kl_ctl.value
 
+    def synced_models(self) -> list[nn.Module]:
+        return [self.policy, self.value_model]
+
     def optimizer_steps(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Check both models' gradients before stepping either, so a non-finite value
         gradient cannot leave a half-applied update behind."""
@@ -273,6 +291,8 @@ class PPOTrainer(OnPolicyTrainer):
         return metrics
 
     def after_update(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        # metrics["kl"] is the KL of the global rollout and rollout_batch_size its size, so
+        # every rank moves β the same way
         beta = self.kl_ctl.value
         self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
         return {"kl_coef": beta}
