@@ -11,6 +11,10 @@ Logged per step besides the rollout metrics: ``best_of_n/selected_reward`` (mean
 winners), ``best_of_n/reward_gain`` (winners minus all samples), ``best_of_n/num_selected``,
 and the SFT loss of the update. With ``track_kl`` the KL of the samples to the reference is
 logged as ``kl`` (nats per sequence), the x-axis of over-optimisation curves.
+
+Several processes: each rank samples and selects within its own prompts (a group never spans
+ranks); the SFT update normalises by the token count of all ranks' winners and the selection
+metrics are computed from every rank's scores.
 """
 
 from __future__ import annotations
@@ -106,13 +110,14 @@ class BestOfNTrainer(RolloutTrainer):
         with self.timer.phase("bookkeeping"):
             metrics = self.rollout_metrics(roll)
             best = select_best(roll.scores, roll.group_ids, cfg.min_reward)
-            metrics["best_of_n/num_selected"] = float(len(best))
-            if len(best):
-                sel = roll.scores[best]
+            sel = self.gather(roll.scores[best])  # the winners of every rank
+            metrics["best_of_n/num_selected"] = float(len(sel))
+            if len(sel):
                 metrics["best_of_n/selected_reward"] = float(sel.mean())
-                metrics["best_of_n/reward_gain"] = float(sel.mean() - np.nanmean(roll.scores))
+                all_scores = self.gather(roll.scores)
+                metrics["best_of_n/reward_gain"] = float(sel.mean() - np.nanmean(all_scores))
         with self.timer.phase("training"):
-            if len(best):
+            if len(sel):  # the same decision on every rank
                 metrics.update(self._update(roll, best))
             self.scheduler.step()
         return metrics
@@ -125,6 +130,16 @@ class BestOfNTrainer(RolloutTrainer):
             self.tokenizer.pad_token_id,
             device=self.device,
         )
+        filler = None
+        if self.dist.is_distributed:
+            # ranks select different numbers of winners; one with fewer micro-batches runs
+            # this one-row batch with a zero loss to keep the collectives in step
+            filler = pad_sequences(
+                [np.concatenate([roll.prompt_ids[0], roll.response_ids[0]])],
+                [len(roll.prompt_ids[0])],
+                self.tokenizer.pad_token_id,
+                device=self.device,
+            )
         sums: dict[str, float] = {}
         for _ in range(cfg.sft_epochs):
             m = sft_update(
@@ -136,6 +151,7 @@ class BestOfNTrainer(RolloutTrainer):
                 micro_batch_size=cfg.micro_batch_size,
                 aggregation=cfg.aggregation,
                 max_len=cfg.max_new_tokens,
+                filler=filler,
             )
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v

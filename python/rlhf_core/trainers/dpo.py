@@ -5,6 +5,11 @@ go through the policy in one forward (with grad) and through the frozen referenc
 forward (inference mode), and :func:`rlhf_core.losses.dpo_loss` compares the sequence
 log-probabilities of the completions (summed for DPO, length-averaged for IPO as in the IPO
 paper), normalised by the pair count of the whole batch.
+
+Several processes: every rank draws the same ``batch_size`` pairs and keeps its block of
+``batch_size / world_size`` (the loss stays normalised by ``batch_size``, × world size before
+``backward``; metrics are summed over ranks); evaluation splits the held-out pairs over the
+ranks and sums their metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
     IndexSampler,
@@ -29,7 +35,13 @@ from rlhf_core.trainers.base import (
     pad_sequences,
     trainable_parameters,
 )
-from rlhf_core.trainers.reward import EncodedPairs, Pair, encode_pairs, split_held_out
+from rlhf_core.trainers.reward import (
+    EncodedPairs,
+    Pair,
+    encode_pairs,
+    eval_parts,
+    split_held_out,
+)
 
 __all__ = ["DPOConfig", "DPOTrainer"]
 
@@ -139,10 +151,12 @@ class DPOTrainer(Trainer):
         super().__init__(config)
         if len(pairs) == 0:
             raise ValueError("pairs is empty: DPO needs at least one pair")
-        self.policy = policy.to(self.device)
-        self.reference = (reference if reference is not None else make_reference(policy)).to(
-            self.device
+        self.check_divisible("batch_size", config.batch_size)
+        # the reference is a copy of the policy as passed, made before the policy is wrapped
+        self.reference = self.wrap_frozen(
+            reference if reference is not None else make_reference(policy)
         )
+        self.policy = self.wrap_trained(policy)
         self.reference.eval()
         self.tokenizer = tokenizer
         encoded = encode_pairs(tokenizer, pairs, max_length=config.max_length)
@@ -176,12 +190,14 @@ class DPOTrainer(Trainer):
         average = self.config.loss_type == "ipo"
         return L.sequence_logprobs(lp, batch["loss_mask"], average=average)  # (2P,)
 
-    def _pair_loss(self, pairs: EncodedPairs, num_pairs: int) -> L.LossOutput:
+    def _pair_loss(
+        self, pairs: EncodedPairs, num_pairs: int, policy: nn.Module | None = None
+    ) -> L.LossOutput:
         p = len(pairs)
         with torch.inference_mode():
             ref = self._sequence_logps(self.reference, pairs)
         ref = ref.clone()  # outside inference mode: a normal tensor, usable in autograd
-        pol = self._sequence_logps(self.policy, pairs)
+        pol = self._sequence_logps(self.policy if policy is None else policy, pairs)
         return L.dpo_loss(
             pol[:p],
             pol[p:],
@@ -196,21 +212,24 @@ class DPOTrainer(Trainer):
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
         with self.timer.phase("bookkeeping"):
-            idx = self.sampler.next(cfg.batch_size)
+            idx = self.sampler.next(cfg.batch_size)  # the same on every rank
+            idx = idx[self.shard(len(idx))]
             batch = self.train_pairs.subset(idx)
         with self.timer.phase("training"):
             self.policy.train()
             totals: dict[str, torch.Tensor] = {}
             loss_sum = 0.0
-            mb = cfg.micro_batch_size or cfg.batch_size
-            for s in range(0, cfg.batch_size, mb):
-                part = batch.subset(np.arange(s, min(s + mb, cfg.batch_size)))
-                out = self._pair_loss(part, cfg.batch_size)
-                out.loss.backward()
+            n = len(batch)  # this rank's pairs (batch_size for one process)
+            mb = cfg.micro_batch_size or n
+            starts = range(0, n, mb)
+            for k, s in enumerate(starts):
+                part = batch.subset(np.arange(s, min(s + mb, n)))
+                with self.no_sync(self.policy, enabled=k < len(starts) - 1):
+                    out = self._pair_loss(part, cfg.batch_size)  # normalised by the global count
+                    self.backward(out.loss)
                 loss_sum += float(out.loss.detach())
                 L.merge_metrics(totals, out.metrics)
-            metrics = {k: float(v) for k, v in totals.items()}
-            metrics["loss"] = loss_sum
+            metrics = self.reduce_metrics({**totals, "loss": loss_sum})
             metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)
             self.scheduler.step()
         done = step + 1
@@ -231,17 +250,26 @@ class DPOTrainer(Trainer):
         self.policy.eval()
         totals: dict[str, torch.Tensor] = {}
         try:
-            bs = self.config.eval_batch_size
-            for s in range(0, len(pairs), bs):
-                part = pairs.subset(np.arange(s, min(s + bs, len(pairs))))
-                L.merge_metrics(totals, self._pair_loss(part, len(pairs)).metrics)
+            # no gradient: the DDP wrapper (whose forward is a collective) is not needed
+            policy = D.unwrap_model(self.policy)
+            for part, real in self.eval_parts(pairs):
+                out = self._pair_loss(part, len(pairs), policy)
+                if real:
+                    L.merge_metrics(totals, out.metrics)
         finally:
             self.policy.train(was)
+        summed = self.reduce_metrics(totals)
         return {
-            "reward_accuracy": float(totals["reward_accuracy"]),
-            "reward_margin": float(totals["reward_margin"]),
-            "loss": float(totals["dpo_loss"]),
+            "reward_accuracy": float(summed["reward_accuracy"]),
+            "reward_margin": float(summed["reward_margin"]),
+            "loss": float(summed["dpo_loss"]),
         }
+
+    def eval_parts(self, pairs: EncodedPairs) -> list[tuple[EncodedPairs, bool]]:
+        """This rank's held-out pairs in batches of ``eval_batch_size``, each with whether it
+        counts. Under FSDP2 every rank runs as many forward passes as the rank with the most
+        batches (extra ones repeat the first pair and are not counted)."""
+        return eval_parts(self, pairs, self.config.eval_batch_size)
 
     def checkpoint_models(self) -> dict[str, nn.Module]:
         return {"policy": self.policy}

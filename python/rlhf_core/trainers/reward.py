@@ -6,6 +6,11 @@ of a micro-batch go through the reward model in one forward, and the loss is
 centring) normalised by the pair count of the whole batch. A held-out split is evaluated every
 ``eval_every`` steps and at the end: ``eval/accuracy`` (fraction of pairs ranked right, ties
 ½) and ``eval/margin`` (mean r_chosen − r_rejected).
+
+Several processes: every rank draws the same ``batch_size`` pairs and keeps its block of
+``batch_size / world_size`` (the loss stays normalised by ``batch_size``, × world size before
+``backward``; metrics are summed over ranks); evaluation splits the held-out pairs over the
+ranks and sums their metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
     IndexSampler,
@@ -30,7 +36,7 @@ from rlhf_core.trainers.base import (
     trainable_parameters,
 )
 
-__all__ = ["RewardConfig", "RewardTrainer", "EncodedPairs", "encode_pairs"]
+__all__ = ["RewardConfig", "RewardTrainer", "EncodedPairs", "encode_pairs", "eval_parts"]
 
 Pair = tuple[str, str, str] | Mapping[str, Any]
 
@@ -175,6 +181,25 @@ def split_held_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
+def eval_parts(
+    trainer: Trainer, pairs: EncodedPairs, batch_size: int
+) -> list[tuple[EncodedPairs, bool]]:
+    """The evaluation batches of ``trainer``'s rank: its block of ``pairs`` (blocks may differ
+    by one pair) in batches of ``batch_size``, each with whether it counts. When forwards are
+    collectives (FSDP2 over several processes) every rank gets as many batches as the rank
+    with the most; the extra ones hold the first pair and do not count. For one process:
+    every pair, in order, all counting."""
+    mine = pairs.subset(trainer.shard(len(pairs), allow_uneven=True))
+    parts = [
+        (mine.subset(np.arange(s, min(s + batch_size, len(mine)))), True)
+        for s in range(0, len(mine), batch_size)
+    ]
+    if trainer.lockstep_forwards:
+        most = D.all_reduce_max(len(parts), trainer.dist)
+        parts += [(pairs.subset([0]), False)] * (most - len(parts))
+    return parts
+
+
 class RewardTrainer(Trainer):
     """Train a :class:`~rlhf_core.models.RewardModel` on preference pairs.
 
@@ -201,7 +226,8 @@ class RewardTrainer(Trainer):
         super().__init__(config)
         if len(pairs) == 0:
             raise ValueError("pairs is empty: reward training needs at least one pair")
-        self.model = reward_model.to(self.device)
+        self.check_divisible("batch_size", config.batch_size)
+        self.model = self.wrap_trained(reward_model)
         self.tokenizer = tokenizer
         encoded = encode_pairs(tokenizer, pairs, max_length=config.max_length)
         if eval_pairs is not None:
@@ -220,7 +246,9 @@ class RewardTrainer(Trainer):
         self.optimizer = build_optimizer(self.params, config)
         self.scheduler = build_scheduler(self.optimizer, config)
 
-    def _forward_pairs(self, pairs: EncodedPairs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_pairs(
+        self, pairs: EncodedPairs, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards (P,), (P,) of chosen and rejected, in one forward of 2P rows."""
         batch = pad_sequences(
             pairs.chosen + pairs.rejected,
@@ -230,7 +258,9 @@ class RewardTrainer(Trainer):
         )
         self._last_batch = batch
         with self.autocast():
-            r = self.model(batch["input_ids"], batch["attention_mask"])  # (2P,)
+            r = (self.model if model is None else model)(
+                batch["input_ids"], batch["attention_mask"]
+            )  # (2P,)
         r = r.float()
         p = len(pairs)
         return r[:p], r[p:]
@@ -238,29 +268,36 @@ class RewardTrainer(Trainer):
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
         with self.timer.phase("bookkeeping"):
-            idx = self.sampler.next(cfg.batch_size)
+            idx = self.sampler.next(cfg.batch_size)  # the same on every rank
+            idx = idx[self.shard(len(idx))]
             batch = self.train_pairs.subset(idx)
         with self.timer.phase("training"):
             self.model.train()
             totals: dict[str, torch.Tensor] = {}
             loss_sum = 0.0
-            mb = cfg.micro_batch_size or cfg.batch_size
-            for s in range(0, cfg.batch_size, mb):
-                part = batch.subset(np.arange(s, min(s + mb, cfg.batch_size)))
-                rc, rr = self._forward_pairs(part)
-                margin = (
-                    torch.as_tensor(part.margin, dtype=rc.dtype, device=rc.device)
-                    if cfg.use_margin
-                    else None
-                )
-                out = L.bradley_terry_loss(
-                    rc, rr, margin=margin, center_coef=cfg.center_coef, num_pairs=cfg.batch_size
-                )
-                out.loss.backward()
+            n = len(batch)  # this rank's pairs (batch_size for one process)
+            mb = cfg.micro_batch_size or n
+            starts = range(0, n, mb)
+            for k, s in enumerate(starts):
+                part = batch.subset(np.arange(s, min(s + mb, n)))
+                with self.no_sync(self.model, enabled=k < len(starts) - 1):
+                    rc, rr = self._forward_pairs(part)
+                    margin = (
+                        torch.as_tensor(part.margin, dtype=rc.dtype, device=rc.device)
+                        if cfg.use_margin
+                        else None
+                    )
+                    out = L.bradley_terry_loss(
+                        rc,
+                        rr,
+                        margin=margin,
+                        center_coef=cfg.center_coef,
+                        num_pairs=cfg.batch_size,  # the global count
+                    )
+                    self.backward(out.loss)
                 loss_sum += float(out.loss.detach())
                 L.merge_metrics(totals, out.metrics)
-            metrics = {k: float(v) for k, v in totals.items()}
-            metrics["loss"] = loss_sum
+            metrics = self.reduce_metrics({**totals, "loss": loss_sum})
             metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)
             self.scheduler.step()
         done = step + 1
@@ -282,18 +319,20 @@ class RewardTrainer(Trainer):
         self.model.eval()
         totals: dict[str, torch.Tensor] = {}
         try:
-            bs = self.config.eval_batch_size
-            for s in range(0, len(pairs), bs):
-                part = pairs.subset(np.arange(s, min(s + bs, len(pairs))))
-                rc, rr = self._forward_pairs(part)
+            # no gradient: the DDP wrapper (whose forward is a collective) is not needed
+            model = D.unwrap_model(self.model)
+            for part, real in eval_parts(self, pairs, self.config.eval_batch_size):
+                rc, rr = self._forward_pairs(part, model)
                 out = L.bradley_terry_loss(rc, rr, num_pairs=len(pairs))
-                L.merge_metrics(totals, out.metrics)
+                if real:
+                    L.merge_metrics(totals, out.metrics)
         finally:
             self.model.train(was)
+        summed = self.reduce_metrics(totals)
         return {
-            "accuracy": float(totals["accuracy"]),
-            "margin": float(totals["margin"]),
-            "loss": float(totals["bt_loss"]),
+            "accuracy": float(summed["accuracy"]),
+            "margin": float(summed["margin"]),
+            "loss": float(summed["bt_loss"]),
         }
 
     def checkpoint_models(self) -> dict[str, nn.Module]:

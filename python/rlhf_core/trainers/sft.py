@@ -5,6 +5,11 @@ best-of-N. Each step draws ``batch_size`` examples (seeded, resumable order), ru
 micro-batches of ``micro_batch_size`` and takes one AdamW step on the negative log-likelihood
 of the completion tokens, normalised by the token count of the whole batch
 (:func:`rlhf_core.losses.sft_loss`).
+
+Several processes: every rank draws the same ``batch_size`` examples and keeps its block of
+``batch_size / world_size``; the token count of the whole batch normalises every rank's loss,
+which is multiplied by the world size before ``backward`` (DDP / FSDP2 average gradients);
+metrics are summed over ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
     IndexSampler,
@@ -143,31 +149,54 @@ def sft_update(
     micro_batch_size: int | None,
     aggregation: str,
     max_len: int | None,
+    filler: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One AdamW step of SFT on a padded batch (``input_ids``, ``attention_mask``,
     ``loss_mask`` as from :func:`~rlhf_core.trainers.base.pad_sequences`); shared with
-    best-of-N. Returns metrics (``loss``, ``nll``, ``grad_norm``, ``tokens``)."""
-    n_tok, n_seq = L.count_tokens_and_seqs(batch["loss_mask"])
+    best-of-N. Returns metrics (``loss``, ``nll``, ``grad_norm``, ``tokens``).
+
+    With several processes ``batch`` is this rank's share: counts and metrics are global, and
+    every rank runs as many micro-batches as the rank with the most (a rank with fewer rows
+    runs ``filler``, any one-row batch, with its loss multiplied by 0, so that the gradient
+    synchronisation, and under FSDP2 every forward, happens on all ranks)."""
+    ctx = trainer.dist
+    n_tok, n_seq = D.global_token_counts(batch["loss_mask"], ctx)
     totals: dict[str, torch.Tensor] = {}
     loss_sum = 0.0
     model.train()
     trainer._last_batch = dict(batch)
-    for mb in iter_micro_batches(batch, micro_batch_size):
-        with trainer.autocast():
-            logp = logprobs_of(model, mb["input_ids"], mb["attention_mask"])
-        out = L.sft_loss(
-            logp,
-            mb["loss_mask"],
-            aggregation=aggregation,
-            num_tokens=n_tok,
-            num_seqs=n_seq,
-            max_len=max_len,
+    micros = list(iter_micro_batches(batch, micro_batch_size))
+    n_micro = D.all_reduce_max(len(micros), ctx) if ctx.is_distributed else len(micros)
+    if n_micro > len(micros) and filler is None:
+        raise ValueError(
+            f"this rank has {len(micros)} micro-batch(es) but another has {n_micro}: give the "
+            "ranks equal shares or a filler batch"
         )
-        out.loss.backward()
-        loss_sum += float(out.loss.detach())
-        L.merge_metrics(totals, out.metrics)
-    metrics = {k: float(v) for k, v in totals.items()}
-    metrics["loss"] = loss_sum
+    for k in range(n_micro):
+        real = k < len(micros)
+        mb = micros[k] if real else filler
+        assert mb is not None
+        with trainer.no_sync(model, enabled=k < n_micro - 1):
+            with trainer.autocast():
+                logp = logprobs_of(model, mb["input_ids"], mb["attention_mask"])
+            out = L.sft_loss(
+                logp,
+                mb["loss_mask"],
+                aggregation=aggregation,
+                num_tokens=n_tok,
+                num_seqs=n_seq,
+                max_len=max_len,
+            )
+            trainer.backward(out.loss if real else out.loss * 0.0)
+        if real:
+            loss_sum += float(out.loss.detach())
+            L.merge_metrics(totals, out.metrics)
+    if ctx.is_distributed:
+        metrics = D.all_reduce_metrics({**totals, "loss": loss_sum}, ctx)
+        loss_sum = metrics["loss"]
+    else:
+        metrics = {k: float(v) for k, v in totals.items()}
+        metrics["loss"] = loss_sum
     metrics["grad_norm"] = trainer.optimizer_step(optimizer, params, {"loss": loss_sum})
     metrics["tokens"] = float(n_tok)
     return metrics
@@ -193,7 +222,8 @@ class SFTTrainer(Trainer):
         super().__init__(config)
         if len(examples) == 0:
             raise ValueError("examples is empty: SFT needs at least one example")
-        self.model = model.to(self.device)
+        self.check_divisible("batch_size", config.batch_size)
+        self.model = self.wrap_trained(model)
         self.tokenizer = tokenizer
         self.sequences, starts = encode_examples(tokenizer, examples, max_length=config.max_length)
         self.starts = starts if config.completion_only else [1] * len(starts)
@@ -205,7 +235,8 @@ class SFTTrainer(Trainer):
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
         with self.timer.phase("bookkeeping"):
-            idx = self.sampler.next(cfg.batch_size)
+            idx = self.sampler.next(cfg.batch_size)  # the same on every rank
+            idx = idx[self.shard(len(idx))]
             batch = pad_sequences(
                 [self.sequences[i] for i in idx],
                 [self.starts[i] for i in idx],
