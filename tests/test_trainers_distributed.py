@@ -62,6 +62,14 @@ def digit_reward(prompts: list[str], completions: list[str], **_: Any) -> list[f
     return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]
 
 
+def inf_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+    """As digit_reward, but infinite for the prompt "x=", which only one rank holds."""
+    return [
+        float("inf") if p.strip() == "x=" else v
+        for p, v in zip(prompts, digit_reward(prompts, completions), strict=True)
+    ]
+
+
 def partial_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
     """As digit_reward, but completions of the prompt "x=" are unscorable: the rank that holds
     it selects fewer best-of-N winners than the other."""
@@ -83,11 +91,11 @@ def _policy(seed: int = 0) -> Any:
     return build_builtin_policy(_tok(), seed=seed)
 
 
-def _grpo(run: Path, **kw: Any) -> Any:
+def _grpo(run: Path, reward: Callable[..., Any] = digit_reward, **kw: Any) -> Any:
     from rlhf_core.trainers import GRPOConfig, GRPOTrainer
 
     cfg = GRPOConfig(run_dir=str(run), **{**RL, **kw})
-    return GRPOTrainer(cfg, _policy(), _tok(), PROMPTS, digit_reward)
+    return GRPOTrainer(cfg, _policy(), _tok(), PROMPTS, reward)
 
 
 def _reinforce_pp(run: Path) -> Any:
@@ -116,21 +124,57 @@ def _ppo(run: Path) -> Any:
     return PPOTrainer(cfg, _policy(), _tok(), PROMPTS, [rm, digit_reward])
 
 
-def _sft(run: Path) -> Any:
+def _ppo_fsdp2(run: Path) -> Any:
+    from rlhf_core.models import RewardModel
+    from rlhf_core.trainers import PPOConfig, PPOTrainer
+
+    cfg = PPOConfig(run_dir=str(run), total_steps=1, rollout_batch_size=4, parallel="fsdp2", **RL)
+    rm = RewardModel.from_policy(_policy(1))
+    return PPOTrainer(cfg, _policy(), _tok(), PROMPTS, [rm, digit_reward])
+
+
+def _reward(run: Path) -> Any:
+    from test_trainers_common import count_pairs
+
+    from rlhf_core.models import RewardModel
+    from rlhf_core.trainers import RewardConfig, RewardTrainer
+
+    cfg = RewardConfig(
+        run_dir=str(run),
+        total_steps=2,
+        batch_size=4,
+        micro_batch_size=1,
+        eval_fraction=0.25,  # 3 held-out pairs: 2 and 1 per rank
+        center_coef=0.01,
+        **COMMON,
+    )
+    return RewardTrainer(cfg, RewardModel.from_policy(_policy()), _tok(), count_pairs(12))
+
+
+def _sft(run: Path, batch_size: int = 4) -> Any:
     from rlhf_core.trainers import SFTConfig, SFTTrainer
 
     examples = [("Q:", "1+1=2"), ("A:", "yes"), ("x=", "12"), ("y=", "a b c"), ("Q:", "no")]
-    cfg = SFTConfig(run_dir=str(run), total_steps=2, batch_size=4, micro_batch_size=1, **COMMON)
+    cfg = SFTConfig(
+        run_dir=str(run), total_steps=2, batch_size=batch_size, micro_batch_size=1, **COMMON
+    )
     return SFTTrainer(cfg, _policy(), _tok(), examples)
 
 
-def _dpo(run: Path) -> Any:
+def _dpo(run: Path, parallel: str = "ddp") -> Any:
     from test_trainers_common import count_pairs
 
     from rlhf_core.trainers import DPOConfig, DPOTrainer
 
     # 12 pairs, 3 held out: the ranks evaluate 2 and 1 pairs
-    cfg = DPOConfig(run_dir=str(run), total_steps=2, batch_size=4, eval_fraction=0.25, **COMMON)
+    cfg = DPOConfig(
+        run_dir=str(run),
+        total_steps=2,
+        batch_size=4,
+        eval_fraction=0.25,
+        parallel=parallel,
+        **COMMON,
+    )
     return DPOTrainer(cfg, _policy(), _tok(), count_pairs(12))
 
 
@@ -193,8 +237,32 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Any], int | None]] = {
     "sft": (_sft, None),
     "dpo": (_dpo, None),
     "best_of_n": (_best_of_n, None),
+    "reward": (_reward, None),
     "grpo_resume": (_grpo_main, 1),
     "grpo_fsdp2": (_grpo_fsdp2, 1),
+    "ppo_fsdp2": (_ppo_fsdp2, None),
+    "dpo_fsdp2": (lambda run: _dpo(run, parallel="fsdp2"), None),
+}
+
+#: name -> (builder, error class, text of the error): every rank must raise it (none may be
+#: left waiting for the others in a collective).
+FAILING: dict[str, tuple[Callable[[Path], Any], str, str]] = {
+    "inf_reward": (
+        lambda run: _grpo(run, inf_reward, total_steps=1, rollout_batch_size=8, num_samples=2),
+        "NonFiniteError",
+        "non-finite values at step 1",
+    ),
+    "uneven_prompts": (
+        lambda run: _grpo(run, rollout_batch_size=6, num_samples=2),
+        "ValueError",
+        "gives 3 prompts per step",
+    ),
+    "uneven_minibatch": (
+        lambda run: _grpo(run, rollout_batch_size=8, num_samples=2, minibatch_size=1),
+        "ValueError",
+        "minibatch_size=1",
+    ),
+    "uneven_sft_batch": (lambda run: _sft(run, batch_size=3), "ValueError", "batch_size=3"),
 }
 
 
@@ -251,6 +319,13 @@ def _worker(out: Path) -> None:
         }
         if weights:  # FSDP2: rank 0 only
             torch.save(weights, out / f"{name}.rank{ctx.rank}.pt")
+        D.barrier(ctx)
+    for name, (build, _, _) in FAILING.items():
+        try:
+            build(out / name).train()
+            report[name] = {"raised": None}
+        except Exception as exc:  # noqa: BLE001 - the expected failure, reported
+            report[name] = {"raised": type(exc).__name__, "message": str(exc)}
         D.barrier(ctx)
     (out / f"report.rank{ctx.rank}.json").write_text(json.dumps(report, indent=1))
     D.barrier(ctx)
@@ -365,6 +440,22 @@ def test_only_rank0_writes(launched: Path) -> None:
     assert ckpts == ["step_000002"]
     extra = torch.load(run / "checkpoints" / "step_000002" / "extra_state.pt", weights_only=False)
     assert extra["world_size"] == WORLD and len(extra["rng_per_rank"]) == WORLD
+
+
+@pytest.mark.parametrize("name", list(FAILING))
+def test_every_rank_stops_on_errors(launched: Path, name: str) -> None:
+    _, cls, text = FAILING[name]
+    for rank in range(WORLD):
+        rep = json.loads((launched / f"report.rank{rank}.json").read_text())[name]
+        assert rep["raised"] == cls, rep
+        assert text in rep["message"], rep["message"]
+    if name == "inf_reward":  # one rank found the inf, the other was told which
+        msgs = [
+            json.loads((launched / f"report.rank{r}.json").read_text())[name]["message"]
+            for r in range(WORLD)
+        ]
+        assert sum("reward/inf_reward" in m for m in msgs) == 1, msgs
+        assert sum("on rank(s) [" in m for m in msgs) == 1, msgs
 
 
 def test_resume_under_torchrun_is_exact(launched: Path) -> None:

@@ -247,7 +247,8 @@ def init_distributed(
             local_world_size=local_world,
             backend=str(dist.get_backend()),
             device=dev,
-            owns_group=False,
+            # called again (e.g. by each trainer of a pipeline): ownership stays where it was
+            owns_group=_CONTEXT is not None and _CONTEXT.owns_group,
         )
     elif world == 1:
         ctx = DistContext(device=dev)

@@ -542,22 +542,24 @@ class RolloutTrainer(Trainer):
             np.concatenate([p, r]) for p, r in zip(roll.prompt_ids, roll.response_ids, strict=True)
         ]
         roll.scores, roll.score_parts = self.score(prompts, seqs, roll.texts, columns)
-        if np.isinf(roll.scores).any():
-            from rlhf_core.monitor import check_finite
-
+        infinite = bool(np.isinf(roll.scores).any())
+        # with several processes every rank checks, so that all stop when one finds an inf
+        if infinite or self.dist.is_distributed:
             # None / NaN means unscorable and is fine; an infinite reward is a bug upstream
-            check_finite(
+            self.check_finite(
                 {
                     f"reward/{k}": np.nan_to_num(v, nan=0.0, posinf=np.inf, neginf=-np.inf)
                     for k, v in roll.score_parts.items()
-                },
+                }
+                if infinite
+                else {},
                 {
                     "prompt_ids": roll.prompt_ids,
                     "response_ids": roll.response_ids,
                     "completions": roll.texts,
-                },
-                self.run_dir / "nonfinite",
-                step=self.global_step + 1,
+                }
+                if infinite
+                else None,
             )
 
     @torch.no_grad()
