@@ -166,12 +166,14 @@ def _dpo(run: Path, parallel: str = "ddp") -> Any:
 
     from rlhf_core.trainers import DPOConfig, DPOTrainer
 
-    # 12 pairs, 3 held out: the ranks evaluate 2 and 1 pairs
+    # 12 pairs, 3 held out: the ranks evaluate 2 and 1 pairs, one per forward (under FSDP2
+    # rank 1 runs an extra, uncounted forward to match rank 0's two)
     cfg = DPOConfig(
         run_dir=str(run),
         total_steps=2,
         batch_size=4,
         eval_fraction=0.25,
+        eval_batch_size=1,
         parallel=parallel,
         **COMMON,
     )
