@@ -1060,7 +1060,8 @@ def balanced_partition(
     order, offsets, loads = _core.balanced_partition(
         _lengths_array(lengths), _positive("k", k), bool(equal_size), method
     )
-    parts = np.split(order, offsets[1:-1])
+    off = offsets.tolist()
+    parts = [order[off[p] : off[p + 1]] for p in range(len(off) - 1)]
     return Partition(parts=parts, loads=loads)
 
 
