@@ -742,7 +742,13 @@ mod tests {
     #[test]
     fn sorted_desc_paths_agree_with_a_plain_sort() {
         let mut r = SplitMix64::new(5);
-        for (n, max) in [(10, 100u64), (500, 3000), (500, 1 << 20), (2000, 1 << 40), (300, 0)] {
+        for (n, max) in [
+            (10, 100u64),
+            (500, 3000),
+            (500, 1 << 20),
+            (2000, 1 << 40),
+            (300, 0),
+        ] {
             let lengths: Vec<u64> = (0..n).map(|_| r.below(max + 1)).collect();
             let mut want: Vec<u32> = (0..n as u32).collect();
             want.sort_by_key(|&i| Reverse(lengths[i as usize]));
