@@ -677,12 +677,13 @@ class Trainer:
             schedulers=self.checkpoint_schedulers(),
         )
         per_rank = extra.get("rng_per_rank")
-        if self.dist.is_distributed and per_rank is not None:
-            if len(per_rank) == self.dist.world_size:
+        if self.dist.is_distributed:
+            if per_rank is not None and len(per_rank) == self.dist.world_size:
                 restore_rng_state(per_rank[self.dist.rank])
-            else:  # another world size: fresh per-rank streams (rank 0 keeps the saved one)
-                if not self.is_main_process:
-                    D.seed_everything(self.config.seed + int(step), self.dist)
+            elif not self.is_main_process:
+                # written by another number of processes: rank 0 continues the saved stream,
+                # the others start fresh ones of their own
+                D.seed_everything(self.config.seed + int(step), self.dist)
         saved_by = extra.get("trainer")
         if saved_by is not None and saved_by != self.name:
             raise ValueError(
