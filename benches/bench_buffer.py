@@ -21,7 +21,8 @@ Usage::
     python benches/bench_buffer.py --quick    # small sizes, seconds
     python benches/bench_buffer.py --json out.json
 
-Refuses to run against a debug build of the extension (timings would be meaningless).
+Each benchmark runs in a fresh interpreter. Refuses to run against a debug build of the
+extension (timings would be meaningless).
 """
 
 from __future__ import annotations
@@ -145,12 +146,17 @@ def memory_child(n: int, mean_resp: int, chunk: int) -> dict[str, Any]:
     }
 
 
-def bench_memory(n: int, mean_resp: int) -> dict[str, Any]:
+def _in_subprocess(*args: str) -> dict[str, Any]:
+    """Run one benchmark in a fresh interpreter (clean allocator, no threads left over by the
+    others) and read its JSON result."""
     out = subprocess.run(
-        [sys.executable, __file__, "--_memory-child", str(n), str(mean_resp)],
-        capture_output=True, text=True, check=True,
+        [sys.executable, __file__, "--_child", *args], capture_output=True, text=True, check=True
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_memory(n: int, mean_resp: int) -> dict[str, Any]:
+    return _in_subprocess("memory", str(n), str(mean_resp))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +358,8 @@ def bench_partition(n: int, k: int, repeats: int) -> dict[str, Any]:
     as_list = lengths.tolist()
 
     def best_time(f, reps):
+        for _ in range(3):  # warm up caches and the allocator
+            f()
         best = float("inf")
         for _ in range(reps):
             t = time.perf_counter()
@@ -423,12 +431,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--json", help="also write the results as JSON to this path")
-    ap.add_argument("--_memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     _require_release()
-    if args._memory_child:
-        n, mean = args._memory_child
-        print(json.dumps(memory_child(n, mean, chunk=1024)))
+    if args._child:
+        name, *nums = args._child
+        a = [int(x) for x in nums]
+        if name == "memory":
+            res = memory_child(a[0], a[1], chunk=1024)
+        elif name == "pipeline":
+            res = bench_pipeline(*a)
+        else:
+            res = bench_partition(*a)
+        print(json.dumps(res))
         return
     if args.quick:
         mem = (2048, 512)
@@ -442,8 +457,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                    f"{platform.python_version()}, load {os.getloadavg()[0]:.1f}",
         "memory": bench_memory(*mem),
-        "pipeline": bench_pipeline(*pipe),
-        "partition": bench_partition(*part),
+        "pipeline": _in_subprocess("pipeline", *map(str, pipe)),
+        "partition": _in_subprocess("partition", *map(str, part)),
     }
     print(table(res))
     if args.json:
