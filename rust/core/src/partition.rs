@@ -149,8 +149,12 @@ pub fn check_lengths(lengths: &[i64], name: &str) -> Result<Vec<u64>> {
 /// The algorithms below work on ranks, reading `sorted` in sequence instead of `lengths` at
 /// random (measured: the random reads were half of LPT's time at 8,192 sequences).
 pub(crate) fn sorted_desc(lengths: &[u64]) -> (Vec<u32>, Vec<u64>) {
+    sorted_desc_with_max(lengths, lengths.iter().copied().max().unwrap_or(0))
+}
+
+/// [`sorted_desc`] when the largest length is known already.
+fn sorted_desc_with_max(lengths: &[u64], max: u64) -> (Vec<u32>, Vec<u64>) {
     let n = lengths.len();
-    let max = lengths.iter().copied().max().unwrap_or(0);
     if n >= 64 && max <= (4 * n as u64).max(1 << 16) {
         // Counting sort writing both outputs as it goes. Bucket b holds length max − b;
         // buckets in increasing b = decreasing length; within a bucket, increasing index.
@@ -234,19 +238,20 @@ pub fn balanced_partition(
             "equal_size=True needs the number of sequences ({n}) to be a multiple of k ({k})"
         )));
     }
-    if lengths
+    // One pass for the total (u128: no overflow possible) and the largest length.
+    let (total, max) = lengths
         .iter()
-        .try_fold(0u64, |a, &l| a.checked_add(l))
-        .is_none()
-    {
+        .fold((0u128, 0u64), |(t, m), &l| (t + l as u128, m.max(l)));
+    if total > u64::MAX as u128 {
         return Err(CoreError::capacity("the lengths add up to more than 2^64"));
     }
+    let total = total as u64;
     if n > u32::MAX as usize {
         return Err(CoreError::capacity(format!(
             "{n} sequences: at most 2^32 - 1 are supported"
         )));
     }
-    let (order, sorted) = sorted_desc(lengths);
+    let (order, sorted) = sorted_desc_with_max(lengths, max);
     let rank_part = match method {
         Method::Kk => karmarkar_karp(&sorted, k, equal_size),
         Method::Lpt => lpt(&sorted, k, equal_size),
@@ -255,10 +260,8 @@ pub fn balanced_partition(
             // the ceiling of the mean (optimal). Otherwise LPT, then (up to KK_FALLBACK_MAX
             // sequences) Karmarkar–Karp, each with the same search, keeping the best. LPT is
             // among the candidates, so the result is never worse than LPT.
-            let total: u64 = lengths.iter().sum();
             let ceil = total.div_ceil(k as u64);
-            let mut best = snake(n, k);
-            let mut best_max = refine(&sorted, &mut best, k, equal_size);
+            let (mut best, mut best_max) = snake_refine(&sorted, k, equal_size);
             if best_max > ceil {
                 let mut a = lpt(&sorted, k, equal_size);
                 let a_max = refine(&sorted, &mut a, k, equal_size);
@@ -498,6 +501,56 @@ fn refine(sorted: &[u64], assign: &mut [u32], k: usize, equal_size: bool) -> u64
     for r in (0..sorted.len()).rev() {
         parts[assign[r] as usize].push(item(sorted[r], r as u32));
     }
+    let max = search(&mut parts, &mut loads, ceil, equal_size);
+    for (p, part) in parts.iter().enumerate() {
+        for &x in part {
+            assign[idx(x)] = p as u32;
+        }
+    }
+    max
+}
+
+/// [`snake`] followed by [`refine`], building each part straight from its ranks (the parts of a
+/// serpentine deal are known in closed form). Returns the part of each rank and the largest
+/// load.
+fn snake_refine(sorted: &[u64], k: usize, equal_size: bool) -> (Vec<u32>, u64) {
+    let n = sorted.len();
+    if k < 2 || n < 2 || sorted[0] > u32::MAX as u64 {
+        let mut a = snake(n, k);
+        let m = refine(sorted, &mut a, k, equal_size);
+        return (a, m);
+    }
+    let rounds = n.div_ceil(k);
+    let mut loads = vec![0u64; k];
+    let mut parts: Vec<Vec<Item>> = Vec::with_capacity(k);
+    for (p, load) in loads.iter_mut().enumerate() {
+        // Part p holds rank round*k + p in even rounds and round*k + k-1-p in odd ones;
+        // walking the rounds backwards lists its items by increasing length.
+        let mut v = Vec::with_capacity(rounds + 1);
+        for round in (0..rounds).rev() {
+            let r = round * k + if round % 2 == 0 { p } else { k - 1 - p };
+            if r < n {
+                *load += sorted[r];
+                v.push(item(sorted[r], r as u32));
+            }
+        }
+        parts.push(v);
+    }
+    let total: u64 = loads.iter().sum();
+    let max = search(&mut parts, &mut loads, total.div_ceil(k as u64), equal_size);
+    let mut assign = vec![0u32; n];
+    for (p, part) in parts.iter().enumerate() {
+        for &x in part {
+            assign[idx(x)] = p as u32;
+        }
+    }
+    (assign, max)
+}
+
+/// The rounds of the local search over parts of items sorted by increasing length; returns
+/// the largest load.
+fn search(parts: &mut [Vec<Item>], loads: &mut [u64], ceil: u64, equal_size: bool) -> u64 {
+    let k = parts.len();
     let max_rounds = 8 * k + 64;
     let mut lighter: Vec<usize> = Vec::with_capacity(k);
     for _ in 0..max_rounds {
@@ -511,8 +564,8 @@ fn refine(sorted: &[u64], assign: &mut [u32], k: usize, equal_size: bool) -> u64
         lighter.clear();
         lighter.extend((0..k).filter(|&q| loads[q] < hmax));
         lighter.sort_by_key(|&q| (loads[q], q));
-        let change = fix_excess(&parts, &loads, hp, hmax - ceil, ceil, &lighter, equal_size)
-            .or_else(|| best_pair_change(&parts, &loads, hp, hmax, &lighter, equal_size));
+        let change = fix_excess(parts, loads, hp, hmax - ceil, ceil, &lighter, equal_size)
+            .or_else(|| best_pair_change(parts, loads, hp, hmax, &lighter, equal_size));
         let Some((q, ia, ib)) = change else {
             break;
         };
@@ -524,14 +577,12 @@ fn refine(sorted: &[u64], assign: &mut [u32], k: usize, equal_size: bool) -> u64
             let pos = parts[hp].partition_point(|&x| x < b);
             parts[hp].insert(pos, b);
             loads[hp] += len(b);
-            assign[idx(b)] = hp as u32;
         }
         let pos = parts[q].partition_point(|&x| x < a);
         parts[q].insert(pos, a);
         loads[q] += len(a);
-        assign[idx(a)] = q as u32;
     }
-    max_of(&loads)
+    max_of(loads)
 }
 
 /// A change `(q, position in h, position in q or usize::MAX for a move)` with length change
