@@ -515,7 +515,8 @@ class RolloutBuffer:
 
     def sequence(self, i: int) -> dict[str, Any]:
         """Every field of sequence ``i`` (copies): 1-D arrays for per-token fields, scalars for
-        per-sequence fields."""
+        per-sequence fields. For inspection: each call copies whole fields; read many sequences
+        with :meth:`field` and :meth:`offsets` instead."""
         n = len(self)
         if not -n <= i < n:
             raise ShapeError(f"sequence index {i} is out of range for {n} sequences")
