@@ -190,6 +190,8 @@ def test_config_errors_name_the_field(capsys: pytest.CaptureFixture[str]) -> Non
         capsys,
     )
     assert rc == 2 and "exactly one judge" in err
+    rc, _, err = run_cli(["ppo", "--learning_rat", "3"], capsys)
+    assert rc == 2 and "did you mean --learning_rate?" in err
     rc, _, err = run_cli(["sft", "--config", "no/such/file.toml"], capsys)
     assert rc == 2 and "does not exist" in err
 

@@ -1421,7 +1421,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cmd = COMMANDS[name]
     parser = build_parser(name)
-    ns = parser.parse_args(args_in[1:])
+    ns, unknown = parser.parse_known_args(args_in[1:])
+    if unknown:
+        import difflib
+
+        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        bad = (
+            next(u for u in unknown if u.startswith("-"))
+            if any(u.startswith("-") for u in unknown)
+            else unknown[0]
+        )
+        close = difflib.get_close_matches(bad.split("=", 1)[0], options, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        print(
+            f"rlhf-core {name}: error: unrecognized argument {bad!r}{hint} "
+            f"(rlhf-core {name} --help lists the options)",
+            file=sys.stderr,
+        )
+        return 2
     overrides: dict[str, Any] = overrides_from_namespace(ns, cmd.config)
     try:
         toml, overrides = _apply_resume(overrides, ns.config)

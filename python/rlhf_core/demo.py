@@ -191,7 +191,7 @@ class DemoBestOfN:
 class DemoPPO:
     """PPO against the proxy (value model initialised from the reward model)."""
 
-    steps: int = field(default=100, metadata={"help": "PPO steps (one rollout each)"})
+    steps: int = field(default=60, metadata={"help": "PPO steps (one rollout each)"})
     rollout_batch_size: int = field(default=64, metadata={"help": "completions per step"})
     minibatch_size: int = field(default=32, metadata={"help": "sequences per optimizer step"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
@@ -212,10 +212,10 @@ class DemoPPO:
 class DemoGRPO:
     """GRPO against the proxy."""
 
-    steps: int = field(default=100, metadata={"help": "GRPO steps (one rollout each)"})
+    steps: int = field(default=60, metadata={"help": "GRPO steps (one rollout each)"})
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per step"})
     num_samples: int = field(default=4, metadata={"help": "G: completions per prompt"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "policy learning rate"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "policy learning rate"})
     kl_coef: float = field(default=0.0, metadata={"help": "β of the k3 KL term in the loss"})
     eval_every: int = field(default=5, metadata={"help": "evaluate every this many steps"})
 
@@ -236,7 +236,7 @@ class DemoGRPO:
 class DemoDPO:
     """DPO on the reward model's training pairs."""
 
-    steps: int = field(default=150, metadata={"help": "DPO optimizer steps"})
+    steps: int = field(default=100, metadata={"help": "DPO optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step"})
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})
     beta: float = field(default=0.1, metadata={"help": "DPO β"})
@@ -254,19 +254,19 @@ class DemoArithmetic:
 
     enabled: bool = field(default=True, metadata={"help": "run part two"})
     model_size: str = field(default="tiny", metadata={"help": "built-in model size"})
-    max_operand: int = field(default=20, metadata={"help": "operands are in [0, max_operand]"})
+    max_operand: int = field(default=9, metadata={"help": "operands are in [0, max_operand]"})
     ops: str = field(default="+", metadata={"help": "operations: '+', '-' or '+-'"})
     error_rate: float = field(
         default=0.3, metadata={"help": "share of wrong answers in the SFT corpus"}
     )
-    corpus_size: int = field(default=6000, metadata={"help": "SFT corpus rows"})
-    sft_steps: int = field(default=800, metadata={"help": "SFT steps"})
+    corpus_size: int = field(default=3000, metadata={"help": "SFT corpus rows"})
+    sft_steps: int = field(default=600, metadata={"help": "SFT steps"})
     sft_batch_size: int = field(default=64, metadata={"help": "SFT examples per step"})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "SFT peak learning rate"})
     grpo_steps: int = field(default=60, metadata={"help": "GRPO steps"})
     prompts_per_step: int = field(default=16, metadata={"help": "GRPO prompts per step"})
     num_samples: int = field(default=8, metadata={"help": "GRPO group size G"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "GRPO learning rate"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "GRPO learning rate"})
     eval_prompts: int = field(default=200, metadata={"help": "problems in the fixed eval set"})
     eval_samples: int = field(
         default=4, metadata={"help": "samples per eval problem (accuracy at temperature 1)"}
@@ -353,6 +353,14 @@ class DemoConfig:
     device: str = field(
         default="cpu", metadata={"help": "'cpu', 'cuda' or 'auto' (CUDA when available)"}
     )
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch CPU threads during the demo (0 = torch's default). The built-in "
+            "models are too small to gain from more, and on a busy machine extra threads "
+            "slow every step down"
+        },
+    )
     sft: DemoSFT = field(default_factory=DemoSFT, metadata={"help": "stage 1: SFT"})
     preferences: DemoPreferences = field(
         default_factory=DemoPreferences, metadata={"help": "stage 2: gold-labelled pairs"}
@@ -409,6 +417,7 @@ class DemoConfig:
             self.device,
             "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
         )
+        _check(self.threads >= 0, "threads", self.threads, "expected >= 0 (0 = torch's default)")
 
 
 #: Overrides that turn the full demo into ``--quick``: the tiny model and small step counts,
@@ -416,33 +425,32 @@ class DemoConfig:
 QUICK: dict[str, Any] = {
     "run_dir": "runs/demo-quick",
     "model_size": "tiny",
-    "max_new_tokens": 96,
+    "max_new_tokens": 64,
     "eval_samples": 2,
-    "sft.steps": 250,
+    "sft.steps": 300,
     "sft.corpus_size": 4000,
-    "preferences.num_pairs": 2400,
+    "preferences.num_pairs": 1600,
     "preferences.heldout_pairs": 400,
-    "reward.steps": 150,
+    "reward.steps": 100,
     "reward.learning_rate": 3e-3,
-    "reward.eval_every": 30,
+    "reward.eval_every": 20,
     "best_of_n.ns": [1, 2, 4, 8, 16],
-    "ppo.steps": 10,
+    "ppo.steps": 8,
     "ppo.rollout_batch_size": 32,
     "ppo.minibatch_size": 16,
-    "ppo.eval_every": 2,
-    "grpo.steps": 10,
+    "ppo.learning_rate": 1e-4,
+    "ppo.eval_every": 4,
+    "grpo.steps": 8,
     "grpo.prompts_per_step": 8,
-    "grpo.eval_every": 2,
-    "dpo.steps": 30,
+    "grpo.eval_every": 4,
+    "dpo.steps": 24,
+    "dpo.learning_rate": 1e-4,
     "dpo.batch_size": 16,
-    "dpo.eval_every": 6,
-    "arithmetic.max_operand": 9,
-    "arithmetic.corpus_size": 3000,
-    "arithmetic.sft_steps": 300,
-    "arithmetic.grpo_steps": 20,
-    "arithmetic.prompts_per_step": 8,
+    "dpo.eval_every": 8,
+    "arithmetic.sft_steps": 500,
+    "arithmetic.grpo_steps": 30,
     "arithmetic.eval_prompts": 100,
-    "arithmetic.eval_every": 5,
+    "arithmetic.eval_every": 10,
 }
 
 
@@ -1419,7 +1427,7 @@ class _Demo:
                     "--run-dir"
                 ) from exc
             new = _flatten(config_to_dict(self.cfg))
-            free = {"run_dir", "resume", "progress_bar", "tensorboard", "device"}
+            free = {"run_dir", "resume", "progress_bar", "tensorboard", "device", "threads"}
             diff = [
                 k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)
             ]
@@ -1623,6 +1631,14 @@ def run_demo(config: DemoConfig | None = None, *, out: Any = None) -> DemoResult
     Returns:
         :class:`DemoResult`; the report is also in ``config.run_dir``.
     """
+    import torch
+
     cfg = config if config is not None else DemoConfig()
-    with _quiet_transformers():
-        return _Demo(cfg, out=out).run()
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with _quiet_transformers():
+            return _Demo(cfg, out=out).run()
+    finally:
+        torch.set_num_threads(threads)
