@@ -45,6 +45,20 @@ def snapshot(*modules: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for m in modules for p in m.parameters() if p.requires_grad]
 
 
+def snapshot_all(*modules: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter, trainable or frozen (for checking that a frozen model stayed put)."""
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+def assert_unchanged(before: list[torch.Tensor], *modules: torch.nn.Module) -> None:
+    after = [p.detach() for m in modules for p in m.parameters()]
+    assert len(after) == len(before) and after
+    changed = [
+        i for i, (a, b) in enumerate(zip(after, before, strict=True)) if not torch.equal(a, b)
+    ]
+    assert not changed, f"{len(changed)} of {len(after)} frozen tensors changed"
+
+
 def assert_all_changed(before: list[torch.Tensor], *modules: torch.nn.Module) -> None:
     after = [p.detach() for m in modules for p in m.parameters() if p.requires_grad]
     assert len(after) == len(before) and after
