@@ -115,6 +115,12 @@ FACTORIES: dict[str, Callable[..., Any]] = {
     "grpo": make_grpo,
     "ppo": make_ppo,
 }
+try:
+    import peft  # noqa: F401
+except ImportError:  # pragma: no cover - peft is in the dev extra
+    pass
+else:
+    FACTORIES["grpo_lora"] = lambda run, **kw: make_grpo(run, lora_r=4, lora_alpha=8.0, **kw)
 
 
 def _models(t: Any) -> dict[str, Any]:

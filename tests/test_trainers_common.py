@@ -181,6 +181,10 @@ def test_step_seed_is_stable_and_distinct():
         (dict(max_grad_norm=0.0), "max_grad_norm=0.0"),
         (dict(device="tpu"), "device='tpu'"),
         (dict(adam_beta2=1.0), "adam_beta2=1.0"),
+        (dict(lora_r=-1), "lora_r=-1"),
+        (dict(lora_r=4, lora_alpha=0.0), "lora_alpha=0.0"),
+        (dict(lora_r=4, lora_dropout=1.0), "lora_dropout=1.0"),
+        (dict(lora_r=4, lora_target_modules=[]), r"lora_target_modules=\[\]"),
     ],
 )
 def test_base_config_errors(kwargs, match):
@@ -209,3 +213,10 @@ def test_configs_load_through_config_module(tmp_path: Path):
     assert (cfg.total_steps, cfg.num_samples, cfg.aggregation) == (7, 3, "seq-mean-token-sum-norm")
     with pytest.raises(ConfigError, match="num_samples"):
         load_config(GRPOConfig, overrides={"num_samples": 1})
+
+
+def test_reward_config_refuses_lora():
+    from rlhf_core.trainers import RewardConfig
+
+    with pytest.raises(ValueError, match="lora_r=4.*reward model"):
+        RewardConfig(lora_r=4)

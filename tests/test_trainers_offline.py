@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from test_trainers_common import (
     FAST,
     assert_all_changed,
@@ -90,6 +91,22 @@ def test_dpo_smoke(tmp_path, loss_type):
     # the reference stayed frozen
     assert_unchanged(ref_before, t.reference)
     assert not any(p.requires_grad for p in t.reference.parameters())
+
+
+def test_dpo_lora_trains_only_the_adapters(tmp_path):
+    pytest.importorskip("peft")
+    from rlhf_core.models import ReferenceModel
+
+    t = _dpo(tmp_path, lora_r=4, lora_alpha=8.0)
+    assert isinstance(t.reference, ReferenceModel)
+    frozen = {n: p.detach().clone() for n, p in t.policy.named_parameters() if not p.requires_grad}
+    before = snapshot(t.policy)
+    assert before and all("lora_" in n for n, p in t.policy.named_parameters() if p.requires_grad)
+    res = t.train()
+    assert_finite_metrics(res.metrics)
+    assert_all_changed(before, t.policy)
+    assert frozen and all(torch.equal(p.detach(), frozen[n])
+                          for n, p in t.policy.named_parameters() if n in frozen)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

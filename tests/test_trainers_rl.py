@@ -104,6 +104,38 @@ def test_grpo_family_smoke(tmp_path, cls, cfg_cls, extra):
     assert len(rows) == 2 and all("time/generation" in r for r in rows)
 
 
+def test_grpo_lora_trains_only_the_adapters(tmp_path):
+    pytest.importorskip("peft")
+    from rlhf_core.models import ReferenceModel
+
+    t = _grpo(tmp_path, lora_r=4, lora_alpha=8.0, kl_coef=0.05)
+    names = [n for n, p in t.policy.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    base = {n: p.detach().clone() for n, p in t.policy.named_parameters() if not p.requires_grad}
+    assert base
+    before = snapshot(t.policy)
+    assert isinstance(t.reference, ReferenceModel)  # the adapter-disabled policy, no copy
+    res = t.train()
+    assert res.step == 2
+    assert_finite_metrics(res.metrics)
+    assert_all_changed(before, t.policy)  # every adapter matrix moved
+    for n, p in t.policy.named_parameters():
+        if n in base:
+            assert torch.equal(p.detach(), base[n]), n
+    # the policy now differs from its reference (adapters on vs off)
+    assert res.metrics["kl"] != 0.0
+
+
+def test_lora_on_a_peft_policy_is_refused(tmp_path):
+    pytest.importorskip("peft")
+    from rlhf_core.models import apply_lora
+
+    cfg = GRPOConfig(run_dir=str(tmp_path), lora_r=4, rollout_batch_size=8, num_samples=4,
+                     **RL_COMMON)  # fmt: skip
+    with pytest.raises(ValueError, match="lora_r=4: the policy already is a peft model"):
+        GRPOTrainer(cfg, apply_lora(policy(), r=2), tokenizer(), PROMPTS, digit_reward)
+
+
 def test_ppo_smoke(tmp_path):
     t = _ppo(tmp_path, ppo_epochs=2, minibatch_size=2, kl_target=1.0)
     before = snapshot(t.policy, t.value_model)

@@ -129,6 +129,29 @@ class TrainerConfig:
             "gradients and optimizer state sharded over processes); ignored with one process"
         },
     )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank of the policy's adapters (through peft); 0 = full fine-tuning. "
+            "With LoRA only the adapters train and the reference is the policy with its "
+            "adapters disabled (no copy). Policy trainers only (SFT, DPO, RL); the reward "
+            "trainer refuses it"
+        },
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scale α (the update is scaled by α / r); > 0"}
+    )
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on the LoRA adapters' input, in [0, 1)"}
+    )
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "module names that get adapters; none = the attention and MLP projections "
+            "(q/k/v/o_proj, gate/up/down_proj); ['all-linear'] = every linear layer but the "
+            "LM head"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field(self.total_steps >= 1, "total_steps", self.total_steps, "expected >= 1")
@@ -171,6 +194,21 @@ class TrainerConfig:
             "parallel",
             self.parallel,
             "expected 'ddp' or 'fsdp2'",
+        )
+        check_field(self.lora_r >= 0, "lora_r", self.lora_r, "expected >= 0 (0 = no LoRA)")
+        check_field(
+            self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "expected > 0 (e.g. 2 * lora_r)"
+        )
+        check_field(
+            0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "expected in [0, 1)"
+        )
+        targets = self.lora_target_modules
+        check_field(
+            targets is None
+            or (len(targets) > 0 and all(isinstance(t, str) and t for t in targets)),
+            "lora_target_modules",
+            targets,
+            "expected none or a non-empty list of module names (e.g. ['q_proj', 'v_proj'])",
         )
 
 
@@ -471,6 +509,33 @@ class Trainer:
             f"must be a multiple of the number of processes ({w}) so that every process gets "
             f"the same share (e.g. {max(w, value - value % w)})",
         )
+
+    def apply_lora(self, model: nn.Module) -> nn.Module:
+        """``model`` with LoRA adapters (:func:`rlhf_core.models.apply_lora`) when
+        ``config.lora_r > 0``, else ``model`` itself. The adapters' initialisation is seeded
+        by ``config.seed`` (global RNG state is restored afterwards). Call it before
+        :meth:`wrap_trained` and before making the reference, so that
+        :func:`rlhf_core.models.make_reference` returns the adapter-disabled base."""
+        from rlhf_core.models import _is_peft, _seeded
+        from rlhf_core.models import apply_lora as _apply_lora
+
+        cfg = self.config
+        if cfg.lora_r <= 0:
+            return model
+        if _is_peft(model):
+            raise ValueError(
+                f"lora_r={cfg.lora_r}: the policy already is a peft model; pass the base model, "
+                "or set lora_r = 0 to train the adapters it has"
+            )
+        targets = cfg.lora_target_modules
+        target: list[str] | str | None = (
+            "all-linear" if targets == ["all-linear"] else (list(targets) if targets else None)
+        )
+        with _seeded(cfg.seed):
+            return _apply_lora(
+                model, r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=target,
+                dropout=cfg.lora_dropout,
+            )  # fmt: skip
 
     def wrap_trained(self, model: nn.Module) -> nn.Module:
         """A trained model on this rank's device, wrapped per ``config.parallel`` (DDP or

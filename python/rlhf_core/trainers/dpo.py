@@ -152,6 +152,7 @@ class DPOTrainer(Trainer):
         if len(pairs) == 0:
             raise ValueError("pairs is empty: DPO needs at least one pair")
         self.check_divisible("batch_size", config.batch_size)
+        policy = self.apply_lora(policy)
         # the reference is a copy of the policy as passed, made before the policy is wrapped
         self.reference = self.wrap_frozen(
             reference if reference is not None else make_reference(policy)

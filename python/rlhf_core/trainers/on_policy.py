@@ -382,6 +382,7 @@ class RolloutTrainer(Trainer):
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
         self.reward_sources = self._reward_sources(reward_funcs)
+        policy = self.apply_lora(policy)
         # the reference is a copy of the policy as passed, made before the policy is wrapped
         self.reference = self.wrap_frozen(
             reference if reference is not None else make_reference(policy)

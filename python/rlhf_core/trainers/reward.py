@@ -71,6 +71,13 @@ class RewardConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_field(
+            self.lora_r == 0,
+            "lora_r",
+            self.lora_r,
+            "expected 0: LoRA applies to a causal-LM policy, not to a reward model "
+            "(wrap the reward model's body with peft yourself to train adapters)",
+        )
         check_field(self.batch_size >= 1, "batch_size", self.batch_size, "expected >= 1")
         check_field(
             self.micro_batch_size is None or self.micro_batch_size >= 1,

@@ -223,7 +223,7 @@ class SFTTrainer(Trainer):
         if len(examples) == 0:
             raise ValueError("examples is empty: SFT needs at least one example")
         self.check_divisible("batch_size", config.batch_size)
-        self.model = self.wrap_trained(model)
+        self.model = self.wrap_trained(self.apply_lora(model))
         self.tokenizer = tokenizer
         self.sequences, starts = encode_examples(tokenizer, examples, max_length=config.max_length)
         self.starts = starts if config.completion_only else [1] * len(starts)
