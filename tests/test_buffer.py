@@ -489,6 +489,57 @@ def test_advantages_match_the_float64_reference(opts, seed, n):
         np.testing.assert_array_equal(b["advantages"], want)
 
 
+def _token_whitened_vs_broadcast(seqs: list[dict], est: str) -> tuple[np.ndarray, np.ndarray]:
+    """The buffer's ``whiten="token"`` per-sequence advantages, broadcast to tokens, and
+    ``ops.masked_whiten`` (ddof 1) of the un-whitened ones broadcast over the valid tokens."""
+    lengths = [len(s["response_ids"]) for s in seqs]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    valid = np.concatenate([
+        np.asarray(s.get("loss_mask", np.ones(len(s["response_ids"]), bool)), bool)
+        & (not np.isnan(s["scores"]))
+        for s in seqs
+    ]) if seqs else np.zeros(0, bool)
+    plain = RolloutBuffer(float_dtype="float64")
+    add_seqs(plain, seqs)
+    plain.compute_advantages(est, whiten="none")
+    white = RolloutBuffer(float_dtype="float64")
+    add_seqs(white, seqs)
+    white.compute_advantages(est, whiten="token")
+    assert white.advantages_info is not None and white.advantages_info["level"] == "sequence"
+    got = ops.broadcast_to_tokens(white.field("advantages"), valid, offsets=offsets)
+    tokens = ops.broadcast_to_tokens(plain.field("advantages"), valid, offsets=offsets)
+    want = np.where(valid, ops.masked_whiten(tokens, valid, offsets=offsets, ddof=1, eps=1e-8), 0.0)
+    return got, want
+
+
+def test_token_whitening_of_sequence_advantages_is_whitening_the_broadcast_tokens():
+    # GRPO, scores 1, 2, 3, 4 in groups of 2, 3 tokens each: group advantages ±1/sqrt(2);
+    # whitened over 12 tokens with ddof 1 → ±sqrt(11/12) ≈ ±0.957 (population variance: ±1).
+    seqs = [
+        {"prompt_ids": np.array([1]), "response_ids": np.array([1, 2, 3]),
+         "logprobs": np.zeros(3), "scores": float(k + 1), "group_ids": k // 2}
+        for k in range(4)
+    ]
+    got, want = _token_whitened_vs_broadcast(seqs, "grpo")
+    np.testing.assert_allclose(np.abs(got), np.sqrt(11 / 12), rtol=1e-7)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@given(
+    est=st.sampled_from(["grpo", "dr_grpo", "rloo", "reinforce++_baseline"]),
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 14),
+    loss_mask=st.booleans(),
+    nan_frac=st.sampled_from([0.0, 0.3]),
+)
+def test_token_whitening_matches_ops_masked_whiten_of_broadcast(est, seed, n, loss_mask,
+                                                                 nan_frac):
+    rng = np.random.default_rng(seed)
+    seqs = make_seqs(rng, n, loss_mask=loss_mask, nan_frac=nan_frac, dtype=np.float64)
+    got, want = _token_whitened_vs_broadcast(seqs, est)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
 def test_float32_advantages_are_close_to_float64():
     rng = np.random.default_rng(8)
     seqs = make_seqs(rng, 50, loss_mask=True)

@@ -316,13 +316,19 @@ def packed_batch(
     return out
 
 
-def _weighted_whiten(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """``(x − μ)/sqrt(σ² + eps)`` with weighted mean and population variance; weight 0 → 0."""
+def _weighted_whiten(x: np.ndarray, w: np.ndarray, eps: float, ddof: float = 0.0) -> np.ndarray:
+    """``(x − μ)/sqrt(σ² + eps)``, weighted mean, σ² = Σw(x−μ)²/(Σw − ddof) (0 if Σw ≤ ddof).
+
+    ``ddof=0``: weighted population variance; ``ddof=1`` with integer frequency weights: the
+    unbiased variance of the values repeated ``w`` times. Weight 0 → 0.
+    """
     on = w > 0
     if not on.any():
         return np.zeros_like(x)
-    mu = float(np.sum(w[on] * x[on]) / np.sum(w[on]))
-    var = float(np.sum(w[on] * (x[on] - mu) ** 2) / np.sum(w[on]))
+    sw = float(np.sum(w[on]))
+    mu = float(np.sum(w[on] * x[on]) / sw)
+    ss = float(np.sum(w[on] * (x[on] - mu) ** 2))
+    var = ss / (sw - ddof) if sw > ddof else 0.0
     return np.where(on, (x - mu) / np.sqrt(var + eps), 0.0)
 
 
@@ -397,7 +403,7 @@ def advantages(
         assert seq_adv is not None
         a = seq_adv.astype(np.float64)
         if wmode == "token":
-            a = _weighted_whiten(a, counts, whiten_eps)
+            a = _weighted_whiten(a, counts, whiten_eps, ddof=1.0)
         elif wmode == "sequence":
             a = _weighted_whiten(a, ((counts > 0) & ~nan_seq).astype(np.float64), whiten_eps)
         return "sequence", a, None

@@ -30,8 +30,9 @@
 //! NaN (unscorable) gets advantage 0 and is left out of whitening statistics.
 //!
 //! Whitening `(x − μ)/sqrt(σ² + whiten_eps)` (verl's `masked_whiten`): `token` weighs every valid
-//! token equally (unbiased variance, ddof 1, via [`crate::stats::masked_whiten`] for per-token
-//! advantages); `sequence` weighs every sequence equally (each of its valid tokens gets weight
+//! token equally (unbiased variance, ddof 1: via [`crate::stats::masked_whiten`] for per-token
+//! advantages, and for per-sequence ones the token-count-weighted variance over `N_tok − 1`, the
+//! same numbers as whitening the broadcast tokens); `sequence` weighs every sequence equally (each of its valid tokens gets weight
 //! 1/n_valid; population variance); `none` leaves them as computed.
 
 use std::borrow::Cow;
@@ -369,14 +370,15 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             .collect();
         match opts.whiten {
             Whiten::None => {}
-            Whiten::Token => weighted_whiten(&mut a, &counts, opts.whiten_eps),
+            // Frequency weights with ddof 1: exactly `masked_whiten` of the broadcast tokens.
+            Whiten::Token => weighted_whiten(&mut a, &counts, 1.0, opts.whiten_eps),
             Whiten::Sequence => {
                 let w: Vec<f64> = counts
                     .iter()
                     .zip(&nan_seq)
                     .map(|(&c, &bad)| if bad || c == 0.0 { 0.0 } else { 1.0 })
                     .collect();
-                weighted_whiten(&mut a, &w, opts.whiten_eps);
+                weighted_whiten(&mut a, &w, 0.0, opts.whiten_eps);
             }
         }
         return Ok((Advantages::Sequence(F::column(a)), None, group_stats));
@@ -503,7 +505,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
                     }
                 }
             }
-            weighted_whiten(&mut adv, &w, opts.whiten_eps);
+            weighted_whiten(&mut adv, &w, 0.0, opts.whiten_eps);
             adv
         }
     };
@@ -514,10 +516,12 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
     ))
 }
 
-/// Whiten `x` in place with weights `w` (≥ 0): `(x − μ)/sqrt(σ² + eps)` where μ and σ² are the
-/// weighted mean and population variance (two passes in f64); entries of weight 0 become 0.
-/// All-zero weights leave `x` zeroed where the weight is 0 and unchanged elsewhere (nothing).
-pub fn weighted_whiten<F: Float>(x: &mut [F], w: &[f64], eps: f64) {
+/// Whiten `x` in place with weights `w` (≥ 0): `(x − μ)/sqrt(σ² + eps)` where μ is the weighted
+/// mean and σ² = Σ w(x − μ)² / (Σw − ddof) (two passes in f64; 0 when Σw ≤ ddof). `ddof` 0 is
+/// the weighted population variance; `ddof` 1 with integer frequency weights is the unbiased
+/// variance of the values repeated `w` times. Entries of weight 0 become 0 (all of `x` when
+/// every weight is 0).
+pub fn weighted_whiten<F: Float>(x: &mut [F], w: &[f64], ddof: f64, eps: f64) {
     let (mut sw, mut swx) = (0.0f64, 0.0f64);
     for (xi, &wi) in x.iter().zip(w) {
         if wi > 0.0 {
@@ -537,7 +541,8 @@ pub fn weighted_whiten<F: Float>(x: &mut [F], w: &[f64], eps: f64) {
             ss += wi * d * d;
         }
     }
-    let inv = 1.0 / (ss / sw + eps).sqrt();
+    let var = if sw > ddof { ss / (sw - ddof) } else { 0.0 };
+    let inv = 1.0 / (var + eps).sqrt();
     for (xi, &wi) in x.iter_mut().zip(w) {
         *xi = if wi > 0.0 {
             F::from_f64((xi.to_f64() - mu) * inv)
