@@ -30,6 +30,7 @@ See ``docs/kernels.md`` for the exact semantics and which framework each default
 
 from __future__ import annotations
 
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_core import _core
-from rlhf_core.errors import DtypeError
+from rlhf_core.errors import DtypeError, InvalidOptionError
 
 __all__ = [
     "gae",
@@ -141,6 +142,42 @@ def _index(x: Any, name: str) -> Any:
     raise DtypeError(f"{name} has dtype {a.dtype}; expected an integer dtype (int64)")
 
 
+def _desc(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _int_opt(v: Any, name: str, *, optional: bool = False) -> Any:
+    """An integer scalar option (Python or numpy integer; ``bool`` is refused)."""
+    if v is None and optional:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        none = " or None" if optional else ""
+        raise InvalidOptionError(f"{name} must be an integer{none}, got {_desc(v)}")
+    return int(v)
+
+
+def _float_opt(v: Any, name: str, *, optional: bool = False) -> Any:
+    """A real scalar option (int or float, Python or numpy; ``bool`` is refused)."""
+    if v is None and optional:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        none = " or None" if optional else ""
+        raise InvalidOptionError(f"{name} must be a real number{none}, got {_desc(v)}")
+    return float(v)
+
+
+def _str_opt(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise InvalidOptionError(f"{name} must be a string, got {_desc(v)}")
+    return v
+
+
+def _bool_opt(v: Any, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise InvalidOptionError(f"{name} must be True or False, got {_desc(v)}")
+    return bool(v)
+
+
 def _out(a: np.ndarray, torch_out: bool) -> Any:
     if torch_out:
         import torch
@@ -195,9 +232,9 @@ def gae(
         _arr(mask, "mask"),
         _index(offsets, "offsets"),
         _arr(bootstrap, "bootstrap"),
-        gamma,
-        lam,
-        masked,
+        _float_opt(gamma, "gamma"),
+        _float_opt(lam, "lam"),
+        _str_opt(masked, "masked"),
     )
     t = _is_tensor(rewards)
     return _out(adv, t), _out(ret, t)
@@ -226,7 +263,11 @@ def discounted_returns(
     """
     r = _arr(rewards, "rewards")
     out = _core.discounted_returns(
-        r, _arr(mask, "mask"), _index(offsets, "offsets"), gamma, masked
+        r,
+        _arr(mask, "mask"),
+        _index(offsets, "offsets"),
+        _float_opt(gamma, "gamma"),
+        _str_opt(masked, "masked"),
     )
     return _out(out, _is_tensor(rewards))
 
@@ -298,12 +339,12 @@ def group_advantages(
     adv, counts = _core.group_advantages(
         _arr(scores, "scores"),
         _index(group_ids, "group_ids"),
-        group_size,
-        baseline,
-        scale,
-        ddof,
-        eps,
-        singleton,
+        _int_opt(group_size, "group_size", optional=True),
+        _str_opt(baseline, "baseline"),
+        _str_opt(scale, "scale"),
+        _int_opt(ddof, "ddof"),
+        _float_opt(eps, "eps"),
+        _str_opt(singleton, "singleton"),
     )
     out = _out(adv, _is_tensor(scores))
     if return_stats:
@@ -342,7 +383,12 @@ def masked_mean(
 
     A selection without valid entries has mean 0 (never NaN). Dtype and kind of ``x``.
     """
-    out = _core.masked_mean(_arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), axis)
+    out = _core.masked_mean(
+        _arr(x, "x"),
+        _arr(mask, "mask"),
+        _index(offsets, "offsets"),
+        _int_opt(axis, "axis", optional=True),
+    )
     return _stat_out(out, _is_tensor(x))
 
 
@@ -360,7 +406,11 @@ def masked_var(
     entries give 0.
     """
     out = _core.masked_var(
-        _arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), axis, ddof
+        _arr(x, "x"),
+        _arr(mask, "mask"),
+        _index(offsets, "offsets"),
+        _int_opt(axis, "axis", optional=True),
+        _int_opt(ddof, "ddof"),
     )
     return _stat_out(out, _is_tensor(x))
 
@@ -387,10 +437,10 @@ def masked_whiten(
         _arr(x, "x"),
         _arr(mask, "mask"),
         _index(offsets, "offsets"),
-        axis,
-        shift_mean,
-        ddof,
-        eps,
+        _int_opt(axis, "axis", optional=True),
+        _bool_opt(shift_mean, "shift_mean"),
+        _int_opt(ddof, "ddof"),
+        _float_opt(eps, "eps"),
     )
     return _out(out, _is_tensor(x))
 
@@ -422,7 +472,12 @@ def kl(
     Computed elementwise in the input precision (relative error below 1e-5 for float32);
     NaN propagates. Returns the shape, dtype and kind of ``logp``.
     """
-    out = _core.kl(_arr(logp, "logp"), _arr(ref_logp, "ref_logp"), estimator, clamp)
+    out = _core.kl(
+        _arr(logp, "logp"),
+        _arr(ref_logp, "ref_logp"),
+        _str_opt(estimator, "estimator"),
+        _float_opt(clamp, "clamp", optional=True),
+    )
     return _out(out, _is_tensor(logp))
 
 
@@ -459,9 +514,9 @@ def shaped_rewards(
         _arr(ref_logp, "ref_logp"),
         _arr(mask, "mask"),
         _index(offsets, "offsets"),
-        beta,
-        estimator,
-        clamp,
+        _float_opt(beta, "beta"),
+        _str_opt(estimator, "estimator"),
+        _float_opt(clamp, "clamp", optional=True),
     )
     return _out(out, _is_tensor(logp))
 
@@ -506,7 +561,9 @@ def reduce_tokens(
     ``x``: float32/float64 ``(B, T)`` padded or ``(N_tok,)`` ragged with ``offsets``.
     Returns ``(B,)`` / ``(N,)`` with the dtype and kind of ``x``.
     """
-    out = _core.reduce_tokens(_arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), how)
+    out = _core.reduce_tokens(
+        _arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), _str_opt(how, "how")
+    )
     return _out(out, _is_tensor(x))
 
 
@@ -530,7 +587,7 @@ class RunningMoments:
     __slots__ = ("_inner",)
 
     def __init__(self, ddof: int = 1) -> None:
-        self._inner = _core.RunningMoments(ddof)
+        self._inner = _core.RunningMoments(_int_opt(ddof, "ddof"))
 
     def update(self, x: ArrayLike, mask: ArrayLike | None = None) -> RunningMoments:
         """Fold in the valid entries of ``x``; returns ``self``."""
