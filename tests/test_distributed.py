@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -283,42 +284,51 @@ def _worker(out_dir: Path) -> None:
             ddp["unscaled"] = _compare(_grads(plain), ref_grads)
     res["ddp"] = ddp
 
-    # ---- FSDP2: grads, clipped norm, weights after one AdamW step
-    try:
-        ref_model = copy.deepcopy(base)
-        ref_out = _loss(ref_model, batch, everything, "token-mean", n_tok_all, n_seq_all)
-        ref_out.loss.backward()
-        ref_grads = _grads(ref_model)
-        ref_norm = float(torch.nn.utils.clip_grad_norm_(ref_model.parameters(), 0.05))
-        ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-2)
-        ref_opt.step()
-        model = D.wrap_model(copy.deepcopy(base), "fsdp2", ctx)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # built after wrapping
-        loss, _ = _distributed_step(model, batch, rows, "token-mean", scale=True)
-        cmp = _compare(_grads(model), ref_grads)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
-        norm_f = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        opt.step()
-        full = D.gather_full_state_dict(model)
-        ref_sd = ref_model.state_dict()
-        sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
-        # rank 0 receives the full state dict, the other ranks an empty one
-        weights_diff = (
-            max(float((full[k] - ref_sd[k]).abs().max()) for k in ref_sd) if full else None
-        )
-        res["fsdp2"] = {
-            "ok": True,
-            "loss": loss,
-            "ref_loss": float(ref_out.loss),
-            "norm": norm_f,
-            "ref_norm": ref_norm,
-            "sharded_params": sharded,
-            "weights_diff": weights_diff,
-            "same_keys": sorted(full) == sorted(ref_sd),
-            **cmp,
-        }
-    except Exception as exc:  # noqa: BLE001 - reported to the test, which skips with the reason
-        res["fsdp2"] = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+    # ---- FSDP2: grads, clipped norm, weights after one AdamW step. Only a torch build without
+    # `fully_shard` is a reason to skip; any other failure is reported and fails the test.
+    if not D.fsdp2_available():
+        res["fsdp2"] = {"ok": False, "importable": False,
+                        "reason": "torch.distributed.fsdp.fully_shard cannot be imported"}
+    else:
+        try:
+            ref_model = copy.deepcopy(base)
+            ref_out = _loss(ref_model, batch, everything, "token-mean", n_tok_all, n_seq_all)
+            ref_out.loss.backward()
+            ref_grads = _grads(ref_model)
+            ref_norm = float(torch.nn.utils.clip_grad_norm_(ref_model.parameters(), 0.05))
+            ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-2)
+            ref_opt.step()
+            model = D.wrap_model(copy.deepcopy(base), "fsdp2", ctx)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # built after wrapping
+            loss, _ = _distributed_step(model, batch, rows, "token-mean", scale=True)
+            cmp = _compare(_grads(model), ref_grads)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            norm_f = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            opt.step()
+            full = D.gather_full_state_dict(model)
+            ref_sd = ref_model.state_dict()
+            sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
+            # rank 0 receives the full state dict, the other ranks an empty one
+            weights_diff = (
+                max(float((full[k] - ref_sd[k]).abs().max()) for k in ref_sd) if full else None
+            )
+            res["fsdp2"] = {
+                "ok": True,
+                "loss": loss,
+                "ref_loss": float(ref_out.loss),
+                "norm": norm_f,
+                "ref_norm": ref_norm,
+                "sharded_params": sharded,
+                "weights_diff": weights_diff,
+                "same_keys": sorted(full) == sorted(ref_sd),
+                **cmp,
+            }
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which fails with it
+            res["fsdp2"] = {
+                "ok": False,
+                "importable": True,
+                "reason": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+            }
 
     # ---- frozen models (reference): DDP leaves them unwrapped; FSDP2 shards them and a
     # forward under inference_mode on this rank's rows gives the unsharded model's logprobs
@@ -347,36 +357,33 @@ def _worker(out_dir: Path) -> None:
     }
     from rlhf_core import ops
 
-    if hasattr(ops, "group_advantages"):
-        adv_res = {}
-        for baseline in ("mean", "leave_one_out"):
-            for scale in ("group", "batch", "none"):
-                opts = dict(baseline=baseline, scale=scale)
-                full_adv = ops.group_advantages(scores, group_ids=group_ids, **opts)
-                mine, stats = D.distributed_group_advantages(
-                    scores[local], group_ids[local], ctx, return_stats=True, **opts
-                )
-                _, full_stats = ops.group_advantages(
-                    scores, group_ids=group_ids, return_stats=True, **opts
-                )
-                adv_res[f"{baseline}/{scale}"] = {
-                    "bit_equal": bool(np.array_equal(mine, full_adv[local])),
-                    "stats_equal": repr(stats) == repr(full_stats),
-                }
-        res["group_advantages"] = adv_res
-        # whole prompts per rank (prompt-major rows, shard_indices with group_size=G): the local
-        # kernel call already equals the global one unless the scale spans the batch
-        g_size = 6
-        whole_ids = np.repeat(np.arange(4), g_size)
-        mine = D.shard_indices(24, ctx.rank, ctx.world_size, group_size=g_size)
-        whole: dict[str, bool] = {}
-        for scale in ("group", "none", "batch"):
-            glob = ops.group_advantages(scores, group_ids=whole_ids, scale=scale)
-            loc = ops.group_advantages(scores[mine], group_ids=whole_ids[mine], scale=scale)
-            whole[scale] = bool(np.array_equal(loc, glob[mine]))
-        res["whole_groups_local"] = whole
-    else:
-        res["group_advantages"] = None
+    adv_res = {}
+    for baseline in ("mean", "leave_one_out"):
+        for scale in ("group", "batch", "none"):
+            opts = dict(baseline=baseline, scale=scale)
+            full_adv = ops.group_advantages(scores, group_ids=group_ids, **opts)
+            mine, stats = D.distributed_group_advantages(
+                scores[local], group_ids[local], ctx, return_stats=True, **opts
+            )
+            _, full_stats = ops.group_advantages(
+                scores, group_ids=group_ids, return_stats=True, **opts
+            )
+            adv_res[f"{baseline}/{scale}"] = {
+                "bit_equal": bool(np.array_equal(mine, full_adv[local])),
+                "stats_equal": repr(stats) == repr(full_stats),
+            }
+    res["group_advantages"] = adv_res
+    # whole prompts per rank (prompt-major rows, shard_indices with group_size=G): the local
+    # kernel call already equals the global one unless the scale spans the batch
+    g_size = 6
+    whole_ids = np.repeat(np.arange(4), g_size)
+    mine = D.shard_indices(24, ctx.rank, ctx.world_size, group_size=g_size)
+    whole: dict[str, bool] = {}
+    for scale in ("group", "none", "batch"):
+        glob = ops.group_advantages(scores, group_ids=whole_ids, scale=scale)
+        loc = ops.group_advantages(scores[mine], group_ids=whole_ids[mine], scale=scale)
+        whole[scale] = bool(np.array_equal(loc, glob[mine]))
+    res["whole_groups_local"] = whole
 
     lengths = [5, 3, 7, 2]  # ragged per-token values, 2 sequences per rank
     tokens = rng.normal(size=sum(lengths)).astype(np.float32)
@@ -457,10 +464,8 @@ def test_ddp_without_loss_scale_halves_the_gradient(ranks: list[dict[str, Any]])
 
 def test_fsdp2_equals_single_process(ranks: list[dict[str, Any]]) -> None:
     f = ranks[0]["fsdp2"]
-    if not f["ok"]:
-        pytest.skip(
-            f"FSDP2 (fully_shard) failed on gloo/CPU in torch {torch.__version__}: {f['reason']}"
-        )
+    if not f["ok"] and not f["importable"]:
+        pytest.skip(f"torch {torch.__version__} has no FSDP2 (fully_shard): {f['reason']}")
     for r in ranks:
         f = r["fsdp2"]
         assert f["ok"], f
@@ -489,16 +494,12 @@ def test_group_scores_gathered_in_global_order(ranks: list[dict[str, Any]]) -> N
 
 
 def test_group_advantages_split_groups_equal_single_process(ranks: list[dict[str, Any]]) -> None:
-    if ranks[0]["group_advantages"] is None:
-        pytest.skip("rlhf_core.ops.group_advantages is not built yet (kernels issue)")
     for r in ranks:
         for key, v in r["group_advantages"].items():
             assert v == {"bit_equal": True, "stats_equal": True}, key
 
 
 def test_whole_groups_per_rank_need_no_gather(ranks: list[dict[str, Any]]) -> None:
-    if ranks[0]["group_advantages"] is None:
-        pytest.skip("rlhf_core.ops.group_advantages is not built yet (kernels issue)")
     for r in ranks:
         # group / none scale: local == global; batch scale: the local std differs
         assert r["whole_groups_local"] == {"group": True, "none": True, "batch": False}
