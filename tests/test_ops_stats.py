@@ -126,6 +126,39 @@ def test_running_moments_match_one_pass(seed, chunks, ddof):
     assert a.var == pytest.approx(rm.var, rel=1e-9, abs=1e-12)
 
 
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    plan=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=10),
+    merge_order=st.permutations(range(3)),
+    ddof=st.sampled_from([0, 1]),
+    masked=st.booleans(),
+    f32=st.booleans(),
+)
+def test_running_moments_match_the_float64_chan_reference(seed, plan, merge_order, ddof, masked,
+                                                          f32):
+    """Chunks of arbitrary sizes (0 included) go to one of three accumulators, which are then
+    merged in any order: count, mean and m2 equal the float64 reference's."""
+    rng = np.random.default_rng(seed)
+    got = [ops.RunningMoments(ddof=ddof) for _ in range(3)]
+    want = [ref.RunningMoments(ddof=ddof) for _ in range(3)]
+    for rows, k in plan:
+        x = rng.standard_normal((rows, int(rng.integers(1, 5)))) * 3 + 100
+        if f32:
+            x = x.astype(np.float32)
+        m = rng.random(x.shape) < 0.7 if masked else None
+        got[k].update(x, m)
+        want[k].update(x, m)
+    a, b = got[merge_order[0]], want[merge_order[0]]
+    for k in merge_order[1:]:
+        a.merge(got[k])
+        b.merge(want[k])
+    state = a.state_dict()
+    assert state["count"] == b.count and state["ddof"] == ddof
+    assert state["mean"] == pytest.approx(b.mean, rel=1e-12, abs=1e-12)
+    assert state["m2"] == pytest.approx(b.m2, rel=1e-9, abs=1e-9)
+    assert a.var == pytest.approx(b.var, rel=1e-9, abs=1e-12)
+
+
 def test_running_moments_mask_state_and_pickle():
     torch = pytest.importorskip("torch")
     rm = ops.RunningMoments()

@@ -24,6 +24,7 @@ __all__ = [
     "shaped_rewards",
     "broadcast_to_tokens",
     "reduce_tokens",
+    "RunningMoments",
 ]
 
 
@@ -331,3 +332,48 @@ def reduce_tokens(
     if how == "sum":
         return np.asarray([float(v.sum()) for v in sel])
     return np.asarray([float(v.mean()) if v.size else 0.0 for v in sel])
+
+
+class RunningMoments:
+    """float64 running ``(count, mean, m2)`` (``m2`` = sum of squared deviations).
+
+    ``update`` takes the valid entries of ``x`` (``mask`` optional, same shape), computes the
+    batch's count, mean and ``m2`` in two passes, and folds them in with :meth:`merge`'s rule.
+    ``merge`` is Chan, Golub and LeVeque's pairwise update (1979): with ``δ = μ_b − μ_a`` and
+    ``n = n_a + n_b``, ``μ = μ_a + δ·n_b/n`` and ``m2 = m2_a + m2_b + δ²·n_a·n_b/n``.
+    ``var`` is ``m2 / (count − ddof)``, 0 while ``count <= ddof``.
+    """
+
+    def __init__(self, ddof: int = 1) -> None:
+        self.ddof = ddof
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, x: np.ndarray, mask: np.ndarray | None = None) -> RunningMoments:
+        v = np.asarray(x, dtype=np.float64)
+        vals = v[_valid(mask, v.shape)]
+        batch = RunningMoments(self.ddof)
+        if vals.size:
+            batch.count = int(vals.size)
+            batch.mean = float(vals.sum() / vals.size)
+            batch.m2 = float(((vals - batch.mean) ** 2).sum())
+        return self.merge(batch)
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        na, nb = self.count, other.count
+        if nb == 0:
+            return self
+        if na == 0:
+            self.count, self.mean, self.m2 = nb, other.mean, other.m2
+            return self
+        n = na + nb
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * nb / n
+        self.m2 = self.m2 + other.m2 + delta * delta * na * nb / n
+        self.count = n
+        return self
+
+    @property
+    def var(self) -> float:
+        return self.m2 / (self.count - self.ddof) if self.count > self.ddof else 0.0
