@@ -4,7 +4,8 @@
 For each size B×T (padded float32, response lengths uniform in [T/4, T], bool mask) the
 script times the kernel (through ``rlhf_core.ops``, numpy in and out, default thread count),
 a plain numpy implementation of the same computation (a reverse loop over T vectorised over
-B for GAE and returns; reshape-based group statistics), and ``np.copyto`` of as many bytes
+B for GAE and returns; reshape-based group statistics; boolean indexing then mean and sum of
+squares for ``RunningMoments.update``), and ``np.copyto`` of as many bytes
 as the kernel reads plus writes (half read, half written: the same memory traffic). It
 prints one table of ratios, a per-call overhead table on an 8×16 batch, and rows for the
 anchors' own functions (verl, OpenRLHF, torchrl, rlox) when those packages are importable.
@@ -146,6 +147,23 @@ def np_masked_mean(x: np.ndarray, mask: np.ndarray) -> float:
     return float((x * mask).sum() / mask.sum())
 
 
+def np_masked_var(x: np.ndarray, mask: np.ndarray) -> float:
+    n = mask.sum()
+    mean = (x * mask).sum() / n
+    return float((((x - mean) ** 2) * mask).sum() / (n - 1))
+
+
+def np_reduce_sum(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return (x * mask).sum(axis=1)
+
+
+def np_moments(x: np.ndarray, mask: np.ndarray) -> tuple[int, float, float]:
+    """The batch statistics RunningMoments.update folds in: count, mean, sum of squares."""
+    v = x[mask].astype(np.float64)
+    mean = v.mean()
+    return v.size, float(mean), float(((v - mean) ** 2).sum())
+
+
 # ---------------------------------------------------------------------------------------------
 # Optional anchors (only when importable; none is a dependency)
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +279,13 @@ def bench_size(b: int, t: int, group_sizes: list[int], min_time: float) -> list[
         lambda: np_shaped(s, lp, ref, m, lengths, BETA), 13 * n + 4 * b,
         ">=50% copy" if big else "")
     row("masked_mean", lambda: ops.masked_mean(r, m), lambda: np_masked_mean(r, m), 5 * n)
+    row("masked_var", lambda: ops.masked_var(r, m), lambda: np_masked_var(r, m), 5 * n)
+    row("reduce_tokens sum", lambda: ops.reduce_tokens(r, m), lambda: np_reduce_sum(r, m),
+        5 * n + 4 * b)
+    row("broadcast_to_tokens", lambda: ops.broadcast_to_tokens(s, m), lambda: s[:, None] * m,
+        5 * n + 4 * b)
+    rm = ops.RunningMoments()
+    row("RunningMoments.update", lambda: rm.update(r, m), lambda: np_moments(r, m), 5 * n)
     return rows
 
 
