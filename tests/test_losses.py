@@ -122,6 +122,25 @@ def test_ppo_hand_values():
     assert out.metrics["ratio_max"].item() == pytest.approx(r.max(), rel=1e-6)
 
 
+def test_ppo_ratio_extremes_ignore_masked_tokens_and_merge():
+    # the masked token's ratio e^{3} would be the maximum if it counted
+    logp = torch.tensor([[0.5, -0.5, 3.0], [0.0, 0.0, 0.0]])
+    old = torch.zeros(2, 3)
+    adv = torch.ones(2, 3)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    out = L.ppo_policy_loss(logp, old, adv, mask)
+    assert out.metrics["ratio_min"].item() == pytest.approx(np.exp(-0.5), rel=1e-6)
+    assert out.metrics["ratio_max"].item() == pytest.approx(np.exp(0.5), rel=1e-6)
+    # a micro-batch without valid tokens gives the identities of the min / max merge
+    empty = L.ppo_policy_loss(logp[1:], old[1:], adv[1:], mask[1:])
+    assert empty.metrics["ratio_min"].item() == float("inf")
+    assert empty.metrics["ratio_max"].item() == float("-inf")
+    merged = L.merge_metrics({}, empty.metrics)
+    L.merge_metrics(merged, out.metrics)
+    assert merged["ratio_min"].item() == out.metrics["ratio_min"].item()
+    assert merged["ratio_max"].item() == out.metrics["ratio_max"].item()
+
+
 def test_ppo_asymmetric_clip_and_dual_clip():
     # ratio e^{0.24} = 1.271: inside clip-higher 0.28, outside 0.2
     logp = torch.tensor([[0.24]])

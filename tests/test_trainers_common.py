@@ -158,6 +158,12 @@ def test_iter_micro_batches_trims_padding():
     assert [c["input_ids"].shape[1] for c in chunks] == [6, 2]
     assert [c["loss_mask"].shape[1] for c in chunks] == [5, 1]
     assert len(list(B.iter_micro_batches(batch, None))) == 1
+    # host-side lengths give the same chunks without reading the mask
+    given = list(B.iter_micro_batches(batch, 1, lengths=[6, 2]))
+    for a, b in zip(chunks, given, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"lengths has shape \(1,\), expected \(2,\)"):
+        list(B.iter_micro_batches(batch, 1, lengths=[6]))
 
 
 def test_lr_schedules():

@@ -164,9 +164,14 @@ def _denominator(
 ) -> torch.Tensor:
     if given is None:
         return local.clamp(min=1)
-    value = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
-    value = value.to(dtype=local.dtype, device=local.device)
-    if value.numel() != 1 or not bool(value > 0):
+    if isinstance(given, torch.Tensor):
+        value = given.to(dtype=local.dtype, device=local.device)
+        ok = value.numel() == 1 and bool(value > 0)  # a device tensor costs a sync here
+    else:
+        # a Python count (what the trainers pass) is checked on the host, before the copy
+        ok = float(given) > 0
+        value = torch.tensor(float(given)).to(dtype=local.dtype, device=local.device)
+    if not ok:
         raise ValueError(
             f"{name}={given!r}: expected a positive count (the global number over the whole "
             "minibatch, from count_tokens_and_seqs)"
@@ -371,7 +376,9 @@ def ppo_policy_loss(
         :class:`LossOutput` with metrics ``policy_loss``, ``clip_frac`` (tokens whose clipped
         branch is active), ``clip_frac_low`` / ``clip_frac_high`` (by side),
         ``dual_clip_frac``, ``approx_kl`` (k3 estimate of KL(π_old ‖ π): (ρ − 1) − log ρ),
-        ``ratio_mean``, ``ratio_min``, ``ratio_max``, ``advantage_mean`` (token means).
+        ``ratio_mean``, ``advantage_mean`` (token means), ``ratio_min`` / ``ratio_max``
+        (extremes over valid tokens; +inf / -inf when no token is valid). Every metric is a
+        0-d tensor computed without a device-to-host sync.
     """
     _check_2d("logprobs", logprobs)
     _check_same_shape("logprobs", logprobs, old_logprobs=old_logprobs)
@@ -425,10 +432,12 @@ def ppo_policy_loss(
             "approx_kl": _token_mean((ratio - 1.0) - log_ratio, m, n_tok),
             "ratio_mean": _token_mean(ratio, m, n_tok),
             "advantage_mean": _token_mean(adv, m, n_tok),
+            # extremes over valid tokens without a host sync (no boolean indexing, no
+            # ``m.any()``): +inf / -inf when no token is valid, the identities of the
+            # min / max merge of :func:`merge_metrics` and of the all-reduce over ranks
+            "ratio_min": ratio.masked_fill(~m, float("inf")).amin(),
+            "ratio_max": ratio.masked_fill(~m, float("-inf")).amax(),
         }
-        if bool(m.any()):
-            metrics["ratio_min"] = ratio[m].min()
-            metrics["ratio_max"] = ratio[m].max()
     return LossOutput(loss, metrics)
 
 

@@ -381,7 +381,10 @@ def pad_sequences(
 
 
 def iter_micro_batches(
-    batch: Mapping[str, torch.Tensor], micro_batch_size: int | None
+    batch: Mapping[str, torch.Tensor],
+    micro_batch_size: int | None,
+    *,
+    lengths: Sequence[int] | np.ndarray | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Split a dict of row-aligned tensors into chunks of ``micro_batch_size`` rows
     (``None`` = one chunk).
@@ -390,6 +393,10 @@ def iter_micro_batches(
     every row of a chunk are cut, so each micro-batch is only as wide as its longest row:
     tensors whose second axis is ``T`` keep ``width`` columns, those aligned with the
     logprobs (``T - 1``) keep ``width - 1``. 1-D tensors are only sliced by rows.
+
+    ``lengths`` (B,) int, on the host: the number of real tokens of each row (the row sums of
+    ``attention_mask``), when the caller already has them. Without it they are read from the
+    mask once per call (one device-to-host copy for the whole batch, none per micro-batch).
     """
     if not batch:
         return
@@ -399,10 +406,19 @@ def iter_micro_batches(
         return
     attn = batch.get("attention_mask")
     t_full = attn.shape[1] if attn is not None and attn.dim() == 2 else None
+    row_len: np.ndarray | None = None
+    if t_full is not None:
+        assert attn is not None
+        if lengths is None:
+            row_len = attn.sum(dim=1).cpu().numpy()
+        else:
+            row_len = np.asarray(lengths, dtype=np.int64)
+            if row_len.shape != (n,):
+                raise ValueError(f"lengths has shape {row_len.shape}, expected ({n},)")
     for s in range(0, n, size):
         chunk = {k: v[s : s + size] for k, v in batch.items()}
-        if t_full is not None:
-            width = max(int(chunk["attention_mask"].sum(dim=1).max().item()), 2)
+        if t_full is not None and row_len is not None:
+            width = max(int(row_len[s : s + size].max()), 2)
             if width < t_full:
                 for k, v in chunk.items():
                     if v.dim() >= 2 and v.shape[1] == t_full:
@@ -582,7 +598,14 @@ class Trainer:
         """Plain floats of summed micro-batch metrics, summed over ranks (``*_min`` /
         ``*_max``: extremes over ranks) when there are several processes."""
         if not self.dist.is_distributed:
-            return {k: float(v) for k, v in totals.items()}
+            out = {k: v for k, v in totals.items() if not isinstance(v, torch.Tensor)}
+            tensors = {k: v for k, v in totals.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                # one device-to-host copy for all of them (float32 -> float64 is exact, so
+                # the numbers are those of float(v) one by one)
+                flat = torch.stack([v.detach().reshape(()).double() for v in tensors.values()])
+                out.update(zip(tensors, flat.cpu().tolist(), strict=True))
+            return {k: float(out[k]) for k in totals}
         return D.all_reduce_metrics(totals, self.dist)
 
     @property

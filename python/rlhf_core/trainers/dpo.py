@@ -219,7 +219,8 @@ class DPOTrainer(Trainer):
         with self.timer.phase("training"):
             self.policy.train()
             totals: dict[str, torch.Tensor] = {}
-            loss_sum = 0.0
+            # float64 on the device, read once per step (no sync per micro-batch)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
             n = len(batch)  # this rank's pairs (batch_size for one process)
             mb = cfg.micro_batch_size or n
             starts = range(0, n, mb)
@@ -228,7 +229,7 @@ class DPOTrainer(Trainer):
                 with self.no_sync(self.policy, enabled=k < len(starts) - 1):
                     out = self._pair_loss(part, cfg.batch_size)  # normalised by the global count
                     self.backward(out.loss)
-                loss_sum += float(out.loss.detach())
+                loss_sum = loss_sum + out.loss.detach().double()
                 L.merge_metrics(totals, out.metrics)
             metrics = self.reduce_metrics({**totals, "loss": loss_sum})
             metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)

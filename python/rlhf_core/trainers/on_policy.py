@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
@@ -586,8 +587,11 @@ class RolloutTrainer(Trainer):
         policy = D.unwrap_model(self.policy)
         self.policy.eval()
         try:
-            for mb in iter_micro_batches(roll.padded, cfg.micro_batch_size):
-                m = mb["loss_mask"]
+            # widths from the host-side lengths; per-token results stay on the device, padded,
+            # until one copy to the host after the loop (no sync per micro-batch)
+            for mb in iter_micro_batches(
+                roll.padded, cfg.micro_batch_size, lengths=[len(x) for x in seqs]
+            ):
                 with self.autocast():
                     lp = logprobs_of(
                         policy,
@@ -603,17 +607,27 @@ class RolloutTrainer(Trainer):
                             temperature=cfg.temperature,
                         )
                     v = self.rollout_values(mb)
-                old.append(lp.float()[m])
-                ref.append(rlp.float()[m].clone())
+                old.append(lp.float())
+                ref.append(rlp.float().clone())
                 if v is not None:
-                    val.append(v.float()[m])
+                    val.append(v.float())
         finally:
             self.policy.train()
+        mask = roll.padded["loss_mask"].cpu().numpy()  # (B, T-1) bool; no copy on CPU
         split = np.cumsum(lengths)[:-1]
-        roll.logprobs = np.split(torch.cat(old).cpu().numpy(), split)
-        roll.ref_logprobs = np.split(torch.cat(ref).cpu().numpy(), split)
+
+        def response_tokens(parts: list[torch.Tensor]) -> list[np.ndarray]:
+            # micro-batches are (b, w-1) with their own widths: right-pad to T-1, one copy
+            # to the host, then the row-major boolean selection there (the order of
+            # ``x[mask]`` on the device)
+            t1 = mask.shape[1]
+            full = torch.cat([F.pad(x, (0, t1 - x.shape[1])) for x in parts])
+            return np.split(full.cpu().numpy()[mask], split)
+
+        roll.logprobs = response_tokens(old)
+        roll.ref_logprobs = response_tokens(ref)
         if val:
-            roll.values = np.split(torch.cat(val).cpu().numpy(), split)
+            roll.values = response_tokens(val)
 
     def rollout_values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Values (B, T-1) aligned with logprobs, for trainers with a value model."""
@@ -855,7 +869,7 @@ class OnPolicyTrainer(RolloutTrainer):
             if "scores" in batch:
                 self._last_batch["unchecked"] = {"scores": batch["scores"]}
             totals: dict[str, torch.Tensor] = {}
-            micros = list(iter_micro_batches(batch, cfg.micro_batch_size))
+            micros = list(iter_micro_batches(batch, cfg.micro_batch_size, lengths=mb.lengths))
             for i, micro in enumerate(micros):
                 # gradients are synchronised once, in the last micro-batch's backward
                 with self.no_sync(*self.synced_models(), enabled=i < len(micros) - 1):

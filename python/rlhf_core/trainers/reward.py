@@ -281,7 +281,8 @@ class RewardTrainer(Trainer):
         with self.timer.phase("training"):
             self.model.train()
             totals: dict[str, torch.Tensor] = {}
-            loss_sum = 0.0
+            # float64 on the device, read once per step (no sync per micro-batch)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
             n = len(batch)  # this rank's pairs (batch_size for one process)
             mb = cfg.micro_batch_size or n
             starts = range(0, n, mb)
@@ -302,7 +303,7 @@ class RewardTrainer(Trainer):
                         num_pairs=cfg.batch_size,  # the global count
                     )
                     self.backward(out.loss)
-                loss_sum += float(out.loss.detach())
+                loss_sum = loss_sum + out.loss.detach().double()
                 L.merge_metrics(totals, out.metrics)
             metrics = self.reduce_metrics({**totals, "loss": loss_sum})
             metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)

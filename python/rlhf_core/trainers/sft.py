@@ -162,7 +162,7 @@ def sft_update(
     ctx = trainer.dist
     n_tok, n_seq = D.global_token_counts(batch["loss_mask"], ctx)
     totals: dict[str, torch.Tensor] = {}
-    loss_sum = 0.0
+    loss_acc = torch.zeros((), dtype=torch.float64, device=trainer.device)
     model.train()
     trainer._last_batch = dict(batch)
     micros = list(iter_micro_batches(batch, micro_batch_size))
@@ -189,8 +189,11 @@ def sft_update(
             )
             trainer.backward(out.loss if real else out.loss * 0.0)
         if real:
-            loss_sum += float(out.loss.detach())
+            # float64 on the device, read once after the loop (no sync per micro-batch); the
+            # same additions as Python floats, so the same value
+            loss_acc = loss_acc + out.loss.detach().double()
             L.merge_metrics(totals, out.metrics)
+    loss_sum = float(loss_acc)
     if ctx.is_distributed:
         metrics = D.all_reduce_metrics({**totals, "loss": loss_sum}, ctx)
         loss_sum = metrics["loss"]
