@@ -945,9 +945,15 @@ def _wrap(arrays: dict[str, np.ndarray], return_tensors: str, device: Any) -> di
     import torch
 
     out: dict[str, Any] = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    if device is not None:
-        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
-    return out
+    if device is None:
+        return out  # zero-copy views of the numpy arrays
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        # a non_blocking copy from pageable memory is staged synchronously by the driver;
+        # from pinned memory it is a true asynchronous DMA (PyTorch's caching host allocator
+        # keeps the pinned block alive until the copy is done)
+        return {k: v.pin_memory().to(dev, non_blocking=True) for k, v in out.items()}
+    return {k: v.to(dev) for k, v in out.items()}  # CPU: a no-op, still zero-copy
 
 
 class MinibatchSampler:
