@@ -416,10 +416,12 @@ def test_grpo_raises_exact_match_accuracy(tmp_path):
     prompts = tasks.arithmetic_dataset(256, seed=1, max_operand=4)
     GRPOTrainer(cfg, model, tok, prompts, tasks.arithmetic_reward).train()
     after = _accuracy(model, held_out)
-    assert after >= before + 0.2, (before, after)  # measured: 0.20 -> 0.50-0.54 (seeds 0-2)
     rows = read_metrics(tmp_path / "grpo")
     early = np.mean([r["reward/mean"] for r in rows[:5]])
     late = np.mean([r["reward/mean"] for r in rows[-5:]])
+    # the measured values, for docs/trainers.md (shown by pytest -s)
+    print(f"grpo accuracy {before:.3f} -> {after:.3f}; reward/mean {early:.3f} -> {late:.3f}")
+    assert after >= before + 0.2, (before, after)
     assert late > early
 
 
@@ -447,5 +449,8 @@ def test_ppo_raises_reward_model_score_with_bounded_kl(tmp_path):
     rows = read_metrics(tmp_path / "ppo")
     early = np.mean([r["reward/mean"] for r in rows[:3]])
     late = np.mean([r["reward/mean"] for r in rows[-3:]])
+    max_kl = max(r["kl"] for r in rows)
+    # the measured values, for docs/trainers.md (shown by pytest -s)
+    print(f"ppo reward/mean {early:.2f} -> {late:.2f}; max kl {max_kl:.2f} nats per sequence")
     assert late > early + 1.0, (early, late)
-    assert max(r["kl"] for r in rows) < 30.0
+    assert max_kl < 30.0
