@@ -309,7 +309,10 @@ def test_resume_continues_and_a_finished_run_says_so(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "sft"
-    assert run_cli(base_args("sft", run), capsys)[0] == 0
+    args = base_args("sft", run)
+    args[args.index("--tensorboard") + 1] = "true"
+    assert run_cli(args, capsys)[0] == 0
+    assert any((run / "tensorboard").iterdir())  # TensorBoard events next to metrics.jsonl
     # --resume RUN_DIR reads RUN_DIR/config.toml; options still apply
     rc, out, err = run_cli(["sft", "--resume", str(run), "--total_steps", "3"], capsys)
     assert rc == 0, err

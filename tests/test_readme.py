@@ -34,7 +34,9 @@ def shell_lines(text: str) -> list[str]:
 def test_two_commands_section_is_first_and_true() -> None:
     head, _, rest = README.partition("## Two commands")
     assert rest, "the README lost its 'Two commands' section"
-    assert "##" not in head.replace("# rlhf_core", "", 1), "'Two commands' must be the first section"
+    assert "##" not in head.replace("# rlhf_core", "", 1), (
+        "'Two commands' must be the first section"
+    )
     section = rest.split("\n## ", 1)[0]
     commands = [line for body in FENCE.findall(section) for line in shell_lines(body[1])]
     assert commands == ["make demo", "make test"]

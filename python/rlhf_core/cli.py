@@ -1119,7 +1119,9 @@ def run_eval(cfg: EvalConfig) -> int:
     summary = ev.summary()
     if len(names) > 1:
         w = cfg.reward_weights or [1.0] * len(names)
-        total = sum(float(wk) * ev.scores[n] for wk, n in zip(w, names, strict=True))
+        total = np.zeros(len(ev), dtype=np.float64)
+        for wk, n in zip(w, names, strict=True):
+            total += float(wk) * ev.scores[n]  # NaN where any source could not score
         ok = total[np.isfinite(total)]
         summary["reward/combined"] = float(ok.mean()) if ok.size else math.nan
     rows = []
@@ -1143,8 +1145,12 @@ def run_eval(cfg: EvalConfig) -> int:
 
 
 def run_demo_command(cfg: Any) -> int:
+    import logging
+
     from rlhf_core.demo import run_demo
 
+    # the demo prints its own progress; the trainers' per-slice notes would repeat it
+    logging.getLogger("rlhf_core.trainers").setLevel(logging.WARNING)
     run_demo(cfg)
     return 0
 

@@ -96,7 +96,7 @@ def _check(ok: bool, name: str, value: Any, fix: str) -> None:
 class DemoSFT:
     """Stage 1: supervised fine-tuning on the synthetic language."""
 
-    steps: int = field(default=700, metadata={"help": "SFT optimizer steps"})
+    steps: int = field(default=400, metadata={"help": "SFT optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per SFT step"})
     learning_rate: float = field(default=3e-3, metadata={"help": "peak SFT learning rate"})
     warmup_steps: int = field(default=30, metadata={"help": "linear warm-up steps (then cosine)"})
@@ -117,7 +117,7 @@ class DemoPreferences:
     """Stage 2: gold-labelled preference pairs of SFT samples."""
 
     num_pairs: int = field(
-        default=4000, metadata={"help": "pairs sampled (two SFT completions of one prompt each)"}
+        default=3000, metadata={"help": "pairs sampled (two SFT completions of one prompt each)"}
     )
     heldout_pairs: int = field(
         default=500, metadata={"help": "of those, pairs held out to measure reward-model accuracy"}
@@ -149,8 +149,8 @@ class DemoPreferences:
 class DemoReward:
     """Stage 3: the proxy reward model."""
 
-    steps: int = field(default=400, metadata={"help": "reward-model optimizer steps"})
-    batch_size: int = field(default=32, metadata={"help": "pairs per step"})
+    steps: int = field(default=300, metadata={"help": "reward-model optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     eval_every: int = field(
         default=50, metadata={"help": "held-out accuracy every this many steps (for the plot)"}
@@ -191,7 +191,7 @@ class DemoBestOfN:
 class DemoPPO:
     """PPO against the proxy (value model initialised from the reward model)."""
 
-    steps: int = field(default=60, metadata={"help": "PPO steps (one rollout each)"})
+    steps: int = field(default=40, metadata={"help": "PPO steps (one rollout each)"})
     rollout_batch_size: int = field(default=64, metadata={"help": "completions per step"})
     minibatch_size: int = field(default=32, metadata={"help": "sequences per optimizer step"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
@@ -212,7 +212,7 @@ class DemoPPO:
 class DemoGRPO:
     """GRPO against the proxy."""
 
-    steps: int = field(default=60, metadata={"help": "GRPO steps (one rollout each)"})
+    steps: int = field(default=50, metadata={"help": "GRPO steps (one rollout each)"})
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per step"})
     num_samples: int = field(default=4, metadata={"help": "G: completions per prompt"})
     learning_rate: float = field(default=2e-4, metadata={"help": "policy learning rate"})
@@ -236,7 +236,7 @@ class DemoGRPO:
 class DemoDPO:
     """DPO on the reward model's training pairs."""
 
-    steps: int = field(default=100, metadata={"help": "DPO optimizer steps"})
+    steps: int = field(default=60, metadata={"help": "DPO optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step"})
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})
     beta: float = field(default=0.1, metadata={"help": "DPO β"})
@@ -263,7 +263,7 @@ class DemoArithmetic:
     sft_steps: int = field(default=600, metadata={"help": "SFT steps"})
     sft_batch_size: int = field(default=64, metadata={"help": "SFT examples per step"})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "SFT peak learning rate"})
-    grpo_steps: int = field(default=60, metadata={"help": "GRPO steps"})
+    grpo_steps: int = field(default=40, metadata={"help": "GRPO steps"})
     prompts_per_step: int = field(default=16, metadata={"help": "GRPO prompts per step"})
     num_samples: int = field(default=8, metadata={"help": "GRPO group size G"})
     learning_rate: float = field(default=5e-4, metadata={"help": "GRPO learning rate"})
@@ -432,6 +432,7 @@ QUICK: dict[str, Any] = {
     "preferences.num_pairs": 1600,
     "preferences.heldout_pairs": 400,
     "reward.steps": 100,
+    "reward.batch_size": 32,
     "reward.learning_rate": 3e-3,
     "reward.eval_every": 20,
     "best_of_n.ns": [1, 2, 4, 8, 16],
@@ -762,6 +763,9 @@ class _Demo:
             for t in range(len(tasks.PROMPT_TEMPLATES))
         ]
         self.eval_seed = config.seed + 1000
+        # the prompts whose samples the report shows: three animals, three templates
+        step = len(self.eval_prompts) // 3 + 1
+        self.sample_prompts = [0, step, 2 * step]
         self._stage_no = 0
         self._num_stages = len(self.expected_stages()) + 1  # + the report
 
@@ -889,7 +893,7 @@ class _Demo:
             seed=self.eval_seed,
         )
         s = ev.summary()
-        picks = [i * n for i in range(3)]  # the first sample of the first three prompts
+        picks = [i * n for i in self.sample_prompts]  # the first sample of three prompts
         return {
             "step": int(step),
             "proxy": s["reward/proxy"],
@@ -1141,7 +1145,7 @@ class _Demo:
         gold = ev.scores["gold"].reshape(p, nmax)
         curve = best_of_n_curve(proxy, gold, ns)
         samples = []
-        for i in range(3):
+        for i in self.sample_prompts:
             j = int(np.argmax(np.where(np.isfinite(proxy[i]), proxy[i], -np.inf)))
             samples.append(
                 {
@@ -1151,7 +1155,7 @@ class _Demo:
                     "proxy": float(proxy[i, j]),
                 }
             )
-        records = [
+        records: list[dict[str, Any]] = [
             {"step": n, "kl": kl, "proxy": px, "gold": g, "label": f"N={n}"}
             for n, kl, px, g in curve
         ]
@@ -1522,18 +1526,18 @@ class _Demo:
             for p, r in zip(curve.points, data["records"], strict=True):
                 p.label = r.get("label")
             curves.append(curve)
-            unit = "N" if m == "best_of_n" else "step"
+            unit = "N=" if m == "best_of_n" else "step "
             peak, stop, last = curve.peak, curve.stop, curve.points[-1]
             if peak is not None:
                 cut = (
                     f"early stopping (patience {self.cfg.early_stop_patience}) would cut at "
-                    f"{unit} {stop.step} (gold {stop.gold:.3f})"
+                    f"{unit}{stop.step} (gold {stop.gold:.3f})"
                     if stop is not None
                     else "early stopping would not have cut"
                 )
                 notes.append(
-                    f"{names[m]}: gold peaks at {unit} {peak.step} ({peak.gold:.3f}, proxy "
-                    f"{peak.proxy:.3f}); {cut}; last {unit} {last.step}: proxy {last.proxy:.3f}, "
+                    f"{names[m]}: gold peaks at {unit}{peak.step} ({peak.gold:.3f}, proxy "
+                    f"{peak.proxy:.3f}); {cut}; last {unit}{last.step}: proxy {last.proxy:.3f}, "
                     f"gold {last.gold:.3f}, sqrt(KL) {math.sqrt(max(last.kl, 0.0)):.2f}"
                 )
             after = data["samples"] if m == "best_of_n" else data["records"][-1]["samples"]
