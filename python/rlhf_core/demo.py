@@ -757,6 +757,7 @@ class _Demo:
         self.out = out if out is not None else sys.stdout
         self.tok = load_tokenizer()
         self.timings: dict[str, float] = {}
+        self.ran: list[str] = []  # stages that ran (or finished) in this call
         self.eval_prompts = [
             tasks.make_prompt(s, t)
             for s in tasks.SUBJECTS
@@ -792,6 +793,7 @@ class _Demo:
         data = dict(data)
         data["seconds"] = round(time.time() - t0, 2)
         self.timings[name] = data["seconds"]
+        self.ran.append(name)
         p = self.stage_file(name)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name("stage.json.tmp")
@@ -1126,7 +1128,7 @@ class _Demo:
         self.header(f"best-of-N: sample N from the SFT policy, keep the proxy's favourite (N={ns})")
         data = self.done("best_of_n")
         if data is not None:
-            self.say("  done before")
+            self.say_best_of_n(data["records"])
             return data
         t0 = time.time()
         nmax = max(ns)
@@ -1162,12 +1164,26 @@ class _Demo:
         data = self.finish(
             "best_of_n", {"records": records, "samples": samples, "num_prompts": p}, t0
         )
+        self.say_best_of_n(records)
+        return data
+
+    def say_best_of_n(self, records: Sequence[Mapping[str, Any]]) -> None:
         for r in records:
             self.say(
                 f"  N={r['step']:<4d} sqrt(KL) {math.sqrt(r['kl']):.2f}  proxy {r['proxy']:.3f}"
                 f"  gold {r['gold']:.3f}"
             )
-        return data
+
+    def say_curve(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """One line per method: start, gold peak and end of its evaluations."""
+        first, last = records[0], records[-1]
+        peak = max(records, key=lambda r: r["gold"])
+        self.say(
+            f"  step {first['step']}: proxy {first['proxy']:.3f}, gold {first['gold']:.3f}; "
+            f"gold peak at step {peak['step']} ({peak['gold']:.3f}); step {last['step']}: "
+            f"proxy {last['proxy']:.3f}, gold {last['gold']:.3f}, "
+            f"sqrt(KL) {math.sqrt(max(last['kl'], 0.0)):.2f}"
+        )
 
     def rl_prompts(self) -> list[str]:
         from rlhf_core import tasks
@@ -1182,7 +1198,7 @@ class _Demo:
         self.header(f"PPO against the proxy ({c.steps} steps, kl_coef {c.kl_coef:g})")
         data = self.done("ppo")
         if data is not None:
-            self.say("  done before")
+            self.say_curve(data["records"])
             return data
         t0 = time.time()
         policy = copy.deepcopy(sft)
@@ -1208,6 +1224,7 @@ class _Demo:
         records = self.train_with_evals(
             trainer, "ppo", c.eval_every, lambda s: self.eval_language(policy, s), baseline
         )
+        self.say_curve(records)
         return self.finish("ppo", {"records": records}, t0)
 
     def stage_grpo(self, sft: Any, rm: Any, baseline: dict) -> dict:
@@ -1220,7 +1237,7 @@ class _Demo:
         )
         data = self.done("grpo")
         if data is not None:
-            self.say("  done before")
+            self.say_curve(data["records"])
             return data
         t0 = time.time()
         policy = copy.deepcopy(sft)
@@ -1244,6 +1261,7 @@ class _Demo:
         records = self.train_with_evals(
             trainer, "grpo", c.eval_every, lambda s: self.eval_language(policy, s), baseline
         )
+        self.say_curve(records)
         return self.finish("grpo", {"records": records}, t0)
 
     def stage_dpo(self, sft: Any, train: list[dict], baseline: dict) -> dict:
@@ -1253,7 +1271,7 @@ class _Demo:
         self.header(f"DPO on the reward model's training pairs ({c.steps} steps, beta {c.beta:g})")
         data = self.done("dpo")
         if data is not None:
-            self.say("  done before")
+            self.say_curve(data["records"])
             return data
         t0 = time.time()
         policy = copy.deepcopy(sft)
@@ -1273,6 +1291,7 @@ class _Demo:
         records = self.train_with_evals(
             trainer, "dpo", c.eval_every, lambda s: self.eval_language(policy, s), baseline
         )
+        self.say_curve(records)
         return self.finish("dpo", {"records": records}, t0)
 
     def stage_arithmetic(self) -> dict:
@@ -1455,7 +1474,6 @@ class _Demo:
 
         t_start = time.time()
         self.check_run_dir()
-        before = dict(self.timings)
         finished_before = (
             all(self.stage_file(s).is_file() for s in self.expected_stages())
             and (self.root / "report.json").is_file()
@@ -1494,8 +1512,8 @@ class _Demo:
                 "(choose another --run-dir for a new run)"
             )
         else:
-            ran = sum(v for k, v in self.timings.items() if k not in before)
-            self.say(f"\nfinished in {total:.0f} s ({ran:.0f} s of stages run now)")
+            redone = ", ".join(self.ran) if self.ran else "none"
+            self.say(f"\nfinished in {total:.0f} s (stages run now: {redone})")
         self.say(f"report: {path}  plots: {self.root / 'plots'}")
         return DemoResult(rep, path, summary, already_finished=finished_before, seconds=total)
 
@@ -1573,15 +1591,16 @@ class _Demo:
         verifiable = None
         if arith is not None:
             verifiable = R.VerifiableSummary(
-                name="GRPO on arithmetic (exact answers; accuracy of samples at temperature 1)",
+                name="GRPO on arithmetic (exact answers)",
                 accuracy_before=arith["accuracy_before"],
                 accuracy_after=arith["accuracy_after"],
                 num_prompts=arith["num_prompts"],
                 curve=[(int(r["step"]), float(r["accuracy"])) for r in arith["records"]],
             )
             notes.append(
-                f"arithmetic: greedy accuracy {arith['greedy_before']:.3f} -> "
-                f"{arith['greedy_after']:.3f}"
+                "arithmetic: accuracy is the share of samples at temperature 1 with the exact "
+                f"answer, {arith['accuracy_before']:.3f} -> {arith['accuracy_after']:.3f}; "
+                f"greedy decoding {arith['greedy_before']:.3f} -> {arith['greedy_after']:.3f}"
             )
         return R.DemoReport(
             title="rlhf-core demo: over-optimisation of a learned reward",
