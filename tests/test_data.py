@@ -391,14 +391,17 @@ def test_conversational_with_builtin_chat_template() -> None:
     tok = models.load_tokenizer()
     rows = [{"prompt": [S, U], "chosen": [A], "rejected": [A2], "margin": 1.0}]
     ds = load_preferences(rows, tokenizer=tok)
+    bos = tok.bos_token  # the template writes it; encoding adds it again, so the text drops it
     expected_prompt = tok.apply_chat_template([S, U], tokenize=False, add_generation_prompt=True)
-    assert ds.prompts == [expected_prompt]
-    assert ds.prompts[0] + ds.chosen[0] == tok.apply_chat_template([S, U, A], tokenize=False)
+    assert expected_prompt.startswith(bos)
+    assert ds.prompts == [expected_prompt[len(bos) :]]
+    full = tok.apply_chat_template([S, U, A], tokenize=False)
+    assert ds.prompts[0] + ds.chosen[0] == full[len(bos) :]
     assert ds.chosen[0].startswith("hello") and ds.rejected[0].startswith("go away")
     assert ds.conversational and ds.columns == {"margin": [1.0]}
     prompts = load_prompts([{"prompt": [U]}], tokenizer=tok)
     assert prompts.prompts == [
-        tok.apply_chat_template([U], tokenize=False, add_generation_prompt=True)
+        tok.apply_chat_template([U], tokenize=False, add_generation_prompt=True)[len(bos) :]
     ]
     assert prompts.messages == [[U]]
 
@@ -544,3 +547,17 @@ def test_read_records_reports_errors_per_row(tmp_path: pathlib.Path) -> None:
     assert source == str(path) and note == ""
     assert recs[0] == (1, {"a": 1}, None)
     assert recs[1][0] == 2 and isinstance(recs[1][2], DataError)
+
+
+def test_chat_prompt_encodes_with_a_single_bos() -> None:
+    """A template-rendered prompt, encoded as trainers encode it, starts with exactly one BOS."""
+    from rlhf_core import models
+    from rlhf_core.data import load_prompts
+
+    tok = models.load_tokenizer()
+    rows = [{"prompt": [{"role": "user", "content": "hi"}]}]
+    ds = load_prompts(rows, tokenizer=tok)
+    text = ds.prompts[0]
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert ids[1] != tok.bos_token_id, f"double BOS in {tok.convert_ids_to_tokens(ids[:3])}"

@@ -512,11 +512,26 @@ class _Renderer:
 
     def prompt(self, msgs: list[Message]) -> str:
         if self.use_template:
-            out = self.tokenizer.apply_chat_template(
-                msgs, tokenize=False, add_generation_prompt=True
+            out = str(
+                self.tokenizer.apply_chat_template(
+                    msgs, tokenize=False, add_generation_prompt=True
+                )
             )
-            return str(out)
+            return self._strip_bos(out)
         return render_messages(msgs, add_generation_prompt=True)
+
+    def _strip_bos(self, text: str) -> str:
+        """Drop a leading BOS the template wrote when encoding the text adds one anyway.
+
+        Rendered prompts are later encoded with special tokens, so a template-written BOS
+        would otherwise appear twice (``<bos><bos>...``).
+        """
+        bos = getattr(self.tokenizer, "bos_token", None)
+        bos_id = getattr(self.tokenizer, "bos_token_id", None)
+        if not bos or bos_id is None or not text.startswith(bos):
+            return text
+        ids = self.tokenizer("x")["input_ids"]
+        return text[len(bos) :] if ids and ids[0] == bos_id else text
 
     def completion(
         self,
@@ -527,7 +542,9 @@ class _Renderer:
     ) -> str:
         full_msgs = prompt_msgs + completion_msgs
         if self.use_template:
-            full = str(self.tokenizer.apply_chat_template(full_msgs, tokenize=False))
+            full = self._strip_bos(
+                str(self.tokenizer.apply_chat_template(full_msgs, tokenize=False))
+            )
         else:
             full = render_messages(full_msgs)
         if not full.startswith(prompt_text):
