@@ -231,6 +231,7 @@ def run_trl(
     optimizer step, which includes the generation round of its 64 completions)."""
     import trl
     from datasets import Dataset
+    from datasets.table import InMemoryTable
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):  # type: ignore[misc]
@@ -277,7 +278,11 @@ def run_trl(
             model=str(folder),
             reward_funcs=even_words,
             args=args,
-            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            # an explicit fingerprint: hashing the table with dill fails for some pyarrow /
+            # dill pairs ("Can't pickle MonthDayNano"), and nothing here is cached anyway
+            train_dataset=Dataset(
+                InMemoryTable.from_pydict({"prompt": prompts}), fingerprint="e2e-grpo-prompts"
+            ),
             processing_class=tok,
             callbacks=[clock],
         )
@@ -304,8 +309,11 @@ def run_ours(
     """rlhf_core's GRPOTrainer on the saved model; step time = wall clock of ``train_step``
     (generation, scoring, bookkeeping, training and the scheduler step), phases from the
     trainer's ``time/*`` metrics."""
+    from rlhf_core import generation
     from rlhf_core.models import load_policy
     from rlhf_core.trainers import GRPOConfig, GRPOTrainer
+
+    backends_before = generation.BACKENDS_USED.copy()
 
     total = steps + warmup
     on_gpu = device.type == "cuda"
@@ -362,6 +370,7 @@ def run_ours(
     }
     out["peak_memory_gib"] = peak
     out["fast_generation"] = bool(cfg_fields.get("fast_generation", False))
+    out["generation_backends"] = dict(generation.BACKENDS_USED - backends_before)
     out["response_length_mean"] = float(last.get("response_length/mean", math.nan))
     out["loss_finite"] = all(
         math.isfinite(float(v))
@@ -409,7 +418,8 @@ def format_report(res: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"rlhf_core phases (median s, share of the step; fast_generation="
-            f"{ours['fast_generation']}):"
+            f"{ours['fast_generation']}; generate calls by path: "
+            f"{ours.get('generation_backends') or '-'}):"
         )
         for name, sec in ours["phases_median_s"].items():
             lines.append(f"  {name:<14}{sec:>10.4f} s {100 * sec / step:>7.2f} %")

@@ -15,7 +15,8 @@
 #       logs and JSON to $OUT (or ./gpu_check_out when OUT is unset).
 #
 # With the device tool of this workplace:
-#   run(command="bash benches/gpu_check.sh", carry=["dist", ".whl"], timeout_s=540)
+#   run(command="bash benches/gpu_check.sh", carry=["dist", ".whl"], timeout_s=600)
+# (E2E_LIMIT, TESTS_LIMIT and GEN_LIMIT in the environment shorten or lengthen the parts)
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -75,15 +76,26 @@ for name in ("torch", "transformers", "trl", "datasets", "rlhf_core"):
         print(f"{name}: not importable ({type(exc).__name__}: {exc})")
 EOF
 
-echo "== CUDA tests =="
-"$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
+# the parts, most important first, each under its own time limit (seconds) so that one hang
+# still leaves the others' results in $OUT_DIR
+E2E_LIMIT=${E2E_LIMIT:-270}
+TESTS_LIMIT=${TESTS_LIMIT:-150}
+GEN_LIMIT=${GEN_LIMIT:-200}
+
+echo "== end-to-end GRPO bench (limit ${E2E_LIMIT}s) =="
+TORCH_LOGS=recompiles timeout "$E2E_LIMIT" "$PY" benches/e2e_grpo.py --steps "$STEPS" \
+    --warmup "$WARMUP" --json "$OUT_DIR/e2e_grpo.json" 2>&1 | tee "$OUT_DIR/e2e_grpo.log"
+bench_rc=${PIPESTATUS[0]}
+
+echo "== CUDA tests (limit ${TESTS_LIMIT}s) =="
+timeout "$TESTS_LIMIT" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
     --junitxml="$OUT_DIR/test_gpu.xml" 2>&1 | tee "$OUT_DIR/test_gpu.log"
 tests_rc=${PIPESTATUS[0]}
 
-echo "== end-to-end GRPO bench =="
-"$PY" benches/e2e_grpo.py --steps "$STEPS" --warmup "$WARMUP" --json "$OUT_DIR/e2e_grpo.json" \
-    2>&1 | tee "$OUT_DIR/e2e_grpo.log"
-bench_rc=${PIPESTATUS[0]}
+echo "== generation paths (limit ${GEN_LIMIT}s) =="
+timeout "$GEN_LIMIT" "$PY" benches/bench_generation.py --json "$OUT_DIR/generation.json" 2>&1 \
+    | tee "$OUT_DIR/generation.log"
+gen_rc=${PIPESTATUS[0]}
 
 echo
 echo "== summary =="
@@ -93,20 +105,24 @@ if [[ -f "$OUT_DIR/e2e_grpo.json" ]]; then
     "$PY" - "$OUT_DIR/e2e_grpo.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"{'trainer':<14}{'step s':>9}{'tok/s':>9}")
+print(f"{'trainer':<14}{'step s':>9}{'tok/s':>9}{'peak GiB':>10}")
 for name in ("trl", "ours"):
     x = r.get(name)
     if x:
-        print(f"{name:<14}{x['median_step_s']:>9.3f}{x['completion_tokens_per_s']:>9.0f}")
+        peak = x.get("peak_memory_gib") or 0.0
+        print(f"{name:<14}{x['median_step_s']:>9.3f}{x['completion_tokens_per_s']:>9.0f}{peak:>10.1f}")
 if r.get("trl_error"):
     print("trl:", r["trl_error"])
 if r.get("ratio") is not None:
     print(f"ratio ours/TRL: {r['ratio']:.3f} (target <= 0.333)")
 o = r.get("ours") or {}
+print("ours: generate calls by path", o.get("generation_backends"))
 for k, v in (o.get("phases_median_s") or {}).items():
     print(f"  {k:<12}{v:>8.3f} s {100 * v / o['median_step_s']:>6.2f} %")
 EOF
 else
     echo "bench: no result (exit $bench_rc), see $OUT_DIR/e2e_grpo.log"
 fi
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+echo "generation paths (exit $gen_rc):"
+grep -E "^(hf-|rlhf_core)" "$OUT_DIR/generation.log" || echo "  no result"
+exit $(( tests_rc != 0 || bench_rc != 0 || gen_rc != 0 ))
