@@ -93,7 +93,7 @@ timeout "$TESTS_LIMIT" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu
 tests_rc=${PIPESTATUS[0]}
 
 echo "== generation paths (limit ${GEN_LIMIT}s) =="
-timeout "$GEN_LIMIT" "$PY" benches/bench_generation.py --json "$OUT_DIR/generation.json" 2>&1 \
+timeout "$GEN_LIMIT" "$PY" benches/bench_generation.py ${GEN_ARGS:-} --json "$OUT_DIR/generation.json" 2>&1 \
     | tee "$OUT_DIR/generation.log"
 gen_rc=${PIPESTATUS[0]}
 
