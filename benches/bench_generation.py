@@ -8,7 +8,8 @@ sampled at temperature 1 by:
 - ``hf-static``: HF ``generate`` with ``cache_implementation="static"`` (HF compiles the decode
   step itself);
 - ``rlhf_core``: rlhf_core's decode loop (``generate(fast=True)``: static cache, decode step
-  compiled with ``mode="reduce-overhead"``, no host sync per token).
+  compiled with ``mode="reduce-overhead"``, no host sync per token);
+- ``rlhf_core-fused``: the same with the sampling compiled into the decode step's graph.
 
 Each path runs ``--warmup`` uncounted calls (compilation) and then ``--repeats`` timed ones;
 the report gives the median seconds per call, completion tokens/s and the speed-up over
@@ -62,12 +63,42 @@ def _hf_call(model: Any, tok: Any, prompts: list[str], work: Any, static: bool) 
         G._static_decode = real  # type: ignore[assignment]
 
 
+def _profile(model: Any, tok: Any, prompts: list[str], work: Any, device: torch.device) -> None:
+    """One rlhf_core generate call under torch.profiler: wall time, the device's busy time,
+    and the ops with the most self CPU and self device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    E._sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        G.generate(
+            model, tok, prompts, num_samples=work.num_samples,
+            max_new_tokens=work.max_new_tokens, temperature=1.0, seed=0, fast=True,
+        )  # fmt: skip
+        E._sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6
+    print(f"profile: one call {wall:.3f} s wall (profiled), device busy {busy:.3f} s")
+    for key in ("self_cpu_time_total", "self_device_time_total"):
+        try:
+            print(events.table(sort_by=key, row_limit=12, max_name_column_width=60))
+        except Exception as exc:  # noqa: BLE001 - a profiler without that column
+            print(f"profile table by {key}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tiny", action="store_true")
-    p.add_argument("--paths", default="hf-dynamic,hf-static,rlhf_core")
+    p.add_argument("--paths", default="hf-dynamic,rlhf_core,rlhf_core-fused,hf-static")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, profile one rlhf_core call (torch.profiler) and print the top ops",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         work.dtype = "float32"
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    unknown = set(paths) - {"hf-dynamic", "hf-static", "rlhf_core"}
+    unknown = set(paths) - {"hf-dynamic", "hf-static", "rlhf_core", "rlhf_core-fused"}
     if unknown:
         p.error(f"--paths: unknown {sorted(unknown)}")
     res: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda"
@@ -92,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.warmup + args.repeats):
                 E._sync(device)
                 t0 = time.perf_counter()
-                if name == "rlhf_core":
+                if name.startswith("rlhf_core"):
+                    G._FUSED_SAMPLING = name == "rlhf_core-fused"
                     G.generate(
                         model, tok, prompts, num_samples=work.num_samples,
                         max_new_tokens=work.max_new_tokens, temperature=1.0, seed=0, fast=True,
                     )  # fmt: skip
                 else:
                     _hf_call(model, tok, prompts, work, static=name == "hf-static")
+                    G._FAST_FAILED.discard(id(model))  # the refusal above is not a failure
                 E._sync(device)
                 times.append(time.perf_counter() - t0)
             med = statistics.median(times[args.warmup :])
@@ -111,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<12} first call {times[0]:8.2f} s  median {med:8.3f} s  "
                   f"{tokens / med:10.0f} tok/s  served by {res['paths'][name]['served_by']}",
                   flush=True)  # fmt: skip
+        if args.profile:
+            for fused in (False, True):
+                G._FUSED_SAMPLING = fused
+                print(f"== profile of rlhf_core's path, fused sampling {fused}")
+                _profile(model, tok, prompts, work, device)
+        G._FUSED_SAMPLING = False
     base = res["paths"].get("hf-dynamic")
     if base:
         for name, r in res["paths"].items():

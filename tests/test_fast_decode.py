@@ -32,13 +32,19 @@ def policy(tok):
     return M.build_builtin_policy(tok, seed=0)
 
 
-@pytest.fixture(params=[None, "eager"], ids=["loop-eager", "loop-dynamo"])
+@pytest.fixture(
+    params=[(None, False), ("eager", False), (None, True), ("eager", True)],
+    ids=["loop-eager", "loop-dynamo", "fused-eager", "fused-dynamo"],
+)
 def fast_on_cpu(request, monkeypatch):
-    """Route ``generate(fast=True)`` through the decode loop on the CPU."""
+    """Route ``generate(fast=True)`` through the decode loop on the CPU (sampling after the
+    decode step, or fused into it)."""
+    backend, fused = request.param
     monkeypatch.setattr(G, "_FAST_ON_CPU", True)
-    monkeypatch.setattr(G, "_FAST_COMPILE_BACKEND", request.param)
+    monkeypatch.setattr(G, "_FAST_COMPILE_BACKEND", backend)
+    monkeypatch.setattr(G, "_FUSED_SAMPLING", fused)
     before = G.BACKENDS_USED.copy()
-    name = "static-eager" if request.param is None else "static-compiled"
+    name = "static-eager" if backend is None else "static-compiled"
     yield name
     assert G.BACKENDS_USED[name] > before[name], "the decode loop did not serve the calls"
 
@@ -116,8 +122,8 @@ def test_early_exit_and_eos_trimming(policy, tok, fast_on_cpu, monkeypatch):
     calls = []
     real = G._decode_step
 
-    def counting(backend):
-        fn = real(backend)
+    def counting(backend, fused=False):
+        fn = real(backend, fused)
 
         def wrapped(*a, **k):
             calls.append(1)
