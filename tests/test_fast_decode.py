@@ -211,3 +211,23 @@ def test_the_sampler_draws_from_the_tempered_softmax():
     assert set(torch.unique(nxt).tolist()) == {0, 3}
     nxt, _ = G._sample_next(logits, 0.8, 0, 1.0, torch.tensor([3]))  # suppressed
     assert 3 not in set(torch.unique(nxt).tolist())
+
+
+def test_cache_length_buckets():
+    assert [G._cache_length(n) for n in (1, 64, 65, 272, 513, 2048, 2049, 5000)] == [
+        64, 64, 128, 512, 1024, 2048, 3072, 5120,
+    ]  # fmt: skip
+
+
+def test_lora_policy_through_the_loop(tok, fast_on_cpu):
+    """A peft LoRA-wrapped policy (non-zero adapters) decodes like HF generate does."""
+    pytest.importorskip("peft")
+    model = M.apply_lora(M.build_builtin_policy(tok, seed=2), r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # B starts at zero: make the adapters matter
+    kw = dict(num_samples=2, max_new_tokens=16, temperature=0.0)
+    _same(
+        generate(model, tok, PROMPTS, fast=True, **kw), generate(model, tok, PROMPTS, **kw)
+    )

@@ -2,7 +2,8 @@
 ``benches/gpu_check.sh``).
 
 - a GRPO trainer step under bf16 autocast: finite metrics, every trainable parameter changed,
-  the transformer's matrix products ran in bf16, phase timings reported;
+  the transformer's matrix products ran in bf16, phase timings reported, the rollout sampled
+  by the compiled decode loop (``fast_generation`` is on by default);
 - :func:`rlhf_core.models.token_logprobs` forward + backward stays far below the memory of the
   full (B, T, V) float32 logits, and matches a naive log-softmax;
 - the fast generation path (static KV cache + compiled decode step) runs without falling back,
@@ -34,11 +35,13 @@ def _reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]
 
 
 def test_grpo_step_bf16_autocast(tmp_path: Any) -> None:
+    from rlhf_core.generation import BACKENDS_USED
     from rlhf_core.models import build_builtin_policy, load_tokenizer
     from rlhf_core.trainers import GRPOConfig, GRPOTrainer
 
     tok = load_tokenizer()
     policy = build_builtin_policy(tok, seed=0)
+    compiled_before = BACKENDS_USED["static-compiled"]
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     seen: list[torch.dtype] = []
     handle = policy.model.layers[0].mlp.down_proj.register_forward_hook(
@@ -67,6 +70,8 @@ def test_grpo_step_bf16_autocast(tmp_path: Any) -> None:
     assert {"time/generation", "time/scoring", "time/bookkeeping", "time/training"} <= set(m)
     assert seen and all(d == torch.bfloat16 for d in seen), seen
     assert next(trainer.policy.parameters()).device.type == "cuda"
+    # fast_generation is on by default: the rollout came from the compiled decode loop
+    assert BACKENDS_USED["static-compiled"] > compiled_before
     changed = [
         n for n, p in trainer.policy.named_parameters()
         if not torch.equal(p.detach().cpu(), before[n])

@@ -525,8 +525,14 @@ def _static_cache_for(model: nn.Module, rows: int, length: int, dtype: torch.dty
     return cache
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+def _cache_length(n: int) -> int:
+    """Static-cache length for ``n`` = prompt width + new tokens: the next power of two from 64
+    to 2048, then the next multiple of 1024. Calls whose lengths share a bucket share one
+    compiled graph (each new length compiles again); the unused tail of the cache costs a
+    little attention bandwidth per token, far less than the weights."""
+    if n <= 2048:
+        return max(64, 1 << (n - 1).bit_length())
+    return -(-n // 1024) * 1024
 
 
 def _sample_next(
@@ -580,7 +586,8 @@ def _static_decode(
 
     Prefill runs eagerly with only the last position's logits; each later token is one call of
     the (compiled) decode forward on a static cache whose length is ``W + max_new_tokens``
-    rounded up to a multiple of 64 (so prompts of similar width share one compiled graph). The
+    rounded up to a bucket (:func:`_cache_length`: prompts of similar width share one compiled
+    graph). The
     attention mask is fixed for the whole loop (prompt padding 0, everything after it 1: the
     causal mask hides the future), tokens stay on the device, and the only host syncs are the
     early-exit checks every :data:`EARLY_EXIT_EVERY` tokens when ``eos_ids`` is not empty.
@@ -597,7 +604,9 @@ def _static_decode(
         raise ValueError(f"the model's generation_config sets {unhandled}")
     if getattr(model, "config", None) is None or not callable(getattr(model, "forward", None)):
         raise TypeError(f"{type(model).__name__} is not an HF causal LM")
-    params = inspect.signature(model.forward).parameters
+    # a peft wrapper passes keyword arguments through: read the names off the base model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
     for name in ("cache_position", cache_kwarg, "position_ids"):
         if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -605,7 +614,7 @@ def _static_decode(
 
     device = ids.device
     rows, width = ids.shape
-    length = _round_up(width + max_new_tokens, 64)
+    length = _cache_length(width + max_new_tokens)
     dtype = next(model.parameters()).dtype
     cache = _static_cache_for(model, rows, length, dtype)
     full_mask = torch.ones((rows, length), dtype=mask.dtype, device=device)

@@ -98,8 +98,12 @@ class RolloutConfig(TrainerConfig):
         default=None, metadata={"help": "rows per generate call; none = all at once"}
     )
     fast_generation: bool = field(
-        default=False,
-        metadata={"help": "on CUDA, sample with a static KV cache and compiled decode step"},
+        default=True,
+        metadata={
+            "help": "on CUDA, sample with rlhf_core's decode loop (static KV cache, decode "
+            "step compiled into CUDA-graph replay; the first step compiles, tens of seconds); "
+            "falls back to HF generate with a warning; no effect on the CPU"
+        },
     )
     per_prompt_seeds: bool = field(
         default=False,
