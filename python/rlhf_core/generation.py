@@ -605,7 +605,8 @@ def _static_decode(
     if getattr(model, "config", None) is None or not callable(getattr(model, "forward", None)):
         raise TypeError(f"{type(model).__name__} is not an HF causal LM")
     # a peft wrapper passes keyword arguments through: read the names off the base model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    base: Any = get_base() if callable(get_base) else model
     params = inspect.signature(base.forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
     for name in ("cache_position", cache_kwarg, "position_ids"):
