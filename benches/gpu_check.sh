@@ -111,7 +111,9 @@ echo
 echo "== summary =="
 echo "GPU: $(head -1 "$OUT_DIR/gpu.txt")"
 [[ -f "$OUT_DIR/test_gpu.log" ]] && echo "tests/test_gpu.py: $(grep -E '(passed|failed|skipped|error)' "$OUT_DIR/test_gpu.log" | tail -1) (exit $tests_rc)"
-if [[ -f "$OUT_DIR/e2e_grpo.json" ]]; then
+if [[ " $PARTS " != *" e2e "* ]]; then
+    :
+elif [[ -f "$OUT_DIR/e2e_grpo.json" ]]; then
     "$PY" - "$OUT_DIR/e2e_grpo.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -133,6 +135,8 @@ EOF
 else
     echo "bench: no result (exit $bench_rc), see $OUT_DIR/e2e_grpo.log"
 fi
-echo "generation paths (exit $gen_rc):"
-grep -E "^(hf-|rlhf_core|profile:)" "$OUT_DIR/generation.log" 2>/dev/null || echo "  no result"
+if [[ " $PARTS " == *" gen "* ]]; then
+    echo "generation paths (exit $gen_rc):"
+    grep -E "^(hf-|rlhf_core|profile:)" "$OUT_DIR/generation.log" 2>/dev/null || echo "  no result"
+fi
 exit $(( tests_rc != 0 || bench_rc != 0 || gen_rc != 0 ))
