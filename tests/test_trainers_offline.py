@@ -141,6 +141,20 @@ def test_dpo_micro_batch_invariance(tmp_path):
     assert_grads_close(ga, gb)
 
 
+@pytest.mark.parametrize("make", [_sft, _reward, _dpo], ids=["sft", "reward", "dpo"])
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, make):
+    from rlhf_core.models import is_activation_checkpointing
+
+    a = make(tmp_path / "a", total_steps=1)
+    b = make(tmp_path / "b", total_steps=1, gradient_checkpointing=True)
+    trained = getattr(b, "model", None) or b.policy
+    assert is_activation_checkpointing(trained)
+    ga, gb = capture_grads(a), capture_grads(b)
+    ra, rb = a.train(), b.train()
+    assert ra.metrics["loss"] == pytest.approx(rb.metrics["loss"], rel=1e-5)
+    assert_grads_close(ga, gb)
+
+
 # ---------------------------------------------------------------------------------------------
 # learning
 

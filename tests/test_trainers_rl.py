@@ -454,3 +454,32 @@ def test_ppo_raises_reward_model_score_with_bounded_kl(tmp_path):
     print(f"ppo reward/mean {early:.2f} -> {late:.2f}; max kl {max_kl:.2f} nats per sequence")
     assert late > early + 1.0, (early, late)
     assert max_kl < 30.0
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path):
+    from rlhf_core.models import is_activation_checkpointing
+
+    """PPO with ``gradient_checkpointing``: the policy's and the value model's layers
+    recompute their activations in the backward pass, and the gradients equal the plain
+    run's (to float32 rounding)."""
+    a = _ppo(tmp_path / "a", total_steps=1, ppo_epochs=1)
+    b = _ppo(tmp_path / "b", total_steps=1, ppo_epochs=1, gradient_checkpointing=True)
+    assert is_activation_checkpointing(b.policy) and is_activation_checkpointing(b.value_model)
+    assert not is_activation_checkpointing(a.policy)
+    ga, gb = capture_grads(a), capture_grads(b)
+    ra, rb = a.train(), b.train()
+    for key in ("policy_loss", "value_loss", "reward/mean"):
+        assert ra.metrics[key] == pytest.approx(rb.metrics[key], rel=1e-5, abs=1e-7), key
+    assert_grads_close(ga, gb)
+
+
+def test_gradient_checkpointing_needs_a_model_that_has_it(tmp_path):
+    class Plain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    t = _grpo(tmp_path, total_steps=1)
+    t.config.gradient_checkpointing = True
+    with pytest.raises(ValueError, match="gradient_checkpointing=true, but Plain has no"):
+        t.wrap_trained(Plain())

@@ -43,6 +43,8 @@ __all__ = [
     "build_builtin_policy",
     "encode_prompt_completion",
     "default_position_ids",
+    "enable_activation_checkpointing",
+    "is_activation_checkpointing",
     "load_policy",
     "load_tokenizer",
     "make_reference",
@@ -297,6 +299,34 @@ def _body_of(model: nn.Module) -> nn.Module:
             "PreTrainedModel with a base model (e.g. LlamaForCausalLM.model)"
         )
     return base
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass instead of storing them
+    (non-reentrant ``torch.utils.checkpoint``) for an HF model, a peft-wrapped one or a
+    :class:`RewardModel` / :class:`ValueModel`. Active in train mode only, as in HF.
+
+    Raises ``ValueError`` for a model without HF's checkpointing switch."""
+    kw = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # newer transformers
+    if callable(enable):
+        enable(activation_checkpointing_kwargs=kw)
+        return
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(enable):
+        raise ValueError(
+            f"{type(model).__name__} has no activation_checkpointing_enable() or "
+            "gradient_checkpointing_enable(); activation checkpointing needs an HF model"
+        )
+    if isinstance(model, (RewardModel, ValueModel)):
+        enable()
+    else:
+        enable(gradient_checkpointing_kwargs=kw)
+
+
+def is_activation_checkpointing(model: nn.Module) -> bool:
+    """True when some layer of ``model`` recomputes its activations (HF's flag)."""
+    return any(bool(getattr(m, "gradient_checkpointing", False)) for m in model.modules())
 
 
 def _apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -679,8 +709,8 @@ class _ScalarHeadModel(nn.Module):
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        """Turn on activation checkpointing in the body (HF bodies only)."""
-        self.body.gradient_checkpointing_enable(**kwargs)  # type: ignore[operator]
+        """Turn on activation checkpointing in the body (HF bodies only; non-reentrant)."""
+        enable_activation_checkpointing(self.body)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
         """Save to a folder: the body with its own ``save_pretrained`` (``config.json`` +

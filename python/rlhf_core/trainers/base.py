@@ -122,6 +122,14 @@ class TrainerConfig:
     bf16: bool = field(
         default=True, metadata={"help": "bf16 autocast for forward passes on CUDA (no-op on CPU)"}
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each transformer layer's activations in the backward pass "
+            "instead of keeping them (HF gradient checkpointing, non-reentrant) for the trained "
+            "models: less memory, about one more forward of compute"
+        },
+    )
     parallel: Literal["ddp", "fsdp2"] = field(
         default="ddp",
         metadata={
@@ -557,6 +565,13 @@ class Trainer:
         """A trained model on this rank's device, wrapped per ``config.parallel`` (DDP or
         FSDP2) when there are several processes; the model itself otherwise."""
         model = model.to(self.device)
+        if self.config.gradient_checkpointing:
+            from rlhf_core.models import enable_activation_checkpointing
+
+            try:
+                enable_activation_checkpointing(model)
+            except ValueError as exc:
+                raise ValueError(f"gradient_checkpointing=true, but {exc}") from None
         if not self.dist.is_distributed:
             return model
         return D.wrap_model(model, self.config.parallel, self.dist)
