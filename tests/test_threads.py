@@ -140,6 +140,19 @@ for dt in (np.float32, np.float64):
     h("group" + k, ops.group_advantages(np.tile(s, 40), group_size=8))
     rm = ops.RunningMoments().update(r, mask)
     out["running" + k] = [rm.count, rm.mean.hex(), rm.var.hex()]
+# the rollout buffer: a large add copies its columns in parallel; GAE; a padded batch
+from rlhf_core.buffer import RolloutBuffer
+resp_len = np.maximum(lengths, 1)
+resp = [rng.integers(0, 1000, n) for n in resp_len]
+buf = RolloutBuffer()
+buf.add(prompt_ids=[rng.integers(0, 1000, 5) for _ in range(B)], response_ids=resp,
+        logprobs=[rng.standard_normal(n).astype(np.float32) for n in resp_len],
+        values=[rng.standard_normal(n).astype(np.float32) for n in resp_len],
+        scores=rng.standard_normal(B))
+buf.compute_advantages("gae", gamma=1.0, lam=0.95)
+batch = buf.batch(np.arange(B)[::-1].copy()).to_padded()
+h("buffer", buf.field("prompt_ids"), buf.field("response_ids"), buf.field("logprobs"),
+  buf.field("values"), buf.field("advantages"), *[batch[k] for k in sorted(batch)])
 print(json.dumps(out))
 """
 

@@ -20,6 +20,7 @@
 //! doubling of `Vec::push`), so a full buffer costs close to the raw bytes it holds.
 
 use crate::error::{CoreError, Result};
+use crate::layout::for_each_item;
 
 /// Element type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -482,8 +483,16 @@ pub struct RolloutBuffer {
     token_fields: Vec<(String, Column)>,
     seq_fields: Vec<(String, Column)>,
     computed: Option<Computed>,
+    /// Token-sized float storage of earlier advantages / returns, kept by `clear` and reused
+    /// by the next estimator (fewer fresh pages to fault in every step). At most
+    /// [`MAX_SPARE`], so a cleared buffer holds no more than it held before.
+    spare: Vec<Column>,
     version: u64,
 }
+
+/// Float columns kept for reuse by the advantage estimators: the advantages and returns of
+/// the last estimator (what the buffer held before `clear`).
+const MAX_SPARE: usize = 2;
 
 /// Where the tokens of each sequence sit inside one input's values: (start, len) per sequence.
 struct Resolved {
@@ -638,6 +647,7 @@ impl RolloutBuffer {
             token_fields: Vec::new(),
             seq_fields: Vec::new(),
             computed: None,
+            spare: Vec::new(),
             version: 0,
         })
     }
@@ -771,7 +781,7 @@ impl RolloutBuffer {
             b += c.advantages.column().capacity_bytes()
                 + c.returns.as_ref().map_or(0, Column::capacity_bytes);
         }
-        b
+        b + self.spare.iter().map(Column::capacity_bytes).sum::<usize>()
     }
 
     /// Reserve room for `sequences` more sequences and `response_tokens` / `prompt_tokens`
@@ -790,8 +800,9 @@ impl RolloutBuffer {
         }
     }
 
-    /// Release unused capacity.
+    /// Release unused capacity (and the spare storage kept for the estimators).
     pub fn shrink_to_fit(&mut self) {
+        self.spare = Vec::new();
         self.prompt_offsets.shrink_to_fit();
         self.response_offsets.shrink_to_fit();
         if let Some(p) = &mut self.prompt_ids {
@@ -806,7 +817,8 @@ impl RolloutBuffer {
         }
     }
 
-    /// Drop every sequence, keeping the schema and the allocated memory for the next adds.
+    /// Drop every sequence, keeping the schema and the allocated memory for the next adds (and
+    /// the computed advantages' storage, for the next estimator).
     pub fn clear(&mut self) {
         self.prompt_offsets.truncate(1);
         self.response_offsets.truncate(1);
@@ -820,8 +832,36 @@ impl RolloutBuffer {
         {
             c.clear();
         }
-        self.computed = None;
+        self.recycle_computed();
         self.version += 1;
+    }
+
+    /// Move the computed advantages / returns into the spare storage (dropping them).
+    fn recycle_computed(&mut self) {
+        if let Some(c) = self.computed.take() {
+            if let Advantages::Token(a) = c.advantages {
+                self.keep_spare(a);
+            }
+            if let Some(r) = c.returns {
+                self.keep_spare(r);
+            }
+        }
+    }
+
+    fn keep_spare(&mut self, col: Column) {
+        if !col.dtype().is_float() {
+            return;
+        }
+        self.spare.push(col); // contents kept: reused outputs are overwritten, not re-zeroed
+                              // keep the largest ones
+        self.spare
+            .sort_by_key(|c| std::cmp::Reverse(c.capacity_bytes()));
+        self.spare.truncate(MAX_SPARE);
+    }
+
+    /// Take the spare float storage (for an estimator's outputs and scratch).
+    pub(crate) fn take_spare(&mut self) -> Vec<Column> {
+        std::mem::take(&mut self.spare)
     }
 
     /// Drop every sequence, the schema and the memory: as new (same `float_dtype`).
@@ -1072,8 +1112,11 @@ impl RolloutBuffer {
             r += l as i64;
             self.response_offsets.push(r);
         }
+        // The token columns are independent: copy them in parallel (one column per task) when
+        // the batch is large. Copying gives the same bytes whatever the thread count.
+        let mut jobs: Vec<(&mut Column, &TokenInput<'_>, &Resolved)> = Vec::new();
         if let Some(col) = &mut self.prompt_ids {
-            extend_input(col, &batch.prompt_ids, &plan.prompt)?;
+            jobs.push((col, &batch.prompt_ids, &plan.prompt));
         }
         for ((slot, &j), res) in self
             .token_fields
@@ -1081,13 +1124,27 @@ impl RolloutBuffer {
             .zip(&plan.token_order)
             .zip(&plan.token_resolved)
         {
-            extend_input(&mut slot.1, &batch.token_fields[j].1, res)?;
+            jobs.push((&mut slot.1, &batch.token_fields[j].1, res));
         }
+        // Grow every column here, on the calling thread: an allocation made on a worker
+        // thread would come from that thread's malloc arena and fragment the heap.
+        let mut work = 0usize;
+        for (col, _, res) in jobs.iter_mut() {
+            let add: usize = res.segments.iter().map(|&(_, l)| l).sum();
+            col.reserve(add);
+            work += add;
+        }
+        let mut results: Vec<Result<()>> = jobs.iter().map(|_| Ok(())).collect();
+        let items: Vec<_> = jobs.into_iter().zip(results.iter_mut()).collect();
+        for_each_item(work, items, |_, ((col, input, res), out)| {
+            *out = extend_input(col, input, res);
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
         for (slot, &j) in self.seq_fields.iter_mut().zip(&plan.seq_order) {
             let v = batch.seq_fields[j].1;
             slot.1.extend_segments(v, &[(0, v.len())], true)?;
         }
-        self.computed = None;
+        self.recycle_computed();
         self.version += 1;
         Ok(())
     }
@@ -1131,6 +1188,7 @@ impl RolloutBuffer {
                 )));
             }
         }
+        self.recycle_computed();
         self.computed = Some(Computed {
             estimator: estimator.to_string(),
             advantages,
@@ -1141,7 +1199,7 @@ impl RolloutBuffer {
 
     /// Forget computed advantages and returns.
     pub fn clear_advantages(&mut self) {
-        self.computed = None;
+        self.recycle_computed();
     }
 
     /// A copy of every piece (what `state_dict` saves).
@@ -1285,6 +1343,7 @@ impl RolloutBuffer {
             token_fields: parts.token_fields,
             seq_fields: parts.seq_fields,
             computed: None,
+            spare: Vec::new(),
             version: 0,
         };
         if let Some(c) = parts.computed {

@@ -227,11 +227,22 @@ impl AdvantageOptions {
 trait ColumnFloat: KlFloat {
     fn column(v: Vec<Self>) -> Column;
     fn borrow(c: &Column) -> Cow<'_, [Self]>;
+    fn is_vec_of(c: &Column) -> bool;
+    fn into_vec(c: Column) -> Option<Vec<Self>>;
 }
 
 impl ColumnFloat for f32 {
     fn column(v: Vec<f32>) -> Column {
         Column::F32(v)
+    }
+    fn is_vec_of(c: &Column) -> bool {
+        matches!(c, Column::F32(_))
+    }
+    fn into_vec(c: Column) -> Option<Vec<f32>> {
+        match c {
+            Column::F32(v) => Some(v),
+            _ => None,
+        }
     }
     fn borrow(c: &Column) -> Cow<'_, [f32]> {
         match c {
@@ -249,6 +260,15 @@ impl ColumnFloat for f32 {
 impl ColumnFloat for f64 {
     fn column(v: Vec<f64>) -> Column {
         Column::F64(v)
+    }
+    fn is_vec_of(c: &Column) -> bool {
+        matches!(c, Column::F64(_))
+    }
+    fn into_vec(c: Column) -> Option<Vec<f64>> {
+        match c {
+            Column::F64(v) => Some(v),
+            _ => None,
+        }
     }
     fn borrow(c: &Column) -> Cow<'_, [f64]> {
         match c {
@@ -280,17 +300,56 @@ pub fn compute(buf: &mut RolloutBuffer, opts: &AdvantageOptions) -> Result<Optio
             "the buffer holds no sequences; add rollouts first",
         ));
     }
+    // Reuse the storage of earlier results (kept by `clear`) for the outputs and scratch.
+    // What is left over afterwards (the un-whitened advantages, say) is freed, not kept: a
+    // buffer holds no more than its results between steps.
+    let mut pool = Pool(buf.take_spare());
     let (adv, ret, stats) = match buf.float_dtype() {
-        crate::buffer::DType::F64 => compute_typed::<f64>(buf, opts)?,
-        _ => compute_typed::<f32>(buf, opts)?,
+        crate::buffer::DType::F64 => compute_typed::<f64>(buf, opts, &mut pool)?,
+        _ => compute_typed::<f32>(buf, opts, &mut pool)?,
     };
+    drop(pool);
     buf.set_advantages(opts.estimator.name(), adv, ret)?;
     Ok(stats)
 }
 
+/// Float columns to reuse as token-sized buffers.
+struct Pool(Vec<Column>);
+
+impl Pool {
+    /// A zeroed `Vec<F>` of length `t`, reusing a spare column of that dtype when there is one.
+    fn zeros<F: ColumnFloat>(&mut self, t: usize) -> Vec<F> {
+        if let Some(k) = self.0.iter().position(|c| F::is_vec_of(c)) {
+            if let Some(mut v) = F::into_vec(self.0.swap_remove(k)) {
+                v.clear();
+                v.resize(t, F::ZERO);
+                return v;
+            }
+        }
+        vec![F::ZERO; t]
+    }
+
+    /// A `Vec<F>` of length `t` with unspecified (old, initialised) contents, for an output
+    /// that a kernel overwrites entirely: a reused column is not zeroed first.
+    fn overwritten<F: ColumnFloat>(&mut self, t: usize) -> Vec<F> {
+        if let Some(k) = self.0.iter().position(|c| F::is_vec_of(c)) {
+            if let Some(mut v) = F::into_vec(self.0.swap_remove(k)) {
+                v.truncate(t);
+                v.resize(t, F::ZERO); // writes only the part beyond the old length
+                return v;
+            }
+        }
+        vec![F::ZERO; t]
+    }
+}
+
 type Outcome = (Advantages, Option<Column>, Option<GroupStats>);
 
-fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -> Result<Outcome> {
+fn compute_typed<F: ColumnFloat>(
+    buf: &RolloutBuffer,
+    opts: &AdvantageOptions,
+    pool: &mut Pool,
+) -> Result<Outcome> {
     let n = buf.len();
     let offsets = buf.response_offsets();
     let layout = Layout::ragged(offsets, buf.num_response_tokens())?;
@@ -408,7 +467,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             &zeros
         }
     };
-    let mut rewards = vec![F::ZERO; t];
+    let mut rewards: Vec<F> = pool.zeros(t);
     if opts.kl_coef != 0.0 {
         let lp = F::borrow(need(buf, "logprobs", "kl_coef != 0")?);
         let rf = F::borrow(need(buf, "ref_logprobs", "kl_coef != 0")?);
@@ -450,7 +509,8 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
     let (raw_adv, ret) = match opts.estimator {
         Estimator::Gae => {
             let values = F::borrow(need(buf, "values", "gae")?);
-            let (mut a, mut r) = (vec![F::ZERO; t], vec![F::ZERO; t]);
+            // every slot of a ragged layout belongs to a row: GAE writes all of them
+            let (mut a, mut r): (Vec<F>, Vec<F>) = (pool.overwritten(t), pool.overwritten(t));
             let g = GaeOptions {
                 gamma: opts.gamma,
                 lam: opts.lam,
@@ -462,7 +522,7 @@ fn compute_typed<F: ColumnFloat>(buf: &RolloutBuffer, opts: &AdvantageOptions) -
             (Some(a), r)
         }
         _ => {
-            let mut r = vec![F::ZERO; t];
+            let mut r: Vec<F> = pool.overwritten(t); // every slot written, as for GAE
             discounted_returns(&layout, &scratch, mask_ref, opts.gamma, opts.masked, &mut r)?;
             (None, r) // advantages = returns, before whitening
         }
