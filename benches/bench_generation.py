@@ -8,8 +8,7 @@ sampled at temperature 1 by:
 - ``hf-static``: HF ``generate`` with ``cache_implementation="static"`` (HF compiles the decode
   step itself);
 - ``rlhf_core``: rlhf_core's decode loop (``generate(fast=True)``: static cache, decode step
-  compiled with ``mode="reduce-overhead"``, no host sync per token);
-- ``rlhf_core-fused``: the same with the sampling compiled into the decode step's graph.
+  compiled with ``mode="reduce-overhead"``, no host sync per token).
 
 Each path runs ``--warmup`` uncounted calls (compilation) and then ``--repeats`` timed ones;
 the report gives the median seconds per call, completion tokens/s and the speed-up over
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tiny", action="store_true")
-    p.add_argument("--paths", default="hf-dynamic,rlhf_core,rlhf_core-fused,hf-static")
+    p.add_argument("--paths", default="hf-dynamic,rlhf_core,hf-static")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         work.dtype = "float32"
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    unknown = set(paths) - {"hf-dynamic", "hf-static", "rlhf_core", "rlhf_core-fused"}
+    unknown = set(paths) - {"hf-dynamic", "hf-static", "rlhf_core"}
     if unknown:
         p.error(f"--paths: unknown {sorted(unknown)}")
     res: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda"
@@ -123,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.warmup + args.repeats):
                 E._sync(device)
                 t0 = time.perf_counter()
-                if name.startswith("rlhf_core"):
-                    G._FUSED_SAMPLING = name == "rlhf_core-fused"
+                if name == "rlhf_core":
                     G.generate(
                         model, tok, prompts, num_samples=work.num_samples,
                         max_new_tokens=work.max_new_tokens, temperature=1.0, seed=0, fast=True,
@@ -145,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tokens / med:10.0f} tok/s  served by {res['paths'][name]['served_by']}",
                   flush=True)  # fmt: skip
         if args.profile:
-            for fused in (False, True):
-                G._FUSED_SAMPLING = fused
-                print(f"== profile of rlhf_core's path, fused sampling {fused}")
-                _profile(model, tok, prompts, work, device)
-        G._FUSED_SAMPLING = False
+            _profile(model, tok, prompts, work, device)
     base = res["paths"].get("hf-dynamic")
     if base:
         for name, r in res["paths"].items():

@@ -444,11 +444,6 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="TRL's gradient_checkpointing (TRL's default: on)",
     )
-    p.add_argument(
-        "--fused-sampling",
-        action="store_true",
-        help="rlhf_core: compile the sampling into the decode step's graph",
-    )
     p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda'")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -462,10 +457,6 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     work = tiny_workload() if args.tiny else Workload()
-    if args.fused_sampling:
-        from rlhf_core import generation
-
-        generation._FUSED_SAMPLING = True
     if device.type == "cpu" and not args.tiny:
         print("note: the full workload on a CPU is very slow; use --tiny", file=sys.stderr)
     if device.type == "cpu" and work.dtype == "bfloat16":
@@ -486,7 +477,6 @@ def main(argv: list[str] | None = None) -> int:
         "trl": None,
         "ours": None,
         "ratio": None,
-        "fused_sampling": bool(args.fused_sampling),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"

@@ -32,17 +32,12 @@ def policy(tok):
     return M.build_builtin_policy(tok, seed=0)
 
 
-@pytest.fixture(
-    params=[(None, False), ("eager", False), (None, True), ("eager", True)],
-    ids=["loop-eager", "loop-dynamo", "fused-eager", "fused-dynamo"],
-)
+@pytest.fixture(params=[None, "eager"], ids=["loop-eager", "loop-dynamo"])
 def fast_on_cpu(request, monkeypatch):
-    """Route ``generate(fast=True)`` through the decode loop on the CPU (sampling after the
-    decode step, or fused into it)."""
-    backend, fused = request.param
+    """Route ``generate(fast=True)`` through the decode loop on the CPU."""
+    backend = request.param
     monkeypatch.setattr(G, "_FAST_ON_CPU", True)
     monkeypatch.setattr(G, "_FAST_COMPILE_BACKEND", backend)
-    monkeypatch.setattr(G, "_FUSED_SAMPLING", fused)
     before = G.BACKENDS_USED.copy()
     name = "static-eager" if backend is None else "static-compiled"
     yield name
@@ -122,8 +117,8 @@ def test_early_exit_and_eos_trimming(policy, tok, fast_on_cpu, monkeypatch):
     calls = []
     real = G._decode_step
 
-    def counting(backend, fused=False):
-        fn = real(backend, fused)
+    def counting(backend):
+        fn = real(backend)
 
         def wrapped(*a, **k):
             calls.append(1)
@@ -228,6 +223,4 @@ def test_lora_policy_through_the_loop(tok, fast_on_cpu):
             if "lora_B" in name:
                 p.normal_(0, 0.05)  # B starts at zero: make the adapters matter
     kw = dict(num_samples=2, max_new_tokens=16, temperature=0.0)
-    _same(
-        generate(model, tok, PROMPTS, fast=True, **kw), generate(model, tok, PROMPTS, **kw)
-    )
+    _same(generate(model, tok, PROMPTS, fast=True, **kw), generate(model, tok, PROMPTS, **kw))

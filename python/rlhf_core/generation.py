@@ -418,9 +418,6 @@ class _DecodeCache:
 #: (``None`` = eager).
 _FAST_ON_CPU = False
 _FAST_COMPILE_BACKEND: str | None = "inductor"
-#: Compile the sampling into the decode step's graph (True) or sample eagerly from the
-#: compiled forward's logits (False).
-_FUSED_SAMPLING = False
 
 #: id(model) -> its cache; entries are dropped when the model is garbage-collected.
 _DECODE_CACHES: dict[int, _DecodeCache] = {}
@@ -466,44 +463,20 @@ def _sample_with_logprobs(
     return nxt, torch.log_softmax(scaled, -1).gather(-1, nxt[:, None]).squeeze(-1)
 
 
-def _decode_and_sample(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache_position: torch.Tensor,
-    attention_mask: torch.Tensor,
-    cache: Any,
-    cache_kwarg: str,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    suppress: torch.Tensor | None,
-    want_logprobs: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The decode forward and the sampling of its token in one function (one graph when
-    compiled: the logits never leave it)."""
-    logits = _decode_forward(
-        model, input_ids, position_ids, cache_position, attention_mask, cache, cache_kwarg
-    )
-    return _sample_with_logprobs(logits, temperature, top_k, top_p, suppress, want_logprobs)
-
-
-def _decode_step(compile_backend: str | None, fused: bool = False) -> Callable[..., Any]:
-    """The one-token decode step: the forward alone, or with ``fused`` the forward and the
-    sampling (:func:`_decode_and_sample`). Compiled once per process, backend and kind
-    (dynamo then specialises it per model, batch shape and sampling settings); ``None`` =
-    eager."""
-    target = _decode_and_sample if fused else _decode_forward
+def _decode_step(compile_backend: str | None) -> Callable[..., torch.Tensor]:
+    """The one-token decode forward: compiled once per process and backend (dynamo then
+    specialises it per model and batch shape); ``None`` = eager. The sampling stays outside
+    the compiled graph: with it inside, sampling 64 x 256 tokens took 1.25 s instead of
+    0.85 s on an H200 (docs/scaling.md, section 6)."""
     if compile_backend is None:
-        return target
-    key = f"{compile_backend}/{'fused' if fused else 'forward'}"
-    fn = _COMPILED_STEPS.get(key)
+        return _decode_forward
+    fn = _COMPILED_STEPS.get(compile_backend)
     if fn is None:
         if compile_backend == "inductor":
-            fn = torch.compile(target, mode="reduce-overhead", dynamic=False)
+            fn = torch.compile(_decode_forward, mode="reduce-overhead", dynamic=False)
         else:
-            fn = torch.compile(target, backend=compile_backend, dynamic=False)
-        _COMPILED_STEPS[key] = fn
+            fn = torch.compile(_decode_forward, backend=compile_backend, dynamic=False)
+        _COMPILED_STEPS[compile_backend] = fn
     return fn
 
 
@@ -642,8 +615,7 @@ def _static_decode(
     sampling = (temperature, top_k, top_p, suppress_t, return_logprobs)
     nxt, lp = _sample_with_logprobs(out.logits[:, -1, :], *sampling)
     del out
-    fused = _FUSED_SAMPLING
-    step = _decode_step(compile_backend, fused)
+    step = _decode_step(compile_backend)
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lps = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -664,10 +636,7 @@ def _static_decode(
             model, nxt[:, None], next_pos + t, cache_pos[width + t : width + t + 1], full_mask,
             cache, cache_kwarg,
         )  # fmt: skip
-        if fused:
-            nxt, lp = step(*args, *sampling)
-        else:
-            nxt, lp = _sample_with_logprobs(step(*args), *sampling)
+        nxt, lp = _sample_with_logprobs(step(*args), *sampling)
     BACKENDS_USED["static-eager" if compile_backend is None else "static-compiled"] += 1
     lp_out = lps[:, :done] if return_logprobs else None
     return tokens[:, :done], lp_out
