@@ -126,3 +126,17 @@ def test_plot_requires_curves(tmp_path: pathlib.Path) -> None:
     # negative KL estimates are clipped to 0 before the square root
     curve = MethodCurve("m", [CurvePoint(0, -1e-4, 0.0, 0.0), CurvePoint(1, 0.25, 1.0, 0.5)])
     assert plot_overoptimization([curve], tmp_path / "x.png").read_bytes()[:8] == PNG
+
+
+def test_kl_trend_sorts_by_kl_and_averages_groups():
+    from rlhf_core.report import kl_trend
+
+    # a run whose KL falls back at step 3: the trend is in KL order, group means
+    x = [0.0, 1.0, 2.0, 1.5, 3.0, 4.0, math.nan]
+    y = [0.0, 1.0, 2.0, 1.4, 1.0, 0.0, 5.0]
+    tx, ty = kl_trend(x, y, bins=3)
+    assert tx == [0.5, 1.75, 3.5]  # (0, 1), (1.5, 2), (3, 4); the NaN point dropped
+    assert ty == pytest.approx([0.5, 1.7, 0.5])
+    assert tx == sorted(tx)
+    assert kl_trend([], []) == ([], [])
+    assert kl_trend([1.0], [2.0], bins=6) == ([1.0], [2.0])

@@ -36,6 +36,7 @@ __all__ = [
     "SampleComparison",
     "VerifiableSummary",
     "DemoReport",
+    "kl_trend",
     "plot_overoptimization",
     "plot_reward_model",
     "plot_verifiable",
@@ -200,11 +201,37 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> pathlib.Path:
     return p
 
 
+def kl_trend(
+    x: Sequence[float], y: Sequence[float], bins: int = 6
+) -> tuple[list[float], list[float]]:
+    """The trend of ``y`` against ``x``: the points (non-finite ones dropped) sorted by ``x``
+    and cut into at most ``bins`` consecutive groups of near-equal size; returns each group's
+    mean ``x`` and mean ``y`` (increasing ``x``). KL along a run is not monotone (it can fall
+    back for a few steps), so a line through the points in step order zigzags; this is the
+    curve to read reward-vs-KL from."""
+    pts = sorted(
+        (float(a), float(b))
+        for a, b in zip(x, y, strict=True)
+        if math.isfinite(a) and math.isfinite(b)
+    )
+    if not pts:
+        return [], []
+    k = max(1, min(bins, len(pts)))
+    xs, ys = [], []
+    for i in range(k):
+        part = pts[i * len(pts) // k : (i + 1) * len(pts) // k]
+        xs.append(sum(p[0] for p in part) / len(part))
+        ys.append(sum(p[1] for p in part) / len(part))
+    return xs, ys
+
+
 def plot_overoptimization(
     curves: Sequence[MethodCurve], path: str | os.PathLike[str]
 ) -> pathlib.Path:
-    """One panel per method: proxy (dashed) and gold (solid) reward against sqrt(KL); a star
-    at the gold peak and a dotted vertical line where early stopping cut."""
+    """One panel per method: proxy (blue) and gold (orange) reward against sqrt(KL). The
+    evaluations are markers joined faintly in step order (the run's trajectory); the bold
+    lines are the trend (:func:`kl_trend`: means over groups of points sorted by KL). A star
+    marks the gold peak and a dotted vertical line where early stopping cut."""
     if not curves:
         raise ValueError("plot_overoptimization needs at least one MethodCurve")
     n = len(curves)
@@ -212,8 +239,15 @@ def plot_overoptimization(
     axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
     for ax, curve in zip(axes, curves, strict=True):
         x = [_sqrt_kl(p.kl) for p in curve.points]
-        ax.plot(x, [p.proxy for p in curve.points], "--o", ms=3, color="tab:blue", label="proxy")
-        ax.plot(x, [p.gold for p in curve.points], "-o", ms=3, color="tab:orange", label="gold")
+        for attr, color, style, name in (
+            ("proxy", "tab:blue", "--", "proxy"),
+            ("gold", "tab:orange", "-", "gold"),
+        ):
+            y = [getattr(p, attr) for p in curve.points]
+            ax.plot(x, y, "o", ms=3, color=color)
+            ax.plot(x, y, style, lw=0.8, alpha=0.3, color=color)  # trajectory, step order
+            tx, ty = kl_trend(x, y)
+            ax.plot(tx, ty, style, lw=2.0, color=color, label=f"{name} (trend)")
         for p, xi in zip(curve.points, x, strict=True):
             if p.label:
                 ax.annotate(
