@@ -483,3 +483,28 @@ def test_gradient_checkpointing_needs_a_model_that_has_it(tmp_path):
     t.config.gradient_checkpointing = True
     with pytest.raises(ValueError, match="gradient_checkpointing=true, but Plain has no"):
         t.wrap_trained(Plain())
+
+
+def test_missing_eos_penalty_lowers_truncated_scores(tmp_path):
+    def one(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return [1.0] * len(completions)
+
+    cfg = GRPOConfig(run_dir=str(tmp_path), total_steps=1, rollout_batch_size=8,
+                     **{**RL_COMMON, "max_new_tokens": 3}, missing_eos_penalty=0.5)
+    t = GRPOTrainer(cfg, policy(), tokenizer(), PROMPTS, one)
+    seen: list[Any] = []
+    original = t.score_rollout
+
+    def spy(roll: Any) -> None:
+        original(roll)
+        seen.append((roll.truncated.copy(), roll.scores.copy(), dict(roll.score_parts)))
+
+    t.score_rollout = spy
+    res = t.train()
+    truncated, scores, parts = seen[0]
+    assert truncated.any(), "with 3 new tokens most completions hit the limit"
+    np.testing.assert_array_equal(scores, np.where(truncated, 0.5, 1.0))
+    assert res.metrics["reward/mean"] == pytest.approx(float(scores.mean()))
+    np.testing.assert_array_equal(next(iter(parts.values())), np.ones(len(scores)))  # raw
+    with pytest.raises(ValueError, match="missing_eos_penalty"):
+        GRPOConfig(run_dir=str(tmp_path), missing_eos_penalty=-1.0)

@@ -32,6 +32,8 @@ its own rows). See ``docs/scaling.md``.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,9 +123,23 @@ class RolloutConfig(TrainerConfig):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "weight of each reward source; none = all 1"}
     )
+    missing_eos_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "subtracted from the score of every completion that hit max_new_tokens "
+            "without an EOS (0 = off; >= 0), so that a reward model cannot be gamed by "
+            "never finishing"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_field(
+            math.isfinite(self.missing_eos_penalty) and self.missing_eos_penalty >= 0,
+            "missing_eos_penalty",
+            self.missing_eos_penalty,
+            "expected a finite value >= 0 (0 = off)",
+        )
         check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1 sample")
         check_field(
             self.rollout_batch_size >= 1,
@@ -548,6 +564,10 @@ class RolloutTrainer(Trainer):
             np.concatenate([p, r]) for p, r in zip(roll.prompt_ids, roll.response_ids, strict=True)
         ]
         roll.scores, roll.score_parts = self.score(prompts, seqs, roll.texts, columns)
+        penalty = self.config.missing_eos_penalty
+        if penalty:
+            truncated = np.asarray(roll.truncated, dtype=bool)
+            roll.scores = np.where(truncated, roll.scores - penalty, roll.scores)
         infinite = bool(np.isinf(roll.scores).any())
         # with several processes every rank checks, so that all stop when one finds an inf
         if infinite or self.dist.is_distributed:
