@@ -27,3 +27,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The built-in character tokenizer."""
+    from rlhf_core import models
+
+    return models.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def policy(tok):
+    """The tiny built-in policy, seed 0, float32 on the CPU (one per test module; torch on one
+    thread)."""
+    import torch
+
+    from rlhf_core import models
+
+    torch.set_num_threads(1)
+    return models.build_builtin_policy(tok, seed=0)

@@ -21,17 +21,6 @@ from rlhf_core.generation import generate
 PROMPTS = ["hello", "12+7=", "the cat sat on", "x"]  # different lengths: left padding
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return M.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def policy(tok):
-    torch.set_num_threads(1)
-    return M.build_builtin_policy(tok, seed=0)
-
-
 @pytest.fixture(params=[None, "eager"], ids=["loop-eager", "loop-dynamo"])
 def fast_on_cpu(request, monkeypatch):
     """Route ``generate(fast=True)`` through the decode loop on the CPU."""

@@ -15,17 +15,9 @@ from rlhf_core.generation import Completions, generate
 PROMPTS = ["hello", "12+7=", "the cat sat on"]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return M.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def policy(tok):
-    torch.set_num_threads(1)
-    # The untrained model gives EOS about 1% per step, so with 40 new tokens some rows stop
-    # and some are truncated.
-    return M.build_builtin_policy(tok, seed=0)
+# ``tok`` and ``policy`` (the seed-0 tiny built-in model) come from conftest.py. The untrained
+# model gives EOS about 1% per step, so with 40 new tokens some rows stop and some are
+# truncated.
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,6 @@ from torch import nn
 from rlhf_core import models as M
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return M.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def policy(tok):
-    torch.set_num_threads(1)
-    return M.build_builtin_policy(tok, seed=0)
-
-
 def _naive_logprobs(model, ids, mask, temperature=1.0):
     pos = M.default_position_ids(mask)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.double()

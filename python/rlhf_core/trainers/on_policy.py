@@ -33,7 +33,6 @@ its own rows). See ``docs/scaling.md``.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
