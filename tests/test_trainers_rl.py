@@ -508,3 +508,32 @@ def test_missing_eos_penalty_lowers_truncated_scores(tmp_path):
     np.testing.assert_array_equal(next(iter(parts.values())), np.ones(len(scores)))  # raw
     with pytest.raises(ValueError, match="missing_eos_penalty"):
         GRPOConfig(run_dir=str(tmp_path), missing_eos_penalty=-1.0)
+
+
+def test_reward_model_scores_under_the_trainers_autocast(tmp_path):
+    """The reward model's forward runs inside the trainer's autocast context (bf16 on CUDA),
+    like the policy's and the reference's."""
+    import contextlib
+
+    t = _ppo(tmp_path, total_steps=1, ppo_epochs=1)
+    depth = {"now": 0, "seen": []}
+
+    @contextlib.contextmanager
+    def recording():
+        depth["now"] += 1
+        try:
+            yield
+        finally:
+            depth["now"] -= 1
+
+    t.autocast = recording
+    scorer = next(s for s in t.reward_sources if hasattr(s, "score_ids"))
+    original = scorer.score_ids
+
+    def spy(seqs):
+        depth["seen"].append(depth["now"])
+        return original(seqs)
+
+    scorer.score_ids = spy
+    t.train()
+    assert depth["seen"] and all(d >= 1 for d in depth["seen"])

@@ -465,7 +465,8 @@ class RolloutTrainer(Trainer):
         parts: dict[str, np.ndarray] = {}
         for src, w in zip(self.reward_sources, weights, strict=True):
             if isinstance(src, RewardModelScorer):
-                s = src.score_ids(sequences)  # the exact sampled tokens
+                with self.autocast():  # like every other forward (bf16 on CUDA)
+                    s = src.score_ids(sequences)  # the exact sampled tokens
             else:
                 s = call_reward_function(src, prompts, texts, **columns)
             if w != 0:  # a weight-0 source is tracked (logged), not optimised
