@@ -270,133 +270,77 @@ class DPORunConfig(DPOConfig):
         _check_common(self)
 
 
-def _rl_fields_check(cfg: Any) -> None:
-    _check_common(cfg)
-    _check_rewards(cfg)
-    _check(
-        cfg.max_prompt_length is None or cfg.max_prompt_length >= 1,
-        "max_prompt_length",
-        cfg.max_prompt_length,
-        "expected >= 1 or none",
-    )
-
-
 @dataclass
-class PPORunConfig(PPOConfig):
-    """``rlhf-core ppo``: :class:`~rlhf_core.trainers.PPOConfig` plus model, data, rewards."""
+class _PromptRunFields:
+    """Model, prompt data and reward fields of the sampling commands (``ppo``, ``grpo``,
+    ``rloo``, ``reinforce-pp``, ``best-of-n``); mixed in before the trainer's config, whose
+    fields come first."""
 
-    run_dir: str = field(default="runs/ppo", metadata={"help": "output folder of the run"})
     model: str = _model_field()
     tokenizer: str | None = _tokenizer_field()
     reference: str | None = _reference_field()
+    dataset: str = _dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset_size: int = _dataset_size_field()
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
+    )
+    data_on_error: str = _on_error_field()
+    reward_model: str | None = _reward_model_field()
+    reward_funcs: list[str] = _reward_funcs_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]  # the trainer config's checks
+        _check_common(self)
+        _check_rewards(self)
+        _check(
+            self.max_prompt_length is None or self.max_prompt_length >= 1,
+            "max_prompt_length",
+            self.max_prompt_length,
+            "expected >= 1 or none",
+        )
+
+
+@dataclass
+class PPORunConfig(_PromptRunFields, PPOConfig):
+    """``rlhf-core ppo``: :class:`~rlhf_core.trainers.PPOConfig` plus model, data, rewards."""
+
+    run_dir: str = field(default="runs/ppo", metadata={"help": "output folder of the run"})
     value_model: str | None = field(
         default=None,
         metadata={
             "help": "value model folder (a reward or value model); none = value_init decides"
         },
     )
-    dataset: str = _dataset_field("prompts (column prompt, extra columns go to reward functions)")
-    dataset_size: int = _dataset_size_field()
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
-    )
-    data_on_error: str = _on_error_field()
-    reward_model: str | None = _reward_model_field()
-    reward_funcs: list[str] = _reward_funcs_field()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _rl_fields_check(self)
 
 
 @dataclass
-class GRPORunConfig(GRPOConfig):
+class GRPORunConfig(_PromptRunFields, GRPOConfig):
     """``rlhf-core grpo``: :class:`~rlhf_core.trainers.GRPOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/grpo", metadata={"help": "output folder of the run"})
-    model: str = _model_field()
-    tokenizer: str | None = _tokenizer_field()
-    reference: str | None = _reference_field()
-    dataset: str = _dataset_field("prompts (column prompt, extra columns go to reward functions)")
-    dataset_size: int = _dataset_size_field()
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
-    )
-    data_on_error: str = _on_error_field()
-    reward_model: str | None = _reward_model_field()
-    reward_funcs: list[str] = _reward_funcs_field()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _rl_fields_check(self)
 
 
 @dataclass
-class RLOORunConfig(RLOOConfig):
+class RLOORunConfig(_PromptRunFields, RLOOConfig):
     """``rlhf-core rloo``: :class:`~rlhf_core.trainers.RLOOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/rloo", metadata={"help": "output folder of the run"})
-    model: str = _model_field()
-    tokenizer: str | None = _tokenizer_field()
-    reference: str | None = _reference_field()
-    dataset: str = _dataset_field("prompts (column prompt, extra columns go to reward functions)")
-    dataset_size: int = _dataset_size_field()
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
-    )
-    data_on_error: str = _on_error_field()
-    reward_model: str | None = _reward_model_field()
-    reward_funcs: list[str] = _reward_funcs_field()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _rl_fields_check(self)
 
 
 @dataclass
-class ReinforcePPRunConfig(ReinforcePPConfig):
+class ReinforcePPRunConfig(_PromptRunFields, ReinforcePPConfig):
     """``rlhf-core reinforce-pp``: :class:`~rlhf_core.trainers.ReinforcePPConfig` plus model,
     data, rewards."""
 
     run_dir: str = field(default="runs/reinforce_pp", metadata={"help": "output folder of the run"})
-    model: str = _model_field()
-    tokenizer: str | None = _tokenizer_field()
-    reference: str | None = _reference_field()
-    dataset: str = _dataset_field("prompts (column prompt, extra columns go to reward functions)")
-    dataset_size: int = _dataset_size_field()
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
-    )
-    data_on_error: str = _on_error_field()
-    reward_model: str | None = _reward_model_field()
-    reward_funcs: list[str] = _reward_funcs_field()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _rl_fields_check(self)
 
 
 @dataclass
-class BestOfNRunConfig(BestOfNConfig):
+class BestOfNRunConfig(_PromptRunFields, BestOfNConfig):
     """``rlhf-core best-of-n``: :class:`~rlhf_core.trainers.BestOfNConfig` plus model, data,
     rewards."""
 
     run_dir: str = field(default="runs/best_of_n", metadata={"help": "output folder of the run"})
-    model: str = _model_field()
-    tokenizer: str | None = _tokenizer_field()
-    reference: str | None = _reference_field()
-    dataset: str = _dataset_field("prompts (column prompt, extra columns go to reward functions)")
-    dataset_size: int = _dataset_size_field()
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
-    )
-    data_on_error: str = _on_error_field()
-    reward_model: str | None = _reward_model_field()
-    reward_funcs: list[str] = _reward_funcs_field()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _rl_fields_check(self)
 
 
 @dataclass
