@@ -460,14 +460,23 @@ class TrainResult:
 class Trainer:
     """Base class: the step loop, logging, checkpoint and resume.
 
-    Subclasses set ``self.config`` (a :class:`TrainerConfig`), build their models and
-    optimisers in ``__init__`` and implement :meth:`train_step`, :meth:`checkpoint_models`,
-    :meth:`checkpoint_optimizers`, :meth:`checkpoint_schedulers` and (for anything else that
-    changes during training) :meth:`extra_state` / :meth:`load_extra_state`.
+    Subclasses set ``self.config`` (a :class:`TrainerConfig`), build their models in
+    ``__init__``, call :meth:`setup_optimization` with the trained model, and implement
+    :meth:`train_step`. The checkpoint hooks then save that model, its optimizer, scheduler and
+    data sampler under :attr:`checkpoint_key`; a trainer with more (a value model, a KL
+    controller, a buffer) extends :meth:`checkpoint_models`, :meth:`checkpoint_optimizers`,
+    :meth:`checkpoint_schedulers`, :meth:`extra_state` / :meth:`load_extra_state`.
     """
 
     config: TrainerConfig
     name: str = "trainer"
+    #: Name under which the trained model, its optimizer and its scheduler are checkpointed.
+    checkpoint_key: str = "policy"
+    trained_model: nn.Module
+    sampler: IndexSampler
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
 
     def __init__(self, config: TrainerConfig) -> None:
         from rlhf_core.monitor import PhaseTimer
@@ -491,22 +500,34 @@ class Trainer:
         """Run training step ``step`` (0-based); return its metrics as plain numbers."""
         raise NotImplementedError
 
+    def setup_optimization(self, model: nn.Module, num_items: int) -> None:
+        """The seeded, resumable sampler over ``num_items`` training items, and AdamW with the
+        configured learning-rate schedule over ``model``'s trainable parameters; ``model`` is
+        what the checkpoints save under :attr:`checkpoint_key`."""
+        self.trained_model = model
+        self.sampler = IndexSampler(num_items, seed=self.config.seed)
+        self.params = trainable_parameters(model)
+        self.optimizer = build_optimizer(self.params, self.config)
+        self.scheduler = build_scheduler(self.optimizer, self.config)
+
     def checkpoint_models(self) -> dict[str, nn.Module]:
         """The models whose weights change (saved and restored by checkpoints)."""
-        raise NotImplementedError
+        return {self.checkpoint_key: self.trained_model}
 
     def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+        return {self.checkpoint_key: self.optimizer}
 
     def checkpoint_schedulers(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {self.checkpoint_key: self.scheduler}
 
     def extra_state(self) -> dict[str, Any]:
-        """Other state to checkpoint (samplers, controllers, buffers); JSON/torch-serialisable."""
-        return {}
+        """Other state to checkpoint (the data sampler; subclasses add controllers, buffers);
+        JSON/torch-serialisable."""
+        return {"sampler": self.sampler.state_dict()}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
+        self.sampler.load_state_dict(state["sampler"])
 
     # ---- several processes ------------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ ranks and sums their metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,15 +25,11 @@ from torch import nn
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
-    IndexSampler,
     Trainer,
     TrainerConfig,
-    build_optimizer,
-    build_scheduler,
     check_field,
     logprobs_of,
     pad_sequences,
-    trainable_parameters,
 )
 from rlhf_core.trainers.reward import (
     EncodedPairs,
@@ -172,10 +168,7 @@ class DPOTrainer(Trainer):
             tr, ev = split_held_out(len(encoded), config.eval_fraction, config.seed)
             self.train_pairs = encoded.subset(tr)
             self.eval_pairs = encoded.subset(ev) if len(ev) else None
-        self.sampler = IndexSampler(len(self.train_pairs), seed=config.seed)
-        self.params = trainable_parameters(self.policy)
-        self.optimizer = build_optimizer(self.params, config)
-        self.scheduler = build_scheduler(self.optimizer, config)
+        self.setup_optimization(self.policy, len(self.train_pairs))
 
     def _sequence_logps(self, model: nn.Module, pairs: EncodedPairs) -> torch.Tensor:
         """Completion log-probabilities (2P,): chosen first, then rejected."""
@@ -273,17 +266,3 @@ class DPOTrainer(Trainer):
         batches (extra ones repeat the first pair and are not counted)."""
         return eval_parts(self, pairs, self.config.eval_batch_size)
 
-    def checkpoint_models(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy}
-
-    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
-    def checkpoint_schedulers(self) -> dict[str, Any]:
-        return {"policy": self.scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])

@@ -45,18 +45,14 @@ from torch.nn import functional as F
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
-    IndexSampler,
     Trainer,
     TrainerConfig,
-    build_optimizer,
-    build_scheduler,
     check_field,
     iter_micro_batches,
     logprobs_and_entropy,
     logprobs_of,
     pad_sequences,
     step_seed,
-    trainable_parameters,
 )
 
 __all__ = [
@@ -410,10 +406,7 @@ class RolloutTrainer(Trainer):
         self.reference.eval()
         self.policy = self.wrap_trained(policy)
         # every rank draws the same global prompts (same seed) and keeps its shard
-        self.sampler = IndexSampler(len(self.prompt_texts), seed=config.seed)
-        self.params = trainable_parameters(self.policy)
-        self.optimizer = build_optimizer(self.params, config)
-        self.scheduler = build_scheduler(self.optimizer, config)
+        self.setup_optimization(self.policy, len(self.prompt_texts))
 
     # ---- rewards ----------------------------------------------------------------------------
     def _reward_sources(
@@ -698,21 +691,6 @@ class RolloutTrainer(Trainer):
         metrics["kl/k3_token_mean"] = float(np.mean(np.exp(-delta) + delta - 1.0))
         return metrics
 
-    # ---- checkpoint -------------------------------------------------------------------------
-    def checkpoint_models(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy}
-
-    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
-    def checkpoint_schedulers(self) -> dict[str, Any]:
-        return {"policy": self.scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
 
 
 class OnPolicyTrainer(RolloutTrainer):

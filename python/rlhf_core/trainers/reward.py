@@ -26,14 +26,10 @@ from torch import nn
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
-    IndexSampler,
     Trainer,
     TrainerConfig,
-    build_optimizer,
-    build_scheduler,
     check_field,
     pad_sequences,
-    trainable_parameters,
 )
 
 __all__ = ["RewardConfig", "RewardTrainer", "EncodedPairs", "encode_pairs", "eval_parts"]
@@ -220,6 +216,7 @@ class RewardTrainer(Trainer):
     """
 
     name = "reward"
+    checkpoint_key = "reward_model"
     config: RewardConfig
 
     def __init__(
@@ -248,10 +245,7 @@ class RewardTrainer(Trainer):
             tr, ev = split_held_out(len(encoded), config.eval_fraction, config.seed)
             self.train_pairs = encoded.subset(tr)
             self.eval_pairs = encoded.subset(ev) if len(ev) else None
-        self.sampler = IndexSampler(len(self.train_pairs), seed=config.seed)
-        self.params = trainable_parameters(self.model)
-        self.optimizer = build_optimizer(self.params, config)
-        self.scheduler = build_scheduler(self.optimizer, config)
+        self.setup_optimization(self.model, len(self.train_pairs))
 
     def _forward_pairs(
         self, pairs: EncodedPairs, model: nn.Module | None = None
@@ -343,17 +337,3 @@ class RewardTrainer(Trainer):
             "loss": float(summed["bt_loss"]),
         }
 
-    def checkpoint_models(self) -> dict[str, nn.Module]:
-        return {"reward_model": self.model}
-
-    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"reward_model": self.optimizer}
-
-    def checkpoint_schedulers(self) -> dict[str, Any]:
-        return {"reward_model": self.scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])

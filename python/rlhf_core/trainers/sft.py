@@ -25,16 +25,12 @@ from torch import nn
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
-    IndexSampler,
     Trainer,
     TrainerConfig,
-    build_optimizer,
-    build_scheduler,
     check_field,
     iter_micro_batches,
     logprobs_of,
     pad_sequences,
-    trainable_parameters,
 )
 
 __all__ = ["SFTConfig", "SFTTrainer", "encode_examples"]
@@ -230,10 +226,7 @@ class SFTTrainer(Trainer):
         self.tokenizer = tokenizer
         self.sequences, starts = encode_examples(tokenizer, examples, max_length=config.max_length)
         self.starts = starts if config.completion_only else [1] * len(starts)
-        self.sampler = IndexSampler(len(self.sequences), seed=config.seed)
-        self.params = trainable_parameters(self.model)
-        self.optimizer = build_optimizer(self.params, config)
-        self.scheduler = build_scheduler(self.optimizer, config)
+        self.setup_optimization(self.model, len(self.sequences))
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
@@ -260,17 +253,3 @@ class SFTTrainer(Trainer):
             self.scheduler.step()
         return metrics
 
-    def checkpoint_models(self) -> dict[str, nn.Module]:
-        return {"policy": self.model}
-
-    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer}
-
-    def checkpoint_schedulers(self) -> dict[str, Any]:
-        return {"policy": self.scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
