@@ -671,7 +671,8 @@ def test_compute_in_threads_gives_the_same_bits():
 
 
 def test_core_class_is_not_subclassable_and_builds_in_release():
-    assert _core.BUILD_PROFILE in ("release", "debug")
+    # `make build` / `make test` build the extension in release mode (benches refuse debug)
+    assert _core.BUILD_PROFILE == "release"
     with pytest.raises(TypeError):
         type("X", (_core._RolloutBuffer,), {})
 
@@ -699,3 +700,25 @@ def test_per_sequence_arrays_are_checked_in_the_core():
     assert buf.sequence(0)["prompt_ids"].tolist() == [0, 3, 6, 9]
     assert buf.sequence(0)["response_ids"].tolist() == [1, 3, 5, 7, 9]
     assert buf.sequence(1)["response_ids"].tolist() == []
+
+
+def test_bool_arrays_holding_other_bytes_are_refused():
+    """A numpy bool view of uint8 data can hold bytes other than 0/1; read as Rust bools they
+    would be undefined behaviour (and did give wrong advantages), so every entry point refuses
+    them with the field named: pieces, ragged values, a per-sequence field."""
+    from rlhf_core.buffer import Ragged
+
+    bad = np.array([2, 1, 0], np.uint8).view(bool)
+    base = dict(prompt_ids=[[1], [2]], response_ids=[[1, 2, 3], [4, 5, 6]], scores=np.zeros(2))
+    for kw in (
+        dict(loss_mask=[bad, np.ones(3, bool)]),
+        dict(loss_mask=Ragged(np.concatenate([bad, bad]), np.array([0, 3, 6]))),
+        dict(truncated=np.array([2, 0], np.uint8).view(bool)),
+    ):
+        buf = RolloutBuffer()
+        with pytest.raises(DtypeError, match=r"(loss_mask|truncated).*byte value 2"):
+            buf.add(**{**base, **kw})
+        assert len(buf) == 0
+    ok = RolloutBuffer()
+    ok.add(**base, loss_mask=[np.array([True, True, False]), np.ones(3, bool)])
+    assert len(ok) == 2

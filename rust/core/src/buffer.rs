@@ -177,17 +177,6 @@ impl Column {
         }
     }
 
-    /// A column of `n` zeros (false for bool).
-    pub fn zeros(dtype: DType, n: usize) -> Column {
-        match dtype {
-            DType::I32 => Column::I32(vec![0; n]),
-            DType::I64 => Column::I64(vec![0; n]),
-            DType::F32 => Column::F32(vec![0.0; n]),
-            DType::F64 => Column::F64(vec![0.0; n]),
-            DType::Bool => Column::Bool(vec![false; n]),
-        }
-    }
-
     /// Copy a borrowed slice into a new column of the same dtype.
     pub fn from_slice(s: Slice<'_>) -> Column {
         match s {

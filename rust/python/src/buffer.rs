@@ -51,6 +51,26 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
+/// numpy bool arrays can hold bytes other than 0 and 1 (a bool view of uint8 data, say); read
+/// as Rust `bool`s those would be undefined behaviour, so they are refused before any
+/// `&[bool]` is made of them.
+fn check_bool_bytes(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
+    let bytes = obj.call_method1("view", ("u1",))?;
+    let arr = bytes.cast::<PyArrayDyn<u8>>().map_err(|e| PyErr::from(e))?;
+    let ro = arr.try_readonly().map_err(|e| {
+        to_py(CoreError::shape(format!(
+            "{name} cannot be borrowed for reading: {e}"
+        )))
+    })?;
+    if let Some(b) = ro.as_array().iter().find(|&&b| b > 1) {
+        return Err(to_py(CoreError::dtype(format!(
+            "{name} is a bool array holding the byte value {b} (only 0 and 1 are booleans); \
+             pass numpy.asarray(x) != 0 instead of a bool view of other data"
+        ))));
+    }
+    Ok(())
+}
+
 fn borrow<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ro<'py>> {
     macro_rules! try_t {
         ($t:ty, $v:ident) => {
@@ -67,6 +87,9 @@ fn borrow<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Ro<'py>> {
     try_t!(i64, I64);
     try_t!(f32, F32);
     try_t!(f64, F64);
+    if obj.cast::<PyArrayDyn<bool>>().is_ok() {
+        check_bool_bytes(obj, name)?;
+    }
     try_t!(bool, Bool);
     Err(to_py(CoreError::dtype(format!(
         "{name} has {}; expected a numpy array of {DTYPES}",
@@ -180,6 +203,9 @@ fn raw<'py>(
             ))))
         }
     };
+    if dtype == DType::Bool {
+        check_bool_bytes(&obj, &name())?;
+    }
     let len = arr.len();
     // SAFETY: reads the `data` field of a live PyArrayObject (kept alive by `obj`).
     let ptr = unsafe { (*arr.as_array_ptr()).fields.data as *const u8 };
@@ -206,8 +232,8 @@ impl Raw<'_> {
         // SAFETY: `p` points at `n` contiguous, aligned elements of `dtype` (checked in `raw`),
         // owned by the array that `_obj` keeps alive as long as `self`. As for every kernel
         // input, the array must not be resized or written by another thread during the call
-        // (numpy's borrow flags would not stop Python code either). numpy bools are 0/1 bytes,
-        // valid Rust `bool`s.
+        // (numpy's borrow flags would not stop Python code either). Bool bytes were checked
+        // to be 0 or 1 in `raw` (`check_bool_bytes`), so they are valid Rust `bool`s.
         unsafe {
             match self.dtype {
                 DType::I32 => Slice::I32(std::slice::from_raw_parts(p as *const i32, n)),
@@ -666,9 +692,9 @@ impl PyRolloutBuffer {
     }
 
     /// Summary statistics as a list of (name, value).
-    fn stats(&self, py: Python<'_>) -> Vec<(String, f64)> {
+    fn stats(&self, py: Python<'_>) -> PyResult<Vec<(String, f64)>> {
         let inner = &self.inner;
-        py.detach(|| inner.stats())
+        run_kernel(py, "RolloutBuffer.stats", || Ok(inner.stats()))
     }
 
     /// Store advantages computed elsewhere: `level` is "token" or "sequence".
