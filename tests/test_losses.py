@@ -232,6 +232,12 @@ def test_entropy_and_sft():
     out = L.entropy_bonus(ent, m, coef=0.1)
     assert out.metrics["entropy"].item() == pytest.approx(2.0)
     assert out.loss.item() == pytest.approx(-0.2)
+    # a zero coefficient keeps the metric and puts no entropy in the graph
+    leaf = ent.clone().requires_grad_(True)
+    assert L.entropy_bonus(leaf, m, coef=0.1).loss.requires_grad
+    zero = L.entropy_bonus(leaf, m, coef=0.0)
+    assert not zero.loss.requires_grad and zero.loss.item() == 0.0
+    assert zero.metrics["entropy"].item() == pytest.approx(2.0)
     nll = L.sft_loss(torch.log(torch.tensor([[0.5, 0.25]])))
     assert nll.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2, rel=1e-6)
 

@@ -522,6 +522,9 @@ def entropy_bonus(
     _check_2d("entropy", entropy)
     if coef < 0:
         raise ValueError(f"coef={coef}: the entropy coefficient must be >= 0")
+    if coef == 0:
+        # the metric only: no backward through the full-vocabulary softmax for a zero term
+        entropy = entropy.detach()
     dtype = _compute_dtype(entropy)
     m = _bool_mask(mask, entropy)
     agg = aggregate(
