@@ -22,18 +22,20 @@ diagnosing sampler/trainer mismatch).
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import dataclasses
 import inspect
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from rlhf_core.distributed import is_fsdp2, unwrap_model
+from rlhf_core.models import _seeded
 
 __all__ = ["BACKENDS_USED", "EARLY_EXIT_EVERY", "Completions", "generate"]
 
@@ -97,14 +99,6 @@ class Completions:
         ]
 
 
-def _is_fsdp2(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - depends on the torch build
-        return False
-    return isinstance(model, FSDPModule)
-
-
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     if p is not None:
@@ -142,20 +136,6 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
         if int(e) not in ids:
             ids.append(int(e))
     return ids
-
-
-@contextlib.contextmanager
-def _rng(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNG for the block, then restore the caller's RNG state."""
-    if seed is None:
-        yield
-        return
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def generate(
@@ -227,8 +207,7 @@ def generate(
 
     from transformers import GenerationConfig
 
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module  # sampling needs no gradient sync
+    model = unwrap_model(model)  # sampling needs no gradient sync
     device = _device_of(model)
     base_prompts = _encode_prompts(tokenizer, prompts)
     rows = [p for p in base_prompts for _ in range(num_samples)]  # prompt-major
@@ -263,8 +242,8 @@ def generate(
     try:
         # an FSDP2-sharded model keeps the buffers of its gathered parameters between calls:
         # made under inference_mode they could not be reused by a training forward later
-        no_grad = torch.no_grad() if _is_fsdp2(model) else torch.inference_mode()
-        with _rng(seed, device), no_grad:
+        no_grad = torch.no_grad() if is_fsdp2(model) else torch.inference_mode()
+        with _seeded(seed, device), no_grad:
             for s in range(0, len(rows), step):
                 chunk = rows[s : s + step]
                 width = max(len(p) for p in chunk)
@@ -570,7 +549,7 @@ def _static_decode(
     (B, n) float32 logprobs of those tokens under ``softmax(logits / temperature)``.
     Raises if the model or its generation config needs something this loop does not do.
     """
-    if _is_fsdp2(model):
+    if is_fsdp2(model):
         raise TypeError("an FSDP2-sharded model must step in lockstep with the other ranks")
     unhandled = _unhandled_generation_options(model)
     if unhandled:

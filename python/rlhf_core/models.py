@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlhf_core.distributed import is_fsdp2, unwrap_model
+
 __all__ = [
     "BUILTIN_SIZES",
     "BUILTIN_TOKENIZER_DIR",
@@ -276,20 +278,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (t - 1 - rev_first).long()
 
 
-def _unwrap_parallel(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel wrappers (not FSDP: its sharded module is the model itself)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
 def _is_peft(model: Any) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
 def _body_of(model: nn.Module) -> nn.Module:
     """The transformer body (no LM head) of an HF causal LM, possibly wrapped by peft / DDP."""
-    m: Any = _unwrap_parallel(model)
+    m: Any = unwrap_model(model)
     if _is_peft(m):
         m = m.get_base_model()
     base = getattr(m, "base_model", None)
@@ -318,10 +313,7 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
             f"{type(model).__name__} has no activation_checkpointing_enable() or "
             "gradient_checkpointing_enable(); activation checkpointing needs an HF model"
         )
-    if isinstance(model, (RewardModel, ValueModel)):
-        enable()
-    else:
-        enable(gradient_checkpointing_kwargs=kw)
+    enable(gradient_checkpointing_kwargs=kw)
 
 
 def is_activation_checkpointing(model: nn.Module) -> bool:
@@ -353,13 +345,8 @@ def _head_split(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     m: Any = model
     if isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return None  # DDP needs its own forward to register the gradient hooks
-    try:
-        from torch.distributed.fsdp import FSDPModule
-
-        if isinstance(m, FSDPModule):
-            return None
-    except ImportError:  # pragma: no cover - depends on the torch build
-        pass
+    if is_fsdp2(m):
+        return None
     if _is_peft(m):
         m = m.get_base_model()
     cfg = getattr(m, "config", None)
@@ -577,7 +564,7 @@ def make_reference(policy: nn.Module) -> nn.Module:
     """
     if _is_peft(policy):
         return ReferenceModel(policy)
-    ref = copy.deepcopy(_unwrap_parallel(policy))
+    ref = copy.deepcopy(unwrap_model(policy))
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -794,7 +781,7 @@ class _ScalarHeadModel(nn.Module):
         """A new model whose body is a deep copy of the policy's transformer body (no LM head)
         and whose head is freshly initialised (normal, std ``1/sqrt(d+1)``, zero bias).
         A LoRA policy's adapters are merged into the copied weights (the policy is untouched)."""
-        m: Any = _unwrap_parallel(policy)
+        m: Any = unwrap_model(policy)
         if _is_peft(m):  # fold the adapters into a copy: the body is a plain model
             body = copy.deepcopy(m).merge_and_unload().base_model
         else:
