@@ -66,6 +66,23 @@ def assert_all_changed(before: list[torch.Tensor], *modules: torch.nn.Module) ->
     assert not unchanged, f"{len(unchanged)} of {len(after)} trainable tensors did not change"
 
 
+def count_layer_calls(model: torch.nn.Module) -> list[int]:
+    """A list that grows by one at every run of the MLP of ``model``'s first transformer
+    layer (activation checkpointing runs it again in the backward pass; the recomputation
+    calls ``forward`` without the module's hooks, so ``forward`` itself is wrapped)."""
+    layer = next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+    mlp = layer.mlp
+    calls: list[int] = []
+    inner = mlp.forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    mlp.forward = counted
+    return calls
+
+
 def assert_finite_metrics(metrics: dict[str, float]) -> None:
     assert metrics
     bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}

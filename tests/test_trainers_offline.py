@@ -15,6 +15,7 @@ from test_trainers_common import (
     assert_grads_close,
     assert_unchanged,
     capture_grads,
+    count_layer_calls,
     count_pairs,
     policy,
     snapshot,
@@ -149,8 +150,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, make):
     b = make(tmp_path / "b", total_steps=1, gradient_checkpointing=True)
     trained = getattr(b, "model", None) or b.policy
     assert is_activation_checkpointing(trained)
+    calls_a, calls_b = count_layer_calls(a.trained_model), count_layer_calls(b.trained_model)
     ga, gb = capture_grads(a), capture_grads(b)
     ra, rb = a.train(), b.train()
+    assert len(calls_b) > len(calls_a)  # the layers ran again in the backward
     assert ra.metrics["loss"] == pytest.approx(rb.metrics["loss"], rel=1e-5)
     assert_grads_close(ga, gb)
 

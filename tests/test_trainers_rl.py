@@ -19,6 +19,7 @@ from test_trainers_common import (
     assert_grads_close,
     assert_unchanged,
     capture_grads,
+    count_layer_calls,
     count_pairs,
     policy,
     snapshot,
@@ -239,6 +240,7 @@ def test_mask_truncated_drops_truncated_completions_from_the_loss(tmp_path, mask
     truncated = torch.cat([tr for tr, _ in seen])
     in_loss = torch.cat([m.any(dim=1) for _, m in seen])
     assert truncated.any(), "with 2 new tokens some completions must hit the limit"
+    assert (~truncated).any(), "and some must stop earlier (else masking all would pass)"
     if mask_truncated:
         assert torch.equal(in_loss, ~truncated)
     else:
@@ -457,17 +459,19 @@ def test_ppo_raises_reward_model_score_with_bounded_kl(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_update(tmp_path):
-    from rlhf_core.models import is_activation_checkpointing
-
     """PPO with ``gradient_checkpointing``: the policy's and the value model's layers
     recompute their activations in the backward pass, and the gradients equal the plain
     run's (to float32 rounding)."""
+    from rlhf_core.models import is_activation_checkpointing
+
     a = _ppo(tmp_path / "a", total_steps=1, ppo_epochs=1)
     b = _ppo(tmp_path / "b", total_steps=1, ppo_epochs=1, gradient_checkpointing=True)
     assert is_activation_checkpointing(b.policy) and is_activation_checkpointing(b.value_model)
     assert not is_activation_checkpointing(a.policy)
+    calls = [count_layer_calls(m) for m in (a.policy, a.value_model, b.policy, b.value_model)]
     ga, gb = capture_grads(a), capture_grads(b)
     ra, rb = a.train(), b.train()
+    assert len(calls[2]) > len(calls[0]) and len(calls[3]) > len(calls[1])  # recomputed
     for key in ("policy_loss", "value_loss", "reward/mean"):
         assert ra.metrics[key] == pytest.approx(rb.metrics[key], rel=1e-5, abs=1e-7), key
     assert_grads_close(ga, gb)
@@ -503,6 +507,7 @@ def test_missing_eos_penalty_lowers_truncated_scores(tmp_path):
     res = t.train()
     truncated, scores, parts = seen[0]
     assert truncated.any(), "with 3 new tokens most completions hit the limit"
+    assert (~truncated).any(), "and some stop earlier (else penalising all would pass)"
     np.testing.assert_array_equal(scores, np.where(truncated, 0.5, 1.0))
     assert res.metrics["reward/mean"] == pytest.approx(float(scores.mean()))
     np.testing.assert_array_equal(next(iter(parts.values())), np.ones(len(scores)))  # raw
