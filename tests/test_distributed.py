@@ -453,6 +453,9 @@ def test_ddp_loss_and_grads_equal_single_process(ranks: list[dict[str, Any]], ag
         assert d["loss"] == pytest.approx(d["ref_loss"], rel=1e-6, abs=1e-7)
         assert d["max_abs_ref"] > 1e-4  # the gradients are not trivially zero
         assert d["max_abs_diff"] <= GRAD_ATOL + GRAD_RTOL * d["max_abs_ref"], d
+        # quoted in docs/scaling.md, section 2 (see with pytest -s)
+        print(f"{agg} rank {r.get('rank', '?')}: max |grad diff| {d['max_abs_diff']:.2e}, "
+              f"max |grad| {d['max_abs_ref']:.2e}")
         for key, ref in d["ref_metrics"].items():
             assert d["metrics"][key] == pytest.approx(ref, rel=1e-5, abs=1e-6), key
 
@@ -460,6 +463,7 @@ def test_ddp_loss_and_grads_equal_single_process(ranks: list[dict[str, Any]], ag
 def test_ddp_without_loss_scale_halves_the_gradient(ranks: list[dict[str, Any]]) -> None:
     for r in ranks:
         assert r["ddp"]["unscaled"]["proj"] == pytest.approx(1.0 / WORLD, rel=1e-4)
+        print(f"unscaled DDP gradient / single-process gradient: {r['ddp']['unscaled']['proj']}")
 
 
 def test_fsdp2_equals_single_process(ranks: list[dict[str, Any]]) -> None:
