@@ -203,9 +203,14 @@ def test_cache_length_buckets():
     ]  # fmt: skip
 
 
-def test_lora_policy_through_the_loop(tok, fast_on_cpu):
-    """A peft LoRA-wrapped policy (non-zero adapters) decodes like HF generate does."""
+@pytest.fixture
+def peft_installed():
     pytest.importorskip("peft")
+
+
+def test_lora_policy_through_the_loop(peft_installed, tok, fast_on_cpu):
+    """A peft LoRA-wrapped policy (non-zero adapters) decodes like HF generate does (the
+    skip, when peft is missing, comes before the loop fixture is set up)."""
     model = M.apply_lora(M.build_builtin_policy(tok, seed=2), r=4, alpha=8)
     with torch.no_grad():
         for name, p in model.named_parameters():

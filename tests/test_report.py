@@ -124,6 +124,9 @@ def test_plot_requires_curves(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         plot_overoptimization([], tmp_path / "x.png")
     # negative KL estimates are clipped to 0 before the square root
+    from rlhf_core.report import _sqrt_kl
+
+    assert _sqrt_kl(-1e-4) == 0.0 and _sqrt_kl(0.25) == 0.5 and math.isnan(_sqrt_kl(math.nan))
     curve = MethodCurve("m", [CurvePoint(0, -1e-4, 0.0, 0.0), CurvePoint(1, 0.25, 1.0, 0.5)])
     assert plot_overoptimization([curve], tmp_path / "x.png").read_bytes()[:8] == PNG
 
