@@ -170,15 +170,8 @@ class DPOTrainer(Trainer):
             self.eval_pairs = encoded.subset(ev) if len(ev) else None
         self.setup_optimization(self.policy, len(self.train_pairs))
 
-    def _sequence_logps(self, model: nn.Module, pairs: EncodedPairs) -> torch.Tensor:
-        """Completion log-probabilities (2P,): chosen first, then rejected."""
-        batch = pad_sequences(
-            pairs.chosen + pairs.rejected,
-            pairs.chosen_start + pairs.rejected_start,
-            self.tokenizer.pad_token_id,
-            device=self.device,
-        )
-        self._last_batch = batch
+    def _sequence_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Completion log-probabilities (2P,) of a padded pair batch (chosen, then rejected)."""
         with self.autocast():
             lp = logprobs_of(model, batch["input_ids"], batch["attention_mask"])
         average = self.config.loss_type == "ipo"
@@ -188,10 +181,18 @@ class DPOTrainer(Trainer):
         self, pairs: EncodedPairs, num_pairs: int, policy: nn.Module | None = None
     ) -> L.LossOutput:
         p = len(pairs)
+        # padded and copied to the device once, for the reference and the policy
+        batch = pad_sequences(
+            pairs.chosen + pairs.rejected,
+            pairs.chosen_start + pairs.rejected_start,
+            self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        self._last_batch = batch
         with torch.inference_mode():
-            ref = self._sequence_logps(self.reference, pairs)
+            ref = self._sequence_logps(self.reference, batch)
         ref = ref.clone()  # outside inference mode: a normal tensor, usable in autograd
-        pol = self._sequence_logps(self.policy if policy is None else policy, pairs)
+        pol = self._sequence_logps(self.policy if policy is None else policy, batch)
         return L.dpo_loss(
             pol[:p],
             pol[p:],
