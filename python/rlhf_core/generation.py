@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from rlhf_core.distributed import is_fsdp2, unwrap_model
-from rlhf_core.models import _seeded
+from rlhf_core.models import _seeded, default_position_ids
 
 __all__ = ["BACKENDS_USED", "EARLY_EXIT_EVERY", "Completions", "generate"]
 
@@ -234,6 +234,7 @@ def generate(
     gcfg = GenerationConfig(**gen_kwargs)
 
     step = batch_size or len(rows)
+    use_fast = bool(fast) and (device.type == "cuda" or _FAST_ON_CPU) and not synced_gpus
     responses: list[np.ndarray] = []
     truncated: list[bool] = []
     sampler_lp: list[np.ndarray] = []
@@ -254,9 +255,6 @@ def generate(
                     mask[i, width - len(p) :] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 new, lp = None, None
-                use_fast = (
-                    bool(fast) and (device.type == "cuda" or _FAST_ON_CPU) and not synced_gpus
-                )
                 if use_fast and id(model) not in _FAST_FAILED:
                     try:
                         new, lp = _static_decode(
@@ -295,12 +293,8 @@ def generate(
                 for i in range(new_np.shape[0]):
                     r = new_np[i]
                     hits = np.flatnonzero(np.isin(r, eos_ids)) if eos_ids else np.array([])
-                    if stop_at_eos:
-                        n = int(hits[0]) + 1 if hits.size else r.shape[0]
-                        truncated.append(hits.size == 0)
-                    else:
-                        n = r.shape[0]
-                        truncated.append(hits.size == 0)
+                    n = int(hits[0]) + 1 if stop_at_eos and hits.size else r.shape[0]
+                    truncated.append(hits.size == 0)
                     responses.append(r[:n].astype(np.int64, copy=True))
                     if lp_np is not None:
                         sampler_lp.append(lp_np[i, :n].astype(np.float32, copy=True))
@@ -572,8 +566,8 @@ def _static_decode(
     cache = _static_cache_for(model, rows, length, dtype)
     full_mask = torch.ones((rows, length), dtype=mask.dtype, device=device)
     full_mask[:, :width] = mask
-    prompt_pos = mask.long().cumsum(-1) - 1  # (B, W)
-    next_pos = prompt_pos[:, -1:] + 1  # (B, 1): position of the first new token
+    prompt_pos = default_position_ids(mask)  # (B, W), as the trainer's forward uses
+    next_pos = prompt_pos[:, -1:] + 1  # (B, 1): left padding, the last column is real
     cache_pos = torch.arange(length, device=device)
     suppress = _suppressed_ids(model)
     suppress_t = torch.tensor(suppress, device=device, dtype=torch.long) if suppress else None
@@ -585,7 +579,7 @@ def _static_decode(
     out = model(
         input_ids=ids,
         attention_mask=full_mask,
-        position_ids=prompt_pos.clamp(min=0),
+        position_ids=prompt_pos,
         cache_position=cache_pos[:width],
         use_cache=True,
         **{cache_kwarg: cache},
