@@ -542,3 +542,31 @@ def test_reward_model_scores_under_the_trainers_autocast(tmp_path):
     scorer.score_ids = spy
     t.train()
     assert depth["seen"] and all(d >= 1 for d in depth["seen"])
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_kl_in_reward_subtracts_the_summed_kl_from_the_scores(tmp_path, estimator):
+    """RLOO with the KL in the reward: scores − β·Σ_t KL_t per sequence, against a numpy
+    float64 reference (the reference model differs from the policy, so the KL is not 0)."""
+    cfg = RLOOConfig(run_dir=str(tmp_path), total_steps=1, rollout_batch_size=8, num_samples=4,
+                     kl_coef=0.3, kl_in_reward=True, kl_estimator=estimator, **RL_COMMON)
+    t = RLOOTrainer(cfg, policy(), tokenizer(), PROMPTS, digit_reward, reference=policy(seed=5))
+    seen: list[Any] = []
+    original = t.extra_buffer_fields
+
+    def spy(roll: Any) -> Any:
+        out = original(roll)
+        seen.append((roll, out))
+        return out
+
+    t.extra_buffer_fields = spy
+    t.train()
+    roll, out = seen[0]
+    want = []
+    for lp, ref in zip(roll.logprobs, roll.ref_logprobs, strict=True):
+        d = np.asarray(lp, np.float64) - np.asarray(ref, np.float64)
+        kl = d if estimator == "k1" else np.exp(-d) + d - 1.0
+        want.append(np.clip(kl, -10.0, 10.0).sum())
+    assert np.abs(want).max() > 1e-3  # a real penalty
+    np.testing.assert_allclose(out["scores"], roll.scores - 0.3 * np.array(want), rtol=1e-9,
+                               atol=1e-9)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_core import losses as L
+from rlhf_core import ops
 from rlhf_core.trainers.base import check_field
 from rlhf_core.trainers.on_policy import OnPolicyTrainer, RLConfig, Rollout
 
@@ -202,16 +203,15 @@ class GRPOTrainer(OnPolicyTrainer):
         cfg = self.config
         if not (cfg.kl_in_reward and cfg.kl_coef > 0 and cfg.estimator in ("grpo", "rloo")):
             return {}
-        penalty = np.array(
-            [
-                float(
-                    L.kl_estimate(
-                        _t(lp), _t(ref), estimator=cfg.kl_estimator, clamp=cfg.kl_clamp
-                    ).sum()
-                )
-                for lp, ref in zip(roll.logprobs, roll.ref_logprobs, strict=True)
-            ]
+        # per-token KL of all sequences at once, summed per sequence (float64, Rust kernels)
+        offsets = np.concatenate([[0], np.cumsum(roll.response_lengths)]).astype(np.int64)
+        per_token = ops.kl(
+            np.concatenate(roll.logprobs).astype(np.float64),
+            np.concatenate(roll.ref_logprobs).astype(np.float64),
+            estimator=cfg.kl_estimator,
+            clamp=cfg.kl_clamp,
         )
+        penalty = ops.reduce_tokens(per_token, offsets=offsets, how="sum")
         return {"scores": roll.scores - cfg.kl_coef * penalty}
 
     def compute_advantages(self, roll: Rollout) -> dict[str, float]:
@@ -275,10 +275,6 @@ class ReinforcePPTrainer(GRPOTrainer):
     config: ReinforcePPConfig
 
 
-def _t(x: np.ndarray) -> Any:
-    import torch
-
-    return torch.from_numpy(np.asarray(x, dtype=np.float64))
 
 
 def advantage_metrics(stats: dict[str, float]) -> dict[str, float]:
