@@ -495,6 +495,18 @@ def global_token_counts(
     return int(t[0].item()), int(t[1].item())
 
 
+def _host_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Plain floats of Python numbers and 0-d tensors, the tensors read with one
+    device-to-host copy for all of them (float32 -> float64 is exact, so the numbers are those
+    of ``float(v)`` one by one)."""
+    out = {k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        flat = torch.stack([v.detach().reshape(()).double() for v in tensors.values()])
+        out.update(zip(tensors, flat.cpu().tolist(), strict=True))
+    return {k: float(out[k]) for k in metrics}
+
+
 def all_reduce_metrics(
     metrics: Mapping[str, Any], ctx: DistContext | None = None
 ) -> dict[str, float]:
@@ -507,10 +519,7 @@ def all_reduce_metrics(
     union is used, a missing key counts as 0 / +inf / -inf. Three collectives (key union, sum,
     max) whatever the number of metrics. Values: Python numbers or 0-d tensors.
     """
-    local = {
-        k: float(v.detach().item() if isinstance(v, torch.Tensor) else v)
-        for k, v in metrics.items()
-    }
+    local = _host_floats(metrics)
     c = _ctx(ctx)
     if not c.is_distributed:
         return local

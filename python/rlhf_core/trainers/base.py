@@ -633,16 +633,7 @@ class Trainer:
     def reduce_metrics(self, totals: Mapping[str, Any]) -> dict[str, float]:
         """Plain floats of summed micro-batch metrics, summed over ranks (``*_min`` /
         ``*_max``: extremes over ranks) when there are several processes."""
-        if not self.dist.is_distributed:
-            out = {k: v for k, v in totals.items() if not isinstance(v, torch.Tensor)}
-            tensors = {k: v for k, v in totals.items() if isinstance(v, torch.Tensor)}
-            if tensors:
-                # one device-to-host copy for all of them (float32 -> float64 is exact, so
-                # the numbers are those of float(v) one by one)
-                flat = torch.stack([v.detach().reshape(()).double() for v in tensors.values()])
-                out.update(zip(tensors, flat.cpu().tolist(), strict=True))
-            return {k: float(out[k]) for k in totals}
-        return D.all_reduce_metrics(totals, self.dist)
+        return D.all_reduce_metrics(totals, self.dist)  # one device-to-host copy
 
     @property
     def dump_dir(self) -> Path:

@@ -189,13 +189,9 @@ def sft_update(
             # same additions as Python floats, so the same value
             loss_acc = loss_acc + out.loss.detach().double()
             L.merge_metrics(totals, out.metrics)
-    loss_sum = float(loss_acc)
-    if ctx.is_distributed:
-        metrics = D.all_reduce_metrics({**totals, "loss": loss_sum}, ctx)
-        loss_sum = metrics["loss"]
-    else:
-        metrics = {k: float(v) for k, v in totals.items()}
-        metrics["loss"] = loss_sum
+    # one device-to-host copy of every metric, summed over ranks when there are several
+    metrics = D.all_reduce_metrics({**totals, "loss": loss_acc}, ctx)
+    loss_sum = metrics["loss"]
     metrics["grad_norm"] = trainer.optimizer_step(optimizer, params, {"loss": loss_sum})
     metrics["tokens"] = float(n_tok)
     return metrics
