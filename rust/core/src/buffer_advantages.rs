@@ -417,25 +417,28 @@ fn compute_typed<F: ColumnFloat>(
 
     if per_sequence {
         let mut a = seq_scores.expect("group estimators computed per-sequence scores");
-        // Valid-token count per sequence (0 for NaN-score sequences: excluded from whitening).
-        let counts: Vec<f64> = (0..n)
-            .map(|i| {
-                let r = offsets[i] as usize..offsets[i + 1] as usize;
-                match mask_ref {
-                    None => r.len() as f64,
-                    Some(m) => m[r].iter().filter(|&&b| b).count() as f64,
-                }
-            })
-            .collect();
+        // Valid-token count per sequence (0 for NaN-score sequences: excluded from whitening);
+        // only whitening needs it (the group estimators' default is no whitening).
+        let counts = || -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    let r = offsets[i] as usize..offsets[i + 1] as usize;
+                    match mask_ref {
+                        None => r.len() as f64,
+                        Some(m) => m[r].iter().filter(|&&b| b).count() as f64,
+                    }
+                })
+                .collect()
+        };
         match opts.whiten {
             Whiten::None => {}
             // Frequency weights with ddof 1: exactly `masked_whiten` of the broadcast tokens.
-            Whiten::Token => weighted_whiten(&mut a, &counts, 1.0, opts.whiten_eps),
+            Whiten::Token => weighted_whiten(&mut a, &counts(), 1.0, opts.whiten_eps),
             Whiten::Sequence => {
-                let w: Vec<f64> = counts
+                // a NaN-score sequence has count 0 already (its tokens are masked out)
+                let w: Vec<f64> = counts()
                     .iter()
-                    .zip(&nan_seq)
-                    .map(|(&c, &bad)| if bad || c == 0.0 { 0.0 } else { 1.0 })
+                    .map(|&c| if c == 0.0 { 0.0 } else { 1.0 })
                     .collect();
                 weighted_whiten(&mut a, &w, 0.0, opts.whiten_eps);
             }
