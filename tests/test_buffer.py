@@ -722,3 +722,22 @@ def test_bool_arrays_holding_other_bytes_are_refused():
     ok = RolloutBuffer()
     ok.add(**base, loss_mask=[np.array([True, True, False]), np.ones(3, bool)])
     assert len(ok) == 2
+
+
+def test_padded_fields_with_their_own_masks_are_scanned_separately():
+    """Fields sharing one mask are scanned once per add; a field with a different mask of the
+    same shape is still checked against the response lengths (the scan is not reused)."""
+    from rlhf_core.buffer import Padded
+
+    ids = np.arange(8).reshape(2, 4)
+    vals = np.ones((2, 4), np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    other = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], bool)
+    base = dict(prompt_ids=[[1], [2]], scores=np.zeros(2))
+    ok = RolloutBuffer()
+    ok.add(**base, response_ids=Padded(ids, mask), logprobs=Padded(vals, mask),
+           values=Padded(vals * 2, mask))
+    np.testing.assert_array_equal(ok.field("values"), [2, 2, 2, 2, 2])
+    bad = RolloutBuffer()
+    with pytest.raises(ShapeError, match="logprobs: sequence 0 of this add .* has 2 values"):
+        bad.add(**base, response_ids=Padded(ids, mask), logprobs=Padded(vals, other))

@@ -115,6 +115,11 @@ impl<'a> Slice<'a> {
         each_slice!(self, v => v.len())
     }
 
+    /// Address of the first element (with the dtype and length, identifies the memory).
+    fn addr(&self) -> usize {
+        each_slice!(self, v => v.as_ptr() as usize)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -495,7 +500,16 @@ fn seq_label(i: usize, base: usize) -> String {
 }
 
 /// Resolve one input into per-sequence segments, checking lengths and the mask.
-fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
+/// Segments of padded inputs already scanned in one add, by (mask address, mask dtype,
+/// rows, cols): every per-token field of a padded batch usually shares one mask, which is
+/// then scanned once instead of once per field.
+#[derive(Default)]
+struct MaskScans(Vec<(MaskKey, Vec<(usize, usize)>)>);
+
+/// (mask address, mask dtype, rows, cols).
+type MaskKey = (usize, DType, usize, usize);
+
+fn resolve(name: &str, input: &TokenInput<'_>, scans: &mut MaskScans) -> Result<Resolved> {
     match *input {
         TokenInput::Pieces(ref pieces) => {
             let dt = input.dtype();
@@ -554,6 +568,13 @@ fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
                     "{name}: mask has shape {mask_shape:?} but the values have shape ({rows}, {cols})"
                 )));
             }
+            let key = (mask.addr(), mask.dtype(), rows, cols);
+            if let Some((_, segments)) = scans.0.iter().find(|(k, _)| *k == key) {
+                return Ok(Resolved {
+                    segments: segments.clone(),
+                    contiguous: false,
+                });
+            }
             let mut segments = Vec::with_capacity(rows);
             for r in 0..rows {
                 let base = r * cols;
@@ -583,6 +604,7 @@ fn resolve(name: &str, input: &TokenInput<'_>) -> Result<Resolved> {
                     None => segments.push((base, 0)),
                 }
             }
+            scans.0.push((key, segments.clone()));
             Ok(Resolved {
                 segments,
                 contiguous: false,
@@ -1017,7 +1039,8 @@ impl RolloutBuffer {
         }
 
         // Lengths.
-        let prompt = resolve("prompt_ids", &batch.prompt_ids)?;
+        let mut scans = MaskScans::default();
+        let prompt = resolve("prompt_ids", &batch.prompt_ids, &mut scans)?;
         for (i, &(_, l)) in prompt.segments.iter().enumerate() {
             if l == 0 {
                 return Err(CoreError::shape(format!(
@@ -1028,13 +1051,13 @@ impl RolloutBuffer {
             }
         }
         let resp_j = token_order[0];
-        let resp = resolve("response_ids", &batch.token_fields[resp_j].1)?;
+        let resp = resolve("response_ids", &batch.token_fields[resp_j].1, &mut scans)?;
         let response_lengths: Vec<usize> = resp.segments.iter().map(|&(_, l)| l).collect();
         let mut token_resolved = Vec::with_capacity(token_order.len());
         token_resolved.push(resp);
         for &j in &token_order[1..] {
             let (name, input) = &batch.token_fields[j];
-            let r = resolve(name, input)?;
+            let r = resolve(name, input, &mut scans)?;
             for (i, (&(_, l), &rl)) in r.segments.iter().zip(&response_lengths).enumerate() {
                 if l != rl {
                     return Err(CoreError::shape(format!(
