@@ -776,11 +776,11 @@ class Trainer:
         written with any number of processes (and either ``parallel``) loads."""
         from rlhf_core.checkpoint import load_checkpoint, restore_rng_state
 
-        models: Mapping[str, Any] = self.checkpoint_models()
+        raw: Mapping[str, Any] = self.checkpoint_models()  # wrapped as trained
+        models = raw
         optimizers: Mapping[str, Any] = self.checkpoint_optimizers()
         if self.dist.is_distributed:
-            models = {k: m if D.is_fsdp2(m) else D.unwrap_model(m) for k, m in models.items()}
-            raw = self.checkpoint_models()
+            models = {k: m if D.is_fsdp2(m) else D.unwrap_model(m) for k, m in raw.items()}
             optimizers = {
                 k: _FullOptimizerLoader(raw[k], opt) if k in raw else opt
                 for k, opt in optimizers.items()

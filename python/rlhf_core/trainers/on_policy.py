@@ -625,7 +625,7 @@ class RolloutTrainer(Trainer):
                         )
                     v = self.rollout_values(mb)
                 old.append(lp.float())
-                ref.append(rlp.float().clone())
+                ref.append(rlp.float())  # an inference tensor: read-only use below
                 if v is not None:
                     val.append(v.float())
         finally:
