@@ -384,6 +384,14 @@ def run_ours(
 # report
 
 
+def step_ratio(res: dict[str, Any]) -> float | None:
+    """rlhf_core's median step time over TRL's (the target: at most 1/3); None unless both
+    ran."""
+    if not (res.get("trl") and res.get("ours")):
+        return None
+    return float(res["ours"]["median_step_s"] / res["trl"]["median_step_s"])
+
+
 def format_report(res: dict[str, Any]) -> str:
     work = res["workload"]
     lines = [
@@ -494,8 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["trl_error"] = f"{type(exc).__name__}: {exc}"
         if not args.no_ours:
             res["ours"] = run_ours(work, folder, tok, device, args.steps, args.warmup)
-    if res["trl"] and res["ours"]:
-        res["ratio"] = res["ours"]["median_step_s"] / res["trl"]["median_step_s"]
+    res["ratio"] = step_ratio(res)
     print(format_report(res))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

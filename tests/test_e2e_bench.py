@@ -75,5 +75,14 @@ def test_tiny_run_without_trl(tmp_path: Path) -> None:
     # EOS is suppressed: every completion has exactly max_new_tokens tokens
     assert ours["response_length_mean"] == pytest.approx(res["workload"]["max_new_tokens"])
     assert ours["loss_finite"]
-    tokens = res["workload"]["prompts_per_step"] * 4 * 8
+    w = res["workload"]
+    tokens = w["prompts_per_step"] * w["num_samples"] * w["max_new_tokens"]
+    assert tokens == 2 * 4 * 8  # the tiny workload
     assert ours["completion_tokens_per_s"] == pytest.approx(tokens / ours["median_step_s"])
+
+
+def test_step_ratio_is_ours_over_trl() -> None:
+    bench = _bench_module()
+    assert bench.step_ratio({"trl": {"median_step_s": 6.0}, "ours": {"median_step_s": 1.5}}) == 0.25
+    assert bench.step_ratio({"trl": None, "ours": {"median_step_s": 1.5}}) is None
+    assert bench.step_ratio({"trl": {"median_step_s": 6.0}, "ours": None}) is None
