@@ -126,6 +126,18 @@ fn sum_count_body<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64
     }
 }
 
+/// Sum and count of the valid entries of one row, block by block (the blocks of
+/// [`BLOCK`] slots added in order, so the result does not depend on threads).
+pub(crate) fn row_sum_count<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>) -> (f64, u64) {
+    let (mut s, mut c) = (0.0f64, 0u64);
+    for (k, xb) in x.chunks(BLOCK).enumerate() {
+        let (bs, bc) = sum_count(xb, m.map(|m| &m[k * BLOCK..k * BLOCK + xb.len()]));
+        s += bs;
+        c += bc;
+    }
+    (s, c)
+}
+
 /// Σ (x − mean)² over the valid entries (f64, `LANES` lanes).
 #[inline]
 fn centred_squares<F: Float, M: MaskValue>(x: &[F], m: Option<&[M]>, mean: f64) -> f64 {
@@ -284,13 +296,7 @@ pub fn masked_mean<F: Float, M: MaskValue>(
             let items: Vec<_> = out.iter_mut().collect();
             for_each_item(layout.n_slots(), items, |i, o| {
                 let r = layout.row(i);
-                let (xs, ms) = (&x[r.clone()], mask.map(|m| &m[r]));
-                let (mut s, mut c) = (0.0f64, 0u64);
-                for (k, xb) in xs.chunks(BLOCK).enumerate() {
-                    let (bs, bc) = sum_count(xb, ms.map(|m| &m[k * BLOCK..k * BLOCK + xb.len()]));
-                    s += bs;
-                    c += bc;
-                }
+                let (s, c) = row_sum_count(&x[r.clone()], mask.map(|m| &m[r]));
                 *o = F::from_f64(if c == 0 { 0.0 } else { s / c as f64 });
             });
         }

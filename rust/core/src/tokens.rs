@@ -8,7 +8,7 @@
 use crate::error::{CoreError, Result};
 use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
 use crate::simd::vectorized;
-use crate::stats::{sum_count, BLOCK};
+use crate::stats::row_sum_count;
 
 /// Broadcast `seq_values` (one per row) onto the valid slots of `layout`; every slot of `out`
 /// is written.
@@ -75,13 +75,7 @@ pub fn reduce_tokens<F: Float, M: MaskValue>(
     let items: Vec<_> = out.iter_mut().collect();
     for_each_item(layout.n_slots(), items, |i, o| {
         let r = layout.row(i);
-        let (xs, ms) = (&x[r.clone()], mask.map(|m| &m[r]));
-        let (mut s, mut c) = (0.0f64, 0u64);
-        for (k, xb) in xs.chunks(BLOCK).enumerate() {
-            let (bs, bc) = sum_count(xb, ms.map(|m| &m[k * BLOCK..k * BLOCK + xb.len()]));
-            s += bs;
-            c += bc;
-        }
+        let (s, c) = row_sum_count(&x[r.clone()], mask.map(|m| &m[r]));
         *o = F::from_f64(match how {
             Reduce::Sum => s,
             Reduce::Mean if c == 0 => 0.0,
