@@ -495,6 +495,44 @@ struct Resolved {
     contiguous: bool,
 }
 
+/// Check a field of one level (per token or per sequence): not named twice (`seen` holds the
+/// names so far), not a known field of the other level, an allowed dtype for a known name,
+/// a valid name otherwise. Used by `add` and by `from_parts`.
+fn check_field_kind<'a>(
+    name: &'a str,
+    dtype: DType,
+    per_token: bool,
+    seen: &mut Vec<&'a str>,
+) -> Result<()> {
+    if seen.contains(&name) {
+        return Err(CoreError::field(format!("field {name:?} is given twice")));
+    }
+    seen.push(name);
+    let (own, other) = if per_token {
+        (KNOWN_TOKEN_FIELDS, KNOWN_SEQ_FIELDS)
+    } else {
+        (KNOWN_SEQ_FIELDS, KNOWN_TOKEN_FIELDS)
+    };
+    if known_dtypes(other, name).is_some() {
+        return Err(CoreError::field(if per_token {
+            format!(
+                "{name:?} is a per-sequence field (one value per sequence), but it was given per token"
+            )
+        } else {
+            format!("{name:?} is a per-token field, but it was given per sequence")
+        }));
+    }
+    match known_dtypes(own, name) {
+        Some(allowed) if !allowed.contains(&dtype) => Err(CoreError::dtype(format!(
+            "{name} must be {}, got {}",
+            dtype_list(allowed),
+            dtype.name()
+        ))),
+        Some(_) => Ok(()),
+        None => check_field_name(name),
+    }
+}
+
 fn seq_label(i: usize, base: usize) -> String {
     format!("sequence {i} of this add (buffer index {})", base + i)
 }
@@ -895,50 +933,10 @@ impl RolloutBuffer {
         // Names: known dtypes, no duplicates, no clash between levels.
         let mut seen: Vec<&str> = Vec::new();
         for (name, input) in &batch.token_fields {
-            if seen.contains(&name.as_str()) {
-                return Err(CoreError::field(format!("field {name:?} is given twice")));
-            }
-            seen.push(name);
-            if known_dtypes(KNOWN_SEQ_FIELDS, name).is_some() {
-                return Err(CoreError::field(format!(
-                    "{name:?} is a per-sequence field (one value per sequence), but it was given per token"
-                )));
-            }
-            match known_dtypes(KNOWN_TOKEN_FIELDS, name) {
-                Some(allowed) => {
-                    if !allowed.contains(&input.dtype()) {
-                        return Err(CoreError::dtype(format!(
-                            "{name} must be {}, got {}",
-                            dtype_list(allowed),
-                            input.dtype().name()
-                        )));
-                    }
-                }
-                None => check_field_name(name)?,
-            }
+            check_field_kind(name, input.dtype(), true, &mut seen)?;
         }
         for (name, values) in &batch.seq_fields {
-            if seen.contains(&name.as_str()) {
-                return Err(CoreError::field(format!("field {name:?} is given twice")));
-            }
-            seen.push(name);
-            if known_dtypes(KNOWN_TOKEN_FIELDS, name).is_some() {
-                return Err(CoreError::field(format!(
-                    "{name:?} is a per-token field, but it was given per sequence"
-                )));
-            }
-            match known_dtypes(KNOWN_SEQ_FIELDS, name) {
-                Some(allowed) => {
-                    if !allowed.contains(&values.dtype()) {
-                        return Err(CoreError::dtype(format!(
-                            "{name} must be {}, got {}",
-                            dtype_list(allowed),
-                            values.dtype().name()
-                        )));
-                    }
-                }
-                None => check_field_name(name)?,
-            }
+            check_field_kind(name, values.dtype(), false, &mut seen)?;
         }
         if !batch.token_fields.iter().any(|(n, _)| n == "response_ids") {
             return Err(CoreError::field("response_ids is required"));
@@ -1287,29 +1285,9 @@ impl RolloutBuffer {
             }
         }
         let mut seen: Vec<&str> = Vec::new();
+        let kind = |e: CoreError| st(e.message().to_string());
         for (name, col) in &parts.token_fields {
-            if seen.contains(&name.as_str()) {
-                return Err(st(format!("field {name:?} appears twice")));
-            }
-            seen.push(name);
-            match known_dtypes(KNOWN_TOKEN_FIELDS, name) {
-                Some(allowed) if !allowed.contains(&col.dtype()) => {
-                    return Err(st(format!(
-                        "{name} must be {}, got {}",
-                        dtype_list(allowed),
-                        col.dtype().name()
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    if known_dtypes(KNOWN_SEQ_FIELDS, name).is_some() {
-                        return Err(st(format!(
-                            "{name:?} is a per-sequence field, found among per-token fields"
-                        )));
-                    }
-                    check_field_name(name).map_err(|e| st(e.message().to_string()))?
-                }
-            }
+            check_field_kind(name, col.dtype(), true, &mut seen).map_err(kind)?;
             if col.len() != n_r {
                 return Err(st(format!(
                     "{name} has {} values, response_offsets end at {n_r}",
@@ -1318,28 +1296,7 @@ impl RolloutBuffer {
             }
         }
         for (name, col) in &parts.seq_fields {
-            if seen.contains(&name.as_str()) {
-                return Err(st(format!("field {name:?} appears twice")));
-            }
-            seen.push(name);
-            match known_dtypes(KNOWN_SEQ_FIELDS, name) {
-                Some(allowed) if !allowed.contains(&col.dtype()) => {
-                    return Err(st(format!(
-                        "{name} must be {}, got {}",
-                        dtype_list(allowed),
-                        col.dtype().name()
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    if known_dtypes(KNOWN_TOKEN_FIELDS, name).is_some() {
-                        return Err(st(format!(
-                            "{name:?} is a per-token field, found among per-sequence fields"
-                        )));
-                    }
-                    check_field_name(name).map_err(|e| st(e.message().to_string()))?
-                }
-            }
+            check_field_kind(name, col.dtype(), false, &mut seen).map_err(kind)?;
             if col.len() != n {
                 return Err(st(format!(
                     "{name} has {} values, the buffer holds {n} sequences",
