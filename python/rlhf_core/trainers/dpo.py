@@ -18,14 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.trainers.base import (
-    Trainer,
     TrainerConfig,
     check_field,
     logprobs_of,
@@ -34,9 +32,8 @@ from rlhf_core.trainers.base import (
 from rlhf_core.trainers.reward import (
     EncodedPairs,
     Pair,
-    encode_pairs,
+    PairTrainer,
     eval_parts,
-    split_held_out,
 )
 
 __all__ = ["DPOConfig", "DPOTrainer"]
@@ -116,7 +113,7 @@ class DPOConfig(TrainerConfig):
         )
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(PairTrainer):
     """Train a policy with DPO / IPO on preference pairs against a frozen reference.
 
     Args:
@@ -155,20 +152,7 @@ class DPOTrainer(Trainer):
         )
         self.policy = self.wrap_trained(policy)
         self.reference.eval()
-        self.tokenizer = tokenizer
-        encoded = encode_pairs(tokenizer, pairs, max_length=config.max_length)
-        if eval_pairs is not None:
-            self.train_pairs = encoded
-            self.eval_pairs: EncodedPairs | None = (
-                encode_pairs(tokenizer, eval_pairs, max_length=config.max_length)
-                if len(eval_pairs)
-                else None
-            )
-        else:
-            tr, ev = split_held_out(len(encoded), config.eval_fraction, config.seed)
-            self.train_pairs = encoded.subset(tr)
-            self.eval_pairs = encoded.subset(ev) if len(ev) else None
-        self.setup_optimization(self.policy, len(self.train_pairs))
+        self.setup_pairs(self.policy, tokenizer, pairs, eval_pairs)
 
     def _sequence_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Completion log-probabilities (2P,) of a padded pair batch (chosen, then rejected)."""
@@ -177,7 +161,7 @@ class DPOTrainer(Trainer):
         average = self.config.loss_type == "ipo"
         return L.sequence_logprobs(lp, batch["loss_mask"], average=average)  # (2P,)
 
-    def _pair_loss(
+    def pair_loss(
         self, pairs: EncodedPairs, num_pairs: int, policy: nn.Module | None = None
     ) -> L.LossOutput:
         p = len(pairs)
@@ -204,38 +188,6 @@ class DPOTrainer(Trainer):
             num_pairs=num_pairs,
         )
 
-    def train_step(self, step: int) -> dict[str, float]:
-        cfg = self.config
-        with self.timer.phase("bookkeeping"):
-            idx = self.sampler.next(cfg.batch_size)  # the same on every rank
-            idx = idx[self.shard(len(idx))]
-            batch = self.train_pairs.subset(idx)
-        with self.timer.phase("training"):
-            self.policy.train()
-            totals: dict[str, torch.Tensor] = {}
-            # float64 on the device, read once per step (no sync per micro-batch)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            n = len(batch)  # this rank's pairs (batch_size for one process)
-            mb = cfg.micro_batch_size or n
-            starts = range(0, n, mb)
-            for k, s in enumerate(starts):
-                part = batch.subset(np.arange(s, min(s + mb, n)))
-                with self.no_sync(self.policy, enabled=k < len(starts) - 1):
-                    out = self._pair_loss(part, cfg.batch_size)  # normalised by the global count
-                    self.backward(out.loss)
-                loss_sum = loss_sum + out.loss.detach().double()
-                L.merge_metrics(totals, out.metrics)
-            metrics = self.reduce_metrics({**totals, "loss": loss_sum})
-            metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)
-            self.scheduler.step()
-        done = step + 1
-        if self.eval_pairs is not None and (
-            done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0)
-        ):
-            with self.timer.phase("evaluation"):
-                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-        return metrics
-
     @torch.no_grad()
     def evaluate(self, pairs: EncodedPairs | None = None) -> dict[str, float]:
         """Implicit-reward accuracy, margin and loss on held-out pairs."""
@@ -249,7 +201,7 @@ class DPOTrainer(Trainer):
             # no gradient: the DDP wrapper (whose forward is a collective) is not needed
             policy = D.unwrap_model(self.policy)
             for part, real in self.eval_parts(pairs):
-                out = self._pair_loss(part, len(pairs), policy)
+                out = self.pair_loss(part, len(pairs), policy)
                 if real:
                     L.merge_metrics(totals, out.metrics)
         finally:
@@ -266,4 +218,3 @@ class DPOTrainer(Trainer):
         counts. Under FSDP2 every rank runs as many forward passes as the rank with the most
         batches (extra ones repeat the first pair and are not counted)."""
         return eval_parts(self, pairs, self.config.eval_batch_size)
-

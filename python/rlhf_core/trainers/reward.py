@@ -32,7 +32,14 @@ from rlhf_core.trainers.base import (
     pad_sequences,
 )
 
-__all__ = ["RewardConfig", "RewardTrainer", "EncodedPairs", "encode_pairs", "eval_parts"]
+__all__ = [
+    "PairTrainer",
+    "RewardConfig",
+    "RewardTrainer",
+    "EncodedPairs",
+    "encode_pairs",
+    "eval_parts",
+]
 
 Pair = tuple[str, str, str] | Mapping[str, Any]
 
@@ -203,7 +210,83 @@ def eval_parts(
     return parts
 
 
-class RewardTrainer(Trainer):
+class PairTrainer(Trainer):
+    """What reward-model training and DPO share: the encoded training and held-out pairs, and
+    a step that draws ``batch_size`` pairs (this rank's block of them), runs
+    :meth:`pair_loss` over micro-batches normalised by the global pair count, takes one
+    optimizer step and evaluates every ``eval_every`` steps. Subclasses implement
+    :meth:`pair_loss` and :meth:`evaluate`."""
+
+    train_pairs: EncodedPairs
+    eval_pairs: EncodedPairs | None
+
+    def setup_pairs(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        pairs: Sequence[Pair],
+        eval_pairs: Sequence[Pair] | None,
+    ) -> None:
+        """Encode the pairs (``eval_pairs`` given: held out as they are; otherwise an
+        ``eval_fraction`` split of ``pairs``), then the sampler and optimizer of ``model``."""
+        cfg: Any = self.config
+        self.tokenizer = tokenizer
+        encoded = encode_pairs(tokenizer, pairs, max_length=cfg.max_length)
+        if eval_pairs is not None:
+            self.train_pairs = encoded
+            self.eval_pairs = (
+                encode_pairs(tokenizer, eval_pairs, max_length=cfg.max_length)
+                if len(eval_pairs)
+                else None
+            )
+        else:
+            tr, ev = split_held_out(len(encoded), cfg.eval_fraction, cfg.seed)
+            self.train_pairs = encoded.subset(tr)
+            self.eval_pairs = encoded.subset(ev) if len(ev) else None
+        self.setup_optimization(model, len(self.train_pairs))
+
+    def pair_loss(self, part: EncodedPairs, num_pairs: int) -> L.LossOutput:
+        """The loss of a micro-batch of pairs, normalised by ``num_pairs``."""
+        raise NotImplementedError
+
+    def evaluate(self, pairs: EncodedPairs | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg: Any = self.config
+        model = self.trained_model
+        with self.timer.phase("bookkeeping"):
+            idx = self.sampler.next(cfg.batch_size)  # the same on every rank
+            idx = idx[self.shard(len(idx))]
+            batch = self.train_pairs.subset(idx)
+        with self.timer.phase("training"):
+            model.train()
+            totals: dict[str, torch.Tensor] = {}
+            # float64 on the device, read once per step (no sync per micro-batch)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            n = len(batch)  # this rank's pairs (batch_size for one process)
+            mb = cfg.micro_batch_size or n
+            starts = range(0, n, mb)
+            for k, s in enumerate(starts):
+                part = batch.subset(np.arange(s, min(s + mb, n)))
+                with self.no_sync(model, enabled=k < len(starts) - 1):
+                    out = self.pair_loss(part, cfg.batch_size)  # normalised by the global count
+                    self.backward(out.loss)
+                loss_sum = loss_sum + out.loss.detach().double()
+                L.merge_metrics(totals, out.metrics)
+            metrics = self.reduce_metrics({**totals, "loss": loss_sum})
+            metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)
+            self.scheduler.step()
+        done = step + 1
+        if self.eval_pairs is not None and (
+            done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0)
+        ):
+            with self.timer.phase("evaluation"):
+                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+        return metrics
+
+
+class RewardTrainer(PairTrainer):
     """Train a :class:`~rlhf_core.models.RewardModel` on preference pairs.
 
     Args:
@@ -232,20 +315,7 @@ class RewardTrainer(Trainer):
             raise ValueError("pairs is empty: reward training needs at least one pair")
         self.check_divisible("batch_size", config.batch_size)
         self.model = self.wrap_trained(reward_model)
-        self.tokenizer = tokenizer
-        encoded = encode_pairs(tokenizer, pairs, max_length=config.max_length)
-        if eval_pairs is not None:
-            self.train_pairs = encoded
-            self.eval_pairs: EncodedPairs | None = (
-                encode_pairs(tokenizer, eval_pairs, max_length=config.max_length)
-                if len(eval_pairs)
-                else None
-            )
-        else:
-            tr, ev = split_held_out(len(encoded), config.eval_fraction, config.seed)
-            self.train_pairs = encoded.subset(tr)
-            self.eval_pairs = encoded.subset(ev) if len(ev) else None
-        self.setup_optimization(self.model, len(self.train_pairs))
+        self.setup_pairs(self.model, tokenizer, pairs, eval_pairs)
 
     def _forward_pairs(
         self, pairs: EncodedPairs, model: nn.Module | None = None
@@ -266,49 +336,17 @@ class RewardTrainer(Trainer):
         p = len(pairs)
         return r[:p], r[p:]
 
-    def train_step(self, step: int) -> dict[str, float]:
-        cfg = self.config
-        with self.timer.phase("bookkeeping"):
-            idx = self.sampler.next(cfg.batch_size)  # the same on every rank
-            idx = idx[self.shard(len(idx))]
-            batch = self.train_pairs.subset(idx)
-        with self.timer.phase("training"):
-            self.model.train()
-            totals: dict[str, torch.Tensor] = {}
-            # float64 on the device, read once per step (no sync per micro-batch)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            n = len(batch)  # this rank's pairs (batch_size for one process)
-            mb = cfg.micro_batch_size or n
-            starts = range(0, n, mb)
-            for k, s in enumerate(starts):
-                part = batch.subset(np.arange(s, min(s + mb, n)))
-                with self.no_sync(self.model, enabled=k < len(starts) - 1):
-                    rc, rr = self._forward_pairs(part)
-                    margin = (
-                        torch.as_tensor(part.margin, dtype=rc.dtype, device=rc.device)
-                        if cfg.use_margin
-                        else None
-                    )
-                    out = L.bradley_terry_loss(
-                        rc,
-                        rr,
-                        margin=margin,
-                        center_coef=cfg.center_coef,
-                        num_pairs=cfg.batch_size,  # the global count
-                    )
-                    self.backward(out.loss)
-                loss_sum = loss_sum + out.loss.detach().double()
-                L.merge_metrics(totals, out.metrics)
-            metrics = self.reduce_metrics({**totals, "loss": loss_sum})
-            metrics["grad_norm"] = self.optimizer_step(self.optimizer, self.params, metrics)
-            self.scheduler.step()
-        done = step + 1
-        if self.eval_pairs is not None and (
-            done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0)
-        ):
-            with self.timer.phase("evaluation"):
-                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-        return metrics
+    def pair_loss(self, part: EncodedPairs, num_pairs: int) -> L.LossOutput:
+        """Bradley–Terry loss of a micro-batch (with its margins when ``use_margin``)."""
+        rc, rr = self._forward_pairs(part)
+        margin = (
+            torch.as_tensor(part.margin, dtype=rc.dtype, device=rc.device)
+            if self.config.use_margin
+            else None
+        )
+        return L.bradley_terry_loss(
+            rc, rr, margin=margin, center_coef=self.config.center_coef, num_pairs=num_pairs
+        )
 
     @torch.no_grad()
     def evaluate(self, pairs: EncodedPairs | None = None) -> dict[str, float]:
@@ -336,4 +374,3 @@ class RewardTrainer(Trainer):
             "margin": float(summed["margin"]),
             "loss": float(summed["bt_loss"]),
         }
-
