@@ -56,7 +56,7 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
 /// `&[bool]` is made of them.
 fn check_bool_bytes(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
     let bytes = obj.call_method1("view", ("u1",))?;
-    let arr = bytes.cast::<PyArrayDyn<u8>>().map_err(|e| PyErr::from(e))?;
+    let arr = bytes.cast::<PyArrayDyn<u8>>().map_err(PyErr::from)?;
     let ro = arr.try_readonly().map_err(|e| {
         to_py(CoreError::shape(format!(
             "{name} cannot be borrowed for reading: {e}"
