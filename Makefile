@@ -16,9 +16,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.deps-stamp: pyproject.toml | $(BIN)/python
+# requirements/constraints.txt pins the test environment (tests/data/behaviour.json was recorded on it)
+$(VENV)/.deps-stamp: pyproject.toml requirements/constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q "maturin>=1.7,<2"
-	$(BIN)/maturin develop --release -q -E dev
+	PIP_CONSTRAINT=$(CURDIR)/requirements/constraints.txt $(BIN)/maturin develop --release -q -E dev
 	touch $@
 
 setup: $(VENV)/.deps-stamp ## create .venv, install all dependencies (torch included) and the package
