@@ -10,7 +10,12 @@ familiar builtin it refines, so ``except ValueError`` keeps working:
 - :class:`CapacityError` (``ValueError``): a sequence does not fit a budget or pack row.
 - :class:`FieldError` (``KeyError``): unknown, missing or conflicting named field.
 - :class:`StateError` (``ValueError``): serialized state that cannot be restored.
+
+Configuration dataclasses validate their fields with :func:`check_field`, whose message names
+the field, the value it got and the fix.
 """
+
+from typing import Any
 
 from rlhf_core._core import (
     CapacityError,
@@ -32,4 +37,11 @@ __all__ = [
     "CapacityError",
     "FieldError",
     "StateError",
+    "check_field",
 ]
+
+
+def check_field(ok: bool, name: str, value: Any, fix: str) -> None:
+    """Raise ``ValueError("<name>=<value!r>: <fix>")`` unless ``ok`` (config validation)."""
+    if not ok:
+        raise ValueError(f"{name}={value!r}: {fix}")

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from rlhf_core import distributed as D
+from rlhf_core.errors import check_field
 
 __all__ = [
     "TrainerConfig",
@@ -62,12 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("rlhf_core.trainers")
-
-
-def check_field(ok: bool, name: str, value: Any, fix: str) -> None:
-    """Raise ``ValueError("<name>=<value!r>: <fix>")`` unless ``ok`` (config validation)."""
-    if not ok:
-        raise ValueError(f"{name}={value!r}: {fix}")
 
 
 @dataclass
