@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup build build-debug demo demo-quick test test-rust lint test-python bench bench-rust wheel clean
+.PHONY: help setup build build-debug demo demo-quick test test-rust lint test-python test-wheel bench bench-rust wheel clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ demo: build ## run the built-in end-to-end demo (SFT -> preferences -> reward mo
 demo-quick: build ## the demo at small scale (under a minute)
 	$(BIN)/rlhf-core demo --quick
 
-test: build test-rust lint test-python ## set up everything and run every check: cargo test, clippy, fmt, ruff, pytest
+test: build test-rust lint test-python test-wheel ## set up everything and run every check: cargo test, clippy, fmt, ruff, mypy, pytest, the wheel without Rust
 
 test-rust: ## Rust core tests (no Python needed), clippy -D warnings, fmt check, bench compile
 	cargo fmt --all -- --check
@@ -58,8 +58,13 @@ bench: build ## Python benchmarks: kernels and buffer against numpy / Python bas
 bench-rust: ## criterion benches of the core kernels
 	cargo bench -p rlhf-core-kernels
 
-wheel: setup ## build an abi3 release wheel into dist/
-	$(BIN)/maturin build --release -o dist
+wheel: setup ## build the abi3 manylinux2014 release wheel (Python >= 3.10) into dist/ (zig links against old glibc)
+	$(BIN)/pip install -q -c requirements/constraints.txt ziglang
+	rm -f dist/rlhf_core-*.whl
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BIN)/maturin build --release --zig --compatibility manylinux2014 -o dist
+
+test-wheel: wheel ## install the wheel into a fresh venv with no Rust on PATH; run the README quickstart and the quick demo
+	bash tools/test_wheel.sh
 
 clean: ## remove build outputs (keeps .venv)
 	cargo clean
