@@ -19,8 +19,6 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 logger = logging.getLogger("rlhf_core")
 
 __all__ = ["json_safe", "read_jsonl", "write_jsonl", "atomic_write_text", "append_jsonl"]
@@ -35,11 +33,13 @@ def json_safe(value: Any) -> Any:
                 value = value.item()
         except (ValueError, RuntimeError):
             pass
-    if isinstance(value, (bool, np.bool_)):
+    # numpy / torch scalars became Python ones through .item() above (numpy is not imported
+    # here: this module is on the path of `rlhf-core --help`)
+    if isinstance(value, bool):
         return bool(value)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, int):
         return int(value)
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, float):
         f = float(value)
         return f if math.isfinite(f) else None
     if isinstance(value, str) or value is None:
