@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,33 @@ from rlhf_core.cli.loading import (
 )
 from rlhf_core.cli.outputs import write_json
 from rlhf_core.cli.run_configs import EvalConfig
-from rlhf_core.demo import evaluate_policy
+from rlhf_core.demo import PolicyEval, evaluate_policy
+from rlhf_core.rewards import combine_rewards
 
 __all__ = ["run_eval"]
+
+
+def _scored(name: str, scores: np.ndarray) -> Callable[..., np.ndarray]:
+    """A reward function that returns scores already computed (float64 (N,)), so that
+    :func:`combine_rewards` weighs them without scoring the samples again."""
+
+    def fn(prompts: list[str], completions: list[str], **columns: Any) -> np.ndarray:
+        return scores
+
+    fn.__name__ = name
+    return fn
+
+
+def combined_reward(ev: PolicyEval, weights: list[float] | None) -> float:
+    """Mean over the samples of the weighted sum of the reward sources of ``ev`` (weights in
+    the order of ``ev.scores``; None = all 1), combined by
+    :func:`rlhf_core.rewards.combine_rewards` as training combines them; samples whose
+    combined reward is not finite are left out (NaN when none is)."""
+    fns = [_scored(n, s) for n, s in ev.scores.items()]
+    total = combine_rewards(fns, weights, ev.prompts, ev.texts)
+    assert isinstance(total, np.ndarray)
+    ok = total[np.isfinite(total)]
+    return float(ok.mean()) if ok.size else math.nan
 
 
 def run_eval(cfg: EvalConfig) -> int:
@@ -53,12 +78,7 @@ def run_eval(cfg: EvalConfig) -> int:
     )
     summary = ev.summary()
     if len(names) > 1:
-        w = cfg.reward_weights or [1.0] * len(names)
-        total = np.zeros(len(ev), dtype=np.float64)
-        for wk, n in zip(w, names, strict=True):
-            total += float(wk) * ev.scores[n]  # NaN where any source could not score
-        ok = total[np.isfinite(total)]
-        summary["reward/combined"] = float(ok.mean()) if ok.size else math.nan
+        summary["reward/combined"] = combined_reward(ev, cfg.reward_weights)
     rows = []
     for i in range(len(ev)):
         row: dict[str, Any] = {"prompt": ev.prompts[i], "completion": ev.texts[i]}
