@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         toml, overrides = apply_resume(overrides, ns.config)
         if name == "demo":
-            from rlhf_core.demo import load_demo_config  # the demo's own defaults and --quick
+            from rlhf_core.demo import load_demo_config  # with the command: the demo needs torch
 
             cfg: Any = load_demo_config(toml, overrides, quick=ns.quick)
         else:
