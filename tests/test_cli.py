@@ -410,3 +410,46 @@ def test_entry_point_and_python_m() -> None:
         assert res.returncode == 0, res.stderr
         assert "rlhf-core" in res.stdout
     assert "--kl_coef" in res.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# reward sources of weight 0 (combined as training combines them)
+
+_UNSCORABLE = (
+    "def unscorable(prompts, completions, **columns):\n    return [None] * len(completions)\n"
+)
+_WEIGHT_ZERO = pytest.mark.xfail(
+    strict=True, reason="needs combine_rewards weight-0 rule (arch-algo)"
+)
+
+
+@_WEIGHT_ZERO
+def test_eval_ignores_a_weight_zero_source_that_cannot_score(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "unscorable.py"
+    f.write_text(_UNSCORABLE)
+    run = tmp_path / "eval"
+    args = base_args("eval", run) + ["--reward_funcs", f"gold,{f}:unscorable"]
+    rc, _, err = run_cli(args + ["--reward_weights", "1,0"], capsys)
+    assert rc == 0, err
+    res = json.loads((run / "eval.json").read_text())
+    assert res["reward/unscorable/frac_unscorable"] == 1.0  # the source did run
+    assert res["reward/combined"] is not None  # JSON null = NaN
+    assert res["reward/combined"] == pytest.approx(res["reward/gold_reward"], rel=1e-12)
+
+
+@_WEIGHT_ZERO
+def test_label_ignores_a_weight_zero_source_that_cannot_score(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "unscorable.py"
+    f.write_text(_UNSCORABLE)
+    gold_only, with_zero = tmp_path / "gold", tmp_path / "zero"
+    assert run_cli(base_args("label", gold_only), capsys)[0] == 0
+    args = base_args("label", with_zero) + ["--reward_funcs", f"gold,{f}:unscorable"]
+    rc, _, err = run_cli(args + ["--reward_weights", "1,0"], capsys)
+    assert rc == 0, err
+    expected = (gold_only / "preferences.jsonl").read_text()
+    assert expected.strip()  # the gold judge labelled some pairs
+    assert (with_zero / "preferences.jsonl").read_text() == expected

@@ -1,0 +1,95 @@
+"""What a command leaves in its run folder besides the trainer's own files: the final model,
+``plots/metrics.png``, JSON summaries, and the closing lines printed to the console."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rlhf_core._io import atomic_write_text, json_safe
+from rlhf_core.monitor import read_metrics
+
+__all__ = ["save_model", "plot_metrics", "write_json", "finish_training", "already_finished"]
+
+
+def save_model(model: Any, tokenizer: Any, path: pathlib.Path) -> pathlib.Path:
+    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_metrics(
+    run_dir: str | os.PathLike[str],
+    keys: Sequence[str],
+    path: str | os.PathLike[str] | None = None,
+) -> pathlib.Path | None:
+    """One panel per metric of ``keys`` found in ``run_dir/metrics.jsonl`` (against the step);
+    written to ``path`` (default ``run_dir/plots/metrics.png``). Returns the path, or None when
+    none of the keys was logged."""
+    run = pathlib.Path(run_dir)
+    if not (run / "metrics.jsonl").is_file():
+        return None
+    rows = read_metrics(run)
+    present = [k for k in keys if any(k in r for r in rows)]
+    if not present:
+        return None
+    cols = min(3, len(present))
+    nrows = math.ceil(len(present) / cols)
+    fig = Figure(figsize=(4.0 * cols, 2.8 * nrows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, k in enumerate(present):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        pts = [(r["step"], r[k]) for r in rows if k in r and isinstance(r[k], (int, float))]
+        ax.plot([s for s, _ in pts], [v for _, v in pts], "-o", ms=2)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    out = pathlib.Path(path) if path is not None else run / "plots" / "metrics.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    return out
+
+
+def write_json(path: pathlib.Path, obj: Mapping[str, Any]) -> pathlib.Path:
+    """``obj`` as indented JSON (non-finite numbers as ``null``), replaced atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def finish_training(
+    name: str, cfg: Any, result: Any, keys: Sequence[str], saved: Mapping[str, pathlib.Path]
+) -> int:
+    """Plot ``keys``, print the last values of ``keys`` (and ``eval/*``), where each saved model
+    went and what the run folder holds; exit status 0."""
+    run = pathlib.Path(cfg.run_dir)
+    plot = plot_metrics(run, keys)
+    last = {k: v for k, v in result.metrics.items() if k in keys or k.startswith("eval/")}
+    if last:
+        print(f"{name}: step {result.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+    for what, p in saved.items():
+        print(f"{name}: {what} saved to {p}")
+    print(
+        f"{name}: run folder {run} (config.toml, metrics.jsonl, checkpoints/"
+        + (", plots/metrics.png" if plot else "")
+        + ")"
+    )
+    return 0
+
+
+def already_finished(name: str, result: Any) -> int:
+    """Print why nothing was trained (the run had reached ``total_steps``); exit status 0."""
+    print(f"{name}: {result.message}")
+    return 0

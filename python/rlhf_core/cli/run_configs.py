@@ -1,0 +1,328 @@
+"""What each command takes: one config dataclass per command, the trainer's config plus the
+fields that say where the model, data and rewards come from (:mod:`rlhf_core.cli.run_fields`).
+
+``rlhf-core <command> --help`` is generated from these fields (their ``help`` metadata, type
+and default); :mod:`rlhf_core.cli.loading` turns their strings into models, data and reward
+functions. Every ``__post_init__`` raises ``ValueError`` naming the field, its value and the fix
+(:func:`rlhf_core.errors.check_field`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rlhf_core.cli.run_fields import (
+    check_common,
+    check_rewards,
+    dataset_field,
+    dataset_size_field,
+    model_field,
+    on_error_field,
+    reference_field,
+    reward_funcs_field,
+    reward_model_field,
+    tokenizer_field,
+)
+from rlhf_core.errors import check_field
+from rlhf_core.trainers.best_of_n import BestOfNConfig
+from rlhf_core.trainers.dpo import DPOConfig
+from rlhf_core.trainers.grpo import GRPOConfig, ReinforcePPConfig, RLOOConfig
+from rlhf_core.trainers.ppo import PPOConfig
+from rlhf_core.trainers.reward import RewardConfig
+from rlhf_core.trainers.sft import SFTConfig
+
+__all__ = [
+    "SFTRunConfig",
+    "RewardRunConfig",
+    "DPORunConfig",
+    "PPORunConfig",
+    "GRPORunConfig",
+    "RLOORunConfig",
+    "ReinforcePPRunConfig",
+    "BestOfNRunConfig",
+    "LabelConfig",
+    "EvalConfig",
+]
+
+# --------------------------------------------------------------------------------------------
+# command configs (trainer configs + where the model and data come from)
+
+
+@dataclass
+class SFTRunConfig(SFTConfig):
+    """``rlhf-core sft``: :class:`~rlhf_core.trainers.SFTConfig` plus model and data."""
+
+    run_dir: str = field(default="runs/sft", metadata={"help": "output folder of the run"})
+    model: str = model_field()
+    tokenizer: str | None = tokenizer_field()
+    dataset: str = dataset_field("prompt-completion data (columns prompt, completion)")
+    dataset_size: int = dataset_size_field()
+    data_on_error: str = on_error_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_common(self)
+
+
+@dataclass
+class RewardRunConfig(RewardConfig):
+    """``rlhf-core reward``: :class:`~rlhf_core.trainers.RewardConfig` plus model and data."""
+
+    run_dir: str = field(default="runs/reward", metadata={"help": "output folder of the run"})
+    model: str = model_field(
+        what="body of the reward model (a policy: a fresh head is added; or a reward model "
+        "folder to continue training)"
+    )
+    tokenizer: str | None = tokenizer_field()
+    dataset: str = dataset_field("preference pairs (columns prompt, chosen, rejected)")
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "held-out pairs file; none = eval_fraction of dataset is held out"},
+    )
+    dataset_size: int = dataset_size_field()
+    data_on_error: str = on_error_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_common(self)
+
+
+@dataclass
+class DPORunConfig(DPOConfig):
+    """``rlhf-core dpo``: :class:`~rlhf_core.trainers.DPOConfig` plus model and data."""
+
+    run_dir: str = field(default="runs/dpo", metadata={"help": "output folder of the run"})
+    model: str = model_field()
+    tokenizer: str | None = tokenizer_field()
+    reference: str | None = reference_field()
+    dataset: str = dataset_field("preference pairs (columns prompt, chosen, rejected)")
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "held-out pairs file; none = eval_fraction of dataset is held out"},
+    )
+    dataset_size: int = dataset_size_field()
+    data_on_error: str = on_error_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_common(self)
+
+
+@dataclass
+class _PromptRunFields:
+    """Model, prompt data and reward fields of the sampling commands (``ppo``, ``grpo``,
+    ``rloo``, ``reinforce-pp``, ``best-of-n``); mixed in before the trainer's config, whose
+    fields come first."""
+
+    model: str = model_field()
+    tokenizer: str | None = tokenizer_field()
+    reference: str | None = reference_field()
+    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset_size: int = dataset_size_field()
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
+    )
+    data_on_error: str = on_error_field()
+    reward_model: str | None = reward_model_field()
+    reward_funcs: list[str] = reward_funcs_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]  # the trainer config's checks
+        check_common(self)
+        check_rewards(self)
+        check_field(
+            self.max_prompt_length is None or self.max_prompt_length >= 1,
+            "max_prompt_length",
+            self.max_prompt_length,
+            "expected >= 1 or none",
+        )
+
+
+@dataclass
+class PPORunConfig(_PromptRunFields, PPOConfig):
+    """``rlhf-core ppo``: :class:`~rlhf_core.trainers.PPOConfig` plus model, data, rewards."""
+
+    run_dir: str = field(default="runs/ppo", metadata={"help": "output folder of the run"})
+    value_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "value model folder (a reward or value model); none = value_init decides"
+        },
+    )
+
+
+@dataclass
+class GRPORunConfig(_PromptRunFields, GRPOConfig):
+    """``rlhf-core grpo``: :class:`~rlhf_core.trainers.GRPOConfig` plus model, data, rewards."""
+
+    run_dir: str = field(default="runs/grpo", metadata={"help": "output folder of the run"})
+
+
+@dataclass
+class RLOORunConfig(_PromptRunFields, RLOOConfig):
+    """``rlhf-core rloo``: :class:`~rlhf_core.trainers.RLOOConfig` plus model, data, rewards."""
+
+    run_dir: str = field(default="runs/rloo", metadata={"help": "output folder of the run"})
+
+
+@dataclass
+class ReinforcePPRunConfig(_PromptRunFields, ReinforcePPConfig):
+    """``rlhf-core reinforce-pp``: :class:`~rlhf_core.trainers.ReinforcePPConfig` plus model,
+    data, rewards."""
+
+    run_dir: str = field(default="runs/reinforce_pp", metadata={"help": "output folder of the run"})
+
+
+@dataclass
+class BestOfNRunConfig(_PromptRunFields, BestOfNConfig):
+    """``rlhf-core best-of-n``: :class:`~rlhf_core.trainers.BestOfNConfig` plus model, data,
+    rewards."""
+
+    run_dir: str = field(default="runs/best_of_n", metadata={"help": "output folder of the run"})
+
+
+@dataclass
+class _SamplingFields:
+    """Fields shared by ``label`` and ``eval``."""
+
+    run_dir: str = field(default="runs/out", metadata={"help": "output folder"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling and builtin data"})
+    model: str = model_field()
+    tokenizer: str | None = tokenizer_field()
+    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset_size: int = dataset_size_field(256)
+    num_prompts: int | None = field(
+        default=None, metadata={"help": "use only the first this many prompts; none = all"}
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
+    )
+    data_on_error: str = on_error_field()
+    max_new_tokens: int = field(default=64, metadata={"help": "most tokens per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    batch_size: int = field(default=64, metadata={"help": "rows per generate / forward call"})
+    reward_model: str | None = reward_model_field()
+    reward_funcs: list[str] = reward_funcs_field()
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "weight of each reward source (reward model first); none = all 1"},
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'"}
+    )
+
+    def _check_sampling(self) -> None:
+        check_common(self)
+        check_field(
+            self.num_prompts is None or self.num_prompts >= 1,
+            "num_prompts",
+            self.num_prompts,
+            "expected >= 1 or none",
+        )
+        check_field(
+            self.max_prompt_length is None or self.max_prompt_length >= 1,
+            "max_prompt_length",
+            self.max_prompt_length,
+            "expected >= 1 or none",
+        )
+        check_field(
+            self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "expected >= 1"
+        )
+        check_field(self.temperature >= 0, "temperature", self.temperature, "expected >= 0")
+        check_field(0 < self.top_p <= 1, "top_p", self.top_p, "expected in (0, 1]")
+        check_field(self.top_k >= 0, "top_k", self.top_k, "expected >= 0 (0 = off)")
+        check_field(self.batch_size >= 1, "batch_size", self.batch_size, "expected >= 1")
+        check_field(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "device",
+            self.device,
+            "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+
+
+@dataclass
+class LabelConfig(_SamplingFields):
+    """``rlhf-core label``: sample two completions per prompt from a policy and let a judge
+    pick the better one; writes preference pairs in TRL's columns (``prompt``, ``chosen``,
+    ``rejected``, plus ``p_chosen``, scores and the prompt's extra columns) as JSONL.
+
+    Exactly one kind of judge: a reward model and/or reward functions (scored, then
+    ``P(a > b) = sigmoid(beta * (r_a - r_b))``), or a causal LM judge (RLAIF: it is asked which
+    answer is better, in both orders, see :class:`rlhf_core.rewards.JudgeLabeler`)."""
+
+    run_dir: str = field(default="runs/label", metadata={"help": "output folder"})
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "causal LM judge folder (or builtin:*) asked 'A or B?' (RLAIF)"},
+    )
+    judge_tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer of the judge; none = the judge folder's"}
+    )
+    judge_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "judge prompt with {prompt}, {answer_a}, {answer_b}; none = the default one"
+        },
+    )
+    sample_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "draw each label with the judged probability (Bradley-Terry noise) "
+            "instead of taking the more likely side"
+        },
+    )
+    beta: float = field(
+        default=1.0, metadata={"help": "scored judges: P(a > b) = sigmoid(beta * (r_a - r_b))"}
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "output JSONL file; none = run_dir/preferences.jsonl"}
+    )
+
+    def __post_init__(self) -> None:
+        self._check_sampling()
+        scored = bool(self.reward_model) or bool(self.reward_funcs)
+        check_field(
+            scored != (self.judge_model is not None),
+            "judge_model",
+            self.judge_model,
+            "give exactly one judge: --reward_model / --reward_funcs (scored), or "
+            "--judge_model (an LM asked which answer is better)",
+        )
+        if scored:
+            check_rewards(self)
+        check_field(
+            math.isfinite(self.beta) and self.beta > 0, "beta", self.beta, "expected > 0 (e.g. 1)"
+        )
+        if self.judge_template is not None:
+            for part in ("{prompt}", "{answer_a}", "{answer_b}"):
+                check_field(
+                    part in self.judge_template,
+                    "judge_template",
+                    self.judge_template,
+                    f"the template must contain {part}",
+                )
+
+
+@dataclass
+class EvalConfig(_SamplingFields):
+    """``rlhf-core eval``: sample a policy on a prompt set, score the samples with a reward
+    model / reward functions, and measure the KL from a reference; writes ``eval.json`` (the
+    means) and ``samples.jsonl`` (every completion and its scores)."""
+
+    run_dir: str = field(default="runs/eval", metadata={"help": "output folder"})
+    num_samples: int = field(default=1, metadata={"help": "completions per prompt"})
+    reference: str | None = field(
+        default=None,
+        metadata={
+            "help": "reference model folder (or builtin:*) for KL(policy || reference); none = "
+            "no KL"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self._check_sampling()
+        check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1")
+        check_rewards(self, required=self.reference is None)
