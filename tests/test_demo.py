@@ -12,7 +12,6 @@ import math
 import pathlib
 import time
 
-import numpy as np
 import pytest
 
 from rlhf_core import demo as D
@@ -169,62 +168,6 @@ def test_interrupted_demo_resumes_from_its_stages(
 
 # --------------------------------------------------------------------------------------------
 # the pieces
-
-
-def test_best_of_n_kl_and_curve() -> None:
-    assert D.best_of_n_kl(1) == 0.0
-    assert D.best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
-    with pytest.raises(ValueError, match="n must be >= 1"):
-        D.best_of_n_kl(0)
-    rng = np.random.default_rng(0)
-    gold = rng.normal(size=(50, 16))
-    # a perfect proxy: gold of best-of-n is the expected max of n normals, rising in n
-    curve = D.best_of_n_curve(gold, gold, [1, 2, 4, 16])
-    golds = [g for _, _, _, g in curve]
-    assert golds == sorted(golds) and golds[0] == pytest.approx(gold.mean())
-    assert curve[-1][2] == pytest.approx(gold.max(axis=1).mean())
-    # an anti-correlated proxy picks the worst
-    worst = D.best_of_n_curve(-gold, gold, [16])[0][3]
-    assert worst == pytest.approx(gold.min(axis=1).mean())
-    # NaN proxy never wins
-    proxy = gold.copy()
-    proxy[:, 0] = np.nan
-    assert D.best_of_n_curve(proxy, gold, [16])[0][3] == pytest.approx(gold[:, 1:].max(1).mean())
-    with pytest.raises(ValueError, match=r"n=32 must be in \[1, 16\]"):
-        D.best_of_n_curve(gold, gold, [32])
-    with pytest.raises(ValueError, match="equal"):
-        D.best_of_n_curve(gold, gold[:, :8], [1])
-
-
-def test_evaluate_policy_scores_and_kl() -> None:
-    from rlhf_core import models, tasks
-
-    tok = models.load_tokenizer()
-    policy = models.build_builtin_policy(tok, seed=0)
-    same = models.make_reference(policy)
-    other = models.make_reference(models.build_builtin_policy(tok, seed=1))
-    prompts = ["1+1=", "2+2="]
-    kw = dict(num_samples=3, max_new_tokens=5, seed=0)
-    ev = D.evaluate_policy(
-        policy,
-        tok,
-        prompts,
-        {"exact": tasks.arithmetic_reward},
-        reference=same,
-        columns={"answer": ["2", "4"]},
-        **kw,
-    )
-    assert len(ev) == 6 and ev.prompts == ["1+1="] * 3 + ["2+2="] * 3
-    assert ev.columns["answer"] == ["2"] * 3 + ["4"] * 3
-    assert ev.scores["exact"].shape == (6,) and ev.kl is not None
-    np.testing.assert_allclose(ev.kl, 0.0, atol=1e-6)
-    s = ev.summary()
-    assert s["num_samples"] == 6 and s["kl"] == pytest.approx(0.0, abs=1e-6)
-    ev2 = D.evaluate_policy(policy, tok, prompts, {}, reference=other, **kw)
-    assert ev2.texts == ev.texts  # same seed, same samples
-    assert np.all(np.abs(ev2.kl) > 0)
-    with pytest.raises(ValueError, match="column 'answer' has 1 entries"):
-        D.evaluate_policy(policy, tok, prompts, {}, columns={"answer": ["2"]}, **kw)
 
 
 def test_config_precedence_and_presets(tmp_path: pathlib.Path) -> None:
