@@ -1,4 +1,4 @@
-"""Tests of rlhf_core.report: plots, report.md / report.json and the terminal table."""
+"""Tests of rlhf_core.demo.report: plots, report.md / report.json and the terminal table."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pathlib
 
 import pytest
 
-from rlhf_core.monitor import MetricsLogger, OveroptimizationMonitor, read_metrics
-from rlhf_core.report import (
+from rlhf_core.demo.report import (
     CurvePoint,
     DemoReport,
     MethodCurve,
@@ -20,6 +19,7 @@ from rlhf_core.report import (
     summary_table,
     write_report,
 )
+from rlhf_core.monitor import MetricsLogger, OveroptimizationMonitor, read_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -124,15 +124,15 @@ def test_plot_requires_curves(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         plot_overoptimization([], tmp_path / "x.png")
     # negative KL estimates are clipped to 0 before the square root
-    from rlhf_core.report import _sqrt_kl
+    from rlhf_core.demo.report import sqrt_kl
 
-    assert _sqrt_kl(-1e-4) == 0.0 and _sqrt_kl(0.25) == 0.5 and math.isnan(_sqrt_kl(math.nan))
+    assert sqrt_kl(-1e-4) == 0.0 and sqrt_kl(0.25) == 0.5 and math.isnan(sqrt_kl(math.nan))
     curve = MethodCurve("m", [CurvePoint(0, -1e-4, 0.0, 0.0), CurvePoint(1, 0.25, 1.0, 0.5)])
     assert plot_overoptimization([curve], tmp_path / "x.png").read_bytes()[:8] == PNG
 
 
 def test_kl_trend_sorts_by_kl_and_averages_groups():
-    from rlhf_core.report import kl_trend
+    from rlhf_core.demo.report import kl_trend
 
     # a run whose KL falls back at step 3: the trend is in KL order, group means
     x = [0.0, 1.0, 2.0, 1.5, 3.0, 4.0, math.nan]
@@ -143,3 +143,13 @@ def test_kl_trend_sorts_by_kl_and_averages_groups():
     assert tx == sorted(tx)
     assert kl_trend([], []) == ([], [])
     assert kl_trend([1.0], [2.0], bins=6) == ([1.0], [2.0])
+
+
+def test_old_module_path_reexports_the_report() -> None:
+    """``rlhf_core.report`` (the module's old place) still gives every public name."""
+    from rlhf_core import report as old
+    from rlhf_core.demo import report as new
+
+    assert old.__all__ == new.__all__
+    for name in new.__all__:
+        assert getattr(old, name) is getattr(new, name), name
