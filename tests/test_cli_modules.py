@@ -90,7 +90,7 @@ def test_resume_run_dir(tmp_path: pathlib.Path) -> None:
 
 
 def _policy_eval(scores: dict[str, list[float]]) -> Any:
-    from rlhf_core.demo import PolicyEval
+    from rlhf_core.evaluation import PolicyEval
 
     n = len(next(iter(scores.values())))
     return PolicyEval(

@@ -143,13 +143,3 @@ def test_kl_trend_sorts_by_kl_and_averages_groups():
     assert tx == sorted(tx)
     assert kl_trend([], []) == ([], [])
     assert kl_trend([1.0], [2.0], bins=6) == ([1.0], [2.0])
-
-
-def test_old_module_path_reexports_the_report() -> None:
-    """``rlhf_core.report`` (the module's old place) still gives every public name."""
-    from rlhf_core import report as old
-    from rlhf_core.demo import report as new
-
-    assert old.__all__ == new.__all__
-    for name in new.__all__:
-        assert getattr(old, name) is getattr(new, name), name

@@ -21,7 +21,7 @@ from rlhf_core.cli.loading import (
 )
 from rlhf_core.cli.outputs import write_json
 from rlhf_core.cli.run_configs import EvalConfig
-from rlhf_core.demo import PolicyEval, evaluate_policy
+from rlhf_core.evaluation import PolicyEval, evaluate_policy
 from rlhf_core.rewards import combine_rewards
 
 __all__ = ["run_eval"]
