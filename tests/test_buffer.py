@@ -211,6 +211,19 @@ def test_interop_policy_is_the_kernels_policy_plus_an_explicit_cast():
     assert ok.field("values").tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cast_copies_gpu_tensors_to_the_cpu():
+    """On a GPU machine: a CUDA tensor is refused by default and copied with cast=True (bf16
+    converted on the device first)."""
+    base = dict(prompt_ids=[[1]], response_ids=[[3, 4]])
+    lp = torch.tensor([-0.5, -0.25], device="cuda")
+    with pytest.raises(DtypeError, match=r"logprobs is on device cuda.*cast=True"):
+        RolloutBuffer().add(**base, logprobs=[lp])
+    buf = RolloutBuffer()
+    buf.add(**base, logprobs=[lp.bfloat16()], values=Ragged(lp, np.array([0, 2])), cast=True)
+    assert buf.field("logprobs").tolist() == [-0.5, -0.25] == buf.field("values").tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation: typed errors, nothing lost on a rejected add
 # ---------------------------------------------------------------------------------------------
