@@ -80,7 +80,8 @@ class Minibatch:
         return_tensors: str = "pt",
         device: Any = None,
     ) -> dict[str, Any]:
-        """Right-padded arrays of the rows; see the module docs for every key and its shape.
+        """Right-padded arrays of the rows; :mod:`rlhf_core.buffer` states every key and its
+        shape.
 
         ``return_tensors="pt"`` (default) gives torch tensors that share memory with the
         freshly built numpy arrays (``torch.from_numpy``: no copy), moved to ``device`` if

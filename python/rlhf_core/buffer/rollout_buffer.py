@@ -54,7 +54,7 @@ class RolloutBuffer:
                 scores=np.array([1.0, 0.0]), group_ids=np.array([0, 0]))
         buf.compute_advantages("grpo")
         for mb in buf.minibatches(batch_size=2, epochs=2, seed=0):
-            batch = mb.to_padded()          # dict of torch tensors, see the module docs
+            batch = mb.to_padded()          # dict of torch tensors, see rlhf_core.buffer
     """
 
     def __init__(self, *, float_dtype: str = "float32") -> None:
@@ -173,8 +173,9 @@ class RolloutBuffer:
                 float32 (numpy has no bfloat16; float32 holds both exactly) and tensors on
                 another device to the CPU (a copy). Off by default, so a copy or a widening is
                 never silent.
-            **token_fields: more per-token fields (names are identifiers; see the module docs
-                for reserved names; ``cast`` is this option, not a field).
+            **token_fields: more per-token fields (names are identifiers other than the keys
+                of a materialised batch, such as ``input_ids`` or ``advantages``, which are
+                reserved; ``cast`` is this option, not a field).
 
         Raises:
             ShapeError: lengths disagree (the message names the field and the sequence).
