@@ -153,11 +153,15 @@ def test_input_forms_store_the_same_thing():
     assert_state_equal(a.state_dict(), d.state_dict())
 
 
-def test_bfloat16_becomes_float32_and_fields_read_back():
+def test_bfloat16_becomes_float32_with_cast_and_fields_read_back():
     buf = RolloutBuffer()
     lp = torch.tensor([-0.5, -0.25], dtype=torch.bfloat16)
+    # the strict default refuses it, names the field and the opt-in, and adds nothing
+    with pytest.raises(DtypeError, match=r"logprobs has dtype torch.bfloat16.*cast=True"):
+        buf.add(prompt_ids=[[1, 2]], response_ids=[[3, 4]], logprobs=[lp])
+    assert len(buf) == 0
     buf.add(prompt_ids=[[1, 2]], response_ids=[[3, 4]], logprobs=[lp], sequence_fields={"k": [7]},
-            bonus=[np.array([1, 2], np.int32)])
+            bonus=[np.array([1, 2], np.int32)], cast=True)
     assert buf.token_fields == {"response_ids": "int64", "logprobs": "float32", "bonus": "int32"}
     assert buf.sequence_fields == {"k": "int64"}
     s = buf.sequence(0)
@@ -166,6 +170,58 @@ def test_bfloat16_becomes_float32_and_fields_read_back():
     assert buf.lengths().tolist() == [4] and buf.lengths("response").tolist() == [2]
     buf.add(prompt_ids=[], response_ids=[])  # an empty add is a no-op
     assert len(buf) == 1
+
+
+def test_interop_policy_is_the_kernels_policy_plus_an_explicit_cast():
+    """The buffer reads arrays as rlhf_core.ops does (rlhf_core._arrays): half floats and
+    tensors off the CPU are errors naming the field; ``cast=True`` converts half floats (numpy
+    float16, torch float16 / bfloat16) to float32, in every input form and in set_advantages."""
+    base = dict(prompt_ids=[[1], [2]], response_ids=[[3, 4], [5]])
+    half_forms = {
+        "pieces": [np.array([0.5, -1.0], np.float16), np.array([2.0], np.float16)],
+        "ragged": Ragged(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float16), np.array([0, 2, 3])),
+        "padded": Padded(
+            torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.bfloat16),
+            np.array([[1, 1], [1, 0]], bool),
+        ),
+    }
+    for form, values in half_forms.items():
+        strict = RolloutBuffer()
+        with pytest.raises(DtypeError, match=r"values has dtype .*float16.*cast=True"):
+            strict.add(**base, values=values)
+        assert len(strict) == 0, form
+        cast = RolloutBuffer()
+        cast.add(**base, values=values, cast=True)
+        assert cast.token_fields["values"] == "float32", form
+        assert cast.field("values").tolist() == [0.5, -1.0, 2.0], form
+    with pytest.raises(DtypeError, match=r"logprobs is on device meta.*\.cpu\(\).*cast=True"):
+        RolloutBuffer().add(**base, logprobs=[torch.zeros(2, device="meta"), torch.zeros(1)])
+    with pytest.raises(DtypeError, match=r"scores has dtype torch.bfloat16"):
+        RolloutBuffer().add(**base, scores=torch.zeros(2, dtype=torch.bfloat16))
+    buf = RolloutBuffer()
+    buf.add(**base, scores=np.array([1.0, 0.0]))
+    adv = torch.tensor([0.25, -0.25], dtype=torch.bfloat16)
+    with pytest.raises(DtypeError, match="advantages has dtype torch.bfloat16"):
+        buf.set_advantages(adv)
+    buf.set_advantages(adv, cast=True)
+    assert buf.field("advantages").tolist() == [0.25, -0.25]
+    # float32 CPU tensors need no cast, with or without autograd history
+    ok = RolloutBuffer()
+    ok.add(**base, values=[torch.ones(2, requires_grad=True), torch.ones(1)])
+    assert ok.field("values").tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cast_copies_gpu_tensors_to_the_cpu():
+    """On a GPU machine: a CUDA tensor is refused by default and copied with cast=True (bf16
+    converted on the device first)."""
+    base = dict(prompt_ids=[[1]], response_ids=[[3, 4]])
+    lp = torch.tensor([-0.5, -0.25], device="cuda")
+    with pytest.raises(DtypeError, match=r"logprobs is on device cuda.*cast=True"):
+        RolloutBuffer().add(**base, logprobs=[lp])
+    buf = RolloutBuffer()
+    buf.add(**base, logprobs=[lp.bfloat16()], values=Ragged(lp, np.array([0, 2])), cast=True)
+    assert buf.field("logprobs").tolist() == [-0.5, -0.25] == buf.field("values").tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +401,7 @@ def test_batches_wrap_into_torch_without_a_copy():
     buf.compute_advantages("grpo")
     mb = buf.all()
     arrays = mb.to_padded(return_tensors="np")
-    from rlhf_core.buffer import _wrap
+    from rlhf_core.buffer.minibatch import _wrap
 
     tensors = _wrap(arrays, "pt", None)
     for k, a in arrays.items():

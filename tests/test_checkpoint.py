@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from rlhf_core import models
 from rlhf_core.checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -223,7 +224,6 @@ def test_restore_rng_false_leaves_rng_alone(tmp_path: pathlib.Path) -> None:
 
 
 def test_builtin_policy_roundtrip(tmp_path: pathlib.Path) -> None:
-    models = pytest.importorskip("rlhf_core.models")
     tok = models.load_tokenizer()
     a = models.build_builtin_policy(tok, seed=0, size="tiny")
     b = models.build_builtin_policy(tok, seed=1, size="tiny")

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from rlhf_core import models
 from rlhf_core.data import (
     DataError,
     load_preferences,
@@ -387,7 +388,6 @@ def test_plain_prompts_keep_extra_columns(tmp_path: pathlib.Path) -> None:
 
 
 def test_conversational_with_builtin_chat_template() -> None:
-    models = pytest.importorskip("rlhf_core.models")
     tok = models.load_tokenizer()
     rows = [{"prompt": [S, U], "chosen": [A], "rejected": [A2], "margin": 1.0}]
     ds = load_preferences(rows, tokenizer=tok)
@@ -407,7 +407,6 @@ def test_conversational_with_builtin_chat_template() -> None:
 
 
 def test_token_length_limit_with_tokenizer() -> None:
-    models = pytest.importorskip("rlhf_core.models")
     tok = models.load_tokenizer()
     n = len(tok.encode("abcdef", add_special_tokens=False))
     assert len(load_prompts([{"prompt": "abcdef"}], tokenizer=tok, max_prompt_length=n)) == 1
@@ -551,9 +550,6 @@ def test_read_records_reports_errors_per_row(tmp_path: pathlib.Path) -> None:
 
 def test_chat_prompt_encodes_with_a_single_bos() -> None:
     """A template-rendered prompt, encoded as trainers encode it, starts with exactly one BOS."""
-    from rlhf_core import models
-    from rlhf_core.data import load_prompts
-
     tok = models.load_tokenizer()
     rows = [{"prompt": [{"role": "user", "content": "hi"}]}]
     ds = load_prompts(rows, tokenizer=tok)

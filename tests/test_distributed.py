@@ -136,6 +136,44 @@ def test_single_process_context_is_a_no_op() -> None:
     assert D.get_context().world_size == 1
 
 
+def test_metric_reduction_rule() -> None:
+    """One rule for merging logged metrics across micro-batches and ranks, owned by parallel."""
+    from rlhf_core import parallel
+
+    assert parallel.metric_reduction("ratio_min") == "min"
+    assert parallel.metric_reduction("ratio_max") == "max"
+    assert parallel.metric_reduction("loss") == "sum"
+    assert parallel.metric_reduction("minimum") == "sum"  # a suffix, not a substring
+    ctx = D.DistContext()
+    assert parallel.get_context(ctx) is ctx
+
+
+def test_parallel_imports_nothing_above_errors() -> None:
+    """The infrastructure layer imports only torch, numpy, the standard library, itself and
+    rlhf_core.errors; checked on the source, so lazy imports inside functions count too."""
+    import ast
+
+    import rlhf_core.parallel as P
+
+    allowed = ("rlhf_core.parallel", "rlhf_core.errors")
+    folder = Path(P.__file__).parent
+    files = sorted(folder.glob("*.py"))
+    assert {f.name for f in files} >= {"context.py", "collectives.py", "wrap.py", "state_dict.py"}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else ["rlhf_core.parallel"]
+                if node.module == "rlhf_core":
+                    names = [f"rlhf_core.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name == "rlhf_core" or name.startswith("rlhf_core."):
+                    assert name.startswith(allowed), f"{f.name} imports {name}"
+
+
 def test_global_moments_and_whiten_single_process() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4, 6)).astype(np.float32)

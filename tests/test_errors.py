@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -163,7 +164,6 @@ def test_errors_are_also_builtin_exceptions():
 
 
 def test_torch_inputs_that_cannot_be_borrowed():
-    torch = pytest.importorskip("torch")
     with pytest.raises(DtypeError, match=r"rewards has dtype torch.bfloat16.*\.float\(\)"):
         ops.gae(torch.zeros(2, 3, dtype=torch.bfloat16), torch.zeros(2, 3))
     with pytest.raises(DtypeError, match=r"logp is on device meta.*\.cpu\(\)"):

@@ -3,6 +3,7 @@ reference model and LoRA. All on the CPU with the tiny built-in model."""
 
 from __future__ import annotations
 
+import copy
 import string
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from rlhf_core import models as M
+from rlhf_core.models.logprobs import _head_split
 
 
 def _naive_logprobs(model, ids, mask, temperature=1.0):
@@ -157,6 +159,37 @@ def test_token_logprobs_matches_naive(policy, padding, chunk_size):
     assert torch.all(lp[~valid] == 0) and torch.all(lp[valid] < 0)
 
 
+@pytest.mark.parametrize("path", ["head_split", "full_forward"])
+def test_token_logprobs_and_entropy_is_the_flag_form(policy, path):
+    """The two-result function and ``return_entropy=True`` give the same bits on both code
+    paths (chunked head after the body; full forward for models that post-process logits)."""
+    model = policy
+    if path == "full_forward":
+        model = copy.deepcopy(policy)
+        model.config.final_logit_softcapping = 30.0  # read by _head_split; Llama ignores it
+        assert _head_split(model) is None
+    else:
+        assert _head_split(model) is not None
+    gen = torch.Generator().manual_seed(5)
+    ids, mask = _random_batch(gen, padding="left")
+    lp, ent = M.token_logprobs_and_entropy(model, ids, mask, chunk_size=7, temperature=0.9)
+    flag_lp, flag_ent = M.token_logprobs(
+        model, ids, mask, chunk_size=7, temperature=0.9, return_entropy=True
+    )
+    assert torch.equal(lp, flag_lp) and torch.equal(ent, flag_ent)
+    assert torch.equal(lp, M.token_logprobs(model, ids, mask, chunk_size=7, temperature=0.9))
+    assert bool((ent[mask[:, 1:].bool() & mask[:, :-1].bool()] > 0).all())
+
+
+def test_device_of():
+    assert M.device_of(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert M.device_of(torch.nn.ReLU()) == torch.device("cpu")  # no parameters
+    meta = torch.nn.Linear(2, 2, device="meta")
+    assert M.device_of(meta) == torch.device("meta")
+    # a ReferenceModel has no parameters of its own: the device of the model it wraps
+    assert M.device_of(M.ReferenceModel(meta)) == torch.device("meta")
+
+
 def test_token_logprobs_temperature(policy):
     gen = torch.Generator().manual_seed(2)
     ids, mask = _random_batch(gen)
@@ -200,11 +233,11 @@ def test_token_logprobs_gradients_match_naive_on_both_paths(tok):
         if kind == "naive":
             lp, ent = _naive_logprobs(model, ids, mask)
         elif kind == "split":
-            assert M._head_split(model) is not None
+            assert _head_split(model) is not None
             lp, ent = M.token_logprobs(model, ids, mask, chunk_size=7, return_entropy=True)
         else:
             wrapped = _Wrapper(model)
-            assert M._head_split(wrapped) is None
+            assert _head_split(wrapped) is None
             lp, ent = M.token_logprobs(wrapped, ids, mask, chunk_size=7, return_entropy=True)
         (lp.sum() + 0.1 * ent.sum()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

@@ -91,7 +91,7 @@ def test_tensorboard_missing_is_skipped_with_one_note(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import raises ImportError
-    monkeypatch.setattr(monitor, "_TB_NOTE_SHOWN", False)
+    monkeypatch.setattr(monitor.logger, "_TB_NOTE_SHOWN", False)
     with caplog.at_level(logging.INFO, logger="rlhf_core.monitor"):
         a = MetricsLogger(tmp_path / "a")
         b = MetricsLogger(tmp_path / "b")

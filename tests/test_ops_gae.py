@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ops_strategies import assert_close, assert_masked_zero, token_cases
 
 from rlhf_core import _core, ops
 from rlhf_core.testing import reference as ref
+from rlhf_core.testing.strategies import assert_close, assert_masked_zero, token_cases
 
 unit = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 0.95, 0.99]), st.floats(0.0, 1.0))
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ops_strategies import FLOAT_DTYPES, assert_close
 
 from rlhf_core import ops
 from rlhf_core.testing import reference as ref
+from rlhf_core.testing.strategies import FLOAT_DTYPES, assert_close
 
 options = st.fixed_dictionaries(
     {

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ops_strategies import FLOAT_DTYPES, assert_close, assert_masked_zero, token_cases
 
 from rlhf_core import ops
 from rlhf_core.testing import reference as ref
+from rlhf_core.testing.strategies import FLOAT_DTYPES, assert_close, assert_masked_zero, token_cases
 
 estimators = st.sampled_from(["k1", "k2", "k3", "abs", "kl", "mse", "low_var_kl"])
 clamps = st.sampled_from([None, 10.0, 0.5, 0.0, float("inf")])

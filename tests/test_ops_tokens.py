@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from ops_strategies import assert_close, assert_masked_zero, token_cases
 
 from rlhf_core import ops
 from rlhf_core.testing import reference as ref
+from rlhf_core.testing.strategies import assert_close, assert_masked_zero, token_cases
 
 
 @given(case=token_cases(layouts=("padded", "ragged")))

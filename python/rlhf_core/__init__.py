@@ -4,9 +4,12 @@ Fast CPU-side bookkeeping (advantage estimators, rollout buffers, minibatch plan
 the Rust extension ``rlhf_core._core``; PyTorch runs the models. Submodules are imported
 lazily so that ``import rlhf_core`` stays cheap and ``rlhf_core.ops`` works without torch.
 
-Submodules: ``ops`` (kernels), ``buffer`` (RolloutBuffer and minibatch planning), ``models``,
-``generation``, ``rewards``, ``losses``, ``trainers``, ``data``, ``distributed``, ``monitor``,
-``checkpoint``, ``cli``.
+Submodules, lowest layer first: ``errors``; ``parallel`` (process group, collectives, DDP /
+FSDP2 wrapping, full state dicts); ``ops`` (kernels); ``buffer`` (RolloutBuffer and minibatch
+planning); ``models``; ``generation``; ``rewards``; ``losses``; ``trainers``; and beside them
+``data``, ``monitor``, ``checkpoint``, ``distributed`` (``parallel``'s names plus the cross-rank
+advantage statistics), ``config``, ``cli``, ``demo`` and ``testing`` (float64 references and
+hypothesis strategies for tests).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ _SUBMODULES = {
     "trainers",
     "data",
     "distributed",
+    "parallel",
     "monitor",
     "checkpoint",
     "config",

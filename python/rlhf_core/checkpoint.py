@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf_core._io import atomic_write_text
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
@@ -97,12 +99,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
                 len(cuda),
                 torch.cuda.device_count() if torch.cuda.is_available() else 0,
             )
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save_model(
@@ -211,7 +207,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(root / "latest", final.name + "\n")
+    atomic_write_text(root / "latest", final.name + "\n")
     if keep_last:
         for _, path in list_checkpoints(run_dir)[:-keep_last]:
             if path != final:

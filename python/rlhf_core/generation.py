@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_core.distributed import is_fsdp2, unwrap_model
-from rlhf_core.models import _seeded, default_position_ids
+from rlhf_core.models.common import default_position_ids, device_of, seeded
+from rlhf_core.parallel import is_fsdp2, unwrap_model
 
 __all__ = ["BACKENDS_USED", "EARLY_EXIT_EVERY", "Completions", "generate"]
 
@@ -97,16 +97,6 @@ class Completions:
         return [
             np.concatenate([p, r]) for p, r in zip(self.prompt_ids, self.response_ids, strict=True)
         ]
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    if p is not None:
-        return p.device
-    inner = getattr(model, "_peft_model", None)
-    if inner is not None:
-        return _device_of(inner)
-    return torch.device("cpu")
 
 
 def _encode_prompts(
@@ -208,7 +198,7 @@ def generate(
     from transformers import GenerationConfig
 
     model = unwrap_model(model)  # sampling needs no gradient sync
-    device = _device_of(model)
+    device = device_of(model)
     base_prompts = _encode_prompts(tokenizer, prompts)
     rows = [p for p in base_prompts for _ in range(num_samples)]  # prompt-major
     group_ids = np.repeat(np.arange(len(base_prompts), dtype=np.int64), num_samples)
@@ -244,7 +234,7 @@ def generate(
         # an FSDP2-sharded model keeps the buffers of its gathered parameters between calls:
         # made under inference_mode they could not be reused by a training forward later
         no_grad = torch.no_grad() if is_fsdp2(model) else torch.inference_mode()
-        with _seeded(seed, device), no_grad:
+        with seeded(seed, device), no_grad:
             for s in range(0, len(rows), step):
                 chunk = rows[s : s + step]
                 width = max(len(p) for p in chunk)
@@ -457,7 +447,7 @@ def _static_cache_for(model: nn.Module, rows: int, length: int, dtype: torch.dty
     """The model's static KV cache for ``rows`` x ``length``, reset; made on first use."""
     from transformers import StaticCache
 
-    device = _device_of(model)
+    device = device_of(model)
     key = (rows, length, dtype, device)
     entry = _DECODE_CACHES.get(id(model))
     if entry is not None and entry.key == key:

@@ -31,13 +31,13 @@ See ``docs/kernels.md`` for the exact semantics and which framework each default
 from __future__ import annotations
 
 import numbers
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rlhf_core import _core
+from rlhf_core._arrays import is_tensor, tensor_to_numpy
 from rlhf_core.errors import DtypeError, InvalidOptionError
 
 __all__ = [
@@ -59,9 +59,6 @@ __all__ = [
 ]
 
 ArrayLike = Any  # numpy.ndarray or torch.Tensor (kept loose so torch stays optional)
-
-_HALF_TORCH = ("torch.float16", "torch.bfloat16")
-
 
 def set_parallelism(enabled: bool) -> None:
     """Let kernels use several threads (rayon; default on) or keep them on the calling thread.
@@ -92,37 +89,15 @@ def empty_cache() -> int:
     return _core.empty_cache()
 
 
-def _tensor_to_numpy(x: Any, name: str) -> np.ndarray:
-    if x.device.type != "cpu":
-        raise DtypeError(
-            f"{name} is on device {x.device}; rlhf_core kernels take CPU tensors "
-            f"(move it with {name}.cpu())"
-        )
-    if str(x.dtype) in _HALF_TORCH:
-        raise DtypeError(
-            f"{name} has dtype {x.dtype}; expected float32 or float64 "
-            f"(convert with {name}.float())"
-        )
-    if x.requires_grad:
-        x = x.detach()
-    if not x.is_contiguous():
-        x = x.contiguous()
-    return x.numpy()
-
-
-def _is_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _arr(x: Any, name: str) -> Any:
-    """Borrow ``x`` as a C-contiguous numpy array (no copy unless non-contiguous)."""
+    """Borrow ``x`` as a C-contiguous numpy array (no copy unless non-contiguous) under the
+    package's strict interop policy (:mod:`rlhf_core._arrays`)."""
     if type(x) is np.ndarray:
         return x if x.flags.c_contiguous else np.ascontiguousarray(x)
     if x is None:
         return None
-    if _is_tensor(x):
-        return _tensor_to_numpy(x, name)
+    if is_tensor(x):
+        return tensor_to_numpy(x, name)
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x)
     if isinstance(x, (list, tuple)):
@@ -236,7 +211,7 @@ def gae(
         _float_opt(lam, "lam"),
         _str_opt(masked, "masked"),
     )
-    t = _is_tensor(rewards)
+    t = is_tensor(rewards)
     return _out(adv, t), _out(ret, t)
 
 
@@ -269,7 +244,7 @@ def discounted_returns(
         _float_opt(gamma, "gamma"),
         _str_opt(masked, "masked"),
     )
-    return _out(out, _is_tensor(rewards))
+    return _out(out, is_tensor(rewards))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +321,7 @@ def group_advantages(
         _float_opt(eps, "eps"),
         _str_opt(singleton, "singleton"),
     )
-    out = _out(adv, _is_tensor(scores))
+    out = _out(adv, is_tensor(scores))
     if return_stats:
         return out, GroupStats(*counts)
     return out
@@ -389,7 +364,7 @@ def masked_mean(
         _index(offsets, "offsets"),
         _int_opt(axis, "axis", optional=True),
     )
-    return _stat_out(out, _is_tensor(x))
+    return _stat_out(out, is_tensor(x))
 
 
 def masked_var(
@@ -412,7 +387,7 @@ def masked_var(
         _int_opt(axis, "axis", optional=True),
         _int_opt(ddof, "ddof"),
     )
-    return _stat_out(out, _is_tensor(x))
+    return _stat_out(out, is_tensor(x))
 
 
 def masked_whiten(
@@ -442,7 +417,7 @@ def masked_whiten(
         _int_opt(ddof, "ddof"),
         _float_opt(eps, "eps"),
     )
-    return _out(out, _is_tensor(x))
+    return _out(out, is_tensor(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,7 +453,7 @@ def kl(
         _str_opt(estimator, "estimator"),
         _float_opt(clamp, "clamp", optional=True),
     )
-    return _out(out, _is_tensor(logp))
+    return _out(out, is_tensor(logp))
 
 
 def shaped_rewards(
@@ -518,7 +493,7 @@ def shaped_rewards(
         _str_opt(estimator, "estimator"),
         _float_opt(clamp, "clamp", optional=True),
     )
-    return _out(out, _is_tensor(logp))
+    return _out(out, is_tensor(logp))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,7 +520,7 @@ def broadcast_to_tokens(
     out = _core.broadcast_to_tokens(
         _arr(seq_values, "seq_values"), _arr(mask, "mask"), _index(offsets, "offsets")
     )
-    return _out(out, _is_tensor(seq_values))
+    return _out(out, is_tensor(seq_values))
 
 
 def reduce_tokens(
@@ -564,7 +539,7 @@ def reduce_tokens(
     out = _core.reduce_tokens(
         _arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), _str_opt(how, "how")
     )
-    return _out(out, _is_tensor(x))
+    return _out(out, is_tensor(x))
 
 
 # ---------------------------------------------------------------------------------------------

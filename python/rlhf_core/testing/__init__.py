@@ -1,2 +1,9 @@
-"""Readable float64 references of every kernel, used by the test suite and by users who want
-to check the fast paths against plain numpy."""
+"""Helpers for testing rlhf_core and code built on it.
+
+- :mod:`~rlhf_core.testing.reference` and :mod:`~rlhf_core.testing.buffer_reference`: readable
+  float64 references of every kernel and of the buffer's estimators and planners, used by the
+  test suite and by users who want to check the fast paths against plain numpy.
+- :mod:`~rlhf_core.testing.strategies`: hypothesis strategies of token batches in every layout
+  the kernels accept, and the comparison helpers the kernel tests share (needs ``hypothesis``,
+  a development dependency).
+"""

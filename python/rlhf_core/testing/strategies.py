@@ -1,4 +1,4 @@
-"""Hypothesis strategies and comparison helpers shared by the ``test_ops_*`` kernel tests.
+"""Hypothesis strategies and comparison helpers shared by the kernel tests (``tests/test_ops_*``).
 
 A :class:`TokenCase` is a random batch of sequences in one of the three layouts the kernels
 accept (padded ``(B, T)``, ragged 1-D + offsets, a single 1-D sequence), with an optional mask

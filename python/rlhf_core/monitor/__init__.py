@@ -1,0 +1,35 @@
+"""Watching a run: metrics files, phase timings, the NaN tripwire and failure-mode detectors.
+
+One module per concern (:mod:`~rlhf_core.monitor.logger`, :mod:`~rlhf_core.monitor.guards`,
+:mod:`~rlhf_core.monitor.overoptimization`, :mod:`~rlhf_core.monitor.failure_modes`); every
+public name is importable from ``rlhf_core.monitor``.
+
+- :class:`MetricsLogger` appends one JSON object per step to ``run_dir/metrics.jsonl`` and, when
+  ``tensorboard`` is importable, writes the numeric metrics as TensorBoard scalars under
+  ``run_dir/tensorboard/``. :meth:`MetricsLogger.read` reads a metrics file back.
+- :class:`PhaseTimer` accumulates wall-clock time per named phase (generation, scoring, ...).
+- :func:`check_finite` raises :class:`NonFiniteError` naming every non-finite metric or tensor
+  after saving the offending batch to ``dump_dir/nonfinite_step{N}.pt``.
+- :class:`OveroptimizationMonitor` tracks the optimised (proxy) reward against a gold or
+  held-out reward, remembers the gold peak and says when to stop (Goodhart early stopping).
+- :func:`distinct_n`, :func:`repetition_rate` and :class:`InstabilityDetector` turn mode
+  collapse, degenerate repetition, KL spikes and entropy collapse into numbers and warnings.
+"""
+
+from rlhf_core.monitor.failure_modes import InstabilityDetector, distinct_n, repetition_rate
+from rlhf_core.monitor.guards import NonFiniteError, check_finite
+from rlhf_core.monitor.logger import MetricsLogger, PhaseTimer, read_metrics
+from rlhf_core.monitor.overoptimization import EvalPoint, OveroptimizationMonitor
+
+__all__ = [
+    "MetricsLogger",
+    "read_metrics",
+    "PhaseTimer",
+    "NonFiniteError",
+    "check_finite",
+    "OveroptimizationMonitor",
+    "EvalPoint",
+    "distinct_n",
+    "repetition_rate",
+    "InstabilityDetector",
+]
