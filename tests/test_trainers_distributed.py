@@ -134,9 +134,8 @@ def _ppo_fsdp2(run: Path) -> Any:
 
 
 def _reward(run: Path) -> Any:
-    from test_trainers_common import count_pairs
-
     from rlhf_core.models import RewardModel
+    from rlhf_core.testing.trainers import count_pairs
     from rlhf_core.trainers import RewardConfig, RewardTrainer
 
     cfg = RewardConfig(
@@ -162,8 +161,7 @@ def _sft(run: Path, batch_size: int = 4) -> Any:
 
 
 def _dpo(run: Path, parallel: str = "ddp") -> Any:
-    from test_trainers_common import count_pairs
-
+    from rlhf_core.testing.trainers import count_pairs
     from rlhf_core.trainers import DPOConfig, DPOTrainer
 
     # 12 pairs, 3 held out: the ranks evaluate 2 and 1 pairs, one per forward (under FSDP2
