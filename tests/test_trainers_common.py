@@ -53,6 +53,34 @@ def test_pad_sequences_aligns_loss_mask_with_token_logprobs():
     assert out["loss_mask"].tolist() == [[False, True, True], [True, True, False]]
 
 
+def _padded_reference(seqs: list[np.ndarray], starts: list[int], pad: int) -> dict:
+    """The padding rule written as a loop: tokens left-aligned, ones on the attention mask,
+    loss_mask[i, j] for the completion's tokens j + 1 (start 0 counts as 1)."""
+    t = max(max((len(s) for s in seqs), default=1), 2)
+    ids = torch.full((len(seqs), t), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), t), dtype=torch.long)
+    loss = torch.zeros((len(seqs), t - 1), dtype=torch.bool)
+    for i, (s, k) in enumerate(zip(seqs, starts, strict=True)):
+        ids[i, : len(s)] = torch.from_numpy(s)
+        attn[i, : len(s)] = 1
+        loss[i, max(k, 1) - 1 : len(s) - 1] = True
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def test_pad_sequences_matches_a_python_reference():
+    """The Rust materialiser gives the loop's tensors: any lengths, completion starts from 0 to
+    the end (an empty completion), rows of one token, empty batches."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seqs = [rng.integers(0, 100, size=int(rng.integers(1, 12))) for _ in range(rng.integers(8))]
+        starts = [int(rng.integers(0, len(s) + 1)) for s in seqs]
+        got = I.pad_sequences(seqs, starts, pad_id=7)
+        want = _padded_reference(seqs, starts, 7)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
 def test_iter_micro_batches_trims_padding():
     batch = I.pad_sequences([np.arange(1, 7), np.arange(1, 3)], [1, 1], pad_id=0)
     chunks = list(I.iter_micro_batches(batch, 1))

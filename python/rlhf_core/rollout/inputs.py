@@ -26,34 +26,54 @@ def pad_sequences(
 ) -> dict[str, torch.Tensor]:
     """Right-pad token sequences into model inputs with a completion mask.
 
+    The rows are materialised by the Rust buffer (:meth:`rlhf_core.buffer.Minibatch.
+    to_padded`: each sequence is its prompt, the tokens before its completion start, and its
+    completion), so the padding is the buffer's and its ``response_mask`` is the loss mask.
+
     Args:
-        sequences: N token-id sequences (prompt + completion).
-        completion_starts: per sequence, the index of its first completion token (0 = every
-            token after the first is a target).
+        sequences: N token-id sequences (prompt + completion), int.
+        completion_starts: per sequence, the index of its first completion token (0 and 1 both
+            mean that every token after the first is a target).
         pad_id: padding token id.
+        device: where the tensors go (None: the CPU, sharing memory with the buffer's arrays).
 
     Returns:
         ``input_ids`` int64 (N, T), ``attention_mask`` int64 (N, T), and ``loss_mask`` bool
         (N, T-1) aligned with :func:`rlhf_core.models.token_logprobs` output: ``loss_mask[i, j]``
-        is True when token ``j+1`` of sequence ``i`` is a completion token.
+        is True when token ``j+1`` of sequence ``i`` is a completion token. T is the longest
+        sequence, at least 2.
     """
+    from rlhf_core.buffer import RolloutBuffer
+
     n = len(sequences)
     if len(completion_starts) != n:
         raise ValueError(
             f"completion_starts has {len(completion_starts)} entries, sequences has {n}"
         )
-    lengths = [len(s) for s in sequences]
-    t = max(max(lengths, default=1), 2)
-    ids = torch.full((n, t), int(pad_id), dtype=torch.long)
-    attn = torch.zeros((n, t), dtype=torch.long)
-    loss_mask = torch.zeros((n, t - 1), dtype=torch.bool)
-    for i, (s, start) in enumerate(zip(sequences, completion_starts, strict=True)):
-        ln = lengths[i]
-        ids[i, :ln] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-        attn[i, :ln] = 1
-        first = max(int(start), 1) - 1
-        loss_mask[i, first : ln - 1] = True
-    out = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+    rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    if n == 0 or max(len(r) for r in rows) < 2:
+        # nothing to predict: the (N, 2) / (N, 1) shapes of an all-padding batch
+        t = 2
+        ids = torch.full((n, t), int(pad_id), dtype=torch.long)
+        attn = torch.zeros((n, t), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.from_numpy(r)
+            attn[i, : len(r)] = 1
+        out = {"input_ids": ids, "attention_mask": attn,
+               "loss_mask": torch.zeros((n, t - 1), dtype=torch.bool)}  # fmt: skip
+    else:
+        cut = [min(max(int(k), 1), len(r)) for r, k in zip(rows, completion_starts, strict=True)]
+        buffer = RolloutBuffer()
+        buffer.add(
+            prompt_ids=[r[:k] for r, k in zip(rows, cut, strict=True)],
+            response_ids=[r[k:] for r, k in zip(rows, cut, strict=True)],
+        )
+        padded = buffer.all().to_padded(pad_token_id=int(pad_id))
+        out = {
+            "input_ids": padded["input_ids"],
+            "attention_mask": padded["attention_mask"],
+            "loss_mask": padded["response_mask"],
+        }
     if device is not None:
         out = {k: v.to(device) for k, v in out.items()}
     return out
