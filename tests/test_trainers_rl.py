@@ -105,6 +105,40 @@ def test_grpo_family_smoke(tmp_path, cls, cfg_cls, extra):
     assert len(rows) == 2 and all("time/generation" in r for r in rows)
 
 
+def test_policy_gradient_trainer_takes_any_estimator(tmp_path):
+    """A new estimator is a new class, not a trainer override: one written here (the score
+    minus the batch mean, one advantage per sequence) trains a PolicyGradientTrainer, which
+    calls it with its buffer and process group and logs its statistics."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from rlhf_core.advantages import AdvantageStats, RewardKL
+    from rlhf_core.trainers import PolicyGradientTrainer, RLConfig
+
+    seen: list[Any] = []
+
+    @dataclass(frozen=True, kw_only=True)
+    class BatchMean(RewardKL):
+        name: ClassVar[str] = "batch_mean"
+
+        def compute(self, buffer: Any, dist: Any = None) -> AdvantageStats:
+            seen.append((buffer, dist, self.kl_coef))
+            scores = np.nan_to_num(buffer.field("scores"))
+            buffer.set_advantages((scores - scores.mean()).astype(np.float32), estimator=self.name)
+            return AdvantageStats.of(buffer, dist)
+
+    cfg = RLConfig(run_dir=str(tmp_path), total_steps=2, rollout_batch_size=8, num_samples=2,
+                   kl_coef=0.1, kl_in_reward=True, **RL_COMMON)  # fmt: skip
+    t = PolicyGradientTrainer(cfg, policy(), tokenizer(), PROMPTS, digit_reward,
+                              estimator=BatchMean())  # fmt: skip
+    before = snapshot(t.policy)
+    res = t.train()
+    assert [(b is t.buffer, d is t.dist, beta) for b, d, beta in seen] == [(True, True, 0.1)] * 2
+    assert t.buffer.advantages_info["estimator"] == "batch_mean"
+    assert abs(res.metrics["advantages/mean"]) < 1e-6 and "policy_loss" in res.metrics
+    assert_all_changed(before, t.policy)
+
+
 def test_grpo_lora_trains_only_the_adapters(tmp_path):
     pytest.importorskip("peft")
     from rlhf_core.models import ReferenceModel
