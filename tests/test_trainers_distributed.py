@@ -18,7 +18,8 @@ step sees the whole rollout (``minibatch_size`` = rollout size): with smaller mi
 rank shuffles its own rows, a valid but different split (``docs/scaling.md``).
 
 Covered: GRPO (KL in the loss, 2 epochs, micro-batches), GRPO with ``scale_rewards="batch"``
-(the batch std over ranks), REINFORCE++ (token whitening over ranks), PPO (value model, GAE,
+(the batch std over ranks), REINFORCE++ (token whitening over ranks), REINFORCE++-baseline
+(per-sequence advantages whitened over ranks), PPO (value model, GAE,
 global whitening, adaptive KL), SFT, DPO (with an uneven held-out split), best-of-N (ranks
 select different numbers of winners), GRPO under FSDP2, and resume under torchrun: a DDP run
 stopped after step 1 and resumed by a new trainer (every rank loads) equals the uninterrupted
@@ -233,6 +234,12 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Any], int | None]] = {
         None,
     ),
     "reinforce_pp": (_reinforce_pp, None),
+    # per-sequence advantages whitened over ranks with the token weights of one process
+    "reinforce_pp_baseline": (
+        lambda run: _grpo(run, total_steps=1, rollout_batch_size=8, num_samples=4,
+                          estimator="reinforce++_baseline", loss_type="dapo"),
+        None,
+    ),  # fmt: skip
     "ppo": (_ppo, None),
     "sft": (_sft, None),
     "dpo": (_dpo, None),
