@@ -418,12 +418,6 @@ def test_entry_point_and_python_m() -> None:
 _UNSCORABLE = (
     "def unscorable(prompts, completions, **columns):\n    return [None] * len(completions)\n"
 )
-_WEIGHT_ZERO = pytest.mark.xfail(
-    strict=True, reason="needs combine_rewards weight-0 rule (arch-algo)"
-)
-
-
-@_WEIGHT_ZERO
 def test_eval_ignores_a_weight_zero_source_that_cannot_score(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -439,7 +433,6 @@ def test_eval_ignores_a_weight_zero_source_that_cannot_score(
     assert res["reward/combined"] == pytest.approx(res["reward/gold_reward"], rel=1e-12)
 
 
-@_WEIGHT_ZERO
 def test_label_ignores_a_weight_zero_source_that_cannot_score(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

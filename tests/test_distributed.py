@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from rlhf_core import distributed as D
+from rlhf_core.advantages import distributed as AD
 
 WORLD = 2
 GRAD_ATOL = 1e-6
@@ -129,7 +130,7 @@ def test_single_process_context_is_a_no_op() -> None:
         with D.no_sync(model):
             pass
         D.barrier()
-        g = D.gather_scores_for_groups(np.array([1.0, np.nan]), np.array([0, 0]))
+        g = AD.gather_scores_for_groups(np.array([1.0, np.nan]), np.array([0, 0]))
         assert g.local == slice(0, 2) and np.isnan(g.scores[1])
     finally:
         D.shutdown_distributed()
@@ -172,34 +173,6 @@ def test_parallel_imports_nothing_above_errors() -> None:
             for name in names:
                 if name == "rlhf_core" or name.startswith("rlhf_core."):
                     assert name.startswith(allowed), f"{f.name} imports {name}"
-
-
-def test_global_moments_and_whiten_single_process() -> None:
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(4, 6)).astype(np.float32)
-    mask = rng.random((4, 6)) > 0.3
-    valid = x[mask].astype(np.float64)
-    mom = D.global_masked_moments(x, mask)
-    assert mom.count == valid.size
-    assert mom.mean == pytest.approx(valid.mean(), abs=1e-12)
-    assert mom.var == pytest.approx(valid.var(ddof=1), abs=1e-12)
-    w = D.global_masked_whiten(x, mask, eps=1e-8)
-    assert w.dtype == np.float32 and w.shape == x.shape
-    expect = np.where(mask, (x - valid.mean()) / np.sqrt(valid.var(ddof=1) + 1e-8), 0.0)
-    np.testing.assert_allclose(w, expect, atol=1e-6)
-    unshifted = D.global_masked_whiten(
-        torch.from_numpy(x), torch.from_numpy(mask), shift_mean=False, ddof=0
-    )
-    expect2 = np.where(mask, (x - valid.mean()) / np.sqrt(valid.var() + 1e-8) + valid.mean(), 0)
-    np.testing.assert_allclose(unshifted.numpy(), expect2, atol=1e-6)
-    # no valid value: mean 0, variance 0 (the kernels' conventions)
-    empty = D.global_masked_moments(x, np.zeros_like(mask))
-    assert (empty.count, empty.mean, empty.var) == (0.0, 0.0, 0.0)
-    if hasattr(__import__("rlhf_core.ops").ops, "masked_whiten"):
-        from rlhf_core import ops
-
-        ref = ops.masked_whiten(x, mask)  # type: ignore[attr-defined]
-        np.testing.assert_allclose(w, ref, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +360,7 @@ def _worker(out_dir: Path) -> None:
     scores[[2, 13]] = np.nan
     group_ids = rng.permutation(np.repeat(np.arange(5), [6, 5, 4, 8, 1]))  # uneven, any order
     local = D.shard_indices(24, ctx.rank, ctx.world_size)  # rows, so groups are split
-    gathered = D.gather_scores_for_groups(scores[local], group_ids[local], ctx)
+    gathered = AD.gather_scores_for_groups(scores[local], group_ids[local], ctx)
     res["gather"] = {
         "scores_equal": bool(np.array_equal(gathered.scores, scores, equal_nan=True)),
         "ids_equal": bool(np.array_equal(gathered.group_ids, group_ids)),
@@ -400,7 +373,7 @@ def _worker(out_dir: Path) -> None:
         for scale in ("group", "batch", "none"):
             opts = dict(baseline=baseline, scale=scale)
             full_adv = ops.group_advantages(scores, group_ids=group_ids, **opts)
-            mine, stats = D.distributed_group_advantages(
+            mine, stats = AD.distributed_group_advantages(
                 scores[local], group_ids[local], ctx, return_stats=True, **opts
             )
             _, full_stats = ops.group_advantages(
@@ -428,8 +401,8 @@ def _worker(out_dir: Path) -> None:
     tmask = rng.random(sum(lengths)) > 0.25
     cut = sum(lengths[:2])
     part = slice(0, cut) if ctx.rank == 0 else slice(cut, None)
-    mom = D.global_masked_moments(tokens[part], tmask[part], ctx)
-    w = D.global_masked_whiten(torch.from_numpy(tokens[part]), torch.from_numpy(tmask[part]), ctx)
+    mom = AD.global_masked_moments(tokens[part], tmask[part], ctx)
+    w = AD.global_masked_whiten(torch.from_numpy(tokens[part]), torch.from_numpy(tmask[part]), ctx)
     valid = tokens[tmask].astype(np.float64)
     expect_w = np.where(tmask, (tokens - valid.mean()) / np.sqrt(valid.var(ddof=1) + 1e-8), 0)
     res["moments"] = {

@@ -226,6 +226,58 @@ def test_value_loss_hand_values():
     assert out3.loss.item() == pytest.approx(0.5 * 0.01)
 
 
+def _vf_clipfrac_float64(v, v_old, ret, mask, clip_range):
+    """verl's ``vf_clipfrac`` (the clipped loss strictly greater than the unclipped one, a
+    token mean) in float64: float32 inputs make V_old + (V − V_old) exactly V there."""
+    v, v_old, ret = (np.asarray(x, dtype=np.float64) for x in (v, v_old, ret))
+    v_clip = v_old + np.clip(v - v_old, -clip_range, clip_range)
+    larger = (v_clip - ret) ** 2 > (v - ret) ** 2
+    return float((larger & mask).sum() / mask.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_value_clip_frac_counts_only_tokens_the_clip_moved(seed):
+    """V ~ N(0, 0.1), |V − V_old| ~ 0.07 against a clip of 0.2: few tokens are clipped, and
+    rounding in V_old + clip(V − V_old) must not count as clipping (comparing the float32
+    squared errors alone reports ~3.9 % where the float64 reference gives ~0.24 %). The loss
+    itself is unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (64, 2048)
+    v = 0.1 * torch.randn(shape, generator=g)
+    v_old = v + 0.07 * torch.randn(shape, generator=g)
+    ret = v + 0.1 * torch.randn(shape, generator=g)
+    mask = torch.rand(shape, generator=g) > 0.1
+    out = L.value_loss(v, v_old, ret, mask, clip_range=0.2)
+    want = _vf_clipfrac_float64(v, v_old, ret, mask.numpy(), 0.2)
+    assert 0 < want < 0.005
+    assert out.metrics["value_clip_frac"].item() == pytest.approx(want, abs=1e-5)
+    # the squared errors alone count rounding as clipping on these inputs
+    v_clip = v_old + (v - v_old).clamp(-0.2, 0.2)
+    rounding = ((v_clip - ret).square() > (v - ret).square()) & mask
+    assert float(rounding.sum() / mask.sum()) > want + 0.02
+    # the loss is the same formula as before the fix: ½ max of the two squared errors
+    per_token = 0.5 * torch.maximum((v - ret).square(), (v_clip - ret).square())
+    expect = torch.where(mask, per_token, torch.zeros(())).sum() / mask.sum()
+    assert torch.equal(out.loss, expect)
+
+
+def test_metric_reductions_are_one_table():
+    assert [L.metric_reduction(k) for k in ("ratio_min", "ratio_max", "clip_frac")] == [
+        "min",
+        "max",
+        "sum",
+    ]
+    assert dict(L.METRIC_REDUCTIONS) == {"_min": "min", "_max": "max"}
+    from rlhf_core import parallel
+
+    assert L.metric_reduction is parallel.metric_reduction  # one home, in the bottom layer
+    total = L.merge_metrics({}, {"a_min": torch.tensor(2.0), "a_max": torch.tensor(2.0),
+                                 "a": torch.tensor(2.0)})  # fmt: skip
+    L.merge_metrics(total, {"a_min": torch.tensor(1.0), "a_max": torch.tensor(3.0),
+                            "a": torch.tensor(3.0)})  # fmt: skip
+    assert {k: v.item() for k, v in total.items()} == {"a_min": 1.0, "a_max": 3.0, "a": 5.0}
+
+
 def test_entropy_and_sft():
     ent = torch.tensor([[1.0, 2.0], [3.0, 9.0]])
     m = torch.tensor([[1, 1], [1, 0]])

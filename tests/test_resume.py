@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_trainers_common import (
+
+from rlhf_core.checkpoint import CheckpointError
+from rlhf_core.models import RewardModel
+from rlhf_core.monitor import read_metrics
+from rlhf_core.testing.trainers import (
     FAST,
     count_pairs,
     params_equal,
@@ -17,10 +21,6 @@ from test_trainers_common import (
     strip_times,
     tokenizer,
 )
-
-from rlhf_core.checkpoint import CheckpointError
-from rlhf_core.models import RewardModel
-from rlhf_core.monitor import read_metrics
 from rlhf_core.trainers import (
     BestOfNConfig,
     BestOfNTrainer,

@@ -52,6 +52,61 @@ def test_combine_rewards_weights_nan_and_components():
     assert list(parts2) == ["length_reward", "length_reward_1"]
 
 
+def test_weight_zero_sources_are_tracked_not_added():
+    """A weight-0 source is called and logged, but its None cannot make a sample unscorable
+    (0 * NaN used to poison the total of ``label`` and ``eval``)."""
+    prompts = ["p"] * 3
+    comps = ["ab", "abc?", "a"]
+    total, parts = R.combine_rewards(
+        [length_reward, maybe_reward], [1.0, 0.0], prompts, comps, return_components=True
+    )
+    np.testing.assert_array_equal(total, [2.0, 4.0, 1.0])
+    assert np.isnan(parts["maybe_reward"][1])  # still tracked
+    # a non-zero weight keeps the rule that any unscorable source makes the sample unscorable
+    total2 = R.combine_rewards([length_reward, maybe_reward], [1.0, -0.5], prompts, comps)
+    assert np.isnan(total2[1]) and total2[0] == 2.0 - 0.5
+
+
+def test_combine_rewards_scores_sampled_ids_under_the_models_context(tok):
+    """With ``sequences`` a reward model scores the exact token ids (not the re-encoded texts),
+    inside ``model_context``; reward functions run outside it."""
+    import contextlib
+
+    torch.set_num_threads(1)
+    rm = M.RewardModel.from_policy(M.build_builtin_policy(tok, seed=0), seed=0)
+    scorer = R.RewardModelScorer(rm, tok)
+    seqs = [np.array([1, 5, 6, 7]), np.array([1, 9])]
+    inside: list[bool] = []
+    depth = [0]
+
+    @contextlib.contextmanager
+    def context():
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+
+    def watched(prompts, completions, **_):
+        inside.append(depth[0] > 0)
+        return [0.0] * len(completions)
+
+    original = scorer.score_ids
+
+    def spy(sequences):
+        inside.append(depth[0] > 0)
+        return original(sequences)
+
+    scorer.score_ids = spy  # type: ignore[method-assign]
+    total = R.combine_rewards(
+        [scorer, watched], None, ["p", "q"], ["x", "y"], sequences=seqs, model_context=context
+    )
+    np.testing.assert_array_equal(total, original(seqs))
+    assert inside == [True, False]
+    with pytest.raises(ValueError, match="sequences has 1 entries, completions has 2"):
+        R.combine_rewards([scorer], None, ["p", "q"], ["x", "y"], sequences=seqs[:1])
+
+
 def test_reward_function_wrong_length_names_function():
     def short(prompts, completions, **kw):
         return [1.0]

@@ -1,24 +1,21 @@
-"""Shared pieces of the trainer tests (imported by the other test_trainers_* files) and tests of
-rlhf_core.trainers.base: sampler, padding, micro-batch split, schedules, configs."""
+"""Tests of the trainers' shared pieces: sampler, padding, micro-batch split, schedules, seeds,
+configs (:mod:`rlhf_core.trainers.config`, :mod:`~rlhf_core.trainers.optim`,
+:mod:`rlhf_core.rollout.inputs`). The helpers the trainer tests share live in
+:mod:`rlhf_core.testing.trainers`."""
 
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from rlhf_core.trainers import base as B
-
-# ---------------------------------------------------------------------------------------------
-# helpers used by the other trainer test files
-
-FAST = dict(progress_bar=False, tensorboard=False, device="cpu")
+from rlhf_core.rollout import inputs as I
+from rlhf_core.trainers import config as C
+from rlhf_core.trainers import optim as O
 
 
 @pytest.fixture(autouse=True)
@@ -29,170 +26,85 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(old)
 
 
-def tokenizer() -> Any:
-    from rlhf_core.models import load_tokenizer
-
-    return load_tokenizer()
-
-
-def policy(seed: int = 0) -> Any:
-    from rlhf_core.models import build_builtin_policy
-
-    return build_builtin_policy(tokenizer(), seed=seed)
-
-
-def snapshot(*modules: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for m in modules for p in m.parameters() if p.requires_grad]
-
-
-def snapshot_all(*modules: torch.nn.Module) -> list[torch.Tensor]:
-    """Every parameter, trainable or frozen (for checking that a frozen model stayed put)."""
-    return [p.detach().clone() for m in modules for p in m.parameters()]
-
-
-def assert_unchanged(before: list[torch.Tensor], *modules: torch.nn.Module) -> None:
-    after = [p.detach() for m in modules for p in m.parameters()]
-    assert len(after) == len(before) and after
-    changed = [
-        i for i, (a, b) in enumerate(zip(after, before, strict=True)) if not torch.equal(a, b)
-    ]
-    assert not changed, f"{len(changed)} of {len(after)} frozen tensors changed"
-
-
-def assert_all_changed(before: list[torch.Tensor], *modules: torch.nn.Module) -> None:
-    after = [p.detach() for m in modules for p in m.parameters() if p.requires_grad]
-    assert len(after) == len(before) and after
-    unchanged = [i for i, (a, b) in enumerate(zip(after, before, strict=True)) if torch.equal(a, b)]
-    assert not unchanged, f"{len(unchanged)} of {len(after)} trainable tensors did not change"
-
-
-def count_layer_calls(model: torch.nn.Module) -> list[int]:
-    """A list that grows by one at every run of the MLP of ``model``'s first transformer
-    layer (activation checkpointing runs it again in the backward pass; the recomputation
-    calls ``forward`` without the module's hooks, so ``forward`` itself is wrapped)."""
-    layer = next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
-    mlp = layer.mlp
-    calls: list[int] = []
-    inner = mlp.forward
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return inner(*args, **kwargs)
-
-    mlp.forward = counted
-    return calls
-
-
-def assert_finite_metrics(metrics: dict[str, float]) -> None:
-    assert metrics
-    bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
-    assert not bad, bad
-
-
-def count_pairs(n: int, seed: int = 0, length: int = 8) -> list[tuple[str, str, str]]:
-    """Synthetic preferences labelled by a known reward: more "ab" bigrams is better (a count
-    of single characters would be too easy: a random reward head already ranks it well)."""
-    rng = random.Random(seed)
-    out: list[tuple[str, str, str]] = []
-    while len(out) < n:
-        x = "".join(rng.choice("ab") for _ in range(length))
-        y = "".join(rng.choice("ab") for _ in range(length))
-        if x.count("ab") == y.count("ab"):
-            continue
-        c, r = (x, y) if x.count("ab") > y.count("ab") else (y, x)
-        out.append(("Q:", c, r))
-    return out
-
-
-def params_close(a: torch.nn.Module, b: torch.nn.Module, **tol: float) -> None:
-    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        torch.testing.assert_close(pa, pb, msg=lambda m, n=na: f"{n}: {m}", **tol)
-
-
-def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        assert torch.equal(pa, pb), f"parameter {na} differs"
-
-
-def capture_grads(trainer: Any) -> list[list[torch.Tensor]]:
-    """Record the accumulated gradients (before clipping) each time the trainer checks them
-    for an optimizer step."""
-    seen: list[list[torch.Tensor]] = []
-    original = trainer.clip_and_check
-
-    def spy(params: Any, metrics: Any, **kw: Any) -> float:
-        seen.append([p.grad.detach().clone() for p in params])
-        return original(params, metrics, **kw)
-
-    trainer.clip_and_check = spy
-    return seen
-
-
-def assert_grads_close(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> None:
-    assert len(a) == len(b) and a
-    for step_a, step_b in zip(a, b, strict=True):
-        for ga, gb in zip(step_a, step_b, strict=True):
-            scale = float(ga.abs().max()) + 1e-12
-            torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * scale)
-
-
-def strip_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith("time/") and k != "wall_time"} for r in rows
-    ]
-
-
 # ---------------------------------------------------------------------------------------------
 # base pieces
 
 
 def test_index_sampler_is_seeded_resumable_and_covers_epochs():
-    s = B.IndexSampler(5, seed=3)
+    s = O.IndexSampler(5, seed=3)
     first = np.concatenate([s.next(3), s.next(3), s.next(4)])
     # epoch 0 and epoch 1 are each a permutation of 0..4
     assert sorted(first[:5]) == list(range(5)) and sorted(first[5:]) == list(range(5))
-    s2 = B.IndexSampler(5, seed=3)
+    s2 = O.IndexSampler(5, seed=3)
     s2.next(4)
     state = s2.state_dict()
-    s3 = B.IndexSampler(5, seed=3)
+    s3 = O.IndexSampler(5, seed=3)
     s3.load_state_dict(state)
     np.testing.assert_array_equal(s2.next(7), s3.next(7))
     with pytest.raises(ValueError, match="same data and seed"):
-        B.IndexSampler(6, seed=3).load_state_dict(state)
+        O.IndexSampler(6, seed=3).load_state_dict(state)
 
 
 def test_pad_sequences_aligns_loss_mask_with_token_logprobs():
-    out = B.pad_sequences([np.array([1, 5, 6, 2]), np.array([1, 7, 2])], [2, 1], pad_id=0)
+    out = I.pad_sequences([np.array([1, 5, 6, 2]), np.array([1, 7, 2])], [2, 1], pad_id=0)
     assert out["input_ids"].tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     # loss_mask[i, j] says whether token j+1 is a completion token
     assert out["loss_mask"].tolist() == [[False, True, True], [True, True, False]]
 
 
+def _padded_reference(seqs: list[np.ndarray], starts: list[int], pad: int) -> dict:
+    """The padding rule written as a loop: tokens left-aligned, ones on the attention mask,
+    loss_mask[i, j] for the completion's tokens j + 1 (start 0 counts as 1)."""
+    t = max(max((len(s) for s in seqs), default=1), 2)
+    ids = torch.full((len(seqs), t), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), t), dtype=torch.long)
+    loss = torch.zeros((len(seqs), t - 1), dtype=torch.bool)
+    for i, (s, k) in enumerate(zip(seqs, starts, strict=True)):
+        ids[i, : len(s)] = torch.from_numpy(s)
+        attn[i, : len(s)] = 1
+        loss[i, max(k, 1) - 1 : len(s) - 1] = True
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def test_pad_sequences_matches_a_python_reference():
+    """The Rust materialiser gives the loop's tensors: any lengths, completion starts from 0 to
+    the end (an empty completion), rows of one token, empty batches."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seqs = [rng.integers(0, 100, size=int(rng.integers(1, 12))) for _ in range(rng.integers(8))]
+        starts = [int(rng.integers(0, len(s) + 1)) for s in seqs]
+        got = I.pad_sequences(seqs, starts, pad_id=7)
+        want = _padded_reference(seqs, starts, 7)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
 def test_iter_micro_batches_trims_padding():
-    batch = B.pad_sequences([np.arange(1, 7), np.arange(1, 3)], [1, 1], pad_id=0)
-    chunks = list(B.iter_micro_batches(batch, 1))
+    batch = I.pad_sequences([np.arange(1, 7), np.arange(1, 3)], [1, 1], pad_id=0)
+    chunks = list(I.iter_micro_batches(batch, 1))
     assert [c["input_ids"].shape[1] for c in chunks] == [6, 2]
     assert [c["loss_mask"].shape[1] for c in chunks] == [5, 1]
-    assert len(list(B.iter_micro_batches(batch, None))) == 1
+    assert len(list(I.iter_micro_batches(batch, None))) == 1
     # host-side lengths give the same chunks without reading the mask
-    given = list(B.iter_micro_batches(batch, 1, lengths=[6, 2]))
+    given = list(I.iter_micro_batches(batch, 1, lengths=[6, 2]))
     for a, b in zip(chunks, given, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match=r"lengths has shape \(1,\), expected \(2,\)"):
-        list(B.iter_micro_batches(batch, 1, lengths=[6]))
+        list(I.iter_micro_batches(batch, 1, lengths=[6]))
 
 
 def test_lr_schedules():
-    cfg = B.TrainerConfig(total_steps=10, warmup_steps=2, lr_scheduler="linear")
-    assert [round(B._lr_factor(s, cfg), 4) for s in (0, 1, 2, 6)] == [0.3333, 0.6667, 1.0, 0.5]
+    cfg = C.TrainerConfig(total_steps=10, warmup_steps=2, lr_scheduler="linear")
+    assert [round(O._lr_factor(s, cfg), 4) for s in (0, 1, 2, 6)] == [0.3333, 0.6667, 1.0, 0.5]
     cos = dataclasses.replace(cfg, lr_scheduler="cosine", warmup_steps=0)
-    assert B._lr_factor(0, cos) == 1.0 and B._lr_factor(5, cos) == pytest.approx(0.5)
+    assert O._lr_factor(0, cos) == 1.0 and O._lr_factor(5, cos) == pytest.approx(0.5)
 
 
 def test_step_seed_is_stable_and_distinct():
-    assert B.step_seed(0, 1) == B.step_seed(0, 1)
-    assert len({B.step_seed(0, s, p) for s in range(20) for p in range(3)}) == 60
+    assert O.step_seed(0, 1) == O.step_seed(0, 1)
+    assert len({O.step_seed(0, s, p) for s in range(20) for p in range(3)}) == 60
 
 
 @pytest.mark.parametrize(
@@ -212,7 +124,7 @@ def test_step_seed_is_stable_and_distinct():
 )
 def test_base_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        B.TrainerConfig(**kwargs)
+        C.TrainerConfig(**kwargs)
 
 
 def test_configs_have_help_for_every_field():

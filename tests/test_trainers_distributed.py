@@ -18,7 +18,8 @@ step sees the whole rollout (``minibatch_size`` = rollout size): with smaller mi
 rank shuffles its own rows, a valid but different split (``docs/scaling.md``).
 
 Covered: GRPO (KL in the loss, 2 epochs, micro-batches), GRPO with ``scale_rewards="batch"``
-(the batch std over ranks), REINFORCE++ (token whitening over ranks), PPO (value model, GAE,
+(the batch std over ranks), REINFORCE++ (token whitening over ranks), REINFORCE++-baseline
+(per-sequence advantages whitened over ranks), PPO (value model, GAE,
 global whitening, adaptive KL), SFT, DPO (with an uneven held-out split), best-of-N (ranks
 select different numbers of winners), GRPO under FSDP2, and resume under torchrun: a DDP run
 stopped after step 1 and resumed by a new trainer (every rank loads) equals the uninterrupted
@@ -134,9 +135,8 @@ def _ppo_fsdp2(run: Path) -> Any:
 
 
 def _reward(run: Path) -> Any:
-    from test_trainers_common import count_pairs
-
     from rlhf_core.models import RewardModel
+    from rlhf_core.testing.trainers import count_pairs
     from rlhf_core.trainers import RewardConfig, RewardTrainer
 
     cfg = RewardConfig(
@@ -162,8 +162,7 @@ def _sft(run: Path, batch_size: int = 4) -> Any:
 
 
 def _dpo(run: Path, parallel: str = "ddp") -> Any:
-    from test_trainers_common import count_pairs
-
+    from rlhf_core.testing.trainers import count_pairs
     from rlhf_core.trainers import DPOConfig, DPOTrainer
 
     # 12 pairs, 3 held out: the ranks evaluate 2 and 1 pairs, one per forward (under FSDP2
@@ -235,6 +234,12 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Any], int | None]] = {
         None,
     ),
     "reinforce_pp": (_reinforce_pp, None),
+    # per-sequence advantages whitened over ranks with the token weights of one process
+    "reinforce_pp_baseline": (
+        lambda run: _grpo(run, total_steps=1, rollout_batch_size=8, num_samples=4,
+                          estimator="reinforce++_baseline", loss_type="dapo"),
+        None,
+    ),  # fmt: skip
     "ppo": (_ppo, None),
     "sft": (_sft, None),
     "dpo": (_dpo, None),

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainers_common import (
+
+from rlhf_core.models import RewardModel
+from rlhf_core.testing.trainers import (
     FAST,
     assert_all_changed,
     assert_finite_metrics,
@@ -22,8 +24,6 @@ from test_trainers_common import (
     snapshot_all,
     tokenizer,
 )
-
-from rlhf_core.models import RewardModel
 from rlhf_core.trainers import (
     DPOConfig,
     DPOTrainer,

@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_trainers_common import (
+
+from rlhf_core import ops, tasks
+from rlhf_core.generation import generate
+from rlhf_core.models import RewardModel
+from rlhf_core.monitor import NonFiniteError, read_metrics
+from rlhf_core.testing.trainers import (
     FAST,
     assert_all_changed,
     assert_finite_metrics,
@@ -26,11 +31,6 @@ from test_trainers_common import (
     snapshot_all,
     tokenizer,
 )
-
-from rlhf_core import tasks
-from rlhf_core.generation import generate
-from rlhf_core.models import RewardModel
-from rlhf_core.monitor import NonFiniteError, read_metrics
 from rlhf_core.trainers import (
     BestOfNConfig,
     BestOfNTrainer,
@@ -103,6 +103,40 @@ def test_grpo_family_smoke(tmp_path, cls, cfg_cls, extra):
     assert_all_changed(before, t.policy)
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and all("time/generation" in r for r in rows)
+
+
+def test_policy_gradient_trainer_takes_any_estimator(tmp_path):
+    """A new estimator is a new class, not a trainer override: one written here (the score
+    minus the batch mean, one advantage per sequence) trains a PolicyGradientTrainer, which
+    calls it with its buffer and process group and logs its statistics."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from rlhf_core.advantages import AdvantageStats, RewardKL
+    from rlhf_core.trainers import PolicyGradientTrainer, RLConfig
+
+    seen: list[Any] = []
+
+    @dataclass(frozen=True, kw_only=True)
+    class BatchMean(RewardKL):
+        name: ClassVar[str] = "batch_mean"
+
+        def compute(self, buffer: Any, dist: Any = None) -> AdvantageStats:
+            seen.append((buffer, dist, self.kl_coef))
+            scores = np.nan_to_num(buffer.field("scores"))
+            buffer.set_advantages((scores - scores.mean()).astype(np.float32), estimator=self.name)
+            return AdvantageStats.of(buffer, dist)
+
+    cfg = RLConfig(run_dir=str(tmp_path), total_steps=2, rollout_batch_size=8, num_samples=2,
+                   kl_coef=0.1, kl_in_reward=True, **RL_COMMON)  # fmt: skip
+    t = PolicyGradientTrainer(cfg, policy(), tokenizer(), PROMPTS, digit_reward,
+                              estimator=BatchMean())  # fmt: skip
+    before = snapshot(t.policy)
+    res = t.train()
+    assert [(b is t.buffer, d is t.dist, beta) for b, d, beta in seen] == [(True, True, 0.1)] * 2
+    assert t.buffer.advantages_info["estimator"] == "batch_mean"
+    assert abs(res.metrics["advantages/mean"]) < 1e-6 and "policy_loss" in res.metrics
+    assert_all_changed(before, t.policy)
 
 
 def test_grpo_lora_trains_only_the_adapters(tmp_path):
@@ -272,6 +306,25 @@ def test_ppo_leaves_unscorable_samples_out_of_the_loss(tmp_path):
         assert torch.equal(in_loss, idx % 2 == 0)
 
 
+def test_ppo_unscorable_samples_after_a_fully_scored_step(tmp_path):
+    """The buffer's fields are fixed by the first step: PPO stores its loss mask every step,
+    so a step with unscorable samples after one without (or the reverse) still trains (it
+    used to add the mask only when needed and stop with a FieldError)."""
+    calls: list[int] = []
+
+    def later_none(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
+        calls.append(1)
+        return [None if len(calls) == 2 and i % 2 else 1.0 for i in range(len(completions))]
+
+    cfg = PPOConfig(run_dir=str(tmp_path), total_steps=3, rollout_batch_size=4, ppo_epochs=1,
+                    **RL_COMMON)  # fmt: skip
+    t = PPOTrainer(cfg, policy(), tokenizer(), PROMPTS, later_none)
+    res = t.train()
+    assert res.step == 3 and len(calls) == 3
+    rows = read_metrics(tmp_path)
+    assert [r["reward/frac_unscorable"] for r in rows] == [0.0, 0.5, 0.0]
+
+
 def test_weight_zero_sources_are_logged_not_optimised(tmp_path):
     def sometimes_none(prompts: list[str], completions: list[str], **_: Any) -> list[Any]:
         return [None if i % 2 else 5.0 for i in range(len(completions))]
@@ -371,8 +424,25 @@ def test_bad_configs(cls, kwargs, match):
         cls(**kwargs)
 
 
-def test_reinforce_pp_allows_single_samples():
-    assert ReinforcePPConfig(num_samples=1, rollout_batch_size=3).num_samples == 1
+@pytest.mark.parametrize(
+    "cls, kwargs, expect",
+    [
+        # REINFORCE++ needs no group: one sample per prompt is valid
+        (ReinforcePPConfig, dict(num_samples=1, rollout_batch_size=3),
+         dict(num_samples=1, prompts_per_step=3, aggregation="token-mean")),
+        # loss_type sets the aggregation and the default scaling when they are 'auto'
+        (GRPOConfig, dict(loss_type="dr_grpo"),
+         dict(aggregation="seq-mean-token-sum-norm", scale_rewards="none")),
+        (GRPOConfig, dict(loss_type="dapo", aggregation="token-mean", scale_rewards="batch"),
+         dict(aggregation="token-mean", scale_rewards="batch")),
+        (RLOOConfig, {}, dict(estimator="rloo", scale_rewards="none", kl_in_reward=True)),
+        (PPOConfig, dict(kl_target=6.0, value_clip=None), dict(kl_target=6.0, value_clip=None)),
+        (BestOfNConfig, dict(num_samples=2, rollout_batch_size=2), dict(prompts_per_step=1)),
+    ],
+)  # fmt: skip
+def test_valid_configs_construct(cls, kwargs, expect):
+    cfg = cls(**kwargs)
+    assert {k: getattr(cfg, k) for k in expect} == expect
 
 
 def test_reward_weights_must_match_sources(tmp_path):
@@ -497,13 +567,13 @@ def test_missing_eos_penalty_lowers_truncated_scores(tmp_path):
                      **{**RL_COMMON, "max_new_tokens": 3}, missing_eos_penalty=0.5)
     t = GRPOTrainer(cfg, policy(), tokenizer(), PROMPTS, one)
     seen: list[Any] = []
-    original = t.score_rollout
+    original = t.collector.score
 
     def spy(roll: Any) -> None:
         original(roll)
         seen.append((roll.truncated.copy(), roll.scores.copy(), dict(roll.score_parts)))
 
-    t.score_rollout = spy
+    t.collector.score = spy  # type: ignore[method-assign]
     res = t.train()
     truncated, scores, parts = seen[0]
     assert truncated.any(), "with 3 new tokens most completions hit the limit"
@@ -517,10 +587,11 @@ def test_missing_eos_penalty_lowers_truncated_scores(tmp_path):
 
 def test_reward_model_scores_under_the_trainers_autocast(tmp_path):
     """The reward model's forward runs inside the trainer's autocast context (bf16 on CUDA),
-    like the policy's and the reference's."""
+    like the policy's and the reference's: the collector scores under the trainer's context."""
     import contextlib
 
     t = _ppo(tmp_path, total_steps=1, ppo_epochs=1)
+    assert t.collector.autocast == t.autocast
     depth = {"now": 0, "seen": []}
 
     @contextlib.contextmanager
@@ -531,7 +602,7 @@ def test_reward_model_scores_under_the_trainers_autocast(tmp_path):
         finally:
             depth["now"] -= 1
 
-    t.autocast = recording
+    t.collector.autocast = recording
     scorer = next(s for s in t.reward_sources if hasattr(s, "score_ids"))
     original = scorer.score_ids
 
@@ -546,27 +617,27 @@ def test_reward_model_scores_under_the_trainers_autocast(tmp_path):
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
 def test_kl_in_reward_subtracts_the_summed_kl_from_the_scores(tmp_path, estimator):
-    """RLOO with the KL in the reward: scores − β·Σ_t KL_t per sequence, against a numpy
-    float64 reference (the reference model differs from the policy, so the KL is not 0)."""
+    """RLOO with the KL in the reward: the advantages are those of the scores − β·Σ_t KL_t per
+    sequence, against a numpy float64 reference (the reference model differs from the policy,
+    so the KL is not 0)."""
     cfg = RLOOConfig(run_dir=str(tmp_path), total_steps=1, rollout_batch_size=8, num_samples=4,
                      kl_coef=0.3, kl_in_reward=True, kl_estimator=estimator, **RL_COMMON)
     t = RLOOTrainer(cfg, policy(), tokenizer(), PROMPTS, digit_reward, reference=policy(seed=5))
-    seen: list[Any] = []
-    original = t.extra_buffer_fields
-
-    def spy(roll: Any) -> Any:
-        out = original(roll)
-        seen.append((roll, out))
-        return out
-
-    t.extra_buffer_fields = spy
     t.train()
-    roll, out = seen[0]
+    buf = t.buffer  # the step's rollout and advantages
+    lp, ref = buf.field("logprobs"), buf.field("ref_logprobs")
+    off = buf.offsets("response")
     want = []
-    for lp, ref in zip(roll.logprobs, roll.ref_logprobs, strict=True):
-        d = np.asarray(lp, np.float64) - np.asarray(ref, np.float64)
+    for a, b in zip(off[:-1], off[1:], strict=True):
+        d = np.asarray(lp[a:b], np.float64) - np.asarray(ref[a:b], np.float64)
         kl = d if estimator == "k1" else np.exp(-d) + d - 1.0
         want.append(np.clip(kl, -10.0, 10.0).sum())
     assert np.abs(want).max() > 1e-3  # a real penalty
-    np.testing.assert_allclose(out["scores"], roll.scores - 0.3 * np.array(want), rtol=1e-9,
+    penalised = buf.field("scores") - 0.3 * np.array(want)
+    np.testing.assert_allclose(t.estimator.with_kl_coef(0.3).scores(buf), penalised, rtol=1e-9,
                                atol=1e-9)
+    # the step's advantages are RLOO's of the penalised scores
+    expect = ops.group_advantages(penalised.astype(np.float32), group_ids=buf.field("group_ids"),
+                                  baseline="leave_one_out", scale="none")
+    np.testing.assert_allclose(buf.field("advantages"), expect, rtol=1e-5, atol=1e-6)
+    assert buf.advantages_info == {"estimator": "rloo", "level": "sequence", "has_returns": False}

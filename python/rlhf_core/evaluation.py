@@ -169,7 +169,7 @@ def sequence_kl(
 
     from rlhf_core import ops
     from rlhf_core.models import token_logprobs
-    from rlhf_core.trainers.base import pad_sequences
+    from rlhf_core.rollout.inputs import pad_sequences
 
     out = np.zeros(len(sequences), dtype=np.float64)
     device = next(iter(policy.parameters())).device

@@ -48,6 +48,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from rlhf_core.parallel.collectives import METRIC_REDUCTIONS, metric_reduction
+
 __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
@@ -55,6 +57,8 @@ __all__ = [
     "LossOutput",
     "aggregate",
     "count_tokens_and_seqs",
+    "METRIC_REDUCTIONS",
+    "metric_reduction",
     "merge_metrics",
     "kl_estimate",
     "ppo_policy_loss",
@@ -206,14 +210,17 @@ def count_tokens_and_seqs(masks: torch.Tensor | Iterable[torch.Tensor]) -> tuple
 def merge_metrics(
     total: dict[str, torch.Tensor], new: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Accumulate micro-batch metrics in place: sum, or min / max for ``*_min`` / ``*_max``."""
+    """Accumulate micro-batch metrics (0-d tensors) in place, each by its
+    :func:`rlhf_core.parallel.metric_reduction` (the one table of the rule, shared with the
+    cross-rank reduction): sum, or min / max for ``*_min`` / ``*_max``."""
     for key, value in new.items():
         value = value.detach()
+        how = metric_reduction(key)
         if key not in total:
             total[key] = value.clone()
-        elif key.endswith("_min"):
+        elif how == "min":
             total[key] = torch.minimum(total[key], value)
-        elif key.endswith("_max"):
+        elif how == "max":
             total[key] = torch.maximum(total[key], value)
         else:
             total[key] = total[key] + value
@@ -456,6 +463,12 @@ def value_loss(
     """Clipped value loss: ℓ = ½·max((V − R)², (V_clip − R)²) with
     V_clip = V_old + clip(V − V_old, −c, c); ℓ = ½ (V − R)² when ``clip_range`` is None.
 
+    ``value_clip_frac`` counts the tokens where the clip moved the value (|V − V_old| > c) and
+    the clipped term is the larger one, verl's ``vf_clipfrac`` (clipped loss strictly greater)
+    computed without rounding: where the clip does not bind, V_old + (V − V_old) need not be
+    exactly V in floating point, and comparing the two squared errors alone would count that
+    rounding as clipping.
+
     Args:
         values: float (B, T) predictions of the value model being trained (with grad).
         old_values: float (B, T) predictions at rollout time (no grad).
@@ -466,7 +479,8 @@ def value_loss(
 
     Returns:
         :class:`LossOutput` with metrics ``value_loss``, ``value_clip_frac`` (tokens where the
-        clipped term is larger), ``value_mean``, ``return_mean`` (token means).
+        clip moved the value and the clipped term is larger), ``value_mean``, ``return_mean``
+        (token means).
     """
     _check_2d("values", values)
     _check_same_shape("values", values, old_values=old_values, returns=returns)
@@ -482,10 +496,12 @@ def value_loss(
         per_token = 0.5 * err
         clipped_larger = torch.zeros_like(m)
     else:
-        v_clip = v_old + (v - v_old).clamp(-clip_range, clip_range)
+        delta = v - v_old
+        v_clip = v_old + delta.clamp(-clip_range, clip_range)
         err_clip = (v_clip - ret).square()
         per_token = 0.5 * torch.maximum(err, err_clip)
-        clipped_larger = err_clip > err
+        with torch.no_grad():
+            clipped_larger = (delta.abs() > clip_range) & (err_clip > err)
     loss = aggregate(
         per_token, m, aggregation, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len
     )

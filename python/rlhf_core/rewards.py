@@ -13,7 +13,8 @@ taking ``**columns``; it then receives only those (a missing one is an error nam
 
 * :func:`call_reward_function` calls one function and checks what it returned.
 * :func:`combine_rewards` weights several together: float64 (B,) with NaN where any function
-  returned None, plus the per-function arrays for logging.
+  of non-zero weight returned None, plus the per-function arrays for logging. A weight-0
+  source is tracked (logged), never added to the total.
 * :class:`RewardModelScorer` makes a :class:`rlhf_core.models.RewardModel` a reward function.
 * :func:`exact_match_reward` (with :func:`extract_answer`) is the verifiable reward.
 * :class:`JudgeLabeler` asks a causal LM which of two answers is better (RLAIF), reading the
@@ -29,6 +30,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -148,22 +150,36 @@ def combine_rewards(
     completions: Sequence[str],
     *,
     return_components: bool = False,
+    sequences: Sequence[Sequence[int] | np.ndarray] | None = None,
+    model_context: Callable[[], AbstractContextManager[Any]] | None = None,
     **columns: Any,
 ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Weighted sum of several reward functions.
+    """Weighted sum of several reward sources: the one place scores are combined (trainers,
+    ``rlhf-core label`` and ``eval``).
 
     Args:
-        funcs: one reward function or a sequence of them (:class:`RewardFunction`).
-        weights: one weight per function; None means all 1.0.
+        funcs: one reward function or a sequence of them (:class:`RewardFunction`, a
+            :class:`RewardModelScorer` among them).
+        weights: one finite weight per function; None means all 1.0.
         prompts, completions: B strings each.
         return_components: also return ``{name: float64 (B,)}`` with each function's raw
             (unweighted) scores, for logging. Repeated names get a suffix ``_1``, ``_2``, ...
+        sequences: the B token-id sequences (prompt + completion, int (L_i,) each) that were
+            sampled; when given, a :class:`RewardModelScorer` scores these exact tokens
+            (:meth:`RewardModelScorer.score_ids`) instead of re-encoding the texts.
+        model_context: a context entered around each reward-model forward (a trainer passes
+            its bf16 autocast); reward functions run outside it.
         columns: extra per-completion columns passed to the functions.
 
+    The weight-0 rule: a source of weight 0 is **tracked, not optimised**. It is called and its
+    raw scores are in the components (e.g. a gold reward watched while a proxy is optimised),
+    but it never enters the total, so its None / NaN cannot make a sample unscorable.
+
     Returns:
-        float64 (B,) ``sum_k weights[k] * scores_k``; NaN where **any** function returned None
-        (a sample one judge cannot score is not silently scored by the others). Trainers give
-        NaN-scored samples zero advantage and count them.
+        float64 (B,) ``sum over k with weights[k] != 0 of weights[k] * scores_k``; NaN where
+        any source of non-zero weight returned None (a sample one judge cannot score is not
+        silently scored by the others). Trainers give NaN-scored samples zero advantage and
+        count them.
     """
     fn_list = [funcs] if callable(funcs) else list(funcs)
     if not fn_list:
@@ -177,11 +193,20 @@ def combine_rewards(
         bad = [x for x in w if not math.isfinite(x)]
         if bad:
             raise ValueError(f"weights must be finite, got {w}")
+    if sequences is not None and len(sequences) != len(completions):
+        raise ValueError(
+            f"sequences has {len(sequences)} entries, completions has {len(completions)}"
+        )
     total = np.zeros(len(completions), dtype=np.float64)
     parts: dict[str, np.ndarray] = {}
     for fn, wk in zip(fn_list, w, strict=True):
-        s = call_reward_function(fn, prompts, completions, **columns)
-        total += wk * s  # NaN propagates
+        if sequences is not None and isinstance(fn, RewardModelScorer):
+            with model_context() if model_context is not None else nullcontext():
+                s = fn.score_ids(sequences)  # the exact sampled tokens
+        else:
+            s = call_reward_function(fn, prompts, completions, **columns)
+        if wk != 0:  # weight 0: tracked (in the components), never in the total
+            total += wk * s  # NaN propagates
         base = reward_function_name(fn)
         key, k = base, 0
         while key in parts:

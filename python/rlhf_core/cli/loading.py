@@ -23,8 +23,8 @@ from rlhf_core.cli.run_fields import BUILTIN_DATASETS, REWARD_SHORTCUTS
 from rlhf_core.data import load_preferences, load_prompt_completions, load_prompts
 from rlhf_core.models import RewardModel, load_policy, load_tokenizer, make_reference
 from rlhf_core.rewards import RewardModelScorer, label_pairs, reward_function_name
-from rlhf_core.trainers.base import resolve_device
-from rlhf_core.trainers.on_policy import prompt_table
+from rlhf_core.rollout import prompt_table
+from rlhf_core.trainers.runtime import resolve_device
 
 __all__ = [
     "is_builtin",

@@ -125,7 +125,7 @@ class Run:
         return data
 
     def trainer_fields(self, name: str) -> dict[str, Any]:
-        """The :class:`~rlhf_core.trainers.base.TrainerConfig` fields every stage's trainer
+        """The :class:`~rlhf_core.trainers.config.TrainerConfig` fields every stage's trainer
         shares: its folder ``<run_dir>/<name>``, the seed, device and logging, resume on."""
         cfg = self.cfg
         return {
@@ -138,7 +138,7 @@ class Run:
         }
 
     def device(self) -> Any:
-        from rlhf_core.trainers.base import resolve_device
+        from rlhf_core.trainers.runtime import resolve_device
 
         return resolve_device(self.cfg.device)
 

@@ -53,11 +53,6 @@ from rlhf_core.models.logprobs import (
 from rlhf_core.models.lora import apply_lora
 from rlhf_core.models.reference import ReferenceModel, make_reference
 
-# The names trainers/base.py imported before the split (private then); kept until it imports
-# ``seeded`` / ``is_peft``.
-_seeded = seeded
-_is_peft = is_peft
-
 __all__ = [
     "BUILTIN_SIZES",
     "BUILTIN_TOKENIZER_DIR",

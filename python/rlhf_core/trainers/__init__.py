@@ -1,5 +1,6 @@
 """Trainers: orchestration of rollout, scoring, the Rust buffer and kernels, losses, optimiser
-steps, metrics and checkpoints. Each trainer has a validated config dataclass.
+steps, metrics and checkpoints. Each trainer has a validated config dataclass
+(:mod:`.config` holds the shared ones).
 
 - :class:`SFTTrainer` / :class:`SFTConfig`: supervised fine-tuning.
 - :class:`RewardTrainer` / :class:`RewardConfig`: Bradley–Terry reward model from pairs.
@@ -9,8 +10,9 @@ steps, metrics and checkpoints. Each trainer has a validated config dataclass.
 - :class:`BestOfNTrainer` / :class:`BestOfNConfig`: rejection sampling + SFT.
 - :class:`DPOTrainer` / :class:`DPOConfig`: DPO and IPO.
 
-Custom on-policy trainers subclass :class:`OnPolicyTrainer` (rollout, scoring, buffer,
-clipped-surrogate update) or :class:`RolloutTrainer` (rollout and scoring only).
+A custom policy-gradient trainer is :class:`PolicyGradientTrainer` with an estimator of
+:mod:`rlhf_core.advantages` (``OnPolicyTrainer`` is its old name); a trainer that only samples
+and scores subclasses :class:`RolloutTrainer`. ``docs/architecture.md`` maps the modules.
 
 Submodules are imported on first use, so importing one trainer does not import the others.
 """
@@ -21,17 +23,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Trainer": "base",
-    "TrainerConfig": "base",
-    "TrainResult": "base",
-    "RolloutConfig": "on_policy",
-    "RLConfig": "on_policy",
-    "RolloutTrainer": "on_policy",
-    "OnPolicyTrainer": "on_policy",
+    "Trainer": "loop",
+    "TrainResult": "loop",
+    "TrainerConfig": "config",
+    "RolloutConfig": "config",
+    "RLConfig": "config",
+    "RolloutTrainer": "sampling",
+    "PolicyGradientTrainer": "policy_gradient",
+    "OnPolicyTrainer": "policy_gradient",
     "SFTTrainer": "sft",
     "SFTConfig": "sft",
     "RewardTrainer": "reward",
     "RewardConfig": "reward",
+    "PairTrainer": "pairwise",
     "PPOTrainer": "ppo",
     "PPOConfig": "ppo",
     "AdaptiveKLController": "ppo",

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlhf_core import losses as L
-from rlhf_core.trainers.base import check_field, pad_sequences
-from rlhf_core.trainers.on_policy import Rollout, RolloutConfig, RolloutTrainer
-from rlhf_core.trainers.sft import sft_update
+from rlhf_core.errors import check_field
+from rlhf_core.rollout import Rollout, gather, pad_sequences, rollout_metrics
+from rlhf_core.trainers.config import RolloutConfig
+from rlhf_core.trainers.sampling import RolloutTrainer
+from rlhf_core.trainers.sft import sft_step
+from rlhf_core.trainers.step import StepAverage
 
 __all__ = ["BestOfNConfig", "BestOfNTrainer", "select_best"]
 
@@ -93,7 +96,7 @@ def select_best(
 class BestOfNTrainer(RolloutTrainer):
     """Iterated best-of-N: sample, score, keep the best per prompt, SFT on it.
 
-    Arguments as :class:`~rlhf_core.trainers.on_policy.RolloutTrainer`.
+    Arguments as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
     """
 
     name = "best_of_n"
@@ -101,58 +104,38 @@ class BestOfNTrainer(RolloutTrainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
-        with self.timer.phase("generation"):
-            roll = self.generate(step)
-        with self.timer.phase("scoring"):
-            self.score_rollout(roll)
-            if cfg.track_kl:
-                self.forward_rollout(roll)
+        roll = self.collect(step, forward=cfg.track_kl)
         with self.timer.phase("bookkeeping"):
-            metrics = self.rollout_metrics(roll)
+            metrics = rollout_metrics(roll, self.dist)
             best = select_best(roll.scores, roll.group_ids, cfg.min_reward)
-            sel = self.gather(roll.scores[best])  # the winners of every rank
+            sel = gather(roll.scores[best], self.dist)  # the winners of every rank
             metrics["best_of_n/num_selected"] = float(len(sel))
             if len(sel):
                 metrics["best_of_n/selected_reward"] = float(sel.mean())
-                all_scores = self.gather(roll.scores)
+                all_scores = gather(roll.scores, self.dist)
                 metrics["best_of_n/reward_gain"] = float(sel.mean() - np.nanmean(all_scores))
         with self.timer.phase("training"):
             if len(sel):  # the same decision on every rank
                 metrics.update(self._update(roll, best))
-            self.scheduler.step()
+            self.step_schedulers()
         return metrics
 
     def _update(self, roll: Rollout, best: np.ndarray) -> dict[str, float]:
+        """``sft_epochs`` SFT steps on the winners, their metrics averaged."""
         cfg = self.config
-        batch = pad_sequences(
-            [np.concatenate([roll.prompt_ids[i], roll.response_ids[i]]) for i in best],
-            [len(roll.prompt_ids[i]) for i in best],
-            self.tokenizer.pad_token_id,
-            device=self.device,
-        )
+        pad = self.tokenizer.pad_token_id
+        seqs = roll.sequences()
+        batch = pad_sequences([seqs[i] for i in best], [len(roll.prompt_ids[i]) for i in best],
+                              pad, device=self.device)  # fmt: skip
         filler = None
         if self.dist.is_distributed:
             # ranks select different numbers of winners; one with fewer micro-batches runs
             # this one-row batch with a zero loss to keep the collectives in step
-            filler = pad_sequences(
-                [np.concatenate([roll.prompt_ids[0], roll.response_ids[0]])],
-                [len(roll.prompt_ids[0])],
-                self.tokenizer.pad_token_id,
-                device=self.device,
-            )
-        sums: dict[str, float] = {}
+            filler = pad_sequences(seqs[:1], [len(roll.prompt_ids[0])], pad, device=self.device)
+        average = StepAverage()
         for _ in range(cfg.sft_epochs):
-            m = sft_update(
-                self,
-                self.policy,
-                self.optimizer,
-                self.params,
-                batch,
-                micro_batch_size=cfg.micro_batch_size,
-                aggregation=cfg.aggregation,
-                max_len=cfg.max_new_tokens,
-                filler=filler,
-            )
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: v / cfg.sft_epochs for k, v in sums.items()}
+            average.add(
+                sft_step(self, batch, micro_batch_size=cfg.micro_batch_size,
+                         aggregation=cfg.aggregation, max_len=cfg.max_new_tokens, filler=filler)
+            )  # fmt: skip
+        return average.result()

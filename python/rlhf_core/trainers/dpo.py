@@ -23,18 +23,10 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core.trainers.base import (
-    TrainerConfig,
-    check_field,
-    logprobs_of,
-    pad_sequences,
-)
-from rlhf_core.trainers.reward import (
-    EncodedPairs,
-    Pair,
-    PairTrainer,
-    eval_parts,
-)
+from rlhf_core.errors import check_field
+from rlhf_core.rollout import logprobs_of
+from rlhf_core.trainers.config import TrainerConfig
+from rlhf_core.trainers.pairwise import EncodedPairs, Pair, PairTrainer, eval_parts
 
 __all__ = ["DPOConfig", "DPOTrainer"]
 
@@ -165,14 +157,7 @@ class DPOTrainer(PairTrainer):
         self, pairs: EncodedPairs, num_pairs: int, policy: nn.Module | None = None
     ) -> L.LossOutput:
         p = len(pairs)
-        # padded and copied to the device once, for the reference and the policy
-        batch = pad_sequences(
-            pairs.chosen + pairs.rejected,
-            pairs.chosen_start + pairs.rejected_start,
-            self.tokenizer.pad_token_id,
-            device=self.device,
-        )
-        self._last_batch = batch
+        batch = self.padded(pairs)  # copied to the device once, for the reference and the policy
         with torch.inference_mode():
             ref = self._sequence_logps(self.reference, batch)
         ref = ref.clone()  # outside inference mode: a normal tensor, usable in autograd
@@ -206,7 +191,7 @@ class DPOTrainer(PairTrainer):
                     L.merge_metrics(totals, out.metrics)
         finally:
             self.policy.train(was)
-        summed = self.reduce_metrics(totals)
+        summed = D.all_reduce_metrics(totals, self.dist)  # summed over ranks
         return {
             "reward_accuracy": float(summed["reward_accuracy"]),
             "reward_margin": float(summed["reward_margin"]),

@@ -30,24 +30,33 @@ RLOO / REINFORCE++ choice). ``mask_truncated`` drops completions that hit ``max_
 from the loss (DAPO's overlong filtering). Groups whose rewards are all equal get zero
 advantage; their fraction is logged as ``frac_zero_std_groups``.
 
-Several processes: a prompt's group is sampled and held on one rank, so ``scale_rewards=
-"group"`` / ``"none"`` advantages are computed locally, bit for bit as in one process.
-``"batch"`` gathers one score per sequence and runs the same kernel on the global batch;
-the reinforce++ estimators whiten with the moments of every rank's tokens; the logged
-advantage statistics are global.
+The advantages come from :mod:`rlhf_core.advantages` (:func:`estimator_from_config` maps the
+config onto an estimator), which also holds their several-process path: a prompt's group is
+sampled and held on one rank, so ``scale_rewards="group"`` / ``"none"`` advantages are
+computed locally, bit for bit as in one process; ``"batch"`` gathers one score per sequence;
+the reinforce++ estimators whiten with the moments of every rank's tokens; the logged advantage
+statistics are global.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from torch import nn
 
 from rlhf_core import losses as L
-from rlhf_core import ops
-from rlhf_core.trainers.base import check_field
-from rlhf_core.trainers.on_policy import OnPolicyTrainer, RLConfig, Rollout
+from rlhf_core.advantages import (
+    Estimator,
+    GroupRelative,
+    ReinforcePP,
+    ReinforcePPBaseline,
+)
+from rlhf_core.errors import check_field
+from rlhf_core.trainers.config import RLConfig
+from rlhf_core.trainers.policy_gradient import PolicyGradientTrainer
+from rlhf_core.trainers.sampling import RewardSource
 
 __all__ = [
     "GRPOConfig",
@@ -58,7 +67,7 @@ __all__ = [
     "ReinforcePPTrainer",
     "ESTIMATORS",
     "LOSS_TYPES",
-    "advantage_metrics",
+    "estimator_from_config",
 ]
 
 ESTIMATORS = ("grpo", "rloo", "reinforce++", "reinforce++_baseline")
@@ -186,78 +195,42 @@ class ReinforcePPConfig(GRPOConfig):
     )
 
 
-class GRPOTrainer(OnPolicyTrainer):
-    """GRPO / Dr.GRPO / DAPO (and, by ``estimator``, RLOO and REINFORCE++).
+def estimator_from_config(config: GRPOConfig) -> Estimator:
+    """The advantage estimator of a :class:`GRPOConfig` (β = 0: the trainer puts its β in each
+    step when ``kl_in_reward``)."""
+    kl = dict(kl_estimator=config.kl_estimator, kl_clamp=config.kl_clamp)
+    if config.estimator in ("grpo", "rloo"):
+        baseline = "mean" if config.estimator == "grpo" else "leave_one_out"
+        return GroupRelative(baseline=baseline, scale=config.scale_rewards, eps=config.std_eps,
+                             **kl)  # type: ignore[arg-type]  # fmt: skip
+    if config.estimator == "reinforce++":
+        return ReinforcePP(gamma=config.gamma, **kl)  # type: ignore[arg-type]
+    return ReinforcePPBaseline(gamma=config.gamma, **kl)  # type: ignore[arg-type]
 
-    Args: as :class:`~rlhf_core.trainers.on_policy.OnPolicyTrainer` (policy, tokenizer,
-    prompts, reward_funcs, reference).
+
+class GRPOTrainer(PolicyGradientTrainer):
+    """GRPO / Dr.GRPO / DAPO (and, by ``estimator``, RLOO and REINFORCE++): the
+    policy-gradient trainer with the estimator of :func:`estimator_from_config`.
+
+    Args: as :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer` (policy,
+    tokenizer, prompts, reward_funcs, reference), without ``estimator``.
     """
 
     name = "grpo"
     config: GRPOConfig
 
-    def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
-        """Scores with the summed KL penalty subtracted, r − β·Σ_t KL_t (TRL's RLOO), when the
-        KL goes into the reward of a sequence-level estimator (grpo, rloo). The reinforce++
-        estimators get the penalty per token from the buffer instead."""
-        cfg = self.config
-        if not (cfg.kl_in_reward and cfg.kl_coef > 0 and cfg.estimator in ("grpo", "rloo")):
-            return {}
-        # per-token KL of all sequences at once, summed per sequence (float64, Rust kernels)
-        offsets = np.concatenate([[0], np.cumsum(roll.response_lengths)]).astype(np.int64)
-        per_token = ops.kl(
-            np.concatenate(roll.logprobs).astype(np.float64),
-            np.concatenate(roll.ref_logprobs).astype(np.float64),
-            estimator=cfg.kl_estimator,
-            clamp=cfg.kl_clamp,
-        )
-        penalty = ops.reduce_tokens(per_token, offsets=offsets, how="sum")
-        return {"scores": roll.scores - cfg.kl_coef * penalty}
-
-    def compute_advantages(self, roll: Rollout) -> dict[str, float]:
-        cfg = self.config
-        several = self.dist.is_distributed
-        if cfg.estimator in ("grpo", "rloo"):
-            stats = self.buffer.compute_advantages(
-                cfg.estimator, scale=cfg.scale_rewards, eps=cfg.std_eps
-            )
-            if several and cfg.scale_rewards == "batch":
-                self._batch_scaled_advantages()
-        else:  # reinforce++ family: per-token KL penalty in the reward when kl_in_reward
-            beta = cfg.kl_coef if cfg.kl_in_reward else 0.0
-            stats = self.buffer.compute_advantages(
-                cfg.estimator,
-                gamma=cfg.gamma,
-                kl_coef=beta,
-                kl_estimator=cfg.kl_estimator,
-                kl_clamp=cfg.kl_clamp,
-                # None = the estimator's own (token) whitening; several processes whiten below
-                # with the moments of every rank's tokens
-                whiten="none" if several else None,
-            )
-            if several:
-                self.whiten_advantages_globally(cfg.estimator)
-        if several:
-            stats = self.global_advantage_stats(stats)
-        return advantage_metrics(stats)
-
-    def _batch_scaled_advantages(self) -> None:
-        """``scale_rewards="batch"`` over several processes: the std of every rank's scores.
-        The buffer's (per-rank) result is replaced by the group kernel run on the gathered
-        global scores (the same kernel and float dtype, so the same bits as one process)."""
-        from rlhf_core import distributed as D
-
-        cfg = self.config
-        dtype = np.dtype(self.buffer.float_dtype)
-        adv = D.distributed_group_advantages(
-            self.buffer.field("scores").astype(dtype),
-            self.buffer.field("group_ids"),
-            self.dist,
-            baseline="mean" if cfg.estimator == "grpo" else "leave_one_out",
-            scale="batch",
-            eps=cfg.std_eps,
-        )
-        self.buffer.set_advantages(np.asarray(adv, dtype=dtype), estimator=cfg.estimator)
+    def __init__(
+        self,
+        config: GRPOConfig,
+        policy: nn.Module,
+        tokenizer: Any,
+        prompts: Any,
+        reward_funcs: RewardSource | Sequence[RewardSource],
+        *,
+        reference: nn.Module | None = None,
+    ) -> None:
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs,
+                         estimator=estimator_from_config(config), reference=reference)  # fmt: skip
 
 
 class RLOOTrainer(GRPOTrainer):
@@ -273,18 +246,3 @@ class ReinforcePPTrainer(GRPOTrainer):
 
     name = "reinforce++"
     config: ReinforcePPConfig
-
-
-
-
-def advantage_metrics(stats: dict[str, float]) -> dict[str, float]:
-    """Logged names of the buffer's advantage statistics."""
-    names = {
-        "mean": "advantages/mean",
-        "std": "advantages/std",
-        "min": "advantages/min",
-        "max": "advantages/max",
-        "frac_zero_std": "frac_zero_std_groups",
-        "num_singleton": "num_singleton_groups",
-    }
-    return {names[k]: float(v) for k, v in stats.items() if k in names}

@@ -12,6 +12,11 @@ weighted by ``vf_coef``). β is fixed or follows the adaptive controller of Zieg
 Unscorable completions (a reward function returned None) get score 0 in the shaped reward and
 are left out of the loss.
 
+What is PPO's here: the value model (its no-grad values in the rollout, its clipped value
+loss added to the policy's, its own AdamW and schedule), the KL controller, and the GAE
+estimator (:class:`rlhf_core.advantages.GAE`); the rest is the
+:class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer`.
+
 Several processes: the value model is wrapped like the policy (DDP or FSDP2) and one
 backward of the summed loss synchronises both; GAE is per sequence (local), the token
 whitening of the advantages uses the moments of every rank's tokens, and the adaptive KL
@@ -28,16 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core.trainers.base import (
-    build_optimizer,
-    build_scheduler,
-    check_field,
-    trainable_parameters,
-)
-from rlhf_core.trainers.grpo import advantage_metrics
-from rlhf_core.trainers.on_policy import OnPolicyTrainer, RewardSource, RLConfig, Rollout
+from rlhf_core.advantages import GAE
+from rlhf_core.errors import check_field
+from rlhf_core.rollout import gather
+from rlhf_core.trainers.config import RLConfig
+from rlhf_core.trainers.policy_gradient import PolicyGradientTrainer
+from rlhf_core.trainers.sampling import RewardSource
 
 __all__ = ["PPOConfig", "PPOTrainer", "FixedKLController", "AdaptiveKLController"]
 
@@ -153,13 +155,13 @@ class PPOConfig(RLConfig):
         )
 
 
-class PPOTrainer(OnPolicyTrainer):
+class PPOTrainer(PolicyGradientTrainer):
     """PPO with a value model, GAE and a KL penalty to a frozen reference.
 
     Args:
         config: :class:`PPOConfig`.
         policy, tokenizer, prompts, reward_funcs, reference: as
-            :class:`~rlhf_core.trainers.on_policy.OnPolicyTrainer`.
+            :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer`.
         value_model: a :class:`rlhf_core.models.ValueModel`; default: a copy of the first
             reward model among ``reward_funcs`` (``value_init="reward_model"``) or of the
             policy's body with a fresh head.
@@ -167,6 +169,7 @@ class PPOTrainer(OnPolicyTrainer):
 
     name = "ppo"
     config: PPOConfig
+    drop_unscorable = True  # the value loss must not learn from a reward that does not exist
 
     def __init__(
         self,
@@ -189,72 +192,49 @@ class PPOTrainer(OnPolicyTrainer):
                 value_model = ValueModel.from_reward_model(rms[0])
             else:
                 value_model = ValueModel.from_policy(policy, seed=config.seed)
-        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
-        self.value_model = self.wrap_trained(value_model)
-        self.value_params = trainable_parameters(self.value_model)
-        self.value_optimizer = build_optimizer(
-            self.value_params, config, lr=config.value_learning_rate
+        gae = GAE(
+            gamma=config.gamma,
+            lam=config.lam,
+            kl_estimator=config.kl_estimator,
+            kl_clamp=config.kl_clamp,
+            whiten=config.whiten_advantages,
         )
-        self.value_scheduler = build_scheduler(self.value_optimizer, config)
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, estimator=gae,
+                         reference=reference)  # fmt: skip
+        self.value_model = self.wrap_trained(value_model)
+        self.add_trained("value", self.value_model, lr=config.value_learning_rate)
+        self.collector.value_model = self.value_model  # its values go into every rollout
         self.kl_ctl: FixedKLController | AdaptiveKLController = (
             FixedKLController(config.kl_coef)
             if config.kl_target is None
             else AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         )
+        self.add_state("kl_ctl", self.kl_ctl)
 
-    # ---- rollout ----------------------------------------------------------------------------
-    def rollout_values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        self.value_model.eval()
-        try:
-            model = D.unwrap_model(self.value_model)  # no grad: no DDP wrapper needed
-            v = model(micro["input_ids"], micro["attention_mask"])  # (B, T)
-        finally:
-            self.value_model.train()
-        return v[:, :-1]  # aligned with logprobs: the value of the state before token j+1
+    @property
+    def kl_coef(self) -> float:
+        return self.kl_ctl.value
 
-    def loss_mask(self, roll: Rollout) -> list[np.ndarray] | None:
-        keep = np.isfinite(roll.scores)
-        if self.config.mask_truncated:
-            keep &= ~roll.truncated
-        if keep.all():
-            return None
-        return [np.full(len(r), bool(k)) for r, k in zip(roll.response_ids, keep, strict=True)]
-
-    def extra_buffer_fields(self, roll: Rollout) -> dict[str, Any]:
-        return {"scores": np.nan_to_num(roll.scores, nan=0.0)}
-
-    def compute_advantages(self, roll: Rollout) -> dict[str, float]:
-        """GAE on r_t = −β·KL_t (+ score on the last token), whitened over the tokens (of
-        every rank when there are several processes)."""
-        cfg = self.config
-        several = self.dist.is_distributed
-        whiten = "token" if cfg.whiten_advantages else "none"
-        stats = self.buffer.compute_advantages(
-            "gae",
-            gamma=cfg.gamma,
-            lam=cfg.lam,
-            kl_coef=self.current_kl_coef() if cfg.kl_in_reward else 0.0,
-            kl_estimator=cfg.kl_estimator,
-            kl_clamp=cfg.kl_clamp,
-            whiten="none" if several else whiten,
+    def train_step(self, step: int) -> dict[str, float]:
+        beta = self.kl_ctl.value
+        metrics = super().train_step(step)
+        values = gather(self.buffer.field("values").astype(np.float64), self.dist)
+        returns = gather(self.buffer.field("returns").astype(np.float64), self.dist)
+        metrics["explained_variance"] = L.explained_variance(
+            torch.from_numpy(values), torch.from_numpy(returns)
         )
-        if several:
-            if cfg.whiten_advantages:
-                self.whiten_advantages_globally("gae")
-            stats = self.global_advantage_stats(stats)
-        out = advantage_metrics(stats)
-        out["explained_variance"] = L.explained_variance(
-            torch.from_numpy(self.gather(self.buffer.field("values").astype(np.float64))),
-            torch.from_numpy(self.gather(self.buffer.field("returns").astype(np.float64))),
-        )
-        return out
+        # metrics["kl"] is the KL of the global rollout and rollout_batch_size its size, so
+        # every rank moves β the same way
+        self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
+        metrics["kl_coef"] = beta
+        return metrics
 
-    # ---- update -----------------------------------------------------------------------------
     def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
+        """The policy's loss plus ``vf_coef`` × the clipped value loss."""
         cfg = self.config
-        out = self.policy_loss(micro, n_tok, n_seq)
+        out = super().loss(micro, n_tok, n_seq)
         with self.autocast():
-            v = self.value_model(micro["input_ids"], micro["attention_mask"])[:, :-1]
+            v = self.value_model(micro["input_ids"], micro["attention_mask"])[:, :-1]  # (B, T-1)
         vl = L.value_loss(
             v,
             micro["values"],
@@ -267,49 +247,3 @@ class PPOTrainer(OnPolicyTrainer):
             max_len=cfg.max_new_tokens,
         )
         return L.LossOutput(out.loss + cfg.vf_coef * vl.loss, {**out.metrics, **vl.metrics})
-
-    def current_kl_coef(self) -> float:
-        return self.kl_ctl.value
-
-    def synced_models(self) -> list[nn.Module]:
-        return [self.policy, self.value_model]
-
-    def optimizer_steps(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """Check both models' gradients before stepping either, so a non-finite value
-        gradient cannot leave a half-applied update behind."""
-        norm = self.clip_and_check(self.params, metrics)
-        value_norm = self.clip_and_check(self.value_params, metrics, prefix="value_")
-        for opt in (self.optimizer, self.value_optimizer):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return {"grad_norm": norm, "value_grad_norm": value_norm}
-
-    def update(self, step: int) -> dict[str, float]:
-        self.value_model.train()
-        metrics = super().update(step)
-        self.value_scheduler.step()
-        return metrics
-
-    def after_update(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        # metrics["kl"] is the KL of the global rollout and rollout_batch_size its size, so
-        # every rank moves β the same way
-        beta = self.kl_ctl.value
-        self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
-        return {"kl_coef": beta}
-
-    # ---- checkpoint -------------------------------------------------------------------------
-    def checkpoint_models(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy, "value": self.value_model}
-
-    def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.optimizer, "value": self.value_optimizer}
-
-    def checkpoint_schedulers(self) -> dict[str, Any]:
-        return {"policy": self.scheduler, "value": self.value_scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "kl_ctl": self.kl_ctl.state_dict()}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        super().load_extra_state(state)
-        self.kl_ctl.load_state_dict(state["kl_ctl"])

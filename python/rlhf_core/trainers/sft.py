@@ -24,16 +24,13 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core.trainers.base import (
-    Trainer,
-    TrainerConfig,
-    check_field,
-    iter_micro_batches,
-    logprobs_of,
-    pad_sequences,
-)
+from rlhf_core.errors import check_field
+from rlhf_core.rollout import iter_micro_batches, logprobs_of, pad_sequences
+from rlhf_core.trainers.config import TrainerConfig
+from rlhf_core.trainers.loop import Trainer
+from rlhf_core.trainers.step import accumulate_step
 
-__all__ = ["SFTConfig", "SFTTrainer", "encode_examples"]
+__all__ = ["SFTConfig", "SFTTrainer", "encode_examples", "sft_step"]
 
 Example = str | tuple[str, str] | Mapping[str, Any]
 
@@ -135,11 +132,8 @@ def encode_examples(
     return seqs, starts
 
 
-def sft_update(
+def sft_step(
     trainer: Trainer,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    params: Sequence[nn.Parameter],
     batch: Mapping[str, torch.Tensor],
     *,
     micro_batch_size: int | None,
@@ -147,52 +141,42 @@ def sft_update(
     max_len: int | None,
     filler: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """One AdamW step of SFT on a padded batch (``input_ids``, ``attention_mask``,
-    ``loss_mask`` as from :func:`~rlhf_core.trainers.base.pad_sequences`); shared with
-    best-of-N. Returns metrics (``loss``, ``nll``, ``grad_norm``, ``tokens``).
+    """One optimizer step of SFT on ``trainer``'s main model (SFT and best-of-N).
 
-    With several processes ``batch`` is this rank's share: counts and metrics are global, and
-    every rank runs as many micro-batches as the rank with the most (a rank with fewer rows
-    runs ``filler``, any one-row batch, with its loss multiplied by 0, so that the gradient
-    synchronisation, and under FSDP2 every forward, happens on all ranks)."""
-    ctx = trainer.dist
-    n_tok, n_seq = D.global_token_counts(batch["loss_mask"], ctx)
-    totals: dict[str, torch.Tensor] = {}
-    loss_acc = torch.zeros((), dtype=torch.float64, device=trainer.device)
+    Args:
+        trainer: the trainer whose :attr:`~rlhf_core.trainers.loop.Trainer.trained_model` is
+            trained (its optimizer step, autocast and process group are used).
+        batch: this rank's padded batch: ``input_ids`` int64 (B, T), ``attention_mask`` int64
+            (B, T), ``loss_mask`` bool (B, T-1) (:func:`rlhf_core.rollout.pad_sequences`).
+        micro_batch_size: rows per forward / backward; None = all.
+        aggregation, max_len: of :func:`rlhf_core.losses.sft_loss`.
+        filler: a one-row batch a rank with fewer micro-batches runs with a zero loss
+            (:func:`~rlhf_core.trainers.step.accumulate_step`).
+
+    Returns:
+        ``loss``, ``nll``, ``grad_norm``, ``tokens`` (the NLL is normalised by the token count
+        of every rank's batch).
+    """
+    n_tok, n_seq = D.global_token_counts(batch["loss_mask"], trainer.dist)
+    model = trainer.trained_model
     model.train()
-    trainer._last_batch = dict(batch)
-    micros = list(iter_micro_batches(batch, micro_batch_size))
-    n_micro = D.all_reduce_max(len(micros), ctx) if ctx.is_distributed else len(micros)
-    if n_micro > len(micros) and filler is None:
-        raise ValueError(
-            f"this rank has {len(micros)} micro-batch(es) but another has {n_micro}: give the "
-            "ranks equal shares or a filler batch"
-        )
-    for k in range(n_micro):
-        real = k < len(micros)
-        mb = micros[k] if real else filler
-        assert mb is not None
-        with trainer.no_sync(model, enabled=k < n_micro - 1):
-            with trainer.autocast():
-                logp = logprobs_of(model, mb["input_ids"], mb["attention_mask"])
-            out = L.sft_loss(
-                logp,
-                mb["loss_mask"],
-                aggregation=aggregation,
-                num_tokens=n_tok,
-                num_seqs=n_seq,
-                max_len=max_len,
-            )
-            trainer.backward(out.loss if real else out.loss * 0.0)
-        if real:
-            # float64 on the device, read once after the loop (no sync per micro-batch); the
-            # same additions as Python floats, so the same value
-            loss_acc = loss_acc + out.loss.detach().double()
-            L.merge_metrics(totals, out.metrics)
-    # one device-to-host copy of every metric, summed over ranks when there are several
-    metrics = D.all_reduce_metrics({**totals, "loss": loss_acc}, ctx)
-    loss_sum = metrics["loss"]
-    metrics["grad_norm"] = trainer.optimizer_step(optimizer, params, {"loss": loss_sum})
+    trainer.batch_to_dump = dict(batch)
+
+    def loss(micro: Mapping[str, torch.Tensor]) -> L.LossOutput:
+        with trainer.autocast():
+            logp = logprobs_of(model, micro["input_ids"], micro["attention_mask"])  # (b, w-1)
+        return L.sft_loss(logp, micro["loss_mask"], aggregation=aggregation, num_tokens=n_tok,
+                          num_seqs=n_seq, max_len=max_len)  # fmt: skip
+
+    metrics = accumulate_step(
+        list(iter_micro_batches(batch, micro_batch_size)),
+        loss,
+        optimizer_step=trainer.optimizer_step,
+        models=[model],
+        dist=trainer.dist,
+        filler=filler,
+        sum_loss=True,
+    )
     metrics["tokens"] = float(n_tok)
     return metrics
 
@@ -236,16 +220,7 @@ class SFTTrainer(Trainer):
                 device=self.device,
             )
         with self.timer.phase("training"):
-            metrics = sft_update(
-                self,
-                self.model,
-                self.optimizer,
-                self.params,
-                batch,
-                micro_batch_size=cfg.micro_batch_size,
-                aggregation=cfg.aggregation,
-                max_len=cfg.max_length,
-            )
-            self.scheduler.step()
+            metrics = sft_step(self, batch, micro_batch_size=cfg.micro_batch_size,
+                               aggregation=cfg.aggregation, max_len=cfg.max_length)  # fmt: skip
+            self.step_schedulers()
         return metrics
-

@@ -1,0 +1,253 @@
+"""The rollout collector: a step's prompts, sampled completions, rewards and no-grad forwards.
+
+One step of a trainer that samples from its policy::
+
+    sample    the step's prompts (drawn by the trainer's seeded sampler; this rank keeps its
+              block), num_samples completions of each (rlhf_core.generation.generate)
+    score     every reward source, combined by rlhf_core.rewards.combine_rewards (reward
+              models score the exact sampled token ids); missing_eos_penalty
+    forward   without grad, over the whole rollout in micro-batches: the rollout policy's and
+              the frozen reference's logprobs, and a value model's values when there is one
+
+A different way of sampling (another generation backend such as vLLM, dynamic sampling that
+refills the batch) is a change here, behind :meth:`RolloutCollector.sample`; the trainers
+only see :class:`rlhf_core.rollout.Rollout`.
+
+Several processes: every rank draws the same global prompts and keeps a contiguous block of
+whole prompts (all G samples of a prompt on one rank, so group statistics stay local); group
+ids are global prompt positions. With ``per_prompt_seeds`` a prompt's samples do not depend on
+the rank that draws them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlhf_core import distributed as D
+from rlhf_core.rewards import combine_rewards
+from rlhf_core.rollout.batch import Rollout
+from rlhf_core.rollout.inputs import iter_micro_batches, logprobs_of, pad_sequences
+
+__all__ = ["RolloutCollector"]
+
+
+class RolloutCollector:
+    """Samples, scores and runs the no-grad forwards of one step's rollout.
+
+    Args:
+        config: a :class:`rlhf_core.trainers.RolloutConfig` (sampling fields,
+            ``reward_weights``, ``missing_eos_penalty``, ``micro_batch_size``, ``seed``).
+        policy: the policy being trained (wrapped as the trainer trains it).
+        reference: the frozen reference.
+        tokenizer: the policy's tokenizer (its pad token pads the batches).
+        prompt_texts, prompt_columns: the prompt table (:func:`rlhf_core.rollout.prompt_table`).
+        reward_sources: reward functions (reward models already wrapped as
+            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``config.reward_weights``.
+        dist: the process group (:class:`rlhf_core.distributed.DistContext`).
+        device: where the forwards run.
+        autocast: a context for every forward (the trainer's bf16 autocast on CUDA).
+        lockstep: every forward is a collective (FSDP2 over several processes): generation then
+            keeps all ranks in step.
+        step_seed: ``(seed, step, purpose[, index]) -> int``, the trainer's seed derivation.
+        value_model: optional; its values (B, T-1) become ``Rollout.values``.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        policy: nn.Module,
+        reference: nn.Module,
+        tokenizer: Any,
+        prompt_texts: list[str],
+        prompt_columns: dict[str, list[Any]],
+        reward_sources: Sequence[Callable[..., Any]],
+        dist: D.DistContext,
+        device: torch.device,
+        autocast: Callable[[], AbstractContextManager[Any]],
+        lockstep: bool,
+        step_seed: Callable[..., int],
+        value_model: nn.Module | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.reference = reference
+        self.tokenizer = tokenizer
+        self.prompt_texts = prompt_texts
+        self.prompt_columns = prompt_columns
+        self.prompt_ids = [
+            np.asarray(tokenizer(p, add_special_tokens=True)["input_ids"], dtype=np.int64)
+            for p in prompt_texts
+        ]
+        for i, ids in enumerate(self.prompt_ids):
+            if ids.size == 0:
+                raise ValueError(f"prompts[{i}] encodes to no tokens")
+        self.reward_sources = list(reward_sources)
+        self.dist = dist
+        self.device = device
+        self.autocast = autocast
+        self.lockstep = lockstep
+        self.step_seed = step_seed
+        self.value_model = value_model
+
+    # ---- sample -----------------------------------------------------------------------------
+    def sample(self, step: int, prompt_indices: np.ndarray) -> Rollout:
+        """``num_samples`` completions of each prompt of this rank's block of the step's global
+        prompt list ``prompt_indices`` (int64, the same on every rank). Group ids are positions
+        in that list."""
+        cfg = self.config
+        mine = D.shard_indices(len(prompt_indices), self.dist.rank, self.dist.world_size)
+        pidx = prompt_indices[mine]
+        first = int(mine[0]) if len(mine) else 0
+        if cfg.per_prompt_seeds:
+            # one call per prompt, seeded by its global position: the same samples whichever
+            # rank draws them and whatever else is sampled
+            parts = [
+                self._generate([i], self.step_seed(cfg.seed, step, 1, index=first + j))
+                for j, i in enumerate(pidx)
+            ]
+            prompt_ids = [p for c in parts for p in c.prompt_ids]
+            response_ids = [r for c in parts for r in c.response_ids]
+            truncated = np.concatenate([c.truncated for c in parts]).astype(bool)
+            group_ids = np.repeat(np.arange(len(parts), dtype=np.int64), cfg.num_samples)
+            texts = [t for c in parts for t in c.texts]
+        else:
+            # rank 0 keeps the run's seed, other ranks draw independent streams
+            seed = self.step_seed(D.rank_seed(cfg.seed, self.dist.rank), step, 1)
+            comp = self._generate(list(pidx), seed)
+            prompt_ids, response_ids = comp.prompt_ids, comp.response_ids
+            truncated, group_ids, texts = comp.truncated, comp.group_ids, comp.texts
+        empty = [i for i, r in enumerate(response_ids) if len(r) == 0]
+        if empty:
+            raise RuntimeError(f"generation returned empty responses at rows {empty[:5]}")
+        return Rollout(
+            prompt_ids=prompt_ids,
+            response_ids=response_ids,
+            group_ids=group_ids + first,
+            truncated=truncated,
+            texts=texts,
+            prompt_index=pidx[group_ids],
+            scores=np.zeros(0),
+            score_parts={},
+            padded={},
+        )
+
+    def _generate(self, prompts: list[int], seed: int) -> Any:
+        from rlhf_core.generation import generate
+
+        cfg = self.config
+        ids: list[Any] = [self.prompt_ids[i] for i in prompts]  # int64 (P,) arrays
+        return generate(
+            self.policy,
+            self.tokenizer,
+            ids,
+            num_samples=cfg.num_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=seed,
+            batch_size=cfg.generation_batch_size,
+            fast=cfg.fast_generation,
+            synced_gpus=True if self.lockstep else None,
+        )
+
+    # ---- score ------------------------------------------------------------------------------
+    def score(self, roll: Rollout) -> None:
+        """``roll.scores`` (float64 (N,), the weighted sum of the reward sources, NaN =
+        unscorable, minus ``missing_eos_penalty`` for truncated completions) and
+        ``roll.score_parts`` (each source's raw scores)."""
+        idx = roll.prompt_index
+        columns = {k: [v[i] for i in idx] for k, v in self.prompt_columns.items()}
+        total, parts = combine_rewards(
+            self.reward_sources,
+            self.config.reward_weights,
+            [self.prompt_texts[i] for i in idx],
+            roll.texts,
+            return_components=True,
+            sequences=roll.sequences(),  # reward models score the exact sampled tokens
+            model_context=self.autocast,
+            **columns,
+        )
+        penalty = self.config.missing_eos_penalty
+        if penalty:
+            total = np.where(np.asarray(roll.truncated, dtype=bool), total - penalty, total)
+        roll.scores, roll.score_parts = total, parts
+
+    # ---- forward ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, roll: Rollout) -> None:
+        """``roll.padded`` and, for every response token, the rollout policy's and the
+        reference's logprobs (and the value model's values), without grad."""
+        cfg = self.config
+        seqs = roll.sequences()
+        roll.padded = pad_sequences(
+            seqs, [len(p) for p in roll.prompt_ids], self.tokenizer.pad_token_id,
+            device=self.device,
+        )  # fmt: skip
+        old: list[torch.Tensor] = []
+        ref: list[torch.Tensor] = []
+        val: list[torch.Tensor] = []
+        # no gradient: DDP's wrapper (and its collectives) is not needed; FSDP2 runs the
+        # sharded model itself, the same number of micro-batches on every rank
+        policy = D.unwrap_model(self.policy)
+        self.policy.eval()
+        try:
+            # widths from the host-side lengths; per-token results stay on the device, padded,
+            # until one copy to the host after the loop (no sync per micro-batch)
+            for mb in iter_micro_batches(
+                roll.padded, cfg.micro_batch_size, lengths=[len(x) for x in seqs]
+            ):
+                with self.autocast():
+                    lp = logprobs_of(
+                        policy, mb["input_ids"], mb["attention_mask"], temperature=cfg.temperature
+                    )
+                    with torch.inference_mode():
+                        rlp = logprobs_of(
+                            self.reference,
+                            mb["input_ids"],
+                            mb["attention_mask"],
+                            temperature=cfg.temperature,
+                        )
+                    v = self._values(mb)
+                old.append(lp.float())
+                ref.append(rlp.float())  # an inference tensor: read-only use below
+                if v is not None:
+                    val.append(v.float())
+        finally:
+            self.policy.train()
+        mask = roll.padded["loss_mask"].cpu().numpy()  # (B, T-1) bool; no copy on CPU
+        split = np.cumsum(roll.response_lengths)[:-1]
+
+        def response_tokens(parts: list[torch.Tensor]) -> list[np.ndarray]:
+            # micro-batches are (b, w-1) with their own widths: right-pad to T-1, one copy
+            # to the host, then the row-major boolean selection there (the order of
+            # ``x[mask]`` on the device)
+            t1 = mask.shape[1]
+            full = torch.cat([F.pad(x, (0, t1 - x.shape[1])) for x in parts])
+            return cast(list[np.ndarray], np.split(full.cpu().numpy()[mask], split))
+
+        roll.logprobs = response_tokens(old)
+        roll.ref_logprobs = response_tokens(ref)
+        if val:
+            roll.values = response_tokens(val)
+
+    def _values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The value model's values (B, T-1), aligned with the logprobs: the value of the state
+        before token ``j+1``."""
+        if self.value_model is None:
+            return None
+        self.value_model.eval()
+        try:
+            model = D.unwrap_model(self.value_model)  # no grad: no DDP wrapper needed
+            v = model(micro["input_ids"], micro["attention_mask"])  # (B, T)
+        finally:
+            self.value_model.train()
+        return cast(torch.Tensor, v)[:, :-1]

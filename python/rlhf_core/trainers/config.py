@@ -1,0 +1,386 @@
+"""The config dataclasses every trainer builds on.
+
+- :class:`TrainerConfig`: run folder, steps, optimiser, schedule, checkpoints, logging,
+  device, parallelism, LoRA; every trainer's config subclasses it.
+- :class:`RolloutConfig`: what a trainer that samples from its policy adds (batch of
+  completions, sampling, reward weights); best-of-N and the policy-gradient trainers.
+- :class:`RLConfig`: the policy-gradient fields (epochs, minibatches, clipping, aggregation,
+  KL, entropy); PPO, GRPO, RLOO, REINFORCE++.
+
+Every field carries ``metadata["help"]`` (the CLI builds its flags from them) and every
+``__post_init__`` rejects a bad value with a message naming the field, its value and the fix.
+One concern, several classes: the file is long because the fields are documented one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlhf_core import losses as L
+from rlhf_core.errors import check_field
+
+__all__ = ["TrainerConfig", "RolloutConfig", "RLConfig"]
+
+
+@dataclass
+class TrainerConfig:
+    """Fields shared by every trainer: run folder, steps, optimiser, schedule, checkpoints,
+    logging and device. Trainer configs subclass it."""
+
+    run_dir: str = field(
+        default="runs/run",
+        metadata={"help": "folder for metrics.jsonl, TensorBoard events, checkpoints, dumps"},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of every random choice (data order, sampling)"}
+    )
+    total_steps: int = field(
+        default=100, metadata={"help": "number of training steps (one step = one update round)"}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate"})
+    lr_scheduler: Literal["constant", "linear", "cosine"] = field(
+        default="constant",
+        metadata={"help": "learning-rate shape after warm-up, over total_steps"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "steps of linear warm-up from 0 to learning_rate"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "clip the global gradient norm to this; none = no clip"}
+    )
+    save_every: int = field(
+        default=0,
+        metadata={"help": "save a checkpoint every this many steps (0 = only at the end)"},
+    )
+    keep_last: int = field(default=2, metadata={"help": "checkpoints to keep (older ones removed)"})
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "continue from the latest checkpoint in run_dir when there is one (false: "
+            "refuse a run_dir that already holds checkpoints)"
+        },
+    )
+    progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    tensorboard: bool = field(
+        default=True, metadata={"help": "also write TensorBoard events (when installed)"}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'"}
+    )
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast for forward passes on CUDA (no-op on CPU)"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each transformer layer's activations in the backward pass "
+            "instead of keeping them (HF gradient checkpointing, non-reentrant) for the trained "
+            "models: less memory, about one more forward of compute"
+        },
+    )
+    parallel: Literal["ddp", "fsdp2"] = field(
+        default="ddp",
+        metadata={
+            "help": "under torchrun: 'ddp' (a full replica per process) or 'fsdp2' (parameters, "
+            "gradients and optimizer state sharded over processes); ignored with one process"
+        },
+    )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank of the policy's adapters (through peft); 0 = full fine-tuning. "
+            "With LoRA only the adapters train and the reference is the policy with its "
+            "adapters disabled (no copy). Policy trainers only (SFT, DPO, RL); the reward "
+            "trainer refuses it"
+        },
+    )
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scale α (the update is scaled by α / r); > 0"}
+    )
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on the LoRA adapters' input, in [0, 1)"}
+    )
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "module names that get adapters; none = the attention and MLP projections "
+            "(q/k/v/o_proj, gate/up/down_proj); ['all-linear'] = every linear layer but the "
+            "LM head"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_field(self.total_steps >= 1, "total_steps", self.total_steps, "expected >= 1")
+        check_field(
+            self.learning_rate >= 0,
+            "learning_rate",
+            self.learning_rate,
+            "expected >= 0 (e.g. 1e-5)",
+        )
+        check_field(
+            self.lr_scheduler in ("constant", "linear", "cosine"),
+            "lr_scheduler",
+            self.lr_scheduler,
+            "expected one of 'constant', 'linear', 'cosine'",
+        )
+        check_field(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "expected >= 0")
+        check_field(self.weight_decay >= 0, "weight_decay", self.weight_decay, "expected >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            check_field(0 <= v < 1, name, v, "expected in [0, 1)")
+        check_field(self.adam_eps > 0, "adam_eps", self.adam_eps, "expected > 0 (e.g. 1e-8)")
+        check_field(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "max_grad_norm",
+            self.max_grad_norm,
+            "expected > 0, or none to disable clipping",
+        )
+        check_field(
+            self.save_every >= 0, "save_every", self.save_every, "expected >= 0 (0 = at the end)"
+        )
+        check_field(self.keep_last >= 1, "keep_last", self.keep_last, "expected >= 1")
+        check_field(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "device",
+            self.device,
+            "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
+        check_field(
+            self.parallel in ("ddp", "fsdp2"),
+            "parallel",
+            self.parallel,
+            "expected 'ddp' or 'fsdp2'",
+        )
+        check_field(self.lora_r >= 0, "lora_r", self.lora_r, "expected >= 0 (0 = no LoRA)")
+        check_field(
+            self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "expected > 0 (e.g. 2 * lora_r)"
+        )
+        check_field(
+            0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "expected in [0, 1)"
+        )
+        targets = self.lora_target_modules
+        check_field(
+            targets is None
+            or (len(targets) > 0 and all(isinstance(t, str) and t for t in targets)),
+            "lora_target_modules",
+            targets,
+            "expected none or a non-empty list of module names (e.g. ['q_proj', 'v_proj'])",
+        )
+
+
+@dataclass
+class RolloutConfig(TrainerConfig):
+    """Fields of every trainer that samples from its policy (on-policy RL, best-of-N)."""
+
+    rollout_batch_size: int = field(
+        default=32,
+        metadata={"help": "completions generated per step (prompts per step × num_samples)"},
+    )
+    num_samples: int = field(
+        default=1, metadata={"help": "completions per prompt (G, the group of group methods)"}
+    )
+    max_new_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "most tokens per completion; also the constant L of seq-mean-token-sum-norm"
+        },
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "sampling temperature (> 0); logprobs in the loss use it too"},
+    )
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "rows per generate call; none = all at once"}
+    )
+    fast_generation: bool = field(
+        default=True,
+        metadata={
+            "help": "on CUDA, sample with rlhf_core's decode loop (static KV cache, decode "
+            "step compiled into CUDA-graph replay; the first step compiles, tens of seconds); "
+            "falls back to HF generate with a warning; no effect on the CPU"
+        },
+    )
+    per_prompt_seeds: bool = field(
+        default=False,
+        metadata={
+            "help": "sample each prompt's completions in their own generate call, seeded from "
+            "(seed, step, position of the prompt in the step): samples then do not depend on "
+            "the number of processes, generation_batch_size or the other prompts (slower: one "
+            "call per prompt)"
+        },
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "sequences per forward/backward (accumulation); none = minibatch"},
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "weight of each reward source; none = all 1"}
+    )
+    missing_eos_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "subtracted from the score of every completion that hit max_new_tokens "
+            "without an EOS (0 = off; >= 0), so that a reward model cannot be gamed by "
+            "never finishing"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(
+            math.isfinite(self.missing_eos_penalty) and self.missing_eos_penalty >= 0,
+            "missing_eos_penalty",
+            self.missing_eos_penalty,
+            "expected a finite value >= 0 (0 = off)",
+        )
+        check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1 sample")
+        check_field(
+            self.rollout_batch_size >= 1,
+            "rollout_batch_size",
+            self.rollout_batch_size,
+            "expected >= 1",
+        )
+        if self.rollout_batch_size % self.num_samples:
+            k = self.num_samples
+            fix = (self.rollout_batch_size // k + 1) * k
+            raise ValueError(
+                f"rollout_batch_size={self.rollout_batch_size} is not divisible by "
+                f"num_samples={k}: each prompt gets {k} samples, so set rollout_batch_size to "
+                f"a multiple of {k} (e.g. {fix})"
+            )
+        check_field(
+            self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "expected >= 1"
+        )
+        check_field(self.temperature > 0, "temperature", self.temperature, "expected > 0")
+        check_field(0 < self.top_p <= 1, "top_p", self.top_p, "expected in (0, 1]")
+        check_field(self.top_k >= 0, "top_k", self.top_k, "expected >= 0 (0 = off)")
+        check_field(
+            self.generation_batch_size is None or self.generation_batch_size >= 1,
+            "generation_batch_size",
+            self.generation_batch_size,
+            "expected >= 1 or none",
+        )
+        check_field(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            "micro_batch_size",
+            self.micro_batch_size,
+            "expected >= 1 or none",
+        )
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.rollout_batch_size // self.num_samples
+
+
+@dataclass
+class RLConfig(RolloutConfig):
+    """Fields shared by the policy-gradient trainers (PPO, GRPO, RLOO, REINFORCE++)."""
+
+    ppo_epochs: int = field(
+        default=1,
+        metadata={"help": "passes over each rollout batch (μ, 'num_iterations' in GRPO)"},
+    )
+    minibatch_size: int | None = field(
+        default=None,
+        metadata={"help": "sequences per optimizer step; none = rollout_batch_size"},
+    )
+    clip_low: float = field(default=0.2, metadata={"help": "PPO clip ε_low"})
+    clip_high: float | None = field(
+        default=None, metadata={"help": "PPO clip ε_high (DAPO clip-higher); none = clip_low"}
+    )
+    dual_clip: float | None = field(
+        default=None,
+        metadata={"help": "dual-clip bound c > 1 for negative advantages (e.g. 3); none = off"},
+    )
+    log_ratio_clamp: float | None = field(
+        default=20.0, metadata={"help": "clamp log π/π_old to ±this before exp; none = off"}
+    )
+    aggregation: str = field(
+        default="token-mean",
+        metadata={"help": f"loss aggregation, one of {', '.join(L.AGGREGATIONS)}"},
+    )
+    kl_coef: float = field(
+        default=0.0, metadata={"help": "β, weight of the KL to the reference (>= 0)"}
+    )
+    kl_estimator: str = field(
+        default="k3", metadata={"help": f"KL estimator, one of {', '.join(L.KL_ESTIMATORS)}"}
+    )
+    kl_in_reward: bool = field(
+        default=False,
+        metadata={"help": "KL as a per-token reward penalty (true) or a loss term (false)"},
+    )
+    kl_clamp: float | None = field(
+        default=10.0,
+        metadata={"help": "clamp each per-token KL estimate to ±this (OpenRLHF: 10); none = off"},
+    )
+    entropy_coef: float = field(
+        default=0.0, metadata={"help": "entropy bonus coefficient (>= 0; entropy is logged)"}
+    )
+    mask_truncated: bool = field(
+        default=False,
+        metadata={"help": "leave completions without EOS out of the loss (DAPO overlong mask)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_field(self.ppo_epochs >= 1, "ppo_epochs", self.ppo_epochs, "expected >= 1")
+        if self.minibatch_size is not None:
+            check_field(
+                self.minibatch_size >= 1 and self.rollout_batch_size % self.minibatch_size == 0,
+                "minibatch_size",
+                self.minibatch_size,
+                f"expected a divisor of rollout_batch_size={self.rollout_batch_size} "
+                "(every optimizer step sees the same number of sequences)",
+            )
+        check_field(self.clip_low >= 0, "clip_low", self.clip_low, "expected >= 0 (e.g. 0.2)")
+        check_field(
+            self.clip_high is None or self.clip_high >= 0,
+            "clip_high",
+            self.clip_high,
+            "expected >= 0 (e.g. 0.28) or none",
+        )
+        check_field(
+            self.dual_clip is None or self.dual_clip > 1,
+            "dual_clip",
+            self.dual_clip,
+            "expected > 1 (e.g. 3.0) or none",
+        )
+        check_field(
+            self.log_ratio_clamp is None or self.log_ratio_clamp > 0,
+            "log_ratio_clamp",
+            self.log_ratio_clamp,
+            "expected > 0 (e.g. 20) or none",
+        )
+        check_field(
+            self.aggregation in L.AGGREGATIONS,
+            "aggregation",
+            self.aggregation,
+            f"unknown loss aggregation; expected one of {L.AGGREGATIONS}",
+        )
+        check_field(
+            self.kl_coef >= 0,
+            "kl_coef",
+            self.kl_coef,
+            "the KL coefficient beta must be >= 0 (0 disables the KL term)",
+        )
+        check_field(
+            self.kl_estimator in L.KL_ESTIMATORS,
+            "kl_estimator",
+            self.kl_estimator,
+            f"expected one of {L.KL_ESTIMATORS}",
+        )
+        check_field(
+            self.kl_clamp is None or self.kl_clamp > 0,
+            "kl_clamp",
+            self.kl_clamp,
+            "expected > 0 (e.g. 10) or none",
+        )
+        check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")

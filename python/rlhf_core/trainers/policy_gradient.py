@@ -1,0 +1,217 @@
+"""The policy-gradient trainer: a rollout collector, an advantage estimator and the clipped
+surrogate, composed. PPO, GRPO, RLOO and REINFORCE++ are this trainer with another estimator
+(and, for PPO, a value model).
+
+One training step::
+
+    generation   draw prompts (seeded, resumable), sample completions     RolloutCollector
+    scoring      reward sources -> one score per completion (NaN =         RolloutCollector
+                 unscorable); no-grad logprobs of the rollout policy and
+                 the reference (and a value model's values)
+    bookkeeping  rollout metrics; the rollout into the RolloutBuffer         rollout_metrics
+                 (Rust); advantages                                        Estimator.compute
+    training     ppo_epochs x shuffled minibatches, each one optimizer      accumulate_step
+                 step over micro-batches of the clipped surrogate (+ KL
+                 in the loss, + entropy bonus), normalised by the
+                 minibatch's global token / sequence counts
+
+The estimator (:mod:`rlhf_core.advantages`) owns how advantages are computed, over every rank;
+the KL coefficient β of this step (:attr:`PolicyGradientTrainer.kl_coef`) goes into the
+estimator's rewards (``kl_in_reward``) or into the loss.
+
+Token alignment: every per-token tensor here is ``(B, T-1)`` and aligned with
+:func:`rlhf_core.models.token_logprobs` (column ``j`` is about token ``j+1``), the same
+alignment as the buffer's materialised ``response_mask``.
+
+Several processes (``torchrun``): each rank holds a block of whole prompts; minibatches are
+``minibatch_size / world_size`` local rows, losses use the global token / sequence counts (see
+:mod:`rlhf_core.trainers.step`), the rollout metrics and the advantage statistics are global.
+With ``per_prompt_seeds`` the whole step equals a single-process step on the same prompts when
+each optimizer step sees the whole rollout (``docs/scaling.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_core import distributed as D
+from rlhf_core import losses as L
+from rlhf_core.advantages import Estimator
+from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
+from rlhf_core.trainers.config import RLConfig
+from rlhf_core.trainers.optim import step_seed
+from rlhf_core.trainers.sampling import RewardSource, RolloutTrainer
+from rlhf_core.trainers.step import StepAverage, accumulate_step
+
+__all__ = ["OnPolicyTrainer", "PolicyGradientTrainer"]
+
+
+class PolicyGradientTrainer(RolloutTrainer):
+    """Rollout → buffer → ``estimator`` → clipped-surrogate updates over shuffled minibatches.
+
+    Args:
+        config: an :class:`~rlhf_core.trainers.config.RLConfig`.
+        policy, tokenizer, prompts, reward_funcs, reference: as
+            :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
+        estimator: the advantage estimator (:class:`rlhf_core.advantages.Estimator`); its β is
+            replaced by :attr:`kl_coef` each step when ``config.kl_in_reward``.
+    """
+
+    name = "policy_gradient"
+    config: RLConfig
+    #: Leave completions whose score is NaN (unscorable) out of the loss (PPO: its value loss
+    #: must not learn from a reward that does not exist). Otherwise they stay in the loss with
+    #: advantage 0 (group estimators) and count in the token normalisers.
+    drop_unscorable: bool = False
+
+    def __init__(
+        self,
+        config: RLConfig,
+        policy: nn.Module,
+        tokenizer: Any,
+        prompts: Any,
+        reward_funcs: RewardSource | Sequence[RewardSource],
+        *,
+        estimator: Estimator,
+        reference: nn.Module | None = None,
+    ) -> None:
+        from rlhf_core.buffer import RolloutBuffer
+
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        if config.minibatch_size is not None:
+            self.check_divisible("minibatch_size", config.minibatch_size)
+        self.estimator = estimator
+        self.buffer = RolloutBuffer()
+        self.add_state("buffer", self.buffer, optional=True)
+
+    @property
+    def kl_coef(self) -> float:
+        """β of this step (PPO's adaptive controller replaces it)."""
+        return self.config.kl_coef
+
+    # ---- the step ---------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        roll = self.collect(step)
+        with self.timer.phase("bookkeeping"):
+            metrics = rollout_metrics(roll, self.dist)
+            self.fill_buffer(roll)
+            estimator = self.estimator
+            if self.config.kl_in_reward:
+                estimator = estimator.with_kl_coef(self.kl_coef)
+            metrics.update(estimator.compute(self.buffer, self.dist).metrics())
+        with self.timer.phase("training"):
+            metrics.update(self.update(step))
+            self.step_schedulers()
+        return metrics
+
+    def fill_buffer(self, roll: Rollout) -> None:
+        """Put the rollout into the (cleared) buffer. A per-token ``loss_mask`` leaves out
+        truncated completions (``mask_truncated``) and unscorable ones (:attr:`drop_unscorable`,
+        whose NaN score is then stored as 0: nothing reads it)."""
+        cfg = self.config
+        self.buffer.clear()
+        scores = roll.scores
+        fields: dict[str, Any] = dict(
+            prompt_ids=roll.prompt_ids,
+            response_ids=roll.response_ids,
+            logprobs=roll.logprobs,
+            ref_logprobs=roll.ref_logprobs,
+            group_ids=roll.group_ids,
+            truncated=roll.truncated,
+        )
+        if roll.values:
+            fields["values"] = roll.values
+        keep = np.ones(len(roll), dtype=bool)
+        if cfg.mask_truncated:
+            keep &= ~np.asarray(roll.truncated, dtype=bool)
+        if self.drop_unscorable:
+            keep &= np.isfinite(scores)
+            scores = np.nan_to_num(scores, nan=0.0)
+        if cfg.mask_truncated or self.drop_unscorable:  # every step: the schema stays fixed
+            fields["loss_mask"] = [
+                np.full(len(r), bool(k)) for r, k in zip(roll.response_ids, keep, strict=True)
+            ]
+        self.buffer.add(scores=scores, **fields)
+
+    # ---- the update -------------------------------------------------------------------------
+    def update(self, step: int) -> dict[str, float]:
+        """``ppo_epochs`` × minibatches, one optimizer step each (:func:`accumulate_step`).
+        Returns the metrics averaged over the optimizer steps (``*_min`` / ``*_max``:
+        extremes) and ``optimizer_steps``. With several processes each rank iterates over
+        ``minibatch_size / world_size`` of its own rows per minibatch; counts are global."""
+        cfg = self.config
+        mbs = (cfg.minibatch_size or cfg.rollout_batch_size) // self.world_size
+        average = StepAverage()
+        for model in self.synced_models():
+            model.train()
+        for mb in self.buffer.minibatches(
+            batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
+        ):
+            padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
+            batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
+            # counts of the global minibatch: the same on every rank, so is the skip below
+            n_tok, n_seq = D.global_token_counts(batch["response_mask"], self.dist)
+            if n_tok == 0:
+                continue  # every sequence masked out (e.g. all truncated)
+            # dumped on a non-finite loss; scores may be NaN by design (unscorable), so they
+            # ride along unchecked
+            self.batch_to_dump = {k: v for k, v in batch.items() if k != "scores"}
+            if "scores" in batch:
+                self.batch_to_dump["unchecked"] = {"scores": batch["scores"]}
+            average.add(
+                accumulate_step(
+                    list(iter_micro_batches(batch, cfg.micro_batch_size, lengths=mb.lengths)),
+                    partial(self.loss, n_tok=n_tok, n_seq=n_seq),
+                    optimizer_step=self.optimizer_step,
+                    models=self.synced_models(),
+                    dist=self.dist,
+                )
+            )
+        out = average.result()
+        out["optimizer_steps"] = float(average.count)
+        return out
+
+    def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
+        """Clipped surrogate + (KL in the loss) + entropy bonus of one micro-batch, normalised
+        by the minibatch's global counts ``n_tok`` / ``n_seq``."""
+        cfg = self.config
+        with self.autocast():
+            logp, ent = logprobs_and_entropy(
+                self.policy, micro["input_ids"], micro["attention_mask"],
+                temperature=cfg.temperature,
+            )  # fmt: skip
+        mask = micro["response_mask"]  # (B, T-1)
+        kw: dict[str, Any] = dict(
+            aggregation=cfg.aggregation,
+            num_tokens=n_tok,
+            num_seqs=n_seq,
+            max_len=cfg.max_new_tokens,
+        )
+        out = L.ppo_policy_loss(
+            logp,
+            micro["old_logprobs"],
+            micro["advantages"],
+            mask,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip,
+            log_ratio_clamp=cfg.log_ratio_clamp,
+            **kw,
+        )
+        beta = self.kl_coef
+        if beta > 0 and not cfg.kl_in_reward:
+            out = out + L.kl_penalty(
+                logp, micro["ref_logprobs"], mask, coef=beta, estimator=cfg.kl_estimator,
+                clamp=cfg.kl_clamp, **kw,
+            )  # fmt: skip
+        return out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, **kw)
+
+
+#: The name of :class:`PolicyGradientTrainer` before the estimator layer existed.
+OnPolicyTrainer = PolicyGradientTrainer
