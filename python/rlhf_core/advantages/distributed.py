@@ -15,7 +15,7 @@ the same global batch (``docs/scaling.md``):
 - the buffer's **advantage summary** for logging (:func:`advantage_moments`).
 
 With one process each function returns what the buffer or the kernel computes alone. These
-helpers import :mod:`rlhf_core.distributed` for the collectives and nothing above the
+helpers import :mod:`rlhf_core.parallel` for the collectives and nothing above the
 estimators.
 """
 
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rlhf_core import distributed as D
 from rlhf_core import ops
+from rlhf_core import parallel as D
 
 if TYPE_CHECKING:
     from rlhf_core.buffer import RolloutBuffer
@@ -126,7 +126,7 @@ def distributed_group_advantages(
     Gathers the scores (:func:`gather_scores_for_groups`), runs
     :func:`rlhf_core.ops.group_advantages` on the global arrays (every rank computes the same
     bits) and returns this rank's rows. Needed when a group can be split across ranks or with
-    ``scale="batch"``; with whole prompts per rank (:func:`rlhf_core.distributed.shard_indices`)
+    ``scale="batch"``; with whole prompts per rank (:func:`rlhf_core.parallel.shard_indices`)
     and ``scale="group"`` / ``"none"``, the local kernel call gives the same numbers already.
 
     Args:
