@@ -115,6 +115,11 @@ class VLLMConfig:
         max_num_seqs: most sequences in one engine step.
         enable_prefix_caching: reuse the KV blocks of prompt prefixes seen before (reset after
             each weight sync).
+        enable_chunked_prefill: split long prefills across engine steps. None = off on the CPU
+            platform, vLLM's default on CUDA: vLLM 0.32's CPU model runner crashes on a seeded
+            request whose prefill was split (``RuntimeError: CPU Generator does not use
+            offset``; any step with more prompt tokens than ``max_num_batched_tokens``, e.g.
+            32 prompts x 8 samples), and that kills the engine.
         enable_sleep_mode: CUDA only: :meth:`VLLMBackend.sleep` frees the KV cache (level 1
             also offloads the weights to the CPU, level 2 drops them: the next sync reloads
             them) while the trainer trains. Not run here (CPU only).
@@ -139,6 +144,7 @@ class VLLMConfig:
     seed: int = 0
     max_num_seqs: int = 256
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = None
     enable_sleep_mode: bool = False
     sleep_level: int = 1
     weight_transfer: Literal["auto", "tensors", "bytes"] = "auto"
@@ -353,6 +359,9 @@ class VLLMBackend:
             enforce_eager=on_cpu if cfg.enforce_eager is None else bool(cfg.enforce_eager),
             max_num_seqs=int(cfg.max_num_seqs),
             enable_prefix_caching=bool(cfg.enable_prefix_caching),
+            enable_chunked_prefill=(
+                not on_cpu if cfg.enable_chunked_prefill is None else cfg.enable_chunked_prefill
+            ),
             worker_extension_cls=_EXTENSION,
             logprobs_mode=cfg.logprobs_mode,
             generation_config="vllm",
