@@ -347,3 +347,13 @@ def test_vllm_config_checks_and_request_seeds():
     assert request_seeds(2, 7, [5, 6]) == [5, 6]
     with pytest.raises(ValueError, match="prompt_seeds has 1 seeds for 2 prompts"):
         request_seeds(2, None, [1])
+
+
+def test_the_docs_first_example_runs():
+    """docs/generation.md's first python block (the local backends) runs as written."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "generation.md").read_text()
+    first = re.findall(r"```python\n(.*?)```", doc, flags=re.S)[0]
+    exec(compile(first, "docs/generation.md python block 1", "exec"), {"__name__": "__doc__"})
