@@ -189,6 +189,12 @@ def test_greedy_stop_tokens_and_truncation_match_hf_generate(engine, policy, tok
     hf = make_backend("hf", policy, tok)
     plain_v = sample(engine, **kw)
     _same_rows(plain_v, hf.generate(PROMPTS, SamplingConfig(**kw)))
+    # vLLM refuses n > 1 when greedy: the backend repeats the one greedy sample, as HF gives
+    twice = sample(engine, **{**kw, "num_samples": 2})
+    _same_rows(twice, hf.generate(PROMPTS, SamplingConfig(**{**kw, "num_samples": 2})))
+    assert [r.tolist() for r in twice.response_ids[::2]] == [
+        r.tolist() for r in plain_v.response_ids
+    ]
     stops = sorted({int(r[2]) for r in plain_v.response_ids if len(r) > 3})[:2]
     for extra in (dict(stop_token_ids=tuple(stops)), dict(stop_at_eos=False)):
         v = sample(engine, **kw, **extra)

@@ -418,9 +418,12 @@ class VLLMBackend:
             banned = set(self._suppress)
             allowed = [t for t in range(self.vocab_size) if t not in banned]
         seeds = request_seeds(len(base_prompts), sampling.seed, prompt_seeds)
+        # vLLM samples greedily below temperature 1e-5 and refuses n > 1 there: one greedy
+        # sample per prompt, repeated (greedy decoding is deterministic)
+        copies = sampling.num_samples if sampling.temperature < 1e-5 else 1
         params = [
             SamplingParams(
-                n=sampling.num_samples,
+                n=sampling.num_samples // copies,
                 max_tokens=sampling.max_new_tokens,
                 temperature=float(sampling.temperature),
                 top_p=float(sampling.top_p),
@@ -447,11 +450,12 @@ class VLLMBackend:
         logprobs: list[np.ndarray] = []
         for out in outs:
             samples = sorted(out.outputs, key=lambda c: c.index)
-            if len(samples) != sampling.num_samples:
+            if len(samples) * copies != sampling.num_samples:
                 raise RuntimeError(
                     f"vLLM returned {len(samples)} samples for a prompt, expected "
-                    f"{sampling.num_samples}"
+                    f"{sampling.num_samples // copies}"
                 )
+            samples = [c for c in samples for _ in range(copies)]
             for c in samples:
                 tokens = np.asarray(list(c.token_ids), dtype=np.int64)
                 n, trunc = trim_at_stop(tokens, flagged, stopping)
