@@ -259,3 +259,26 @@ def test_vllm_config_from_the_fields():
     assert (v.dtype, v.max_model_len, v.kv_cache_memory_bytes, v.mode, v.seed) == (
         "bfloat16", 256, 2**27, "multiprocess", 3)  # fmt: skip
     assert v.gpu_memory_utilization == 0.3 and not v.enable_sleep_mode
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI's label and eval
+
+
+def test_eval_and_label_take_a_generation_backend(tmp_path, capsys):
+    import json
+
+    from rlhf_core import cli
+    from rlhf_core.generation import BACKENDS_USED
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    before = BACKENDS_USED.copy()
+    for cmd, extra in (("eval", ["--num_prompts", "2"]), ("label", ["--num_prompts", "3"])):
+        args = [cmd, "--config", str(root / f"{cmd}.toml"), "--run-dir", str(tmp_path / cmd),
+                "--max_new_tokens", "6", "--generation_backend", "decode_loop", *extra]  # fmt: skip
+        assert cli.main(args) == 0
+    assert (BACKENDS_USED - before)["static-eager"] >= 2  # the decode loop served both
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["num_prompts"] == 2
+    capsys.readouterr()
+    rc = cli.main(["eval", "--config", str(root / "eval.toml"), "--generation_backend", "sglang"])
+    assert rc != 0 and "generation_backend='sglang'" in capsys.readouterr().err
