@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import math
 
+from test_vllm_backend import CAUGHT, TOL  # tests/vllm_backend is on sys.path (rootdir mode)
+
 from rlhf_core.monitor import read_metrics
 from rlhf_core.testing.trainers import FAST, assert_all_changed, snapshot
 from rlhf_core.trainers import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
-
-from test_vllm_backend import CAUGHT, TOL  # tests/vllm_backend is on sys.path (rootdir mode)
 
 MAX_MODEL_LEN = 512  # as the session engine of conftest.py
 
