@@ -167,7 +167,6 @@ def test_engine_samples_equal_the_policys_when_the_weights_are_the_same(tmp_path
 
 
 def test_the_vllm_engine_is_started_at_the_first_step_and_needs_vllm(tmp_path):
-    pytest.importorskip("torch")
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
