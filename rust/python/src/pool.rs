@@ -21,7 +21,7 @@ use numpy::ndarray::{ArrayD, ArrayViewD, IxDyn};
 use numpy::{Element, PyArrayDyn};
 use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
-use rlhf_core_kernels::Float;
+use rlhf_core::Float;
 
 use crate::errors::internal_error;
 

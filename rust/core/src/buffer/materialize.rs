@@ -38,7 +38,7 @@ use rayon::prelude::*;
 
 use crate::buffer::{Advantages, Column, RolloutBuffer};
 use crate::error::{CoreError, Result};
-use crate::layout::parallel_enabled;
+use crate::parallel::parallel_enabled;
 
 /// One output array: name, shape (C order) and data.
 #[derive(Debug, Clone)]
