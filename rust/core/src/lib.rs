@@ -8,6 +8,7 @@
 //! | [`error`] | [`CoreError`], the one error type |
 //! | [`layout`] | padded and ragged layouts, element traits, the one offsets check |
 //! | [`parallel`] | the process-wide parallel switch and the row / block splitting helpers |
+//! | [`bools`] | the check that a bool array's bytes are 0 or 1 |
 //! | [`kernels`] | GAE, returns, group advantages, KL, statistics, broadcast / reduce, running moments |
 //! | [`buffer`] | the rollout buffer: storage, schema, estimators in place, summary, materialisation |
 //! | [`plan`] | samplers, balanced partition, packing |
@@ -18,6 +19,7 @@
 //! Rules: one error enum ([`CoreError`]), no panics on user input, statistics accumulated in
 //! f64, rayon across rows or groups only so results are bit-identical for any thread count.
 
+pub mod bools;
 pub mod buffer;
 pub mod error;
 pub mod kernels;

@@ -10,7 +10,7 @@
 //! 1 (a bool view of uint8 data, say); read as Rust `bool`s those would be undefined behaviour,
 //! and read as bytes they would mean something else in one place than in another. Such arrays
 //! are refused everywhere — kernel masks, buffer fields, per-sequence pieces — with a
-//! `DtypeError` naming the argument.
+//! `DtypeError` naming the argument (the check itself is `rlhf_core::bools`).
 
 use numpy::{
     Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
@@ -21,6 +21,7 @@ use rlhf_core::layout::{ensure_same_shape, fmt_shape};
 use rlhf_core::{CoreError, Float, Layout};
 
 use crate::errors::{to_py, IntoPyResult};
+use crate::gil::without_gil;
 
 /// The dtypes a buffer field may have.
 pub const BUFFER_DTYPES: &str = "int32, int64, float32, float64 or bool";
@@ -52,17 +53,13 @@ fn not_contiguous(name: &str) -> PyErr {
     )))
 }
 
-/// The bool rule: every byte of a bool array's data must be 0 or 1.
-pub fn check_bool_bytes(bytes: &[u8], name: &str) -> PyResult<()> {
-    // One OR over the bytes (vectorised); the offending value is looked up only on failure.
-    if bytes.iter().fold(0u8, |acc, &b| acc | b) <= 1 {
-        return Ok(());
+/// The bool rule (`rlhf_core::bools::check_bool_bytes`): every byte of a bool array's data
+/// must be 0 or 1. Large arrays are checked with the GIL released.
+pub fn check_bool_bytes(py: Python<'_>, bytes: &[u8], name: &str) -> PyResult<()> {
+    if bytes.len() < 1 << 16 {
+        return rlhf_core::bools::check_bool_bytes(bytes, name).py();
     }
-    let b = bytes.iter().find(|&&b| b > 1).copied().unwrap_or(0);
-    Err(to_py(CoreError::dtype(format!(
-        "{name} is a bool array holding the byte value {b} (only 0 and 1 are booleans); pass \
-         numpy.asarray(x) != 0 instead of a bool view of other data"
-    ))))
+    without_gil(py, || rlhf_core::bools::check_bool_bytes(bytes, name)).py()
 }
 
 /// The bytes of the bool array `obj`, checked by the bool rule.
@@ -71,10 +68,10 @@ fn bool_bytes<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyAr
     let arr = view.cast::<PyArrayDyn<u8>>().map_err(PyErr::from)?;
     let ro = arr.try_readonly().map_err(|e| not_readable(name, e))?;
     match ro.as_slice() {
-        Ok(bytes) => check_bool_bytes(bytes, name)?,
+        Ok(bytes) => check_bool_bytes(obj.py(), bytes, name)?,
         Err(_) => {
             let bytes: Vec<u8> = ro.as_array().iter().copied().collect();
-            check_bool_bytes(&bytes, name)?;
+            check_bool_bytes(obj.py(), &bytes, name)?;
         }
     }
     Ok(ro)

@@ -91,7 +91,11 @@ fn raw<'py>(
     if dtype == DType::Bool && len > 0 {
         // SAFETY: `ptr` points at `len` contiguous bytes of the live array (checked above);
         // any byte is a valid `u8`.
-        check_bool_bytes(unsafe { std::slice::from_raw_parts(ptr, len) }, &name())?;
+        check_bool_bytes(
+            obj.py(),
+            unsafe { std::slice::from_raw_parts(ptr, len) },
+            &name(),
+        )?;
     }
     Ok(Raw {
         _obj: obj,
