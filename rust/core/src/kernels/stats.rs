@@ -679,6 +679,50 @@ mod tests {
     }
 
     #[test]
+    fn flat_moments_skip_nan_and_masked_entries() {
+        let n = 3 * FLAT_BLOCK + 17;
+        let mut x: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0)
+            .collect();
+        x[5] = f32::NAN;
+        let valid: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
+        let kept: Vec<f64> = (0..n)
+            .filter(|&i| valid[i] && !x[i].is_nan())
+            .map(|i| x[i] as f64)
+            .collect();
+        let c = kept.len() as f64;
+        let mean = kept.iter().sum::<f64>() / c;
+        let var = kept.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c;
+        let d = flat_moments(&x, Some(&valid)).unwrap();
+        assert_eq!(d.moments.count, kept.len() as u64);
+        assert!((d.mean() - mean).abs() < 1e-9, "{d:?}");
+        assert!((d.std() - var.sqrt()).abs() < 1e-9, "{d:?}");
+        let lo = kept.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = kept.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!((d.min, d.max), (lo, hi));
+        // Without a mask, the NaN sends its block through the careful loop: it is skipped.
+        let all = flat_moments(&x, None).unwrap();
+        assert_eq!(all.moments.count, n as u64 - 1);
+        // The same bits with parallelism off.
+        crate::parallel::set_parallel(false);
+        let serial = flat_moments(&x, Some(&valid)).unwrap();
+        crate::parallel::set_parallel(true);
+        assert_eq!(serial, d);
+        assert!(flat_moments::<f64>(&[f64::NAN], None).is_none());
+        assert!(flat_moments::<f64>(&[], None).is_none());
+    }
+
+    #[test]
+    fn weighted_whiten_of_frequency_weights_is_the_repeated_values() {
+        let mut x = [1.0f64, 4.0, 9.0];
+        weighted_whiten(&mut x, &[2.0, 1.0, 0.0], 1.0, 0.0);
+        // values 1, 1, 4: mean 2, unbiased variance 3
+        let s = 3f64.sqrt();
+        assert!((x[0] + 1.0 / s).abs() < 1e-12 && (x[1] - 2.0 / s).abs() < 1e-12);
+        assert_eq!(x[2], 0.0);
+    }
+
+    #[test]
     fn merge_is_exact_for_disjoint_sets() {
         let a = Moments::of_block::<f64, bool>(&[1.0, 2.0], None);
         let b = Moments::of_block::<f64, bool>(&[3.0, 4.0, 5.0], None);
