@@ -35,9 +35,9 @@ pub struct Block {
     bytes: usize,
 }
 
-// SAFETY: a Block is a uniquely owned heap allocation; moving it across threads is fine, and
-// a shared `&Block` exposes only the pointer value and size, never the memory behind it.
+// SAFETY: a Block is a uniquely owned heap allocation; moving it across threads is fine.
 unsafe impl Send for Block {}
+// SAFETY: a shared `&Block` exposes only the pointer value and size, never the memory behind it.
 unsafe impl Sync for Block {}
 
 impl Block {

@@ -91,11 +91,8 @@ fn raw<'py>(
     if dtype == DType::Bool && len > 0 {
         // SAFETY: `ptr` points at `len` contiguous bytes of the live array (checked above);
         // any byte is a valid `u8`.
-        check_bool_bytes(
-            obj.py(),
-            unsafe { std::slice::from_raw_parts(ptr, len) },
-            &name(),
-        )?;
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+        check_bool_bytes(obj.py(), bytes, &name())?;
     }
     Ok(Raw {
         _obj: obj,

@@ -102,8 +102,8 @@ fn sorted_order(lengths: &[u64]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::rng::SplitMix64;
+    use super::*;
 
     /// Every path of `sorted_desc` (comparison, counting, radix) equals a plain stable sort.
     #[test]
