@@ -68,7 +68,6 @@ fn seq_label(i: usize, base: usize) -> String {
     format!("sequence {i} of this add (buffer index {})", base + i)
 }
 
-/// Resolve one input into per-sequence segments, checking lengths and the mask.
 /// Segments of padded inputs already scanned in one add, by (mask address, mask dtype,
 /// rows, cols): every per-token field of a padded batch usually shares one mask, which is
 /// then scanned once instead of once per field.
@@ -78,6 +77,7 @@ struct MaskScans(Vec<(MaskKey, Vec<(usize, usize)>)>);
 /// (mask address, mask dtype, rows, cols).
 type MaskKey = (usize, DType, usize, usize);
 
+/// Resolve one input into per-sequence segments, checking lengths and the mask.
 fn resolve(name: &str, input: &TokenInput<'_>, scans: &mut MaskScans) -> Result<Resolved> {
     match *input {
         TokenInput::Pieces(ref pieces) => {

@@ -301,8 +301,8 @@ impl RolloutBuffer {
         if !col.dtype().is_float() {
             return;
         }
-        self.spare.push(col); // contents kept: reused outputs are overwritten, not re-zeroed
-                              // keep the largest ones
+        // Contents kept: reused outputs are overwritten, not re-zeroed. Keep the largest ones.
+        self.spare.push(col);
         self.spare
             .sort_by_key(|c| std::cmp::Reverse(c.capacity_bytes()));
         self.spare.truncate(MAX_SPARE);
