@@ -20,7 +20,7 @@
 use super::column::{Column, Slice};
 use super::store::RolloutBuffer;
 use super::valid::ValidTokens;
-use crate::kernels::stats::{flat_moments, Described};
+use crate::kernels::describe::{flat_moments, Described};
 
 fn push_moments(
     out: &mut Vec<(String, f64)>,

@@ -8,6 +8,7 @@
 //! | [`group`] | group-relative advantages (GRPO, Dr.GRPO, RLOO) from one score per sequence |
 //! | [`kl`] | k1 / k2 / k3 / abs KL estimates and KL-shaped rewards |
 //! | [`stats`] | [`Moments`](stats::Moments), masked mean / variance / whitening, weighted whitening |
+//! | [`describe`] | moments with min / max of a set of values, for logging summaries |
 //! | [`tokens`] | broadcast one value per sequence to its tokens; reduce tokens to sequences |
 //! | [`running`] | mergeable running moments |
 //!
@@ -34,6 +35,7 @@
 //!
 //! [`Layout`]: crate::layout::Layout
 
+pub mod describe;
 pub mod gae;
 pub mod group;
 pub mod kl;
