@@ -5,7 +5,6 @@
 
 use super::column::{Column, DType, Slice};
 use super::schema::{check_fields, match_schema, Level};
-use super::store::RolloutBuffer;
 use crate::error::{CoreError, Result};
 
 /// One field of an add, as it arrives from the caller.
@@ -203,12 +202,23 @@ pub(super) struct AddPlan {
     pub(super) response_lengths: Vec<usize>,
 }
 
-impl RolloutBuffer {
+/// What a buffer holds that an add is checked against.
+pub(super) struct Held<'a> {
+    /// `None` before the first add (no schema yet).
+    pub(super) prompt_ids: Option<&'a Column>,
+    pub(super) token_fields: &'a [(String, Column)],
+    pub(super) seq_fields: &'a [(String, Column)],
+    pub(super) sequences: usize,
+    pub(super) prompt_tokens: usize,
+    pub(super) response_tokens: usize,
+}
+
+impl Held<'_> {
     /// Check `batch` completely against the schema held (or as the first add) and resolve
     /// where every sequence's values sit, so that appending it cannot fail.
     pub(super) fn plan_add(&self, batch: &AddBatch<'_>) -> Result<AddPlan> {
         let n = batch.prompt_ids.num_sequences();
-        let base = self.len();
+        let base = self.sequences;
 
         // Names: known dtypes, no duplicates, no clash between levels.
         check_fields(
@@ -234,7 +244,7 @@ impl RolloutBuffer {
         }
 
         // Schema: the same names and dtypes as the first add.
-        let (token_order, seq_order) = if let Some(p) = &self.prompt_ids {
+        let (token_order, seq_order) = if let Some(p) = self.prompt_ids {
             if p.dtype() != batch.prompt_ids.dtype() {
                 return Err(CoreError::dtype(format!(
                     "prompt_ids: the buffer holds {} but this add gives {}; cast it first",
@@ -253,7 +263,7 @@ impl RolloutBuffer {
                 .map(|(n, s)| (n.as_str(), s.dtype()))
                 .collect();
             let [t_order, s_order] =
-                match_schema([&self.token_fields, &self.seq_fields], [&given_t, &given_s])?;
+                match_schema([self.token_fields, self.seq_fields], [&given_t, &given_s])?;
             (t_order, s_order)
         } else {
             // First add: response_ids first, then the given order.
@@ -318,8 +328,8 @@ impl RolloutBuffer {
         }
         let total_p: usize = prompt.segments.iter().map(|&(_, l)| l).sum();
         let total_r: usize = response_lengths.iter().sum();
-        if self.num_prompt_tokens() + total_p > i64::MAX as usize
-            || self.num_response_tokens() + total_r > i64::MAX as usize
+        if self.prompt_tokens + total_p > i64::MAX as usize
+            || self.response_tokens + total_r > i64::MAX as usize
         {
             return Err(CoreError::capacity(
                 "the buffer would hold more than 2^63 tokens",

@@ -36,7 +36,8 @@
 
 use rayon::prelude::*;
 
-use crate::buffer::{Advantages, Column, RolloutBuffer};
+use super::column::Column;
+use super::store::{Advantages, RolloutBuffer};
 use crate::error::{CoreError, Result};
 use crate::parallel::parallel_enabled;
 

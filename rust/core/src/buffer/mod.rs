@@ -31,6 +31,10 @@
 //! | [`advantages`] | running an estimator in place |
 //! | [`summary`] | statistics of a buffer, for logging |
 //! | [`materialize`] | planned batches as padded or packed arrays |
+//!
+//! Imports point one way: `column` ← `schema` ← `input` ← `store` ← `valid`, `parts`,
+//! `summary`, `advantages`, `materialize` (the store knows neither its reports nor its
+//! estimators); `estimators` needs only the kernels.
 
 pub mod advantages;
 pub mod column;

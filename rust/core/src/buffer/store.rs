@@ -3,7 +3,7 @@
 //! (fields by name, valid tokens).
 
 use super::column::{grow, Column, DType};
-use super::input::{extend_input, AddBatch, AddPlan, Resolved, TokenInput};
+use super::input::{extend_input, AddBatch, AddPlan, Held, Resolved, TokenInput};
 use super::schema::Level;
 use crate::error::{CoreError, Result};
 use crate::parallel::for_each_item;
@@ -322,11 +322,19 @@ impl RolloutBuffer {
 
     /// Append a batch of sequences. Everything is checked first; on error nothing changes.
     pub fn add(&mut self, batch: &AddBatch<'_>) -> Result<()> {
-        let plan = self.plan_add(batch)?;
+        let held = Held {
+            prompt_ids: self.prompt_ids.as_ref(),
+            token_fields: &self.token_fields,
+            seq_fields: &self.seq_fields,
+            sequences: self.len(),
+            prompt_tokens: self.num_prompt_tokens(),
+            response_tokens: self.num_response_tokens(),
+        };
+        let plan = held.plan_add(batch)?;
         self.append(batch, plan)
     }
 
-    /// Write a batch that [`Self::plan_add`] accepted.
+    /// Write a batch that [`Held::plan_add`] accepted.
     fn append(&mut self, batch: &AddBatch<'_>, plan: AddPlan) -> Result<()> {
         if self.prompt_ids.is_none() {
             self.prompt_ids = Some(Column::empty(batch.prompt_ids.dtype()));
