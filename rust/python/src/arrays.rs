@@ -340,12 +340,12 @@ impl AnyArray<'_> {
     }
 }
 
-/// A 1-D int64 array `name`, as a slice.
-pub fn int64_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<AnyArray<'py>> {
+/// A 1-D int64 array `name` (of any buffer dtype otherwise: refused naming int64).
+fn int64_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArrayDyn<'py, i64>> {
     let a = any_array(obj, name)?;
     a.ndim_is(name, 1, "1-D")?;
     match a {
-        AnyArray::I64(_) => Ok(a),
+        AnyArray::I64(a) => Ok(a),
         _ => Err(to_py(CoreError::dtype(format!("{name} must be int64")))),
     }
 }
@@ -353,10 +353,8 @@ pub fn int64_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<AnyArray<'
 /// Sequence indices (int64, 1-D, each >= 0).
 pub fn indices(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
     let a = int64_1d(obj, name)?;
-    let Slice::I64(v) = a.slice(name)? else {
-        unreachable!("int64_1d returns int64 arrays")
-    };
-    v.iter()
+    slice(&a, name)?
+        .iter()
         .map(|&i| {
             usize::try_from(i).map_err(|_| {
                 to_py(CoreError::shape(format!(
@@ -370,8 +368,5 @@ pub fn indices(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
 /// Sequence lengths (int64, 1-D, each >= 0).
 pub fn lengths(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<u64>> {
     let a = int64_1d(obj, name)?;
-    let Slice::I64(v) = a.slice(name)? else {
-        unreachable!("int64_1d returns int64 arrays")
-    };
-    rlhf_core::plan::check_lengths(v, name).py()
+    rlhf_core::plan::check_lengths(slice(&a, name)?, name).py()
 }
