@@ -1,4 +1,4 @@
-"""`_RolloutBuffer.valid_tokens()` / `valid_counts()`: the core's one rule for which response
+"""`RolloutBuffer.valid_tokens()` / `valid_counts()`: the core's one rule for which response
 tokens count (``loss_mask`` true when held, the sequence's score not NaN when held), the same
 tokens the estimators and the buffer's statistics use."""
 
@@ -54,10 +54,10 @@ def filled(seed: int, n: int, *, loss_mask: bool, scores: bool, nan_frac: float)
 )
 def test_valid_tokens_follow_the_rule(seed, n, loss_mask, scores, nan_frac):
     buf = filled(seed, n, loss_mask=loss_mask, scores=scores, nan_frac=nan_frac)
-    valid = buf._core.valid_tokens()
+    valid = buf.valid_tokens()
     assert valid.dtype == np.bool_ and valid.shape == (buf.num_response_tokens,)
     np.testing.assert_array_equal(valid, numpy_valid(buf))
-    counts = buf._core.valid_counts()
+    counts = buf.valid_counts()
     assert counts.dtype == np.int64 and counts.shape == (len(buf),)
     off = buf.offsets("response")
     per_seq = [valid[a:b].sum() for a, b in zip(off[:-1], off[1:], strict=True)]
@@ -73,13 +73,13 @@ def test_a_nan_score_removes_the_whole_sequence_and_masked_tokens_stay_out():
         scores=np.array([1.0, np.nan, 0.5], np.float32),
         values=[np.zeros(3, np.float32), np.zeros(2, np.float32), np.zeros(1, np.float32)],
     )
-    assert buf._core.valid_tokens().tolist() == [True, False, True, False, False, True]
-    assert buf._core.valid_counts().tolist() == [2, 0, 1]
+    assert buf.valid_tokens().tolist() == [True, False, True, False, False, True]
+    assert buf.valid_counts().tolist() == [2, 0, 1]
 
 
 def test_the_estimators_train_on_exactly_the_valid_tokens():
     buf = filled(7, 40, loss_mask=True, scores=True, nan_frac=0.2)
-    valid = buf._core.valid_tokens()
+    valid = buf.valid_tokens()
     assert not valid.all() and valid.any()
     out = buf.compute_advantages("reinforce++")
     adv = buf.field("advantages")
@@ -92,5 +92,5 @@ def test_the_estimators_train_on_exactly_the_valid_tokens():
 
 def test_an_empty_buffer_has_no_valid_tokens():
     buf = RolloutBuffer()
-    assert buf._core.valid_tokens().shape == (0,)
-    assert buf._core.valid_counts().shape == (0,)
+    assert buf.valid_tokens().shape == (0,)
+    assert buf.valid_counts().shape == (0,)
