@@ -170,11 +170,19 @@ MALFORMED: list[tuple[str, str, str, str | None, str, dict[str, Any]]] = [
         {},
     ),
     (
-        "r-chosen-empty",
+        "r-chosen-null",
         "preferences",
-        j({"prompt": "q", "chosen": "", "rejected": "b"}),
+        j({"prompt": "q", "chosen": None, "rejected": "b"}),
         "chosen",
-        "empty_text",
+        "wrong_type",
+        {},
+    ),
+    (
+        "r-both-empty",
+        "preferences",
+        j({"prompt": "q", "chosen": "", "rejected": ""}),
+        "rejected",
+        "same_pair",
         {},
     ),
     (
@@ -276,11 +284,11 @@ MALFORMED: list[tuple[str, str, str, str | None, str, dict[str, Any]]] = [
     # --- prompt-completion
     ("c-missing-completion", "completions", j({"prompt": "q"}), "completion", "missing_column", {}),
     (
-        "c-empty-completion",
+        "c-null-completion",
         "completions",
-        j({"prompt": "q", "completion": ""}),
+        j({"prompt": "q", "completion": None}),
         "completion",
-        "empty_text",
+        "wrong_type",
         {},
     ),
     (
