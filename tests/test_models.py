@@ -136,7 +136,7 @@ def test_load_policy_builtin_and_local_roundtrip(tok, policy, tmp_path):
         assert torch.allclose(policy(ids).logits, loaded(ids).logits, atol=1e-6)
     bf = M.load_policy(tmp_path / "p", dtype="bf16")
     assert next(bf.parameters()).dtype == torch.bfloat16
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(M.ModelNotFoundError, match="does not exist: no such local folder"):
         M.load_policy(tmp_path / "missing")
     with pytest.raises(ValueError, match="dtype must be one of"):
         M.resolve_dtype("float7")
