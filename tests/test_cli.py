@@ -365,7 +365,8 @@ def test_malformed_data_names_file_row_column_or_is_skipped(
     rc, _, err = run_cli(base_args("sft", tmp_path / "s") + ["--dataset", "nope.jsonl"], capsys)
     assert rc == 2 and "dataset='nope.jsonl'" in err
     rc, _, err = run_cli(base_args("sft", tmp_path / "s") + ["--model", "no/such/dir"], capsys)
-    assert rc == 2 and "model='no/such/dir'" in err and "nothing is downloaded" in err
+    assert rc == 2 and "model='no/such/dir'" in err and "no such local folder" in err
+    assert "not a Hugging Face Hub id" in err
 
 
 def test_reward_function_specs(tmp_path: pathlib.Path) -> None:

@@ -46,6 +46,7 @@ def load_tokenizer(
     *,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    what: str = "tokenizer",
 ) -> Any:
     """Load a fast tokenizer.
 
@@ -58,7 +59,8 @@ def load_tokenizer(
     Any other value is a local folder or a Hugging Face Hub id (``"org/name"``, optionally
     ``"org/name@revision"``) loaded with ``AutoTokenizer.from_pretrained`` through the Hugging
     Face cache (:class:`~rlhf_core.models.hub.ModelNotFoundError` when it is nowhere).
-    A tokenizer without a pad token gets its EOS token as pad.
+    A tokenizer without a pad token gets its EOS token as pad. ``what`` is how error
+    messages name it (e.g. ``"model"`` when it is a model's own tokenizer).
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -70,7 +72,7 @@ def load_tokenizer(
         tok = pretrained(
             AutoTokenizer.from_pretrained,
             name,
-            what="tokenizer",
+            what=what,
             revision=rev or revision,
             **kwargs,
         )

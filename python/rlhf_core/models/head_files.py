@@ -8,9 +8,11 @@ Written:
   ``score.weight``): transformers, TRL and anything built on them load it as it is and score
   as :class:`~rlhf_core.rewards.RewardModelScorer` does (the last non-padding token; give
   ``pad_token_id`` so batched inputs find it). The head's bias, which those classes do not
-  have, is written beside it in ``rlhf_core_score.json``: Bradley-Terry training never moves
-  it (the loss only sees score differences), so it is 0 unless ``center_coef`` trained it; a
-  non-zero bias is reported at save time, as elsewhere every score is that much lower.
+  have, is written beside it in ``rlhf_core_score.json`` and read back by rlhf_core. The
+  Bradley-Terry loss sees score differences only, so the bias gets no gradient and stays
+  near 0 (Adam turns round-off into drift of about the learning rate per step) unless
+  ``center_coef`` trains it; elsewhere every score is lower by the bias, which the save
+  reports (a warning from :data:`BIAS_WARN` up).
 - a **value model** (and a body whose family has no sequence-classification class) in
   rlhf_core's own format: the body's ``save_pretrained`` plus ``rlhf_core_head.safetensors``
   and ``rlhf_core_head.json``.
@@ -48,6 +50,9 @@ logger = logging.getLogger("rlhf_core.models")
 HEAD_CONFIG = "rlhf_core_head.json"
 HEAD_WEIGHTS = "rlhf_core_head.safetensors"
 SCORE_META = "rlhf_core_score.json"
+#: a reward-head bias at least this large is reported as a warning (smaller ones, the drift of
+#: Bradley-Terry training, at INFO)
+BIAS_WARN = 1e-3
 
 
 def save_head_format(model: Any, out: Path) -> None:
@@ -97,11 +102,14 @@ def save_seqcls(model: Any, out: Path, pad_token_id: int | None) -> bool:
     meta = {"format": "rlhf_core.score", "version": 1, "kind": model.kind, "bias": bias}
     atomic_write_text(out / SCORE_META, json.dumps(meta, indent=2) + "\n")
     if bias:
-        logger.warning(
-            "%s: the reward head has bias %.6g, which %s (as transformers and TRL load it) "
-            "has no place for: there every score is %.6g lower (preferences are unchanged); "
-            "rlhf_core reads the bias from %s",
-            out,
+        # Bradley-Terry sees score differences only: the bias gets no gradient, but Adam turns
+        # the round-off of +g - g into steps of about the learning rate, so it drifts a little
+        level = logging.WARNING if abs(bias) >= BIAS_WARN else logging.INFO
+        logger.log(
+            level,
+            "the reward head has bias %.6g, which %s (as transformers and TRL load it) has no "
+            "place for: there every score is %.6g lower (preferences are unchanged); rlhf_core "
+            "reads the bias from %s",
             bias,
             type(seq).__name__,
             bias,
