@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rlhf_core._io import atomic_write_text, json_safe
+from rlhf_core.models.common import is_peft
 from rlhf_core.monitor import read_metrics
 
 __all__ = ["save_model", "plot_metrics", "write_json", "finish_training", "already_finished"]
@@ -30,6 +31,10 @@ def save_model(model: Any, tokenizer: Any, path: pathlib.Path) -> pathlib.Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if getattr(model, "kind", None) == "reward":
         model.save_pretrained(str(tmp), pad_token_id=tokenizer.pad_token_id)
+    elif is_peft(model):
+        # the vocabulary is never resized, so the base embeddings need no copy (peft's "auto"
+        # would ask the Hub about the base model to find out)
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
     else:
         model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
