@@ -204,6 +204,8 @@ def load_sft_dataset(
     )
     first: list[Record] = []
     for item in records:
+        if item[2] is not None and on_error == "raise":
+            raise item[2]
         first.append(item)
         if item[2] is None:
             break
