@@ -454,3 +454,45 @@ def test_label_ignores_a_weight_zero_source_that_cannot_score(
     expected = (gold_only / "preferences.jsonl").read_text()
     assert expected.strip()  # the gold judge labelled some pairs
     assert (with_zero / "preferences.jsonl").read_text() == expected
+
+
+def test_empty_answers_written_by_label_are_read_by_dpo_and_reward(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What one command writes, the next reads (issue 18, item 11): a policy that often stops
+    at once gives pairs with an empty side; label writes them as they are, and dpo and reward
+    train on them."""
+    from rlhf_core import tasks
+
+    data = tmp_path / "half_empty.jsonl"
+    rows = tasks.sft_corpus(400, seed=0)
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "completion": "" if i % 2 else r["completion"]})
+            + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
+    sft, label = tmp_path / "sft", tmp_path / "label"
+    args = base_args("sft", sft) + ["--dataset", str(data), "--total_steps", "40"]
+    assert run_cli(args + ["--batch_size", "16"], capsys)[0] == 0
+    model = str(sft / "model")
+    args = base_args("label", label) + ["--model", model, "--num_prompts", "32"]
+    rc, out, err = run_cli(args, capsys)
+    assert rc == 0, err
+    pairs = [json.loads(line) for line in (label / "preferences.jsonl").read_text().splitlines()]
+    empty = [p for p in pairs if "" in (p["chosen"], p["rejected"])]
+    assert empty, "the policy should stop at once in some samples"
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    for command in ("dpo", "reward"):
+        run = tmp_path / command
+        args = base_args(command, run) + [
+            "--model",
+            model,
+            "--dataset",
+            str(label / "preferences.jsonl"),
+        ]
+        rc, _, err = run_cli(args, capsys)
+        assert rc == 0, err
+        assert "skipped" not in err  # every pair was read
+        assert [r["step"] for r in read_metrics(run)] == [1, 2]

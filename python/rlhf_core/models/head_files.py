@@ -107,13 +107,12 @@ def save_seqcls(model: Any, out: Path, pad_token_id: int | None) -> bool:
         level = logging.WARNING if abs(bias) >= BIAS_WARN else logging.INFO
         logger.log(
             level,
-            "the reward head has bias %.6g, which %s (as transformers and TRL load it) has no "
-            "place for: there every score is %.6g lower (preferences are unchanged); rlhf_core "
-            "reads the bias from %s",
-            bias,
-            type(seq).__name__,
+            "reward head bias %.6g saved in %s: %s (as transformers and TRL load it) has no "
+            "bias, so its scores are %.6g lower than rlhf_core's (preferences are the same)",
             bias,
             SCORE_META,
+            type(seq).__name__,
+            bias,
         )
     return True
 
