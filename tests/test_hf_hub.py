@@ -235,6 +235,11 @@ def test_lora_run_saves_a_peft_adapter_and_a_merged_model(
         via_adapter, via_merged = peft(ids).logits, merged(ids).logits
     torch.testing.assert_close(via_adapter, via_merged, atol=1e-5, rtol=0)
     assert not torch.allclose(via_adapter, before, atol=1e-4)  # the adapters learned something
+    # the adapter folder as a --model of the next command: its base with the adapters merged
+    again = models.load_policy(run / "adapter").eval()
+    assert not models.is_peft(again)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, via_merged, atol=1e-5, rtol=0)
 
 
 def test_lora_options_reach_peft(tok: Any) -> None:

@@ -11,6 +11,7 @@ checkpoint's dtype; ``"bfloat16"`` etc. cast.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,26 @@ def pretrained_kwargs(
     return kwargs
 
 
+def _merged_adapter(folder: Path, tokenizer: Any, seed: int, kwargs: dict[str, Any]) -> Any:
+    """A PEFT LoRA adapter folder as a plain model: its base model (loaded as
+    :func:`load_policy` loads any model) with the adapters merged into the weights."""
+    import json
+
+    from peft import PeftModel
+
+    meta = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    base = meta.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{folder} is a PEFT adapter folder that does not name its base model "
+            "(base_model_name_or_path); load the base yourself and apply it with "
+            "PeftModel.from_pretrained, or train with merge_lora = true to get a full model"
+        )
+    revision = meta.get("revision") or None
+    model = load_policy(base, tokenizer=tokenizer, seed=seed, revision=revision, **kwargs)
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+
+
 def load_policy(
     name_or_path: str | os.PathLike[str],
     *,
@@ -91,7 +112,8 @@ def load_policy(
     ``"auto"`` keeps the checkpoint's; ``"bf16"``, ``torch.float16``, ... cast.
     ``revision``: a branch, tag or commit of a Hub id. ``attn_implementation``
     (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...) and ``trust_remote_code`` go to
-    ``from_pretrained``. ``device`` moves the weights.
+    ``from_pretrained``. ``device`` moves the weights. A local PEFT adapter folder (what a
+    LoRA run writes to ``RUN_DIR/adapter``) loads as its base model with the adapters merged.
     """
     from transformers import AutoModelForCausalLM
 
@@ -108,6 +130,10 @@ def load_policy(
             model = model.to(kwargs["dtype"])
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
+    elif (Path(name) / "adapter_config.json").is_file() and not (
+        Path(name) / "config.json"
+    ).is_file():
+        model = _merged_adapter(Path(name), tokenizer, seed, kwargs)
     else:
         name, rev = split_revision(name)
         if rev is not None and revision is not None and rev != revision:
