@@ -30,6 +30,8 @@ CONFIGS = ROOT / "configs"
 
 #: preset file -> command (the first line of each preset says how to run it)
 _PRESET_RE = re.compile(r"^# rlhf-core ([a-z-]+) --config configs/(\S+)$")
+#: the suffixes of preset files (TOML; YAML for recipes in TRL's spellings)
+_PRESET_SUFFIXES = (".toml", ".yaml")
 
 #: a couple of steps and small batches for every trainer command
 FAST = {
@@ -49,7 +51,7 @@ TRAINERS = ["sft", "reward", "dpo", "ppo", "grpo", "rloo", "reinforce-pp", "best
 
 
 def preset_files() -> list[pathlib.Path]:
-    return sorted(CONFIGS.rglob("*.toml"))
+    return sorted(p for p in CONFIGS.rglob("*") if p.suffix in _PRESET_SUFFIXES)
 
 
 def preset_command(path: pathlib.Path) -> str:
@@ -137,7 +139,10 @@ def test_every_command_has_a_preset_and_every_preset_loads() -> None:
 
             load_demo_config(path)
         else:
-            load_config(cli.COMMANDS[command].config, path)
+            from rlhf_core.cli.aliases import aliases_for
+
+            config = cli.COMMANDS[command].config
+            load_config(config, path, aliases=aliases_for(config))
     assert set(seen) == set(cli.COMMANDS), (
         f"commands without a preset: {set(cli.COMMANDS) - set(seen)}"
     )
@@ -148,9 +153,15 @@ def test_every_command_has_a_preset_and_every_preset_loads() -> None:
     for path in preset_files():
         text = path.read_text(encoding="utf-8")
         if path.parent.name == "gpu":
+            from rlhf_core.config import read_config_file
+
             assert "GPU" in text.splitlines()[1]
-            data = tomllib.loads(text)
+            data = read_config_file(path)
             assert data.get("device") == "cuda" and data.get("bf16", True) is True
+            assert data.get("dtype") == "float32"  # master weights (bf16 autocast on CUDA)
+        elif preset_command(path) != "demo":  # CPU presets: the built-in model and task
+            data = tomllib.loads(text)
+            assert data["model"].startswith("builtin") and data["dataset"].startswith("builtin")
 
 
 def test_print_config_round_trips(
