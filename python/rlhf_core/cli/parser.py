@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf_core.cli.aliases import TRL_HINTS, aliases_for
-from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS
+from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS, strip_optional, type_hints
 from rlhf_core.cli.dataclass_args.options import add_dataclass_arguments
 
 __all__ = [
@@ -188,7 +188,8 @@ here still apply); --resume true/false only says whether to continue the run in 
 A finished run says so and trains nothing (raise --total_steps to train longer).
 
 Outputs in the run folder: config.toml (resolved), metrics.jsonl, tensorboard/,
-checkpoints/, the final model (model/ or reward_model/), plots/metrics.png.
+checkpoints/, the final model (model/, reward_model/, or with LoRA adapter/ and, with
+--merge_lora, model/), plots/metrics.png.
 """
 
 
@@ -229,13 +230,16 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         group = parser.add_argument_group(
             "TRL's spellings (each sets the option after '=', in a config file too)"
         )
+        hints = type_hints(cmd.config)
         for alias, name in sorted(aliases.items()):
+            flag = strip_optional(hints.get(name))[0] is bool  # may be given bare
             group.add_argument(
                 f"--{alias}",
                 dest=f"alias.{alias}",
                 default=argparse.SUPPRESS,
-                metavar="VALUE",
+                metavar="BOOL" if flag else "VALUE",
                 help=f"= --{name}",
+                **({"nargs": "?", "const": "true"} if flag else {}),
             )
     return parser
 

@@ -43,6 +43,9 @@ __all__ = [
 
 logger = logging.getLogger("rlhf_core.data")
 
+#: ids of the template-less tokenizers already reported
+_TOLD: set[int] = set()
+
 
 def render_messages(
     messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False
@@ -71,7 +74,8 @@ class ChatRenderer:
                 f"chat_template_kwargs={self.kwargs!r} given, but "
                 + ("no tokenizer" if tokenizer is None else "the tokenizer has no chat template")
             )
-        if tokenizer is not None and not self.use_template:
+        if tokenizer is not None and not self.use_template and id(tokenizer) not in _TOLD:
+            _TOLD.add(id(tokenizer))  # once per tokenizer, not once per rendered row
             logger.info(
                 "tokenizer has no chat template; conversations use the plain role: content format"
             )
