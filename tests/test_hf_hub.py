@@ -108,38 +108,57 @@ def test_unknown_model_offline_says_what_where_and_offline(offline: TinyHub) -> 
         models.RewardModel.from_pretrained("tiny-org/absent")
 
 
-def test_cli_errors_of_bad_inputs(offline: TinyHub, capsys: pytest.CaptureFixture[str]) -> None:
-    # no --model / no --dataset outside the presets: an error before anything runs, not a
-    # silent run of the built-in toy model on the toy task
+def test_cli_missing_model_or_dataset_is_an_error(
+    offline: TinyHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --model / no --dataset outside the presets: an error before anything runs, not a
+    silent run of the built-in toy model on the toy task."""
     rc, _, err = run_cli(["sft", "--dataset", offline.messages, *QUIET], capsys)
     assert rc == 2 and "model=None: required: pass --model org/name" in err
+    assert "builtin:* for the built-in toy model the presets in configs/ use" in err
     rc, _, err = run_cli(["grpo", "--model", offline.policy, "--reward_funcs", "gold"], capsys)
     assert rc == 2 and "dataset=None: required" in err
     assert not pathlib.Path("runs").exists()
-    base = ["sft", "--total_steps", "1", *QUIET]
-    rc, _, err = run_cli(
-        [*base, "--model", "tiny-org/absent", "--dataset", offline.messages], capsys
-    )
+
+
+def test_cli_unknown_hub_model_offline(
+    offline: TinyHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sft", "--model", "tiny-org/absent", "--dataset", offline.messages, *QUIET]
+    rc, _, err = run_cli(args, capsys)
     assert rc == 2 and "model='tiny-org/absent'" in err and "(revision 'main')" in err
-    assert "offline (HF_HUB_OFFLINE=1)" in err and "models--tiny-org--absent" in err
-    rc, _, err = run_cli([*base, "--model", offline.policy, "--dataset", "tiny-org/absent"], capsys)
+    assert "offline (HF_HUB_OFFLINE=1)" in err
+    assert str(offline.home / "hub" / "models--tiny-org--absent") in err
+    grpo = ["grpo", "--model", offline.policy, "--dataset", offline.prompts, *QUIET]
+    rc, _, err = run_cli([*grpo, "--reward_model", "tiny-org/nope"], capsys)
+    assert rc == 2 and "reward_model='tiny-org/nope'" in err
+    assert "reward model 'tiny-org/nope' (revision 'main')" in err
+
+
+def test_cli_unknown_hub_dataset_offline(
+    offline: TinyHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["sft", "--model", offline.policy, "--total_steps", "1", *QUIET]
+    rc, _, err = run_cli([*base, "--dataset", "tiny-org/absent"], capsys)
     assert rc == 2 and "dataset='tiny-org/absent'" in err
     assert f"not in the datasets cache at {offline.home / 'datasets'}" in err
     assert "offline (HF_HUB_OFFLINE=1)" in err
-    rc, _, err = run_cli(
-        [*base, "--model", offline.policy, "--dataset", offline.messages, "--dataset_split", "x"],
-        capsys,
-    )
+    rc, _, err = run_cli([*base, "--dataset", offline.messages, "--dataset_split", "x"], capsys)
     assert rc == 2 and "dataset='tiny-org/messages'" in err and "split" in err
-    # a column the command needs is missing: the source, row and column are named
+
+
+def test_cli_wrong_column_names_source_row_and_column(
+    offline: TinyHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, _, err = run_cli(
         ["grpo", "--model", offline.policy, "--dataset", offline.messages, "--total_steps", "1"]
         + ["--reward_funcs", "exact_match", *QUIET],
         capsys,
     )
     assert rc == 1
-    assert "tiny-org/messages split 'train': row 1 (index 0), column 'prompt': missing column" in (
-        err
+    assert (
+        "tiny-org/messages split 'train': row 1 (index 0), column 'prompt': missing column "
+        "(the row has ['messages', 'tools'])" in err
     )
 
 
@@ -375,3 +394,28 @@ def test_subprocess_with_the_environment_only(hub: TinyHub, tmp_path: pathlib.Pa
     assert res.returncode == 2
     assert "model='tiny-org/absent'" in res.stderr and "HF_HUB_OFFLINE=1" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# datasets by Hub id, streamed, or as datasets.Dataset objects
+
+
+def test_hub_datasets_stream_split_and_dataset_objects(offline: TinyHub) -> None:
+    import datasets
+
+    from rlhf_core.data import DataError, load_preferences, load_prompts, load_sft_dataset
+
+    tok = models.load_tokenizer(offline.policy)
+    streamed = load_prompts(offline.prompts, tokenizer=tok, streaming=True, limit=3)
+    assert len(streamed) == 3 and streamed.report.total == 3
+    assert streamed.columns["answer"] == ["0", "1", "2"]
+    assert streamed.prompts == load_prompts(offline.prompts, tokenizer=tok).prompts[:3]
+    assert len(load_preferences(offline.preferences, split="test")) == 2
+    with pytest.raises(DataError, match=r"no split|Unknown split") as info:
+        load_preferences(offline.preferences, split="validation")
+    assert info.value.kind == "split" and info.value.row is None
+    # a datasets.Dataset (what load_dataset returns) is rows like any list of dicts
+    ds = datasets.load_dataset(offline.messages, split="train")
+    conv = load_sft_dataset(ds, tokenizer=tok)
+    assert len(conv) == 13 and conv.source == "<list>"
+    assert conv.tools[-1][0]["function"]["name"] == "add"  # nulls Arrow added are gone
