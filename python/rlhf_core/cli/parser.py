@@ -233,13 +233,14 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         hints = type_hints(cmd.config)
         for alias, name in sorted(aliases.items()):
             flag = strip_optional(hints.get(name))[0] is bool  # may be given bare
+            kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if flag else {}
             group.add_argument(
                 f"--{alias}",
                 dest=f"alias.{alias}",
                 default=argparse.SUPPRESS,
                 metavar="BOOL" if flag else "VALUE",
                 help=f"= --{name}",
-                **({"nargs": "?", "const": "true"} if flag else {}),
+                **kwargs,
             )
     return parser
 
