@@ -41,8 +41,8 @@ test: build test-rust lint test-python test-wheel test-vllm ## set up everything
 test-rust: ## Rust core tests (no Python needed), clippy -D warnings, fmt check, bench compile
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test -p rlhf-core-kernels --release
-	cargo bench -p rlhf-core-kernels --no-run
+	cargo test -p rlhf-core --release
+	cargo bench -p rlhf-core --no-run
 
 lint: setup ## ruff and mypy on the Python package
 	$(BIN)/ruff check python tests benches
@@ -56,7 +56,7 @@ bench: build ## Python benchmarks: kernels and buffer against numpy / Python bas
 	$(BIN)/python benches/bench_buffer.py
 
 bench-rust: ## criterion benches of the core kernels
-	cargo bench -p rlhf-core-kernels
+	cargo bench -p rlhf-core
 
 wheel: setup ## build the abi3 manylinux2014 release wheel (Python >= 3.10) into dist/ (zig links against old glibc)
 	$(BIN)/pip install -q -c requirements/constraints.txt ziglang

@@ -21,9 +21,12 @@
 //! the tail of the `exp` polynomial (see [`k3_f32`]), in f64 from a Taylor series for
 //! `|Δ| ≤ 0.5`.
 
+use std::str::FromStr;
+
+use super::gae::valid_end;
 use crate::error::{CoreError, Result};
-use crate::gae::valid_end;
-use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::layout::{check_mask, Float, Layout, MaskValue};
+use crate::parallel::{for_each_item, split_rows};
 use crate::simd::vectorized;
 
 /// Elements per parallel chunk of the purely elementwise [`kl`].
@@ -38,10 +41,12 @@ pub enum Estimator {
     Abs,
 }
 
-impl Estimator {
+impl FromStr for Estimator {
+    type Err = CoreError;
+
     /// `"k1"`, `"k2"`, `"k3"`, `"abs"`; verl's names `"kl"`, `"mse"`, `"low_var_kl"` are
     /// accepted as aliases of k1, k2, k3.
-    pub fn parse(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "k1" | "kl" => Ok(Estimator::K1),
             "k2" | "mse" => Ok(Estimator::K2),
@@ -54,12 +59,12 @@ impl Estimator {
     }
 }
 
-/// Validate a clamp bound: `None`, or a non-negative number (inf allowed).
-pub fn check_clamp(clamp: Option<f64>) -> Result<()> {
+/// Validate a clamp bound named `name`: `None`, or a non-negative number (inf allowed).
+pub fn check_clamp(name: &str, clamp: Option<f64>) -> Result<()> {
     if let Some(c) = clamp {
         if c.is_nan() || c < 0.0 {
             return Err(CoreError::option(format!(
-                "clamp must be None or >= 0, got {c}"
+                "{name} must be None or >= 0, got {c}"
             )));
         }
     }
@@ -289,7 +294,7 @@ pub fn kl<F: KlFloat>(
     clamp: Option<f64>,
     out: &mut [F],
 ) -> Result<()> {
-    check_clamp(clamp)?;
+    check_clamp("clamp", clamp)?;
     if ref_logp.len() != logp.len() || out.len() != logp.len() {
         return Err(CoreError::shape(format!(
             "ref_logp has {} values, logp has {}; they must match",
@@ -321,7 +326,7 @@ pub fn shaped_rewards<F: KlFloat, M: MaskValue>(
     clamp: Option<f64>,
     out: &mut [F],
 ) -> Result<()> {
-    check_clamp(clamp)?;
+    check_clamp("clamp", clamp)?;
     if !beta.is_finite() {
         return Err(CoreError::option(format!(
             "beta must be finite, got {beta}"
@@ -460,8 +465,8 @@ mod tests {
         assert_eq!(&out[..3], &[0.0, 0.5, 1250.0]);
         kl(&lp, &rf, Estimator::Abs, None, &mut out).unwrap();
         assert_eq!(&out[..4], &[0.0, 1.0, 50.0, f64::INFINITY]);
-        assert!(Estimator::parse("k4").is_err());
-        assert!(check_clamp(Some(-1.0)).is_err());
+        assert!("k4".parse::<Estimator>().is_err());
+        assert!(check_clamp("clamp", Some(-1.0)).is_err());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! makes them zero-reward steps (`G_next ← γ·G_next`). Masked and padding slots of the output
 //! are exactly 0. Arithmetic runs in f64.
 
+use super::gae::{check_unit, valid_end, Masked};
 use crate::error::Result;
-use crate::gae::{check_unit, valid_end, Masked};
-use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::layout::{check_mask, Float, Layout, MaskValue};
+use crate::parallel::{for_each_item, split_rows};
 
 /// Discounted returns of `rewards` (one per slot of `layout`) into `out` (every slot written).
 pub fn discounted_returns<F: Float, M: MaskValue>(

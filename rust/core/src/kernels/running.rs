@@ -1,13 +1,13 @@
 //! Mergeable running mean and variance (for reward normalisation across steps and ranks).
 //!
 //! The state is `(count, mean, m2)`; a batch is reduced two-pass in f64 (see
-//! [`crate::stats::Moments`]) and folded in with Chan et al.'s pairwise update, which is also
+//! [`super::stats::Moments`]) and folded in with Chan et al.'s pairwise update, which is also
 //! how two accumulators (e.g. from two data-parallel ranks) merge. Merging is exact up to
 //! rounding and does not depend on how the data was split into batches.
 
+use super::stats::{batch_moments, Moments};
 use crate::error::{CoreError, Result};
-use crate::layout::{Float, MaskValue};
-use crate::stats::Moments;
+use crate::layout::{Float, Layout, MaskValue};
 
 /// Running moments with a fixed `ddof` for [`RunningMoments::var`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,7 +40,10 @@ impl RunningMoments {
                 )));
             }
         }
-        self.moments = self.moments.merge(&Moments::of_slice(x, mask));
+        // The batch's blocks in parallel when large, merged in order: the same bits as
+        // `Moments::of_slice` for any thread count.
+        let batch = batch_moments(&Layout::padded(1, x.len()), x, mask)?;
+        self.moments = self.moments.merge(&batch);
         Ok(())
     }
 

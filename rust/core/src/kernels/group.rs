@@ -21,27 +21,81 @@
 //! Statistics are two-pass in f64. The work is O(B) and runs serially.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use crate::error::{CoreError, Result};
 use crate::layout::Float;
 
+/// What each score is compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
+    /// The group mean (GRPO).
     Mean,
+    /// The mean of the other members (RLOO).
     LeaveOneOut,
 }
 
+impl FromStr for Baseline {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Baseline::Mean),
+            "leave_one_out" => Ok(Baseline::LeaveOneOut),
+            _ => Err(CoreError::option(format!(
+                "baseline must be 'mean' or 'leave_one_out', got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// What the centred scores are divided by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scale {
+    /// The group's standard deviation (+ eps).
     Group,
+    /// The standard deviation of every scorable score of the batch (+ eps).
     Batch,
+    /// Nothing (Dr.GRPO, RLOO).
     None,
 }
 
+impl FromStr for Scale {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "group" => Ok(Scale::Group),
+            "batch" => Ok(Scale::Batch),
+            "none" => Ok(Scale::None),
+            _ => Err(CoreError::option(format!(
+                "scale must be 'group', 'batch' or 'none', got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// What a group with one scorable member gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Singleton {
+    /// Advantage 0.
     Zero,
+    /// Its raw score.
     Raw,
+}
+
+impl FromStr for Singleton {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "zero" => Ok(Singleton::Zero),
+            "raw" => Ok(Singleton::Raw),
+            _ => Err(CoreError::option(format!(
+                "singleton must be 'zero' or 'raw', got {s:?}"
+            ))),
+        }
+    }
 }
 
 /// Options of [`group_advantages`].
@@ -56,42 +110,14 @@ pub struct GroupOptions {
 }
 
 impl GroupOptions {
-    /// Parse and validate the Python-facing option values.
-    pub fn parse(
-        baseline: &str,
-        scale: &str,
+    /// Check `ddof` (0 or 1) and `eps` (finite, >= 0).
+    pub fn new(
+        baseline: Baseline,
+        scale: Scale,
         ddof: i64,
         eps: f64,
-        singleton: &str,
+        singleton: Singleton,
     ) -> Result<Self> {
-        let baseline = match baseline {
-            "mean" => Baseline::Mean,
-            "leave_one_out" => Baseline::LeaveOneOut,
-            _ => {
-                return Err(CoreError::option(format!(
-                    "baseline must be 'mean' or 'leave_one_out', got {baseline:?}"
-                )))
-            }
-        };
-        let scale = match scale {
-            "group" => Scale::Group,
-            "batch" => Scale::Batch,
-            "none" => Scale::None,
-            _ => {
-                return Err(CoreError::option(format!(
-                    "scale must be 'group', 'batch' or 'none', got {scale:?}"
-                )))
-            }
-        };
-        let singleton = match singleton {
-            "zero" => Singleton::Zero,
-            "raw" => Singleton::Raw,
-            _ => {
-                return Err(CoreError::option(format!(
-                    "singleton must be 'zero' or 'raw', got {singleton:?}"
-                )))
-            }
-        };
         if ddof != 0 && ddof != 1 {
             return Err(CoreError::option(format!(
                 "ddof must be 0 or 1, got {ddof}"
@@ -372,7 +398,14 @@ mod tests {
     use super::*;
 
     fn opts(baseline: &str, scale: &str, singleton: &str) -> GroupOptions {
-        GroupOptions::parse(baseline, scale, 1, 1e-6, singleton).unwrap()
+        GroupOptions::new(
+            baseline.parse().unwrap(),
+            scale.parse().unwrap(),
+            1,
+            1e-6,
+            singleton.parse().unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -465,8 +498,8 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("got -2"));
-        assert!(GroupOptions::parse("mean", "grp", 1, 0.0, "zero").is_err());
-        assert!(GroupOptions::parse("mean", "group", 2, 0.0, "zero").is_err());
+        assert!("grp".parse::<Scale>().is_err());
+        assert!(GroupOptions::new(Baseline::Mean, Scale::Group, 2, 0.0, Singleton::Zero).is_err());
         let e =
             group_advantages(&[0.0, f32::INFINITY], Groups::Size(1), &o, &mut a[..2]).unwrap_err();
         assert!(e.message().starts_with("scores[1] is inf"), "{e}");

@@ -18,8 +18,11 @@
 //! Masked and padding slots of both outputs are exactly 0; their inputs are never read, so NaN
 //! or inf there does no harm. Arithmetic runs in f64 whatever the element type.
 
+use std::str::FromStr;
+
 use crate::error::{CoreError, Result};
-use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::layout::{check_mask, Float, Layout, MaskValue};
+use crate::parallel::{for_each_item, split_rows};
 
 /// What masked tokens inside a sequence mean to a reverse recurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +33,10 @@ pub enum Masked {
     Zero,
 }
 
-impl Masked {
-    pub fn parse(s: &str) -> Result<Self> {
+impl FromStr for Masked {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "skip" => Ok(Masked::Skip),
             "zero" => Ok(Masked::Zero),
@@ -299,7 +304,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message().starts_with("bootstrap has 2 entries"), "{e}");
-        assert!(Masked::parse("skipp")
+        assert!("skipp"
+            .parse::<Masked>()
             .unwrap_err()
             .message()
             .contains("'skip' or 'zero'"));

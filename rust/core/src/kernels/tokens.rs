@@ -5,10 +5,13 @@
 //! * [`reduce_tokens`]: sum or mean of each sequence's valid tokens (f64 accumulation; the
 //!   mean of a sequence without valid tokens is 0).
 
+use std::str::FromStr;
+
+use super::stats::row_sum_count;
 use crate::error::{CoreError, Result};
-use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::layout::{check_mask, Float, Layout, MaskValue};
+use crate::parallel::{for_each_item, split_rows};
 use crate::simd::vectorized;
-use crate::stats::row_sum_count;
 
 /// Broadcast `seq_values` (one per row) onto the valid slots of `layout`; every slot of `out`
 /// is written.
@@ -49,8 +52,10 @@ pub enum Reduce {
     Mean,
 }
 
-impl Reduce {
-    pub fn parse(s: &str) -> Result<Self> {
+impl FromStr for Reduce {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "sum" => Ok(Reduce::Sum),
             "mean" => Ok(Reduce::Mean),

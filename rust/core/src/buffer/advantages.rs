@@ -1,8 +1,8 @@
 //! Advantage estimators run in place on a [`RolloutBuffer`]'s flat ragged fields.
 //!
-//! The kernels ([`crate::gae`], [`crate::returns`], [`crate::group`], [`crate::kl`],
-//! [`crate::stats`]) read the buffer's columns directly with `response_offsets` as a ragged
-//! layout: no copy when the fields already have the buffer's `float_dtype`.
+//! The [`kernels`](crate::kernels) read the buffer's columns directly with `response_offsets`
+//! as a ragged layout: no copy when the fields already have the buffer's `float_dtype`. The
+//! options of each estimator are typed in [`super::estimators`].
 //!
 //! Estimators (defaults in brackets; the anchor each matches is named):
 //! - `gae` (PPO): per-token rewards `r_t` = the `rewards` field when held (it is the whole
@@ -26,202 +26,29 @@
 //! Group estimators take groups from the `group_ids` field, or contiguous groups of
 //! `group_size`. `scale` overrides the estimator's std scaling (`group`, `batch`, `none`).
 //!
-//! Valid tokens: response tokens whose `loss_mask` (if held) is true. A sequence whose score is
-//! NaN (unscorable) gets advantage 0 and is left out of whitening statistics.
+//! Valid tokens are [`RolloutBuffer::valid_tokens`]: `loss_mask` (if held) true and the
+//! sequence's score not NaN. A sequence whose score is NaN (unscorable) gets advantage 0 and is
+//! left out of whitening statistics.
 //!
 //! Whitening `(x − μ)/sqrt(σ² + whiten_eps)` (verl's `masked_whiten`): `token` weighs every valid
-//! token equally (unbiased variance, ddof 1: via [`crate::stats::masked_whiten`] for per-token
-//! advantages, and for per-sequence ones the token-count-weighted variance over `N_tok − 1`, the
-//! same numbers as whitening the broadcast tokens); `sequence` weighs every sequence equally (each of its valid tokens gets weight
-//! 1/n_valid; population variance); `none` leaves them as computed.
+//! token equally (unbiased variance, ddof 1: via [`crate::kernels::stats::masked_whiten`] for
+//! per-token advantages, and for per-sequence ones the token-count-weighted variance over
+//! `N_tok − 1`, the same numbers as whitening the broadcast tokens); `sequence` weighs every
+//! sequence equally (each of its valid tokens gets weight 1/n_valid; population variance);
+//! `none` leaves them as computed.
 
 use std::borrow::Cow;
 
-use crate::buffer::{Advantages, Column, RolloutBuffer};
+use super::column::{Column, DType};
+use super::estimators::{AdvantageOptions, ReinforceAdvantages, Whiten};
+use super::store::{Advantages, RolloutBuffer};
 use crate::error::{CoreError, Result};
-use crate::gae::{gae, GaeOptions, Masked};
-use crate::group::{group_advantages, GroupOptions, GroupStats, Groups};
-use crate::kl::{shaped_rewards, Estimator as KlEstimator, KlFloat};
-use crate::layout::{Float, Layout};
-use crate::returns::discounted_returns;
-use crate::stats::{masked_whiten, Axis, WhitenOptions};
-
-/// Which estimator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Estimator {
-    Gae,
-    ReinforcePP,
-    Grpo,
-    DrGrpo,
-    Rloo,
-    ReinforcePPBaseline,
-}
-
-impl Estimator {
-    pub fn parse(s: &str) -> Result<Estimator> {
-        match s {
-            "gae" => Ok(Estimator::Gae),
-            "reinforce++" => Ok(Estimator::ReinforcePP),
-            "grpo" => Ok(Estimator::Grpo),
-            "dr_grpo" => Ok(Estimator::DrGrpo),
-            "rloo" => Ok(Estimator::Rloo),
-            "reinforce++_baseline" => Ok(Estimator::ReinforcePPBaseline),
-            other => Err(CoreError::option(format!(
-                "estimator must be one of 'gae', 'grpo', 'dr_grpo', 'rloo', 'reinforce++', \
-                 'reinforce++_baseline', got {other:?}"
-            ))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Estimator::Gae => "gae",
-            Estimator::ReinforcePP => "reinforce++",
-            Estimator::Grpo => "grpo",
-            Estimator::DrGrpo => "dr_grpo",
-            Estimator::Rloo => "rloo",
-            Estimator::ReinforcePPBaseline => "reinforce++_baseline",
-        }
-    }
-
-    fn is_group(self) -> bool {
-        matches!(
-            self,
-            Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo | Estimator::ReinforcePPBaseline
-        )
-    }
-}
-
-/// Whitening of the advantages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Whiten {
-    None,
-    Token,
-    Sequence,
-}
-
-/// Everything [`compute`] needs, checked.
-#[derive(Debug, Clone, Copy)]
-pub struct AdvantageOptions {
-    pub estimator: Estimator,
-    pub gamma: f64,
-    pub lam: f64,
-    pub masked: Masked,
-    pub kl_coef: f64,
-    pub kl_estimator: KlEstimator,
-    pub kl_clamp: Option<f64>,
-    pub group: GroupOptions,
-    pub group_size: Option<usize>,
-    pub whiten: Whiten,
-    pub whiten_eps: f64,
-}
-
-impl AdvantageOptions {
-    /// Parse and check the options; `scale` and `whiten` default per estimator when `None`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn parse(
-        estimator: &str,
-        gamma: f64,
-        lam: f64,
-        masked: &str,
-        kl_coef: f64,
-        kl_estimator: &str,
-        kl_clamp: Option<f64>,
-        ddof: i64,
-        eps: f64,
-        singleton: &str,
-        scale: Option<&str>,
-        whiten: Option<&str>,
-        whiten_eps: f64,
-        group_size: Option<i64>,
-    ) -> Result<AdvantageOptions> {
-        let est = Estimator::parse(estimator)?;
-        let (baseline, default_scale) = match est {
-            Estimator::Grpo => ("mean", "group"),
-            Estimator::DrGrpo | Estimator::ReinforcePPBaseline => ("mean", "none"),
-            Estimator::Rloo => ("leave_one_out", "none"),
-            Estimator::Gae | Estimator::ReinforcePP => ("mean", "none"),
-        };
-        if scale.is_some() && !est.is_group() {
-            return Err(CoreError::option(format!(
-                "scale applies to group estimators, not {estimator:?}"
-            )));
-        }
-        let group = GroupOptions::parse(
-            baseline,
-            scale.unwrap_or(default_scale),
-            ddof,
-            eps,
-            singleton,
-        )?;
-        let default_whiten = match est {
-            Estimator::Gae | Estimator::ReinforcePP | Estimator::ReinforcePPBaseline => "token",
-            _ => "none",
-        };
-        let whiten = match whiten.unwrap_or(default_whiten) {
-            "none" => Whiten::None,
-            "token" => Whiten::Token,
-            "sequence" => Whiten::Sequence,
-            other => {
-                return Err(CoreError::option(format!(
-                    "whiten must be 'none', 'token' or 'sequence', got {other:?}"
-                )))
-            }
-        };
-        if !(whiten_eps.is_finite() && whiten_eps >= 0.0) {
-            return Err(CoreError::option(format!(
-                "whiten_eps must be finite and >= 0, got {whiten_eps}"
-            )));
-        }
-        if !kl_coef.is_finite() {
-            return Err(CoreError::option(format!(
-                "kl_coef must be finite, got {kl_coef}"
-            )));
-        }
-        if kl_coef != 0.0 && matches!(est, Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo) {
-            return Err(CoreError::option(format!(
-                "kl_coef puts a KL penalty into the rewards of gae / reinforce++ / reinforce++_baseline; {estimator} \
-                 uses scores only (put the KL term in the loss instead)"
-            )));
-        }
-        for (name, x) in [("gamma", gamma), ("lam", lam)] {
-            if !(0.0..=1.0).contains(&x) {
-                return Err(CoreError::option(format!(
-                    "{name} must be in [0, 1], got {x}"
-                )));
-            }
-        }
-        if let Some(c) = kl_clamp {
-            if c.is_nan() || c < 0.0 {
-                return Err(CoreError::option(format!(
-                    "kl_clamp must be None or >= 0, got {c}"
-                )));
-            }
-        }
-        let group_size = match group_size {
-            None => None,
-            Some(g) if g >= 1 => Some(g as usize),
-            Some(g) => {
-                return Err(CoreError::option(format!(
-                    "group_size must be a positive integer, got {g}"
-                )))
-            }
-        };
-        Ok(AdvantageOptions {
-            estimator: est,
-            gamma,
-            lam,
-            masked: Masked::parse(masked)?,
-            kl_coef,
-            kl_estimator: KlEstimator::parse(kl_estimator)?,
-            kl_clamp,
-            group,
-            group_size,
-            whiten,
-            whiten_eps,
-        })
-    }
-}
+use crate::kernels::gae::gae;
+use crate::kernels::group::{group_advantages, GroupStats, Groups};
+use crate::kernels::kl::{shaped_rewards, KlFloat};
+use crate::kernels::returns::discounted_returns;
+use crate::kernels::stats::{masked_whiten, weighted_whiten, Axis, WhitenOptions};
+use crate::layout::Layout;
 
 /// f32 / f64 views of buffer columns.
 trait ColumnFloat: KlFloat {
@@ -295,6 +122,7 @@ fn need<'a>(buf: &'a RolloutBuffer, name: &str, why: &str) -> Result<&'a Column>
 /// Run the estimator and store its results in the buffer. Returns group statistics for
 /// group estimators.
 pub fn compute(buf: &mut RolloutBuffer, opts: &AdvantageOptions) -> Result<Option<GroupStats>> {
+    opts.check()?;
     if buf.is_empty() {
         return Err(CoreError::option(
             "the buffer holds no sequences; add rollouts first",
@@ -305,11 +133,11 @@ pub fn compute(buf: &mut RolloutBuffer, opts: &AdvantageOptions) -> Result<Optio
     // buffer holds no more than its results between steps.
     let mut pool = Pool(buf.take_spare());
     let (adv, ret, stats) = match buf.float_dtype() {
-        crate::buffer::DType::F64 => compute_typed::<f64>(buf, opts, &mut pool)?,
+        DType::F64 => compute_typed::<f64>(buf, opts, &mut pool)?,
         _ => compute_typed::<f32>(buf, opts, &mut pool)?,
     };
     drop(pool);
-    buf.set_advantages(opts.estimator.name(), adv, ret)?;
+    buf.set_advantages(opts.estimator().name(), adv, ret)?;
     Ok(stats)
 }
 
@@ -353,36 +181,16 @@ fn compute_typed<F: ColumnFloat>(
     let n = buf.len();
     let offsets = buf.response_offsets();
     let layout = Layout::ragged(offsets, buf.num_response_tokens())?;
-    let what = opts.estimator.name();
+    let what = opts.estimator().name();
     let scores: Option<Cow<'_, [F]>> = buf.seq_field("scores").map(F::borrow);
-
     // Valid tokens: loss_mask AND the sequence's score is not NaN.
-    let loss_mask: Option<&[bool]> = match buf.token_field("loss_mask") {
-        Some(Column::Bool(v)) => Some(v),
-        _ => None,
-    };
-    let nan_seq: Vec<bool> = match &scores {
-        Some(s) => s.iter().map(|x| x.is_nan()).collect(),
-        None => vec![false; n],
-    };
-    let mask: Option<Cow<'_, [bool]>> = if nan_seq.iter().any(|&b| b) {
-        let mut m: Vec<bool> =
-            loss_mask.map_or_else(|| vec![true; buf.num_response_tokens()], |m| m.to_vec());
-        for (i, &bad) in nan_seq.iter().enumerate() {
-            if bad {
-                m[offsets[i] as usize..offsets[i + 1] as usize].fill(false);
-            }
-        }
-        Some(Cow::Owned(m))
-    } else {
-        loss_mask.map(Cow::Borrowed)
-    };
-    let mask_ref: Option<&[bool]> = mask.as_deref();
+    let valid = buf.valid_tokens();
+    let mask_ref: Option<&[bool]> = valid.mask();
 
     // Group estimators: centred (and maybe scaled) scores, one per sequence.
     let mut group_stats = None;
     let mut seq_scores: Option<Vec<F>> = None;
-    if opts.estimator.is_group() {
+    if let Some(grouping) = opts.grouping() {
         let s = scores.as_deref().ok_or_else(|| {
             CoreError::field(format!(
                 "{what} needs the per-sequence field \"scores\", which this buffer does not hold"
@@ -393,7 +201,7 @@ fn compute_typed<F: ColumnFloat>(
             Some(Column::I32(v)) => Some(Cow::Owned(v.iter().map(|&x| x as i64).collect())),
             _ => None,
         };
-        let groups = match (opts.group_size, ids.as_deref()) {
+        let groups = match (grouping.size, ids.as_deref()) {
             (Some(g), _) => Groups::Size(g),
             (None, Some(ids)) => Groups::Ids(ids),
             (None, None) => {
@@ -403,44 +211,39 @@ fn compute_typed<F: ColumnFloat>(
             }
         };
         let mut out = vec![F::ZERO; n];
-        group_stats = Some(group_advantages(s, groups, &opts.group, &mut out)?);
+        group_stats = Some(group_advantages(s, groups, &grouping.options, &mut out)?);
         seq_scores = Some(out);
     }
 
-    let per_sequence = match opts.estimator {
-        Estimator::Grpo | Estimator::DrGrpo | Estimator::Rloo => true,
-        Estimator::ReinforcePPBaseline => {
-            opts.kl_coef == 0.0 && opts.gamma == 1.0 && buf.token_field("rewards").is_none()
+    let kl = opts.kl();
+    let whiten = opts.whitening();
+    let per_sequence = match opts {
+        AdvantageOptions::Group(_) => true,
+        AdvantageOptions::Reinforce(r) => {
+            r.baseline.is_some()
+                && kl.coef == 0.0
+                && r.gamma == 1.0
+                && buf.token_field("rewards").is_none()
         }
-        Estimator::Gae | Estimator::ReinforcePP => false,
+        AdvantageOptions::Gae(_) => false,
     };
 
     if per_sequence {
         let mut a = seq_scores.expect("group estimators computed per-sequence scores");
         // Valid-token count per sequence (0 for NaN-score sequences: excluded from whitening);
         // only whitening needs it (the group estimators' default is no whitening).
-        let counts = || -> Vec<f64> {
-            (0..n)
-                .map(|i| {
-                    let r = offsets[i] as usize..offsets[i + 1] as usize;
-                    match mask_ref {
-                        None => r.len() as f64,
-                        Some(m) => m[r].iter().filter(|&&b| b).count() as f64,
-                    }
-                })
-                .collect()
-        };
-        match opts.whiten {
+        let counts = || -> Vec<f64> { valid.counts().into_iter().map(|c| c as f64).collect() };
+        match whiten.mode {
             Whiten::None => {}
             // Frequency weights with ddof 1: exactly `masked_whiten` of the broadcast tokens.
-            Whiten::Token => weighted_whiten(&mut a, &counts(), 1.0, opts.whiten_eps),
+            Whiten::Token => weighted_whiten(&mut a, &counts(), 1.0, whiten.eps),
             Whiten::Sequence => {
                 // a NaN-score sequence has count 0 already (its tokens are masked out)
                 let w: Vec<f64> = counts()
                     .iter()
                     .map(|&c| if c == 0.0 { 0.0 } else { 1.0 })
                     .collect();
-                weighted_whiten(&mut a, &w, 0.0, opts.whiten_eps);
+                weighted_whiten(&mut a, &w, 0.0, whiten.eps);
             }
         }
         return Ok((Advantages::Sequence(F::column(a)), None, group_stats));
@@ -471,7 +274,7 @@ fn compute_typed<F: ColumnFloat>(
         }
     };
     let mut rewards: Vec<F> = pool.zeros(t);
-    if opts.kl_coef != 0.0 {
+    if kl.coef != 0.0 {
         let lp = F::borrow(need(buf, "logprobs", "kl_coef != 0")?);
         let rf = F::borrow(need(buf, "ref_logprobs", "kl_coef != 0")?);
         shaped_rewards(
@@ -480,9 +283,9 @@ fn compute_typed<F: ColumnFloat>(
             &lp,
             &rf,
             mask_ref,
-            opts.kl_coef,
-            opts.kl_estimator,
-            opts.kl_clamp,
+            kl.coef,
+            kl.estimator,
+            kl.clamp,
             &mut rewards,
         )?;
     } else if outcome.is_some() {
@@ -509,35 +312,33 @@ fn compute_typed<F: ColumnFloat>(
     // `rewards` is scratch once the recurrence has read it: it receives the whitened (or
     // copied) advantages, so only two more token-sized buffers are allocated.
     let mut scratch = rewards;
-    let (raw_adv, ret) = match opts.estimator {
-        Estimator::Gae => {
+    let (raw_adv, ret) = match opts {
+        AdvantageOptions::Gae(g) => {
             let values = F::borrow(need(buf, "values", "gae")?);
             // every slot of a ragged layout belongs to a row: GAE writes all of them
             let (mut a, mut r): (Vec<F>, Vec<F>) = (pool.overwritten(t), pool.overwritten(t));
-            let g = GaeOptions {
-                gamma: opts.gamma,
-                lam: opts.lam,
-                masked: opts.masked,
-            };
             gae(
-                &layout, &scratch, &values, mask_ref, None, g, &mut a, &mut r,
+                &layout, &scratch, &values, mask_ref, None, g.gae, &mut a, &mut r,
             )?;
             (Some(a), r)
         }
-        _ => {
+        AdvantageOptions::Reinforce(ReinforceAdvantages { gamma, masked, .. }) => {
             let mut r: Vec<F> = pool.overwritten(t); // every slot written, as for GAE
-            discounted_returns(&layout, &scratch, mask_ref, opts.gamma, opts.masked, &mut r)?;
+            discounted_returns(&layout, &scratch, mask_ref, *gamma, *masked, &mut r)?;
             (None, r) // advantages = returns, before whitening
         }
+        AdvantageOptions::Group(_) => {
+            unreachable!("group estimators return per-sequence advantages above")
+        }
     };
-    let adv = match (opts.whiten, raw_adv) {
+    let adv = match (whiten.mode, raw_adv) {
         (Whiten::None, Some(a)) => a,
         (Whiten::None, None) => {
             scratch.copy_from_slice(&ret);
             scratch
         }
         (Whiten::Token, a) => {
-            let w = WhitenOptions::new(Axis::All, true, 1, opts.whiten_eps)?;
+            let w = WhitenOptions::new(Axis::All, true, 1, whiten.eps)?;
             masked_whiten(
                 &layout,
                 a.as_deref().unwrap_or(&ret),
@@ -558,17 +359,14 @@ fn compute_typed<F: ColumnFloat>(
             let mut w = vec![0.0f64; t];
             for i in 0..n {
                 let r = offsets[i] as usize..offsets[i + 1] as usize;
-                let c = match mask_ref {
-                    None => r.len(),
-                    Some(m) => m[r.clone()].iter().filter(|&&b| b).count(),
-                };
+                let c = valid.count(i);
                 for j in r {
                     if mask_ref.is_none_or(|m| m[j]) {
                         w[j] = 1.0 / c as f64;
                     }
                 }
             }
-            weighted_whiten(&mut adv, &w, 0.0, opts.whiten_eps);
+            weighted_whiten(&mut adv, &w, 0.0, whiten.eps);
             adv
         }
     };
@@ -577,40 +375,4 @@ fn compute_typed<F: ColumnFloat>(
         Some(F::column(ret)),
         group_stats,
     ))
-}
-
-/// Whiten `x` in place with weights `w` (≥ 0): `(x − μ)/sqrt(σ² + eps)` where μ is the weighted
-/// mean and σ² = Σ w(x − μ)² / (Σw − ddof) (two passes in f64; 0 when Σw ≤ ddof). `ddof` 0 is
-/// the weighted population variance; `ddof` 1 with integer frequency weights is the unbiased
-/// variance of the values repeated `w` times. Entries of weight 0 become 0 (all of `x` when
-/// every weight is 0).
-pub fn weighted_whiten<F: Float>(x: &mut [F], w: &[f64], ddof: f64, eps: f64) {
-    let (mut sw, mut swx) = (0.0f64, 0.0f64);
-    for (xi, &wi) in x.iter().zip(w) {
-        if wi > 0.0 {
-            sw += wi;
-            swx += wi * xi.to_f64();
-        }
-    }
-    if sw == 0.0 {
-        x.iter_mut().for_each(|v| *v = F::ZERO);
-        return;
-    }
-    let mu = swx / sw;
-    let mut ss = 0.0f64;
-    for (xi, &wi) in x.iter().zip(w) {
-        if wi > 0.0 {
-            let d = xi.to_f64() - mu;
-            ss += wi * d * d;
-        }
-    }
-    let var = if sw > ddof { ss / (sw - ddof) } else { 0.0 };
-    let inv = 1.0 / (var + eps).sqrt();
-    for (xi, &wi) in x.iter_mut().zip(w) {
-        *xi = if wi > 0.0 {
-            F::from_f64((xi.to_f64() - mu) * inv)
-        } else {
-            F::ZERO
-        };
-    }
 }

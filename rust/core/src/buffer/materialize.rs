@@ -36,9 +36,10 @@
 
 use rayon::prelude::*;
 
-use crate::buffer::{Advantages, Column, RolloutBuffer};
+use super::column::Column;
+use super::store::{Advantages, RolloutBuffer};
 use crate::error::{CoreError, Result};
-use crate::layout::parallel_enabled;
+use crate::parallel::parallel_enabled;
 
 /// One output array: name, shape (C order) and data.
 #[derive(Debug, Clone)]

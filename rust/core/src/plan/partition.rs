@@ -1,4 +1,4 @@
-//! Balanced partition of sequences by token count, and first-fit-decreasing packing.
+//! Balanced partition of sequences by token count.
 //!
 //! **Balanced partition** (multiway number partitioning): split `n` lengths into `k` parts so
 //! that the largest part sum is small. Used to give data-parallel ranks equal work and to cut
@@ -19,15 +19,12 @@
 //!
 //! Every tie is broken by index, so results are deterministic. Parts list their sequence
 //! indices in increasing order.
-//!
-//! **Packing** ([`pack`]): first-fit-decreasing (Johnson 1973) of lengths into rows of a fixed
-//! capacity; each row lists the original indices it holds, in increasing order, so outputs
-//! map back to the input order. A segment tree over the rows' free space finds the first row
-//! that fits in O(log n).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::str::FromStr;
 
+use super::lengths::sorted_desc_with_max;
 use crate::error::{CoreError, Result};
 
 /// Above this many sequences `Method::Best` skips its Karmarkar–Karp candidate (a heap
@@ -43,8 +40,10 @@ pub enum Method {
     Best,
 }
 
-impl Method {
-    pub fn parse(s: &str) -> Result<Method> {
+impl FromStr for Method {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Method> {
         match s {
             "kk" | "karmarkar_karp" => Ok(Method::Kk),
             "lpt" | "greedy" => Ok(Method::Lpt),
@@ -123,101 +122,6 @@ impl Partition {
             loads,
         }
     }
-}
-
-/// Non-negative lengths as u64 (an error names the first negative one).
-pub fn check_lengths(lengths: &[i64], name: &str) -> Result<Vec<u64>> {
-    lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| {
-            if l < 0 {
-                Err(CoreError::shape(format!(
-                    "{name}[{i}] is {l}; lengths must be non-negative"
-                )))
-            } else {
-                Ok(l as u64)
-            }
-        })
-        .collect()
-}
-
-/// Indices sorted by decreasing length, ties by increasing index, in O(n + max): a counting
-/// sort when the largest length is at most a few times `n` (the usual case for token counts),
-/// else a stable LSD radix sort with 11-bit digits over the bits the largest length needs.
-/// Returns `(order, sorted)`: `order[r]` is the index of rank `r`, `sorted[r]` its length.
-/// The algorithms below work on ranks, reading `sorted` in sequence instead of `lengths` at
-/// random (measured: the random reads were half of LPT's time at 8,192 sequences).
-pub(crate) fn sorted_desc(lengths: &[u64]) -> (Vec<u32>, Vec<u64>) {
-    sorted_desc_with_max(lengths, lengths.iter().copied().max().unwrap_or(0))
-}
-
-/// [`sorted_desc`] when the largest length is known already.
-fn sorted_desc_with_max(lengths: &[u64], max: u64) -> (Vec<u32>, Vec<u64>) {
-    let n = lengths.len();
-    if n >= 64 && max <= (4 * n as u64).max(1 << 16) {
-        // Counting sort writing both outputs as it goes. Bucket b holds length max − b;
-        // buckets in increasing b = decreasing length; within a bucket, increasing index.
-        let mut start = vec![0u32; max as usize + 2];
-        for &l in lengths {
-            start[(max - l) as usize + 1] += 1;
-        }
-        for b in 1..start.len() {
-            start[b] += start[b - 1];
-        }
-        let mut order = vec![0u32; n];
-        let mut sorted = vec![0u64; n];
-        for (i, &l) in lengths.iter().enumerate() {
-            let slot = &mut start[(max - l) as usize];
-            order[*slot as usize] = i as u32;
-            sorted[*slot as usize] = l;
-            *slot += 1;
-        }
-        return (order, sorted);
-    }
-    let order = sorted_order(lengths);
-    let sorted = order.iter().map(|&i| lengths[i as usize]).collect();
-    (order, sorted)
-}
-
-fn sorted_order(lengths: &[u64]) -> Vec<u32> {
-    let n = lengths.len();
-    debug_assert!(n <= u32::MAX as usize);
-    let max = lengths.iter().copied().max().unwrap_or(0);
-    let bits = 64 - max.leading_zeros() as usize;
-    if n < 64 || bits > 44 {
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by_key(|&i| Reverse(lengths[i as usize]));
-        return order;
-    }
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    const DIGIT: usize = 11;
-    const BUCKETS: usize = 1 << DIGIT;
-    let mut tmp = vec![0u32; n];
-    let mut count = vec![0usize; BUCKETS];
-    let mut shift = 0;
-    while shift < bits {
-        count.iter_mut().for_each(|c| *c = 0);
-        // Key (max - len) ascending == len descending; stability keeps ties by index.
-        let digit = |i: u32| (((max - lengths[i as usize]) >> shift) as usize) & (BUCKETS - 1);
-        for &i in &order {
-            count[digit(i)] += 1;
-        }
-        let mut acc = 0;
-        for c in count.iter_mut() {
-            let x = *c;
-            *c = acc;
-            acc += x;
-        }
-        for &i in &order {
-            let d = digit(i);
-            tmp[count[d]] = i;
-            count[d] += 1;
-        }
-        std::mem::swap(&mut order, &mut tmp);
-        shift += DIGIT;
-    }
-    order
 }
 
 /// Split `lengths` into `k` parts with balanced sums. See the module docs.
@@ -699,114 +603,4 @@ fn snake(n: usize, k: usize) -> Vec<u32> {
             (if round % 2 == 0 { pos } else { k - 1 - pos }) as u32
         })
         .collect()
-}
-
-/// A packing plan: rows of original indices (increasing within a row) and their loads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackPlan {
-    pub rows: Vec<Vec<usize>>,
-    pub loads: Vec<u64>,
-    pub capacity: u64,
-}
-
-/// First-fit-decreasing packing of `lengths` into rows of `capacity` tokens.
-pub fn pack(lengths: &[u64], capacity: u64) -> Result<PackPlan> {
-    if capacity == 0 {
-        return Err(CoreError::option("capacity must be at least 1"));
-    }
-    for (i, &l) in lengths.iter().enumerate() {
-        if l > capacity {
-            return Err(CoreError::capacity(format!(
-                "sequence {i} has {l} tokens, more than the pack capacity {capacity}"
-            )));
-        }
-    }
-    if lengths.len() > u32::MAX as usize {
-        return Err(CoreError::capacity(
-            "at most 2^32 - 1 sequences can be packed at once",
-        ));
-    }
-    let (order, sorted) = sorted_desc(lengths);
-    let mut rows: Vec<Vec<usize>> = ffd_rows(&sorted, capacity)
-        .into_iter()
-        .map(|r| r.into_iter().map(|j| order[j] as usize).collect())
-        .collect();
-    for r in &mut rows {
-        r.sort_unstable();
-    }
-    let loads = rows
-        .iter()
-        .map(|r| r.iter().map(|&i| lengths[i]).sum())
-        .collect();
-    Ok(PackPlan {
-        rows,
-        loads,
-        capacity,
-    })
-}
-
-/// First fit of `lens` (in the given order) into rows of `cap`; returns positions into `lens`
-/// per row. Every length must be ≤ `cap` (checked by the callers). Rows are opened left to
-/// right, so the leftmost leaf that fits is an open row or the next one to open.
-pub(crate) fn ffd_rows(lens: &[u64], cap: u64) -> Vec<Vec<usize>> {
-    let n = lens.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    // Segment tree over n potential rows holding their free space; leaves start at `cap`.
-    let size = n.next_power_of_two();
-    let mut tree = vec![0u64; 2 * size];
-    for leaf in 0..n {
-        tree[size + leaf] = cap;
-    }
-    for v in (1..size).rev() {
-        tree[v] = tree[2 * v].max(tree[2 * v + 1]);
-    }
-    let mut rows: Vec<Vec<usize>> = Vec::new();
-    for (j, &l) in lens.iter().enumerate() {
-        // Leftmost leaf with free space ≥ l (exists: unopened rows hold `cap` ≥ l).
-        let mut v = 1;
-        while v < size {
-            v = if tree[2 * v] >= l { 2 * v } else { 2 * v + 1 };
-        }
-        let row = v - size;
-        tree[v] -= l;
-        let mut u = v / 2;
-        while u >= 1 {
-            tree[u] = tree[2 * u].max(tree[2 * u + 1]);
-            u /= 2;
-        }
-        if row == rows.len() {
-            rows.push(Vec::new());
-        }
-        rows[row].push(j);
-    }
-    rows
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plan::SplitMix64;
-
-    /// Every path of `sorted_desc` (comparison, counting, radix) equals a plain stable sort.
-    #[test]
-    fn sorted_desc_paths_agree_with_a_plain_sort() {
-        let mut r = SplitMix64::new(5);
-        for (n, max) in [
-            (10, 100u64),
-            (500, 3000),
-            (500, 1 << 20),
-            (2000, 1 << 40),
-            (300, 0),
-        ] {
-            let lengths: Vec<u64> = (0..n).map(|_| r.below(max + 1)).collect();
-            let mut want: Vec<u32> = (0..n as u32).collect();
-            want.sort_by_key(|&i| Reverse(lengths[i as usize]));
-            let (order, sorted) = sorted_desc(&lengths);
-            assert_eq!(order, want, "n={n} max={max}");
-            let want_sorted: Vec<u64> = want.iter().map(|&i| lengths[i as usize]).collect();
-            assert_eq!(sorted, want_sorted);
-        }
-    }
 }

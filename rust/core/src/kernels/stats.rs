@@ -9,9 +9,13 @@
 //!
 //! Conventions (no NaN for empty selections): the mean of zero valid values is 0; the
 //! variance of `n <= ddof` valid values is 0.
+//!
+//! [`weighted_whiten`] whitens with per-entry weights (the buffer's per-sequence advantages).
+//! Logging summaries reduce with [`super::describe::flat_moments`] into the same [`Moments`].
 
 use crate::error::{CoreError, Result};
-use crate::layout::{check_mask, for_each_item, split_rows, Float, Layout, MaskValue};
+use crate::layout::{check_mask, Float, Layout, MaskValue};
+use crate::parallel::{for_each_item, split_rows};
 use crate::simd::{keep_f64, vectorized};
 
 /// Slots per reduction block (16 KiB of f32).
@@ -429,6 +433,46 @@ fn check_out<F>(out: &[F], n: usize) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Weighted whitening
+// ---------------------------------------------------------------------------------------------
+
+/// Whiten `x` in place with weights `w` (≥ 0): `(x − μ)/sqrt(σ² + eps)` where μ is the weighted
+/// mean and σ² = Σ w(x − μ)² / (Σw − ddof) (two passes in f64; 0 when Σw ≤ ddof). `ddof` 0 is
+/// the weighted population variance; `ddof` 1 with integer frequency weights is the unbiased
+/// variance of the values repeated `w` times. Entries of weight 0 become 0 (all of `x` when
+/// every weight is 0).
+pub fn weighted_whiten<F: Float>(x: &mut [F], w: &[f64], ddof: f64, eps: f64) {
+    let (mut sw, mut swx) = (0.0f64, 0.0f64);
+    for (xi, &wi) in x.iter().zip(w) {
+        if wi > 0.0 {
+            sw += wi;
+            swx += wi * xi.to_f64();
+        }
+    }
+    if sw == 0.0 {
+        x.iter_mut().for_each(|v| *v = F::ZERO);
+        return;
+    }
+    let mu = swx / sw;
+    let mut ss = 0.0f64;
+    for (xi, &wi) in x.iter().zip(w) {
+        if wi > 0.0 {
+            let d = xi.to_f64() - mu;
+            ss += wi * d * d;
+        }
+    }
+    let var = if sw > ddof { ss / (sw - ddof) } else { 0.0 };
+    let inv = 1.0 / (var + eps).sqrt();
+    for (xi, &wi) in x.iter_mut().zip(w) {
+        *xi = if wi > 0.0 {
+            F::from_f64((xi.to_f64() - mu) * inv)
+        } else {
+            F::ZERO
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +520,16 @@ mod tests {
             assert!((*a as f64 - b).abs() < 1e-6, "{w:?}");
         }
         assert_eq!(w[1], 0.0);
+    }
+
+    #[test]
+    fn weighted_whiten_of_frequency_weights_is_the_repeated_values() {
+        let mut x = [1.0f64, 4.0, 9.0];
+        weighted_whiten(&mut x, &[2.0, 1.0, 0.0], 1.0, 0.0);
+        // values 1, 1, 4: mean 2, unbiased variance 3
+        let s = 3f64.sqrt();
+        assert!((x[0] + 1.0 / s).abs() < 1e-12 && (x[1] - 2.0 / s).abs() < 1e-12);
+        assert_eq!(x[2], 0.0);
     }
 
     #[test]
