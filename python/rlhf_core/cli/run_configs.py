@@ -32,6 +32,7 @@ from rlhf_core.cli.run_fields import (
 from rlhf_core.errors import check_field
 from rlhf_core.trainers.best_of_n import BestOfNConfig
 from rlhf_core.trainers.dpo import DPOConfig
+from rlhf_core.trainers.generation_fields import GenerationFields
 from rlhf_core.trainers.grpo import GRPOConfig, ReinforcePPConfig, RLOOConfig
 from rlhf_core.trainers.ppo import PPOConfig
 from rlhf_core.trainers.reward import RewardConfig
@@ -215,8 +216,9 @@ class BestOfNRunConfig(_PromptRunFields, BestOfNConfig):
 
 
 @dataclass
-class _SamplingFields(DataFields, ModelFields):
-    """Fields shared by ``label`` and ``eval``."""
+class _SamplingFields(GenerationFields, DataFields, ModelFields):
+    """Fields shared by ``label`` and ``eval`` (and the rollout backend's, ``generation_backend``
+    with the ``vllm_*`` engine settings)."""
 
     run_dir: str = field(default="runs/out", metadata={"help": "output folder"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and builtin data"})
@@ -250,6 +252,7 @@ class _SamplingFields(DataFields, ModelFields):
 
     def _check_sampling(self) -> None:
         check_common(self)
+        self.check_generation_fields()
         check_field(
             self.num_prompts is None or self.num_prompts >= 1,
             "num_prompts",

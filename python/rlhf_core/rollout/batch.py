@@ -69,7 +69,14 @@ class Rollout:
             (N, T) and ``loss_mask`` bool (N, T-1) marking response tokens.
         logprobs, ref_logprobs, values: float32 (R_i,) per sequence, aligned with the response
             tokens: the rollout policy's and the reference's logprobs, the value model's values
-            (empty until the no-grad forwards ran; ``values`` only with a value model).
+            (empty until the no-grad forwards ran; ``values`` only with a value model;
+            ``ref_logprobs`` only when the trainer has a reference).
+        rollout_logprobs: float32 (R_i,) per sequence: the sampling engine's own logprobs of
+            the response tokens, when an engine other than the trained model sampled them
+            (vLLM); empty otherwise. Beside ``logprobs`` (the trainer's recomputed ones) they
+            measure and correct the rollout/trainer mismatch (:mod:`rlhf_core.losses_correction`).
+        backend: the backend that sampled the rows (``Completions.backend``: ``"hf"``,
+            ``"decode_loop"``, ``"vllm"``), None when unknown.
     """
 
     prompt_ids: list[np.ndarray]
@@ -84,6 +91,8 @@ class Rollout:
     logprobs: list[np.ndarray] = field(default_factory=list)
     ref_logprobs: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
+    rollout_logprobs: list[np.ndarray] = field(default_factory=list)
+    backend: str | None = None
 
     def __len__(self) -> int:
         return len(self.response_ids)

@@ -51,10 +51,6 @@ class BestOfNConfig(RolloutConfig):
         default=None,
         metadata={"help": "keep a prompt's best completion only if it scores at least this"},
     )
-    track_kl: bool = field(
-        default=True,
-        metadata={"help": "log the samples' KL to the reference (two extra forward passes)"},
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +103,7 @@ class BestOfNTrainer(RolloutTrainer):
         roll = self.collect(step, forward=cfg.track_kl)
         with self.timer.phase("bookkeeping"):
             metrics = rollout_metrics(roll, self.dist)
+            metrics.update(self.engine_metrics(roll))
             best = select_best(roll.scores, roll.group_ids, cfg.min_reward)
             sel = gather(roll.scores[best], self.dist)  # the winners of every rank
             metrics["best_of_n/num_selected"] = float(len(sel))

@@ -2,10 +2,13 @@
 
 - :class:`TrainerConfig`: run folder, steps, optimiser, schedule, checkpoints, logging,
   device, parallelism, LoRA; every trainer's config subclasses it.
+- :class:`GenerationFields`: which rollout backend samples (``generation_backend``) and the
+  vLLM engine's settings; in every :class:`RolloutConfig` and in the CLI's ``label`` / ``eval``.
 - :class:`RolloutConfig`: what a trainer that samples from its policy adds (batch of
-  completions, sampling, reward weights); best-of-N and the policy-gradient trainers.
+  completions, sampling, reward weights, weight sync, the reference); best-of-N and the
+  policy-gradient trainers.
 - :class:`RLConfig`: the policy-gradient fields (epochs, minibatches, clipping, aggregation,
-  KL, entropy); PPO, GRPO, RLOO, REINFORCE++.
+  KL, entropy, rollout/trainer mismatch correction); PPO, GRPO, RLOO, REINFORCE++.
 
 Every field carries ``metadata["help"]`` (the CLI builds its flags from them) and every
 ``__post_init__`` rejects a bad value with a message naming the field, its value and the fix.
@@ -19,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhf_core import losses as L
+from rlhf_core import losses_correction as LC
 from rlhf_core.errors import check_field
+from rlhf_core.trainers.generation_fields import GenerationFields
 
-__all__ = ["TrainerConfig", "RolloutConfig", "RLConfig"]
+__all__ = ["GenerationFields", "TrainerConfig", "RolloutConfig", "RLConfig"]
 
 
 @dataclass
@@ -175,7 +180,7 @@ class TrainerConfig:
 
 
 @dataclass
-class RolloutConfig(TrainerConfig):
+class RolloutConfig(GenerationFields, TrainerConfig):
     """Fields of every trainer that samples from its policy (on-policy RL, best-of-N)."""
 
     rollout_batch_size: int = field(
@@ -232,9 +237,30 @@ class RolloutConfig(TrainerConfig):
             "never finishing"
         },
     )
+    sync_every: int = field(
+        default=1,
+        metadata={
+            "help": "generation_backend 'vllm': load the policy's weights into the engine "
+            "before a step's generation when it is this many steps behind (1 = the latest "
+            "weights every step, TRL's and verl's default; k = up to k - 1 steps stale); 0 = "
+            "never (a diagnostic: the mismatch metrics then show the drift)"
+        },
+    )
+    track_kl: bool = field(
+        default=True,
+        metadata={
+            "help": "log the samples' KL to the reference ('kl', one more forward per step); "
+            "false with a KL coefficient of 0 builds no reference model at all (saves its "
+            "memory, as TRL does with beta = 0)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_generation_fields()
+        check_field(
+            self.sync_every >= 0, "sync_every", self.sync_every, "expected >= 1, or 0 = never"
+        )
         check_field(
             math.isfinite(self.missing_eos_penalty) and self.missing_eos_penalty >= 0,
             "missing_eos_penalty",
@@ -278,6 +304,12 @@ class RolloutConfig(TrainerConfig):
     @property
     def prompts_per_step(self) -> int:
         return self.rollout_batch_size // self.num_samples
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the trainer builds the frozen reference: for the KL it logs
+        (``track_kl``) or, in :class:`RLConfig`, optimises."""
+        return self.track_kl
 
 
 @dataclass
@@ -328,9 +360,70 @@ class RLConfig(RolloutConfig):
         default=False,
         metadata={"help": "leave completions without EOS out of the loss (DAPO overlong mask)"},
     )
+    vllm_importance_sampling_correction: bool = field(
+        default=True,
+        metadata={
+            "help": "when the rollout comes from an engine (generation_backend 'vllm'), weight "
+            "the clipped per-token loss by the detached ratio trainer / engine logprob, "
+            "truncated or masked by vllm_importance_sampling_mode (TRL's default: on; the "
+            "mismatch metrics are logged either way). No effect with the local backends"
+        },
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask",
+        metadata={
+            "help": f"one of {', '.join(LC.CORRECTION_MODES)}: token_truncate = TIS, token_mask "
+            "= IcePop (with both bounds), sequence_truncate / sequence_mask = the product ratio "
+            "of the sequence truncated / masked (MIS; TRL's default), geometric_mask = token "
+            "ratios of sequences whose geometric-mean ratio is within the bounds"
+        },
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=3.0, metadata={"help": "C_max of the weights (TRL: 3.0); none = no upper bound"}
+    )
+    vllm_importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "C_min of the weights (TRL: none = no lower bound)"}
+    )
+    vllm_importance_sampling_denominator: str = field(
+        default="original",
+        metadata={
+            "help": "tokens whose weight a mask mode set to 0: still counted in the loss's "
+            "token / sequence counts ('original', AReaL and slime) or left out of them "
+            "('kept', as verl's rejection sampling)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_field(
+            self.vllm_importance_sampling_mode in LC.CORRECTION_MODES,
+            "vllm_importance_sampling_mode",
+            self.vllm_importance_sampling_mode,
+            f"expected one of {LC.CORRECTION_MODES}",
+        )
+        check_field(
+            self.vllm_importance_sampling_denominator in LC.DENOMINATORS,
+            "vllm_importance_sampling_denominator",
+            self.vllm_importance_sampling_denominator,
+            f"expected one of {LC.DENOMINATORS}",
+        )
+        hi, lo = self.vllm_importance_sampling_clip_max, self.vllm_importance_sampling_clip_min
+        for name, v in (("vllm_importance_sampling_clip_max", hi),
+                        ("vllm_importance_sampling_clip_min", lo)):  # fmt: skip
+            check_field(v is None or (math.isfinite(v) and v >= 0), name, v,
+                        "expected a finite ratio >= 0, or none (no bound)")  # fmt: skip
+        check_field(
+            hi is not None or lo is not None,
+            "vllm_importance_sampling_clip_max",
+            hi,
+            "give at least one bound (clip_max, e.g. TRL's 3.0, and/or clip_min)",
+        )
+        check_field(
+            hi is None or lo is None or lo <= hi,
+            "vllm_importance_sampling_clip_min",
+            lo,
+            f"expected <= vllm_importance_sampling_clip_max={hi}",
+        )
         check_field(self.ppo_epochs >= 1, "ppo_epochs", self.ppo_epochs, "expected >= 1")
         if self.minibatch_size is not None:
             check_field(
@@ -384,3 +477,9 @@ class RLConfig(RolloutConfig):
             "expected > 0 (e.g. 10) or none",
         )
         check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
+
+    @property
+    def needs_reference(self) -> bool:
+        """The reference is built when the KL is optimised (``kl_coef`` > 0) or logged
+        (``track_kl``)."""
+        return self.kl_coef > 0 or self.track_kl

@@ -225,7 +225,8 @@ class PPOTrainer(PolicyGradientTrainer):
         )
         # metrics["kl"] is the KL of the global rollout and rollout_batch_size its size, so
         # every rank moves β the same way
-        self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
+        if "kl" in metrics:  # no reference (kl_coef 0, track_kl off): β stays 0
+            self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
         metrics["kl_coef"] = beta
         return metrics
 

@@ -1,6 +1,24 @@
 """The base of the trainers that sample from their policy (best-of-N, the policy-gradient
-trainers): it builds the frozen reference, the reward sources and a
-:class:`rlhf_core.rollout.RolloutCollector`, and collects one step's rollout."""
+trainers): it builds the frozen reference (when one is needed), the reward sources and a
+:class:`rlhf_core.rollout.RolloutCollector`, owns the rollout engine beside the policy, and
+collects one step's rollout.
+
+The engine (``generation_backend="vllm"``) lives beside the policy::
+
+    first collect     start it from the policy's current weights (after a resume: the
+                      checkpoint's)                                      time/engine_start
+    each collect      sync the policy's weights into it when it is sync_every steps behind
+                      (full weights, LoRA merged; the prefix cache reset) time/weight_sync
+                      sample with it; its logprobs of the sampled tokens  time/generation
+                      become Rollout.rollout_logprobs
+                      sleep (CUDA with vllm_enable_sleep_mode: the KV cache freed, the
+                      weights offloaded while the trainer trains; the next sync or
+                      generation wakes it)
+    end of train()    close it
+
+The local backends (``auto``, ``hf``, ``decode_loop``) sample from the live policy: nothing to
+start, sync or close, and no rollout logprobs.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +26,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from rlhf_core.rollout import Rollout, RolloutCollector, prompt_table
+from rlhf_core import losses_correction as LC
+from rlhf_core.generation import RolloutBackend
+from rlhf_core.rollout import Rollout, RolloutCollector, gather, prompt_table
 from rlhf_core.trainers.config import RolloutConfig
-from rlhf_core.trainers.loop import Trainer
+from rlhf_core.trainers.loop import Trainer, TrainResult
 from rlhf_core.trainers.optim import step_seed
 
 __all__ = ["RewardSource", "RolloutTrainer"]
@@ -36,7 +57,17 @@ class RolloutTrainer(Trainer):
             :class:`rlhf_core.models.RewardModel` instances (frozen; scored on token ids),
             weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
-            ``policy`` as passed (so pass the same starting policy when resuming).
+            ``policy`` as passed (so pass the same starting policy when resuming). None and no
+            need for one (``config.needs_reference`` false: no KL optimised or logged): no
+            reference at all.
+
+    Attributes:
+        backend: the engine that samples when it is not the policy itself (a
+            :class:`rlhf_core.generation.RolloutBackend`): None until the first step, when
+            ``generation_backend="vllm"`` starts a vLLM engine (closed at the end of
+            :meth:`train`). Assign your own before :meth:`train` to sample with it instead
+            (it is synced at its first use and then every ``sync_every`` steps, and left
+            open: yours to close).
     """
 
     config: RolloutConfig
@@ -67,12 +98,21 @@ class RolloutTrainer(Trainer):
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
         self.reward_sources = self._reward_sources(reward_funcs)
+        if config.generation_backend == "vllm" and self.dist.is_distributed:
+            raise ValueError(
+                "generation_backend='vllm' under torchrun is not supported yet: an in-process "
+                "engine needs vLLM's external_launcher beside the trainer's process group "
+                "(docs/generation.md); use one process, or generation_backend='hf'"
+            )
         policy = self.apply_lora(policy)
-        # the reference is a copy of the policy as passed, made before the policy is wrapped
-        self.reference = self.wrap_frozen(
-            reference if reference is not None else make_reference(policy)
-        )
-        self.reference.eval()
+        #: the frozen reference; None when nothing needs it (config.needs_reference)
+        self.reference: nn.Module | None = None
+        if reference is not None or config.needs_reference:
+            # a copy of the policy as passed, made before the policy is wrapped
+            self.reference = self.wrap_frozen(
+                reference if reference is not None else make_reference(policy)
+            )
+            self.reference.eval()
         self.policy = self.wrap_trained(policy)
         # every rank draws the same global prompts (same seed) and keeps its shard
         self.setup_optimization(self.policy, len(texts))
@@ -90,6 +130,11 @@ class RolloutTrainer(Trainer):
             lockstep=self.lockstep_forwards,
             step_seed=step_seed,
         )
+        self.backend: RolloutBackend | None = None
+        self._owns_backend = False
+        #: the step whose policy weights the engine holds (None: unknown, sync at first use)
+        self._engine_step: int | None = None
+        self._engine_metrics: dict[str, float] = {}
 
     def _reward_sources(
         self, reward_funcs: RewardSource | Sequence[RewardSource]
@@ -127,9 +172,13 @@ class RolloutTrainer(Trainer):
 
     def collect(self, step: int, *, forward: bool = True) -> Rollout:
         """The step's rollout: its prompts (the same global draw on every rank) sampled,
-        scored and checked, and with ``forward`` the no-grad logprobs (and values)."""
+        scored and checked, and with ``forward`` the no-grad logprobs (and values). With an
+        engine: started, or synced when due, before sampling; asleep after."""
+        engine = self._prepare_engine(step)
         with self.timer.phase("generation"):
             roll = self.collector.sample(step, self.sampler.next(self.config.prompts_per_step))
+        if engine is not None and hasattr(engine, "sleep"):
+            engine.sleep()  # a no-op unless sleep mode is on (CUDA)
         with self.timer.phase("scoring"):
             self.collector.score(roll)
             self.check_scores(roll)
@@ -154,3 +203,79 @@ class RolloutTrainer(Trainer):
         batch = {"prompt_ids": roll.prompt_ids, "response_ids": roll.response_ids,
                  "completions": roll.texts}  # fmt: skip
         self.check_finite(parts, batch)
+
+    # ---- the engine -------------------------------------------------------------------------
+    def _prepare_engine(self, step: int) -> RolloutBackend | None:
+        """Start the engine (first step), sync it when it is ``sync_every`` steps behind, hand
+        it to the collector; None when the policy samples itself."""
+        cfg = self.config
+        self._engine_metrics = {}
+        if self.backend is None and cfg.generation_backend == "vllm":
+            from rlhf_core.generation import make_backend
+
+            with self.timer.phase("engine_start"):
+                self.backend = make_backend(
+                    "vllm", self.policy, self.tokenizer, vllm=cfg.vllm_config(seed=cfg.seed)
+                )
+            self._owns_backend = True
+            self._engine_step = step  # started from the weights of this step
+        self.collector.backend = self.backend
+        if not self.collector.samples_from_engine:
+            return None
+        engine = self.backend
+        assert engine is not None
+        due = cfg.sync_every > 0 and step - (self._engine_step or 0) >= cfg.sync_every
+        if self._engine_step is None or due:
+            with self.timer.phase("weight_sync"):
+                engine.sync_weights(self.policy)
+            self._engine_step = step
+        self._engine_metrics["weight_sync/lag_steps"] = float(step - self._engine_step)
+        return engine
+
+    def close_backend(self) -> None:
+        """Close the engine this trainer started (a no-op otherwise); the next step starts a
+        new one."""
+        if self._owns_backend and self.backend is not None:
+            self.backend.close()
+            self.backend = None
+            self._owns_backend = False
+            self._engine_step = None
+        self.collector.backend = self.backend
+
+    def train(self, *, stop_at_step: int | None = None) -> TrainResult:
+        """:meth:`rlhf_core.trainers.loop.Trainer.train`, then the engine is closed."""
+        try:
+            return super().train(stop_at_step=stop_at_step)
+        finally:
+            self.close_backend()
+
+    def engine_metrics(self, roll: Rollout) -> dict[str, float]:
+        """What a rollout sampled by an engine logs: ``weight_sync/lag_steps`` (steps between
+        the policy's weights and the engine's) and, once the trainer's logprobs are known, the
+        mismatch metrics of :func:`rlhf_core.losses_correction.mismatch_metrics` over the
+        global rollout (the correction options of the config, TRL's defaults where it has
+        none). Empty when the policy sampled itself."""
+        out = dict(self._engine_metrics)
+        if roll.rollout_logprobs and roll.logprobs:
+            out.update(self.mismatch_metrics(roll))
+        return out
+
+    def mismatch_metrics(self, roll: Rollout) -> dict[str, float]:
+        """:func:`rlhf_core.losses_correction.mismatch_metrics` of the global rollout: the
+        trainer's logprobs against the engine's, every response token."""
+        lengths = gather(roll.response_lengths, self.dist)
+        ours = gather(np.concatenate(roll.logprobs), self.dist)
+        theirs = gather(np.concatenate(roll.rollout_logprobs), self.dist)
+        mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (N, T)
+        old = np.zeros(mask.shape)
+        eng = np.zeros(mask.shape)
+        old[mask], eng[mask] = ours, theirs  # row-major: the ragged order
+        cfg = self.config
+        return LC.mismatch_metrics(
+            torch.from_numpy(old),
+            torch.from_numpy(eng),
+            torch.from_numpy(mask),
+            mode=getattr(cfg, "vllm_importance_sampling_mode", "sequence_mask"),
+            clip_max=getattr(cfg, "vllm_importance_sampling_clip_max", 3.0),
+            clip_min=getattr(cfg, "vllm_importance_sampling_clip_min", None),
+        )
