@@ -66,6 +66,14 @@ class TrainerConfig:
             "refuse a run_dir that already holds checkpoints)"
         },
     )
+    resume_last_good: bool = field(
+        default=False,
+        metadata={
+            "help": "when the latest checkpoint is damaged (a file truncated or changed: its "
+            "SHA-256 does not match), continue from the newest intact one instead of "
+            "stopping; the damaged one is moved aside as damaged_step_N"
+        },
+    )
     progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
     tensorboard: bool = field(
         default=True, metadata={"help": "also write TensorBoard events (when installed)"}
