@@ -232,6 +232,14 @@ class RolloutConfig(TrainerConfig):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "weight of each reward source; none = all 1"}
     )
+    allow_unscorable_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "a step whose samples are all unscorable (every one got None / NaN from a "
+            "reward source of non-zero weight) is an error; true: a warning with the counts, "
+            "and the step trains on zero advantages"
+        },
+    )
     missing_eos_penalty: float = field(
         default=0.0,
         metadata={
@@ -248,6 +256,12 @@ class RolloutConfig(TrainerConfig):
             "missing_eos_penalty",
             self.missing_eos_penalty,
             "expected a finite value >= 0 (0 = off)",
+        )
+        check_field(
+            self.reward_weights is None or all(math.isfinite(w) for w in self.reward_weights),
+            "reward_weights",
+            self.reward_weights,
+            "every weight must be a finite number (0 tracks a source without optimising it)",
         )
         check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1 sample")
         check_field(
