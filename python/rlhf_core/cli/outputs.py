@@ -1,8 +1,12 @@
 """What a command leaves in its run folder besides the trainer's own files: the final model,
-``plots/metrics.png``, JSON summaries, and the closing lines printed to the console."""
+``plots/metrics.png``, JSON summaries, and the closing lines printed to the console.
+
+Under ``torchrun`` only rank 0 writes and prints; every rank calls these functions (saving
+an FSDP2-sharded model gathers its full weights, a collective)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -15,19 +19,42 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rlhf_core._io import atomic_write_text, json_safe
+from rlhf_core.cli.parser import CLIError
 from rlhf_core.monitor import read_metrics
 
 __all__ = ["save_model", "plot_metrics", "write_json", "finish_training", "already_finished"]
 
 
+def _is_main() -> bool:
+    from rlhf_core import parallel as P
+
+    return P.get_context().is_main_process
+
+
 def save_model(model: Any, tokenizer: Any, path: pathlib.Path) -> pathlib.Path:
-    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole)."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole), by
+    rank 0 only under ``torchrun``; an FSDP2-sharded model's full weights are gathered first
+    (every rank must call this then)."""
+    from rlhf_core import parallel as P
+
+    full = P.gather_full_state_dict(model) if P.is_fsdp2(model) else None  # a collective
+    ctx = P.get_context()
+    if ctx.is_main_process:
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is None:
+            model.save_pretrained(str(tmp))
+        elif "state_dict" in inspect.signature(model.save_pretrained).parameters:
+            model.save_pretrained(str(tmp), state_dict=full)
+        else:
+            raise CLIError(
+                f"cannot save a {type(model).__name__} sharded with parallel='fsdp2' as a model "
+                "folder; train it with parallel='ddp' (its checkpoints hold the full weights)"
+            )
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    P.barrier(ctx)
     return path
 
 
@@ -74,6 +101,8 @@ def finish_training(
 ) -> int:
     """Plot ``keys``, print the last values of ``keys`` (and ``eval/*``), where each saved model
     went and what the run folder holds; exit status 0."""
+    if not _is_main():
+        return 0
     run = pathlib.Path(cfg.run_dir)
     plot = plot_metrics(run, keys)
     last = {k: v for k, v in result.metrics.items() if k in keys or k.startswith("eval/")}
@@ -82,7 +111,7 @@ def finish_training(
     for what, p in saved.items():
         print(f"{name}: {what} saved to {p}")
     print(
-        f"{name}: run folder {run} (config.toml, metrics.jsonl, checkpoints/"
+        f"{name}: run folder {run} (run.json, config.toml, metrics.jsonl, checkpoints/"
         + (", plots/metrics.png" if plot else "")
         + ")"
     )
@@ -91,5 +120,6 @@ def finish_training(
 
 def already_finished(name: str, result: Any) -> int:
     """Print why nothing was trained (the run had reached ``total_steps``); exit status 0."""
-    print(f"{name}: {result.message}")
+    if _is_main():
+        print(f"{name}: {result.message}")
     return 0

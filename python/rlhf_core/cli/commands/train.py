@@ -38,6 +38,7 @@ from rlhf_core.trainers.reward import RewardTrainer
 from rlhf_core.trainers.sft import SFTTrainer
 
 __all__ = [
+    "trainer_kind",
     "run_sft",
     "run_reward",
     "run_dpo",
@@ -47,6 +48,24 @@ __all__ = [
     "run_reinforce_pp",
     "run_best_of_n",
 ]
+
+
+#: the trainer each training command runs
+_TRAINERS: dict[str, Any] = {
+    "sft": SFTTrainer,
+    "reward": RewardTrainer,
+    "dpo": DPOTrainer,
+    "ppo": PPOTrainer,
+    "grpo": GRPOTrainer,
+    "rloo": RLOOTrainer,
+    "reinforce-pp": ReinforcePPTrainer,
+    "best-of-n": BestOfNTrainer,
+}
+
+
+def trainer_kind(command: str) -> str:
+    """The name under which the trainer of ``command`` records its runs (``run.json``)."""
+    return str(_TRAINERS[command].name)
 
 
 def run_sft(cfg: SFTRunConfig) -> int:
