@@ -367,7 +367,8 @@ class Trainer:
                 return TrainResult(step=info.step, metrics={}, already_finished=True, message=msg)
             if info.checkpoint is not None:
                 start = self.load(info.checkpoint, verify=False)  # verified when chosen
-                log.info("%s: %s", self.name, info.message)
+                if self.is_main_process:
+                    log.info("%s: %s", self.name, info.message)
                 if info.damaged:
                     D.barrier(self.dist)  # every rank has read what it resumes from
                     if self.is_main_process:
