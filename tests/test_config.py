@@ -219,11 +219,14 @@ def test_dump_roundtrip(tmp_path: pathlib.Path) -> None:
     assert text.startswith("# resolved config\n")
     tomllib.loads(text)  # valid TOML
     assert load_config(Cfg, path) == cfg
-    # None fields are written as comments and read back as the default (None)
+    # None fields are written with the marker "none" and read back as None, also where the
+    # default is not None (a comment would silently bring the default back)
     cfg2 = Cfg(seed=None)
     p2 = dump_config(cfg2, tmp_path / "c2.toml")
-    assert "# seed = none" in p2.read_text()
+    assert 'seed = "none"' in p2.read_text()
     assert load_config(Cfg, p2) == cfg2
+    cfg3 = Cfg(temp=None)  # the default is 1.0
+    assert load_config(Cfg, dump_config(cfg3, tmp_path / "c3.toml")).temp is None
 
 
 def test_dumps_toml_special_floats_and_nesting() -> None:

@@ -447,7 +447,9 @@ def test_only_rank0_writes(launched: Path) -> None:
     assert not (run / "tensorboard").exists()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["step_000002"]
-    extra = torch.load(run / "checkpoints" / "step_000002" / "extra_state.pt", weights_only=False)
+    from rlhf_core.checkpoint import load_state
+
+    extra = load_state(run / "checkpoints" / "step_000002", "extra_state")
     assert extra["world_size"] == WORLD and len(extra["rng_per_rank"]) == WORLD
 
 
@@ -490,7 +492,7 @@ def test_fsdp2_checkpoint_resumes_in_one_process(launched: Path, tmp_path: Path)
     shutil.copytree(src / "step_000001", run / "checkpoints" / "step_000001")
     (run / "checkpoints" / "latest").write_text("step_000001\n")
     meta = json.loads((run / "checkpoints" / "step_000001" / "meta.json").read_text())
-    assert meta["models"] == {"policy": "policy.pt"}  # a gathered full state dict
+    assert meta["models"] == {"policy": "policy.safetensors"}  # a gathered full state dict
     trainer = _grpo_fsdp2(run)
     trainer.train()
     _, ref = run_scenario("grpo_fsdp2", tmp_path / "ref")

@@ -71,6 +71,14 @@ class TrainerConfig:
             "refuse a run_dir that already holds checkpoints)"
         },
     )
+    resume_last_good: bool = field(
+        default=False,
+        metadata={
+            "help": "when the latest checkpoint is damaged (a file truncated or changed: its "
+            "SHA-256 does not match), continue from the newest intact one instead of "
+            "stopping; the damaged one is moved aside as damaged_step_N"
+        },
+    )
     progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
     tensorboard: bool = field(
         default=True, metadata={"help": "also write TensorBoard events (when installed)"}
@@ -229,6 +237,14 @@ class RolloutConfig(GenerationFields, TrainerConfig):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "weight of each reward source; none = all 1"}
     )
+    allow_unscorable_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "a step whose samples are all unscorable (every one got None / NaN from a "
+            "reward source of non-zero weight) is an error; true: a warning with the counts, "
+            "and the step trains on zero advantages"
+        },
+    )
     missing_eos_penalty: float = field(
         default=0.0,
         metadata={
@@ -266,6 +282,12 @@ class RolloutConfig(GenerationFields, TrainerConfig):
             "missing_eos_penalty",
             self.missing_eos_penalty,
             "expected a finite value >= 0 (0 = off)",
+        )
+        check_field(
+            self.reward_weights is None or all(math.isfinite(w) for w in self.reward_weights),
+            "reward_weights",
+            self.reward_weights,
+            "every weight must be a finite number (0 tracks a source without optimising it)",
         )
         check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1 sample")
         check_field(

@@ -45,6 +45,7 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core.errors import check_field
+from rlhf_core.run_dir import RunDirError, RunFolder
 from rlhf_core.trainers import runtime
 from rlhf_core.trainers.checkpointing import load_trainer_checkpoint, save_trainer_checkpoint
 from rlhf_core.trainers.config import TrainerConfig
@@ -125,6 +126,9 @@ class Trainer:
         self.trained: dict[str, TrainedModel] = {}
         #: other checkpointed state by name: objects with state_dict / load_state_dict
         self._states: dict[str, tuple[Any, bool]] = {}
+        #: the run folder once claimed (:meth:`claim_run_dir`; rank 0 only)
+        self.run_folder: RunFolder | None = None
+        self._claimed = False
 
     # ---- what is trained and saved ----------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
@@ -300,9 +304,40 @@ class Trainer:
         """See :func:`rlhf_core.trainers.checkpointing.save_trainer_checkpoint`."""
         return save_trainer_checkpoint(self)
 
-    def load(self, checkpoint: str | os.PathLike[str]) -> int:
+    def load(self, checkpoint: str | os.PathLike[str], *, verify: bool = True) -> int:
         """See :func:`rlhf_core.trainers.checkpointing.load_trainer_checkpoint`."""
-        return load_trainer_checkpoint(self, checkpoint)
+        return load_trainer_checkpoint(self, checkpoint, verify=verify)
+
+    # ---- the run folder ---------------------------------------------------------------------
+    def claim_run_dir(self) -> None:
+        """Make ``run_dir`` this run's (:meth:`rlhf_core.run_dir.RunFolder.claim`): the path is
+        allowed, this process holds its lock, it holds nothing but this run (with ``resume``,
+        a recorded config must match but for the options that may change). A new folder gets
+        the run's record (``run.json``, ``config.toml``) at once. :meth:`train` calls it first;
+        call it yourself before writing into the folder ahead of training. With several
+        processes rank 0 claims and every rank raises its :class:`~rlhf_core.run_dir.
+        RunDirError`. Idempotent."""
+        if self._claimed:
+            return
+        error: str | None = None
+        try:
+            if self.is_main_process:
+                folder = RunFolder.claim(
+                    self.config.run_dir, kind=self.name, config=self.config,
+                    resume=self.config.resume,
+                )  # fmt: skip
+                if folder.is_new:
+                    folder.write_record(self.config)
+                self.run_folder = folder
+        except RunDirError as exc:
+            if not self.dist.is_distributed:
+                raise
+            error = str(exc)
+        if self.dist.is_distributed:
+            errors = [e for e in D.all_gather_object(error, self.dist) if e]
+            if errors:
+                raise RunDirError(errors[0])
+        self._claimed = True
 
     # ---- the loop ---------------------------------------------------------------------------
     def train(self, *, stop_at_step: int | None = None) -> TrainResult:
@@ -319,16 +354,27 @@ class Trainer:
         from rlhf_core.monitor import MetricsLogger
 
         cfg = self.config
+        self.claim_run_dir()
         start = 0
         if not cfg.resume or latest_checkpoint(self.run_dir) is not None:
-            # raises when resume=false but run_dir already holds checkpoints
-            info = resume_or_start(self.run_dir, cfg.resume, cfg.total_steps)
-            if info.finished:
+            # raises when resume=false but run_dir already holds checkpoints, or when the latest
+            # checkpoint is damaged (unless resume_last_good)
+            info = resume_or_start(
+                self.run_dir, cfg.resume, cfg.total_steps, last_good=cfg.resume_last_good
+            )
+            if info.finished:  # reported, and nothing in the folder is rewritten
                 msg = f"{self.name}: {info.message}"
                 return TrainResult(step=info.step, metrics={}, already_finished=True, message=msg)
             if info.checkpoint is not None:
-                start = self.load(info.checkpoint)
-                log.info("%s: %s", self.name, info.message)
+                start = self.load(info.checkpoint, verify=False)  # verified when chosen
+                if self.is_main_process:
+                    log.info("%s: %s", self.name, info.message)
+                if info.damaged:
+                    D.barrier(self.dist)  # every rank has read what it resumes from
+                    if self.is_main_process:
+                        info.set_aside_damaged()
+        if self.run_folder is not None:  # every check passed: the record of this run
+            self.run_folder.write_record(cfg)
         end = cfg.total_steps if stop_at_step is None else min(int(stop_at_step), cfg.total_steps)
         if end <= start:
             raise ValueError(

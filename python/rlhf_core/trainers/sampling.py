@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from rlhf_core import losses_correction as LC
+from rlhf_core import parallel as P
 from rlhf_core.generation import RolloutBackend
+from rlhf_core.rewards import check_scorable_step
 from rlhf_core.rollout import Rollout, RolloutCollector, gather, prompt_table
 from rlhf_core.trainers.config import RolloutConfig
 from rlhf_core.trainers.loop import Trainer, TrainResult
@@ -182,9 +184,26 @@ class RolloutTrainer(Trainer):
         with self.timer.phase("scoring"):
             self.collector.score(roll)
             self.check_scores(roll)
+            self.check_scorable(roll, step)
             if forward:
                 self.collector.forward(roll)
         return roll
+
+    def check_scorable(self, roll: Rollout, step: int) -> None:
+        """:func:`rlhf_core.rewards.check_scorable_step` over every rank's samples: a step in
+        which all are unscorable stops (every rank, with the same counts) unless
+        ``allow_unscorable_steps``."""
+        weights = self.config.reward_weights or [1.0] * len(roll.score_parts)
+        names = list(roll.score_parts)
+        counts = [len(roll.scores), int(np.isnan(roll.scores).sum())] + [
+            int(np.isnan(roll.score_parts[k]).sum()) if w != 0 else 0
+            for k, w in zip(names, weights, strict=True)
+        ]
+        total = P.all_reduce_sum(np.asarray(counts, dtype=np.int64), self.dist)
+        check_scorable_step(
+            int(total[0]), int(total[1]), {k: int(c) for k, c in zip(names, total[2:], strict=True)},
+            allow=self.config.allow_unscorable_steps, step=step + 1,
+        )  # fmt: skip
 
     def check_scores(self, roll: Rollout) -> None:
         """None / NaN means unscorable and is fine; an infinite reward is a bug upstream: stop

@@ -56,6 +56,7 @@ from rlhf_core.trainers.reward import RewardTrainer
 from rlhf_core.trainers.sft import SFTTrainer
 
 __all__ = [
+    "trainer_kind",
     "run_sft",
     "run_reward",
     "run_dpo",
@@ -115,6 +116,24 @@ def _is_scalar_model(name: str, revision: str | None) -> bool:
         return False
     archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
     return any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+#: the trainer each training command runs
+_TRAINERS: dict[str, Any] = {
+    "sft": SFTTrainer,
+    "reward": RewardTrainer,
+    "dpo": DPOTrainer,
+    "ppo": PPOTrainer,
+    "grpo": GRPOTrainer,
+    "rloo": RLOOTrainer,
+    "reinforce-pp": ReinforcePPTrainer,
+    "best-of-n": BestOfNTrainer,
+}
+
+
+def trainer_kind(command: str) -> str:
+    """The name under which the trainer of ``command`` records its runs (``run.json``)."""
+    return str(_TRAINERS[command].name)
 
 
 def run_sft(cfg: SFTRunConfig) -> int:
