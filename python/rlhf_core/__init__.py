@@ -7,7 +7,7 @@ lazily so that ``import rlhf_core`` stays cheap and ``rlhf_core.ops`` works with
 Submodules, lowest layer first: ``errors``; ``parallel`` (process group, collectives, DDP /
 FSDP2 wrapping, full state dicts); ``ops`` (kernels); ``buffer`` (RolloutBuffer and minibatch
 planning); ``models``; ``generation``; ``rewards``; ``losses``; ``trainers``; and beside them
-``data``, ``monitor``, ``checkpoint``, ``distributed`` (``parallel``'s names plus the cross-rank
+``data``, ``monitor``, ``checkpoint``, ``model_card``, ``distributed`` (``parallel``'s names plus the cross-rank
 advantage statistics), ``config``, ``cli``, ``demo`` and ``testing`` (float64 references and
 hypothesis strategies for tests).
 """
@@ -42,6 +42,7 @@ _SUBMODULES = {
     "parallel",
     "monitor",
     "checkpoint",
+    "model_card",
     "config",
     "cli",
     "testing",

@@ -12,7 +12,8 @@ Every command reads ``--config file.toml`` (presets in ``configs/``) and takes `
 overrides generated from its config dataclass (``rlhf-core ppo --help`` lists every field with
 its help, type and default; precedence: defaults < file < overrides). Each run writes into its
 ``--run_dir`` (``--run-dir``): the resolved ``config.toml``, ``metrics.jsonl`` and TensorBoard
-events, checkpoints, the final model(s) and ``plots/``. ``--resume RUN_DIR`` continues the run
+events (``--report_to`` adds W&B, trackio, MLflow), ``samples.jsonl`` (``--log_completions``),
+checkpoints, the final model(s) with a model card (``README.md``) and ``plots/``. ``--resume RUN_DIR`` continues the run
 saved in that folder with its own ``config.toml`` (overrides still apply, e.g. a larger
 ``--total_steps``); a run that already finished says so and trains nothing.
 
@@ -203,11 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(cmd: Command, cfg: Any) -> int:
     """Run ``cmd`` on its resolved config; map the errors to exit statuses."""
     from rlhf_core.checkpoint import CheckpointError, latest_checkpoint, resume_or_start  # torch
+    from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
 
     name = cmd.name
     _setup_logging()
     run_dir = pathlib.Path(cfg.run_dir)
     try:
+        require_backends(getattr(cfg, "report_to", ()))  # before any model is loaded
         if hasattr(cfg, "total_steps") and not cfg.resume and latest_checkpoint(run_dir):
             resume_or_start(run_dir, False, cfg.total_steps)  # raises, naming the folder
         if name != "demo":
@@ -218,7 +221,7 @@ def _run(cmd: Command, cfg: Any) -> int:
                 f"(rerun or continue: rlhf-core {name} --resume {run_dir})",
             )
         return cmd.run(cfg)
-    except (CLIError, ConfigError) as exc:
+    except (CLIError, ConfigError, TrackerNotInstalledError) as exc:
         _error(name, exc)
         return 2
     except (DataError, CheckpointError, FileExistsError, FileNotFoundError) as exc:

@@ -1,5 +1,6 @@
-"""What a command leaves in its run folder besides the trainer's own files: the final model,
-``plots/metrics.png``, JSON summaries, and the closing lines printed to the console."""
+"""What a command leaves in its run folder besides the trainer's own files: the final model
+(with its model card, :mod:`rlhf_core.model_card`), ``plots/metrics.png``, JSON summaries, and
+the closing lines printed to the console."""
 
 from __future__ import annotations
 
@@ -17,18 +18,50 @@ from matplotlib.figure import Figure
 from rlhf_core._io import atomic_write_text, json_safe
 from rlhf_core.monitor import read_metrics
 
-__all__ = ["save_model", "plot_metrics", "write_json", "finish_training", "already_finished"]
+__all__ = [
+    "save_model",
+    "card_fields",
+    "plot_metrics",
+    "write_json",
+    "finish_training",
+    "already_finished",
+]
 
 
-def save_model(model: Any, tokenizer: Any, path: pathlib.Path) -> pathlib.Path:
-    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole)."""
+def save_model(
+    model: Any, tokenizer: Any, path: pathlib.Path, card: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole), with
+    the model card :func:`rlhf_core.model_card.write_model_card` of ``card`` (its keyword
+    arguments, e.g. from :func:`card_fields`) as ``README.md``."""
+    from rlhf_core.model_card import write_model_card
+
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    if card is not None:
+        write_model_card(tmp, **card)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
+
+
+def card_fields(
+    method: str, cfg: Any, result: Any, datasets: Sequence[str | None]
+) -> dict[str, Any]:
+    """The model card of a command's saved model: the base model ``cfg.model``, ``method``,
+    the resolved config, the ``datasets`` given and the result's final metrics."""
+    from rlhf_core.cli.dataclass_args import config_to_dict, dumps_toml
+
+    return {
+        "base_model": str(cfg.model),
+        "method": method,
+        "config_toml": dumps_toml(config_to_dict(cfg)),
+        "datasets": [str(d) for d in datasets if d],
+        "metrics": dict(result.metrics),
+        "title": cfg.run_name or pathlib.Path(cfg.run_dir).resolve().name,
+    }
 
 
 def plot_metrics(
@@ -77,12 +110,17 @@ def finish_training(
     run = pathlib.Path(cfg.run_dir)
     plot = plot_metrics(run, keys)
     last = {k: v for k, v in result.metrics.items() if k in keys or k.startswith("eval/")}
+    if getattr(result, "stopped_early", False):
+        print(f"{name}: stopped early at step {result.step}: {result.stop_reason}")
     if last:
         print(f"{name}: step {result.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
     for what, p in saved.items():
         print(f"{name}: {what} saved to {p}")
+    extra = [f for f in ("samples.jsonl",) if (run / f).is_file()]
     print(
-        f"{name}: run folder {run} (config.toml, metrics.jsonl, checkpoints/"
+        f"{name}: run folder {run} (config.toml, metrics.jsonl, "
+        + "".join(f"{f}, " for f in extra)
+        + "checkpoints/"
         + (", plots/metrics.png" if plot else "")
         + ")"
     )

@@ -177,14 +177,16 @@ COMMANDS: dict[str, Command] = {
 _EPILOG = """\
 Values come from the field defaults, then --config FILE.toml, then the options above
 (--key value, --key=value; dotted names for nested tables; --flag alone means true;
-lists as a,b or [a, b]). --run-dir is --run_dir.
+lists as a,b or [a, b] or several words: --report_to wandb trackio). --run-dir is --run_dir.
 
 --resume RUN_DIR continues the run saved in RUN_DIR with its config.toml (options given
 here still apply); --resume true/false only says whether to continue the run in --run_dir.
 A finished run says so and trains nothing (raise --total_steps to train longer).
 
-Outputs in the run folder: config.toml (resolved), metrics.jsonl, tensorboard/,
-checkpoints/, the final model (model/ or reward_model/), plots/metrics.png.
+Outputs in the run folder: config.toml (resolved), metrics.jsonl, tensorboard/ (and the
+--report_to trackers: wandb/, trackio, MLflow), samples.jsonl (--log_completions),
+checkpoints/, the final model (model/ or reward_model/, with a README.md model card),
+plots/metrics.png.
 """
 
 

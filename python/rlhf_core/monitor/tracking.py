@@ -42,6 +42,7 @@ __all__ = [
     "MLflowTracker",
     "mlflow_metric_name",
     "make_trackers",
+    "require_backends",
     "table_columns",
 ]
 
@@ -78,6 +79,14 @@ def _require(module: str, name: str) -> Any:
             f"report_to={name!r} needs the {module} package, which is not installed: "
             f"pip install 'rlhf-core[{name}]' (or remove {name!r} from report_to)"
         ) from exc
+
+
+def require_backends(report_to: Sequence[str]) -> None:
+    """Import every backend of ``report_to`` now (a :class:`TrackerNotInstalledError` naming
+    the extra for a missing one), so a command fails before it loads models, not after."""
+    for name in report_to:
+        if name in REPORT_TO:
+            _require(name, name)
 
 
 def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:

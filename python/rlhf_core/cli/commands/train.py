@@ -1,6 +1,7 @@
 """The training commands: ``sft``, ``reward``, ``dpo`` on fixed data; ``ppo``, ``grpo``,
 ``rloo``, ``reinforce-pp``, ``best-of-n`` on samples of the policy. Each loads what its config
-names, trains, saves the final model into the run folder and plots the main metrics."""
+names, trains, saves the final model with its model card into the run folder and plots the
+main metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from rlhf_core.cli.loading import (
     is_builtin,
+    load_eval_prompt_rows,
     load_model,
     load_pairs,
     load_prompt_rows,
@@ -18,7 +20,7 @@ from rlhf_core.cli.loading import (
     load_sft_data,
     load_tokenizer_for,
 )
-from rlhf_core.cli.outputs import already_finished, finish_training, save_model
+from rlhf_core.cli.outputs import already_finished, card_fields, finish_training, save_model
 from rlhf_core.cli.run_configs import (
     BestOfNRunConfig,
     DPORunConfig,
@@ -57,7 +59,8 @@ def run_sft(cfg: SFTRunConfig) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished("sft", res)
-    saved = {"model": save_model(model, tok, pathlib.Path(cfg.run_dir) / "model")}
+    card = card_fields("sft", cfg, res, [cfg.dataset])
+    saved = {"model": save_model(model, tok, pathlib.Path(cfg.run_dir) / "model", card)}
     return finish_training("sft", cfg, res, ["loss", "grad_norm", "lr"], saved)
 
 
@@ -75,7 +78,10 @@ def run_reward(cfg: RewardRunConfig) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished("reward", res)
-    saved = {"reward model": save_model(rm, tok, pathlib.Path(cfg.run_dir) / "reward_model")}
+    card = card_fields("reward", cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = {
+        "reward model": save_model(rm, tok, pathlib.Path(cfg.run_dir) / "reward_model", card)
+    }
     keys = ["loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "grad_norm"]
     return finish_training("reward", cfg, res, keys, saved)
 
@@ -91,7 +97,8 @@ def run_dpo(cfg: DPORunConfig) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished("dpo", res)
-    saved = {"model": save_model(policy, tok, pathlib.Path(cfg.run_dir) / "model")}
+    card = card_fields("dpo", cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = {"model": save_model(policy, tok, pathlib.Path(cfg.run_dir) / "model", card)}
     keys = ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
     return finish_training("dpo", cfg, res, keys, saved)
 
@@ -107,6 +114,8 @@ _RL_KEYS = [
     "value_loss",
     "best_of_n/selected_reward",
     "loss",
+    "eval/reward/mean",
+    "eval/kl",
 ]
 
 
@@ -115,14 +124,18 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     policy = load_model(cfg.model, tok, seed=cfg.seed)
     prompts = load_prompt_rows(cfg, tok)
     sources = load_reward_sources(cfg)
-    kwargs: dict[str, Any] = {"reference": load_reference(cfg, tok)}
+    kwargs: dict[str, Any] = {
+        "reference": load_reference(cfg, tok),
+        "eval_dataset": load_eval_prompt_rows(cfg, tok),
+    }
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model")
     trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
     if res.already_finished:
         return already_finished(name, res)
-    saved = {"model": save_model(policy, tok, pathlib.Path(cfg.run_dir) / "model")}
+    card = card_fields(name, cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = {"model": save_model(policy, tok, pathlib.Path(cfg.run_dir) / "model", card)}
     keys = list(_RL_KEYS) + [
         k for k in res.metrics if k.startswith("reward/") and k not in _RL_KEYS
     ]
