@@ -287,3 +287,18 @@ def test_report_to_is_validated() -> None:
         TrainerConfig(report_to=["comet"])
     with pytest.raises(ValueError, match="logging_steps=0"):
         TrainerConfig(logging_steps=0)
+
+
+def test_a_trainer_with_a_missing_tracker_stops_before_its_first_step(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlhf_core.testing.trainers import FAST, policy, tokenizer
+    from rlhf_core.trainers import SFTConfig, SFTTrainer
+
+    monkeypatch.setitem(sys.modules, "trackio", None)
+    cfg = SFTConfig(run_dir=str(tmp_path), batch_size=2, total_steps=2, report_to=["trackio"],
+                    **FAST)  # fmt: skip
+    trainer = SFTTrainer(cfg, policy(), tokenizer(), ["ab", "ba"])
+    with pytest.raises(TrackerNotInstalledError, match=r"rlhf-core\[trackio\]"):
+        trainer.train()
+    assert trainer.global_step == 0 and not (tmp_path / "metrics.jsonl").exists()

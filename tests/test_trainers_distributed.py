@@ -231,12 +231,14 @@ class _StopOnRank1:
 
 def _grpo_eval_samples(run: Path) -> Any:
     """Evaluation on held-out prompts (2: one per rank) and logged samples (gathered from both
-    ranks in rank order), stopped by a callback on rank 1."""
+    ranks in rank order), stopped by a callback on rank 1 after step 1, which is not a logging
+    step (logging_steps=2): every rank must agree to log it (a stop is logged) before the
+    samples are gathered."""
     from rlhf_core.trainers import GRPOConfig, GRPOTrainer
 
     cfg = GRPOConfig(run_dir=str(run), total_steps=2, rollout_batch_size=8, num_samples=4,
                      eval_steps=1, num_generations_eval=2, log_completions=True,
-                     num_completions_to_print=0, **RL)  # fmt: skip
+                     logging_steps=2, num_completions_to_print=0, **RL)  # fmt: skip
     return GRPOTrainer(cfg, _policy(), _tok(), PROMPTS, digit_reward,
                        eval_dataset=[{"prompt": "1+", "answer": "1"},
                                      {"prompt": "2+", "answer": "2"}],

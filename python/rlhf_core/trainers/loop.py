@@ -420,7 +420,8 @@ class Trainer:
                 metrics, evaluated = self._run_step(step)
                 done = self.global_step
                 self.callbacks.fire("on_step_end", state, control)
-                logging_step = control.should_stop or reporter.is_logging_step(
+                stop = self._stop_requested()  # agreed by every rank before the logging branch
+                logging_step = stop or reporter.is_logging_step(
                     done, evaluated=evaluated, last=done == end
                 )
                 reporter.log(done, metrics, track=logging_step)
@@ -431,7 +432,7 @@ class Trainer:
                 last = metrics
                 bar.update(1)
                 bar.set_postfix(self.progress_postfix(metrics), refresh=False)
-                stop = self._stop_requested()
+                stop = stop or self._stop_requested()  # on_log may have asked
                 periodic = cfg.save_every > 0 and done % cfg.save_every == 0
                 if periodic or done == end or stop:
                     path = self.save_checkpoint()

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from rlhf_core import distributed as D
 from rlhf_core._io import json_safe
 from rlhf_core.monitor import MetricsLogger, SampleLogger, make_trackers, print_samples
 from rlhf_core.monitor.samples import table_rows
@@ -42,8 +43,25 @@ class RunReporter:
         self.samples: SampleLogger | None = None
         #: whether the trainer's completions are logged (every rank gathers them)
         self.log_completions = bool(getattr(cfg, "log_completions", False))
-        if not trainer.is_main_process:
-            return
+        error: Exception | None = None
+        if trainer.is_main_process:
+            try:
+                self._open(trainer, start)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the ranks
+                error = exc
+        if trainer.dist.is_distributed and D.flagged_ranks(error is not None, trainer.dist):
+            # every rank stops when rank 0 could not open the outputs (a tracker not installed,
+            # a login refused), instead of waiting for it in the first step's collectives
+            if error is None:
+                raise RuntimeError(
+                    "rank 0 could not open the run's outputs (metrics, trackers); its error "
+                    "says why"
+                )
+        if error is not None:
+            raise error
+
+    def _open(self, trainer: Trainer, start: int) -> None:
+        cfg = self.config
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         run_name = cfg.run_name or trainer.run_dir.resolve().name
         trackers = make_trackers(cfg.report_to, run_dir=trainer.run_dir, run_name=run_name,
