@@ -13,7 +13,8 @@ in ``configs/``) and takes ``--key value`` overrides generated from its config d
 (``rlhf-core ppo --help`` lists every field with its help, type and default, and TRL's
 spellings it accepts; precedence: defaults < file < overrides). Each run writes into its
 ``--run_dir`` (``--run-dir``): the resolved ``config.toml``, ``metrics.jsonl`` and TensorBoard
-events, checkpoints, the final model(s) and ``plots/``. ``--resume RUN_DIR`` continues the run
+events (``--report_to`` adds W&B, trackio, MLflow), ``samples.jsonl`` (``--log_completions``),
+checkpoints, the final model(s) with a model card (``README.md``) and ``plots/``. ``--resume RUN_DIR`` continues the run
 saved in that folder with its own ``config.toml`` (overrides still apply, e.g. a larger
 ``--total_steps``); a run that already finished says so and trains nothing.
 
@@ -249,6 +250,7 @@ def _run(cmd: Command, cfg: Any) -> int:
     from rlhf_core.checkpoint import CheckpointError  # torch
     from rlhf_core.rewards import UnscorableStepError
     from rlhf_core.run_dir import RunDirError, check_run_dir_path, release_run_dir
+    from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
 
     name = cmd.name
     _setup_logging()
@@ -263,13 +265,14 @@ def _run(cmd: Command, cfg: Any) -> int:
         return 2
     claimed = None
     try:
+        require_backends(getattr(cfg, "report_to", ()))  # before any model is loaded
         if rank == 0:
             claimed = _claim(name, cfg, run_dir)
         status = cmd.run(cfg)
         if claimed is not None and name not in TRAINING_COMMANDS and status == 0:
             claimed.write_record(cfg)  # label / eval: what made the files beside it
         return status
-    except (CLIError, ConfigError) as exc:
+    except (CLIError, ConfigError, TrackerNotInstalledError) as exc:
         _error(name, exc)
         return 2
     except (DataError, CheckpointError, RunDirError, UnscorableStepError, FileExistsError,

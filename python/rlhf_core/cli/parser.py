@@ -184,7 +184,8 @@ TRAINING_COMMANDS = ("sft", "reward", "dpo", "ppo", "grpo", "rloo", "reinforce-p
 _EPILOG = """\
 Values come from the field defaults, then --config FILE (TOML; YAML for .yaml/.yml, JSON
 for .json), then the options above (--key value, --key=value; dotted names for nested
-tables; --flag alone means true; lists as a,b or [a, b]). --run-dir is --run_dir. TRL's
+tables; --flag alone means true; lists as a,b or [a, b] or several words: --report_to
+wandb trackio). --run-dir is --run_dir. TRL's
 spellings of options are accepted in the file and here (listed above); an alias and its
 option in one place is an error.
 
@@ -192,9 +193,10 @@ option in one place is an error.
 here still apply); --resume true/false only says whether to continue the run in --run_dir.
 A finished run says so and trains nothing (raise --total_steps to train longer).
 
-Outputs in the run folder: config.toml (resolved), metrics.jsonl, tensorboard/,
+Outputs in the run folder: config.toml and run.json (resolved), metrics.jsonl, tensorboard/
+(and the --report_to trackers: wandb/, trackio, MLflow), samples.jsonl (--log_completions),
 checkpoints/, the final model (model/, reward_model/, or with LoRA adapter/ and, with
---merge_lora, model/), plots/metrics.png.
+--merge_lora, model/; each with a README.md model card), plots/metrics.png.
 """
 
 

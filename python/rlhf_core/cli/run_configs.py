@@ -152,6 +152,17 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
         "prompts (column prompt, extra columns go to reward functions)"
     )
     dataset_size: int = dataset_size_field()
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out prompts for the periodic evaluation (eval_steps; and at the end): "
+            "a file or folder as for dataset, or builtin:language / builtin:arithmetic "
+            "(generated with another seed than the training prompts); none = no evaluation"
+        },
+    )
+    eval_dataset_size: int = field(
+        default=64, metadata={"help": "prompts generated for a builtin:* eval_dataset (>= 1)"}
+    )
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
     )
@@ -163,6 +174,18 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
         super().__post_init__()  # type: ignore[misc]  # the trainer config's checks
         check_common(self)
         check_rewards(self)
+        check_field(
+            self.eval_dataset_size >= 1,
+            "eval_dataset_size",
+            self.eval_dataset_size,
+            "expected >= 1 generated prompts",
+        )
+        check_field(
+            self.eval_dataset is not None or not self.eval_steps,  # type: ignore[attr-defined]
+            "eval_steps",
+            self.eval_steps,  # type: ignore[attr-defined]
+            "periodic evaluation needs held-out prompts: give --eval_dataset (or eval_steps 0)",
+        )
         check_field(
             self.max_prompt_length is None or self.max_prompt_length >= 1,
             "max_prompt_length",

@@ -25,6 +25,7 @@ from rlhf_core import losses as L
 from rlhf_core import losses_correction as LC
 from rlhf_core.errors import check_field
 from rlhf_core.trainers.generation_fields import GenerationFields
+from rlhf_core.monitor.tracking import REPORT_TO
 
 __all__ = ["GenerationFields", "TrainerConfig", "RolloutConfig", "RLConfig"]
 
@@ -81,7 +82,31 @@ class TrainerConfig:
     )
     progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
     tensorboard: bool = field(
-        default=True, metadata={"help": "also write TensorBoard events (when installed)"}
+        default=True,
+        metadata={
+            "help": "also write TensorBoard events when the tensorboard package is installed "
+            "(an alias that adds 'tensorboard' to report_to without requiring the package; "
+            "report_to = ['none'] turns it off too)"
+        },
+    )
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "experiment trackers that get the metrics besides metrics.jsonl (always "
+            "written): any of " + ", ".join(REPORT_TO) + ", or ['none']; each an extra "
+            "(pip install 'rlhf-core[wandb]'). CLI: --report_to wandb trackio, or wandb,trackio"
+        },
+    )
+    run_name: str | None = field(
+        default=None,
+        metadata={"help": "the run's name in the trackers; none = the run_dir folder's name"},
+    )
+    logging_steps: int = field(
+        default=1,
+        metadata={
+            "help": "send metrics to the trackers, fire on_log and log completions every this "
+            "many steps (evaluations and the last step always); metrics.jsonl gets every step"
+        },
     )
     device: str = field(
         default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'"}
@@ -130,6 +155,18 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check_field(self.total_steps >= 1, "total_steps", self.total_steps, "expected >= 1")
+        if isinstance(self.report_to, str):  # report_to="wandb" or "wandb,trackio"
+            self.report_to = [p.strip() for p in self.report_to.split(",") if p.strip()]
+        check_field(
+            isinstance(self.report_to, (list, tuple))
+            and all(r in (*REPORT_TO, "none") for r in self.report_to)
+            and ("none" not in self.report_to or len(self.report_to) == 1),
+            "report_to",
+            self.report_to,
+            f"expected a list of {', '.join(REPORT_TO)}, or ['none'] alone "
+            "(e.g. ['wandb', 'tensorboard'])",
+        )
+        check_field(self.logging_steps >= 1, "logging_steps", self.logging_steps, "expected >= 1")
         check_field(
             self.learning_rate >= 0,
             "learning_rate",
@@ -270,12 +307,53 @@ class RolloutConfig(GenerationFields, TrainerConfig):
             "memory, as TRL does with beta = 0)"
         },
     )
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "every logging_steps, write the step's completions (prompt, completion, "
+            "each reward source's score, total reward, advantage) to run_dir/samples.jsonl "
+            "and to the trackers as the table 'completions', and print a few"
+        },
+    )
+    num_completions_to_print: int | None = field(
+        default=4,
+        metadata={
+            "help": "completions printed on the console at each logged step with "
+            "log_completions (0 = none; none = all)"
+        },
+    )
+    eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "evaluate on the eval prompts every this many steps, logged under eval/ "
+            "(0 = only at the end of training); needs an eval dataset"
+        },
+    )
+    num_generations_eval: int | None = field(
+        default=None,
+        metadata={"help": "completions per eval prompt; none = num_samples"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_generation_fields()
         check_field(
             self.sync_every >= 0, "sync_every", self.sync_every, "expected >= 1, or 0 = never"
+        )
+        check_field(
+            self.num_completions_to_print is None or self.num_completions_to_print >= 0,
+            "num_completions_to_print",
+            self.num_completions_to_print,
+            "expected >= 0 (0 = print none) or none (print all)",
+        )
+        check_field(
+            self.eval_steps >= 0, "eval_steps", self.eval_steps, "expected >= 0 (0 = at the end)"
+        )
+        check_field(
+            self.num_generations_eval is None or self.num_generations_eval >= 1,
+            "num_generations_eval",
+            self.num_generations_eval,
+            "expected >= 1 or none (= num_samples)",
         )
         check_field(
             math.isfinite(self.missing_eos_penalty) and self.missing_eos_penalty >= 0,
@@ -332,6 +410,11 @@ class RolloutConfig(GenerationFields, TrainerConfig):
         """Whether the trainer builds the frozen reference: for the KL it logs
         (``track_kl``) or, in :class:`RLConfig`, optimises."""
         return self.track_kl
+
+    @property
+    def eval_generations(self) -> int:
+        """Completions per eval prompt (``num_generations_eval``, else ``num_samples``)."""
+        return self.num_generations_eval or self.num_samples
 
 
 @dataclass

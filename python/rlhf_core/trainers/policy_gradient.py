@@ -49,6 +49,7 @@ from torch import nn
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core import losses_correction as LC
+from rlhf_core import ops
 from rlhf_core.advantages import Estimator
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
 from rlhf_core.trainers.config import RLConfig
@@ -68,6 +69,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
         estimator: the advantage estimator (:class:`rlhf_core.advantages.Estimator`); its β is
             replaced by :attr:`kl_coef` each step when ``config.kl_in_reward``.
+        eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
     """
 
     name = "policy_gradient"
@@ -87,10 +89,13 @@ class PolicyGradientTrainer(RolloutTrainer):
         *,
         estimator: Estimator,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
-        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
+                         eval_dataset=eval_dataset, callbacks=callbacks)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
         self.estimator = estimator
@@ -149,6 +154,18 @@ class PolicyGradientTrainer(RolloutTrainer):
                 np.full(len(r), bool(k)) for r, k in zip(roll.response_ids, keep, strict=True)
             ]
         self.buffer.add(scores=scores, **fields)
+
+    def sequence_advantages(self) -> np.ndarray | None:
+        """float64 (N,): each completion's advantage in the buffer (the mean over its response
+        tokens for per-token estimators such as GAE), None before the first step."""
+        buf = self.buffer
+        info = buf.advantages_info if len(buf) else None
+        if info is None:
+            return None
+        adv = buf.field("advantages").astype(np.float64)
+        if info["level"] == "sequence":
+            return adv  # one per sequence
+        return np.asarray(ops.reduce_tokens(adv, offsets=buf.offsets(), how="mean"))
 
     # ---- the update -------------------------------------------------------------------------
     def update(self, step: int) -> dict[str, float]:

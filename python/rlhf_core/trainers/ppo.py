@@ -165,6 +165,7 @@ class PPOTrainer(PolicyGradientTrainer):
         value_model: a :class:`rlhf_core.models.ValueModel`; default: a copy of the first
             reward model among ``reward_funcs`` (``value_init="reward_model"``) or of the
             policy's body with a fresh head.
+        eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
     """
 
     name = "ppo"
@@ -181,6 +182,8 @@ class PPOTrainer(PolicyGradientTrainer):
         *,
         value_model: nn.Module | None = None,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         from rlhf_core.models import RewardModel, ValueModel
 
@@ -200,7 +203,8 @@ class PPOTrainer(PolicyGradientTrainer):
             whiten=config.whiten_advantages,
         )
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, estimator=gae,
-                         reference=reference)  # fmt: skip
+                         reference=reference, eval_dataset=eval_dataset,
+                         callbacks=callbacks)  # fmt: skip
         self.value_model = self.wrap_trained(value_model)
         self.add_trained("value", self.value_model, lr=config.value_learning_rate)
         self.collector.value_model = self.value_model  # its values go into every rollout

@@ -1,7 +1,8 @@
 """The base of the trainers that sample from their policy (best-of-N, the policy-gradient
 trainers): it builds the frozen reference (when one is needed), the reward sources and a
-:class:`rlhf_core.rollout.RolloutCollector`, owns the rollout engine beside the policy, and
-collects one step's rollout.
+:class:`rlhf_core.rollout.RolloutCollector`, owns the rollout engine beside the policy,
+collects one step's rollout, evaluates the policy on held-out prompts, and hands the latest
+completions to the run's logged samples.
 
 The engine (``generation_backend="vllm"``) lives beside the policy::
 
@@ -18,10 +19,20 @@ The engine (``generation_backend="vllm"``) lives beside the policy::
 
 The local backends (``auto``, ``hf``, ``decode_loop``) sample from the live policy: nothing to
 start, sync or close, and no rollout logprobs.
+
+Periodic evaluation (``eval_dataset``, ``eval_steps``, ``num_generations_eval``): a second
+collector over the held-out prompts samples ``num_generations_eval`` completions of each,
+chunk by chunk (``rollout_batch_size / num_samples`` prompts at a time, the step's batch), at
+seeds fixed per chunk (the same samples for the same weights, so evaluations along a run are
+comparable), scores them with the trainer's reward sources and measures the KL to the
+reference; :func:`rlhf_core.rollout.rollout_metrics` of all of them (and ``accuracy`` where
+the prompts have an ``answer`` column) is logged under ``eval/``.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,15 +43,32 @@ from torch import nn
 from rlhf_core import losses_correction as LC
 from rlhf_core import parallel as P
 from rlhf_core.generation import RolloutBackend
-from rlhf_core.rewards import check_scorable_step
-from rlhf_core.rollout import Rollout, RolloutCollector, gather, prompt_table
+from rlhf_core.rewards import check_scorable_step, exact_match_reward
+from rlhf_core.rollout import (
+    Rollout,
+    RolloutCollector,
+    concat_rollouts,
+    gather,
+    prompt_table,
+    rollout_metrics,
+)
 from rlhf_core.trainers.config import RolloutConfig
 from rlhf_core.trainers.loop import Trainer, TrainResult
 from rlhf_core.trainers.optim import step_seed
 
-__all__ = ["RewardSource", "RolloutTrainer"]
+__all__ = ["RewardSource", "RolloutTrainer", "eval_step_seed"]
 
 RewardSource = Callable[..., Any] | nn.Module
+
+#: ``purpose`` offset of the evaluation seeds in :func:`rlhf_core.trainers.optim.step_seed`
+EVAL_PURPOSE = 100
+
+
+def eval_step_seed(seed: int, step: int, purpose: int = 0, index: int | None = None) -> int:
+    """The seeds of evaluation samples: :func:`~rlhf_core.trainers.optim.step_seed` with
+    ``step`` = the chunk of eval prompts (the same at every evaluation) and a ``purpose`` apart
+    from the training draws."""
+    return step_seed(seed, step, EVAL_PURPOSE + purpose, index)
 
 
 class RolloutTrainer(Trainer):
@@ -62,6 +90,10 @@ class RolloutTrainer(Trainer):
             ``policy`` as passed (so pass the same starting policy when resuming). None and no
             need for one (``config.needs_reference`` false: no KL optimised or logged): no
             reference at all.
+        eval_dataset: held-out prompts for the periodic evaluation (the forms ``prompts``
+            takes, or the path of a prompt file, :func:`rlhf_core.data.load_prompts`); none =
+            no evaluation.
+        callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
 
     Attributes:
         backend: the engine that samples when it is not the policy itself (a
@@ -83,10 +115,12 @@ class RolloutTrainer(Trainer):
         reward_funcs: RewardSource | Sequence[RewardSource],
         *,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         from rlhf_core.models import make_reference
 
-        super().__init__(config)
+        super().__init__(config, callbacks=callbacks)
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token first")
@@ -137,6 +171,40 @@ class RolloutTrainer(Trainer):
         #: the step whose policy weights the engine holds (None: unknown, sync at first use)
         self._engine_step: int | None = None
         self._engine_metrics: dict[str, float] = {}
+        #: the latest step's rollout (what :meth:`sample_rows` logs)
+        self.last_rollout: Rollout | None = None
+        self.eval_collector = self._eval_collector(eval_dataset)
+
+    def _eval_collector(self, eval_dataset: Any) -> RolloutCollector | None:
+        """A collector over the held-out prompts (``num_generations_eval`` samples of each,
+        seeds from :func:`eval_step_seed`, no value model), or None without them."""
+        cfg = self.config
+        if eval_dataset is None:
+            if cfg.eval_steps:
+                raise ValueError(
+                    f"eval_steps={cfg.eval_steps} but there are no eval prompts: pass "
+                    "eval_dataset (or set eval_steps = 0)"
+                )
+            return None
+        if isinstance(eval_dataset, (str, os.PathLike)):
+            from rlhf_core.data import load_prompts
+
+            eval_dataset = load_prompts(eval_dataset)
+        texts, columns = prompt_table(eval_dataset)
+        w = self.world_size
+        if len(texts) % w:
+            raise ValueError(
+                f"eval_dataset has {len(texts)} prompts, which the {w} processes cannot share "
+                f"equally: use a multiple of {w} prompts"
+            )
+        sampling = copy.copy(cfg)  # the same sampling fields, G = num_generations_eval
+        sampling.num_samples = cfg.eval_generations
+        return RolloutCollector(
+            sampling, policy=self.policy, reference=self.reference, tokenizer=self.tokenizer,
+            prompt_texts=texts, prompt_columns=columns, reward_sources=self.reward_sources,
+            dist=self.dist, device=self.device, autocast=self.autocast,
+            lockstep=self.lockstep_forwards, step_seed=eval_step_seed,
+        )  # fmt: skip
 
     def _reward_sources(
         self, reward_funcs: RewardSource | Sequence[RewardSource]
@@ -176,11 +244,13 @@ class RolloutTrainer(Trainer):
         """The step's rollout: its prompts (the same global draw on every rank) sampled,
         scored and checked, and with ``forward`` the no-grad logprobs (and values). With an
         engine: started, or synced when due, before sampling; asleep after."""
+        self.last_rollout = None  # freed before the next one is sampled
         engine = self._prepare_engine(step)
         with self.timer.phase("generation"):
             roll = self.collector.sample(step, self.sampler.next(self.config.prompts_per_step))
         if engine is not None and hasattr(engine, "sleep"):
             engine.sleep()  # a no-op unless sleep mode is on (CUDA)
+        self.last_rollout = roll
         with self.timer.phase("scoring"):
             self.collector.score(roll)
             self.check_scores(roll)
@@ -298,3 +368,62 @@ class RolloutTrainer(Trainer):
             clip_max=getattr(cfg, "vllm_importance_sampling_clip_max", 3.0),
             clip_min=getattr(cfg, "vllm_importance_sampling_clip_min", None),
         )
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluation_due(self, step: int) -> bool:
+        """Every ``eval_steps`` steps and at ``total_steps``, when there are eval prompts."""
+        cfg = self.config
+        return self.eval_collector is not None and (
+            step == cfg.total_steps or bool(cfg.eval_steps and step % cfg.eval_steps == 0)
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        """The policy on the held-out prompts: :func:`rlhf_core.rollout.rollout_metrics`
+        (``reward/mean`` (the combined reward) and ``reward/<source>``, ``kl``,
+        ``response_length/*``, ...) and, where the prompts have an ``answer`` column,
+        ``accuracy`` (the share of completions whose final answer matches,
+        :func:`rlhf_core.rewards.exact_match_reward`). The same prompts and seeds every time."""
+        col = self.eval_collector
+        if col is None:
+            raise ValueError("no eval prompts: pass eval_dataset to the trainer")
+        n, size = len(col.prompt_texts), self.config.prompts_per_step
+        parts = []
+        for chunk, first in enumerate(range(0, n, size)):
+            roll = col.sample(chunk, np.arange(first, min(first + size, n), dtype=np.int64))
+            col.score(roll)
+            col.forward(roll)
+            roll.padded = {}
+            parts.append(roll)
+        roll = concat_rollouts(parts)
+        metrics = rollout_metrics(roll, self.dist)
+        answers = col.prompt_columns.get("answer")
+        if answers is not None:
+            rows = [answers[i] for i in roll.prompt_index]
+            hit = np.asarray(
+                exact_match_reward([], roll.texts, rows), dtype=np.float64
+            )  # None (no answer) -> NaN
+            hit = gather(hit, self.dist)
+            if np.isfinite(hit).any():
+                metrics["accuracy"] = float(np.nanmean(hit))
+        return metrics
+
+    # ---- logged samples ---------------------------------------------------------------------
+    def sequence_advantages(self) -> np.ndarray | None:
+        """float64 (N,): the advantage of each completion of :attr:`last_rollout` (None for a
+        trainer without advantages)."""
+        return None
+
+    def local_sample_rows(self) -> list[dict[str, Any]]:
+        """This rank's rows of :attr:`last_rollout` (:meth:`rlhf_core.rollout.Rollout.
+        sample_rows` with :meth:`sequence_advantages`)."""
+        if self.last_rollout is None:
+            return []
+        return self.last_rollout.sample_rows(self.collector.prompt_texts,
+                                             self.sequence_advantages())  # fmt: skip
+
+    def sample_rows(self) -> list[dict[str, Any]]:
+        """Every rank's rows of the latest rollout, in rank order (a collective)."""
+        rows = self.local_sample_rows()
+        if not self.dist.is_distributed:
+            return rows
+        return [r for part in P.all_gather_object(rows, self.dist) for r in part]
