@@ -69,14 +69,14 @@ def test_options_set_to_none_survive_resume(
     assert rc == 0, out
     rc, out = run([command, "--resume", str(parts), "--total_steps", "3"], capsys)
     assert rc == 0, out
+    assert strip(read_metrics(parts)) == strip(read_metrics(straight))
+    assert_same_weights(parts, straight)
     rec = json.loads((parts / "run.json").read_text())["config"]
     for opt in NONE_OPTIONS[command][::2]:
         name = opt.removeprefix("--")
         if NONE_OPTIONS[command][NONE_OPTIONS[command].index(opt) + 1] == "none":
             assert rec[name] is None, name
             assert f'{name} = "none"' in (parts / "config.toml").read_text()
-    assert strip(read_metrics(parts)) == strip(read_metrics(straight))
-    assert_same_weights(parts, straight)
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(
@@ -93,12 +93,16 @@ def test_a_refused_resume_leaves_the_run_as_it_was(
                    "--tensorboard", "false"], capsys)  # fmt: skip
     assert rc == 0, out
     (tmp_path / "sft" / "model").rename(other_model)
-    saved = {n: (run_dir / n).read_bytes() for n in ("run.json", "config.toml")}
-    rc, out = run(["grpo", "--resume", str(run_dir), "--seed", "5", "--total_steps", "2"], capsys)
-    assert rc == 1 and "seed: 0 (saved) vs 5 (now)" in out, out
-    rc, out = run(["grpo", "--resume", str(run_dir), "--model", str(other_model)], capsys)
+    names = [n for n in ("config.toml", "run.json") if (run_dir / n).is_file()]
+    saved = {n: (run_dir / n).read_bytes() for n in names}
+    rc, out = run(["grpo", "--resume", str(run_dir), "--model", str(other_model),
+                   "--total_steps", "2"], capsys)
     assert rc == 1 and f"model: 'builtin:tiny' (saved) vs '{other_model}' (now)" in out, out
     assert {n: (run_dir / n).read_bytes() for n in saved} == saved
+    rc, out = run(["grpo", "--resume", str(run_dir), "--seed", "5", "--total_steps", "2"], capsys)
+    assert rc == 1 and "seed: 0 (saved) vs 5 (now)" in out, out
+    assert {n: (run_dir / n).read_bytes() for n in saved} == saved
+    assert sorted(saved) == ["config.toml", "run.json"]
     assert [r["step"] for r in read_metrics(run_dir)] == [1]
     rc, out = run(["grpo", "--resume", str(run_dir), "--total_steps", "2"], capsys)
     assert rc == 0, out
@@ -112,14 +116,15 @@ def test_a_finished_run_is_reported_not_rewritten(
     run_dir = tmp_path / "run"
     rc, out = run(["grpo", *RL, "--run_dir", str(run_dir), "--total_steps", "1"], capsys)
     assert rc == 0, out
-    files = ("run.json", "config.toml", "metrics.jsonl")
-    before = {n: (run_dir / n).stat() for n in files}
+    files = ("config.toml", "metrics.jsonl", "run.json")
+    before = {n: (run_dir / n).stat() for n in files if (run_dir / n).exists()}
     rc, out = run(["grpo", "--resume", str(run_dir)], capsys)
     assert rc == 0 and "already finished" in out
     for n, st in before.items():
         now = (run_dir / n).stat()
         assert (now.st_ino, now.st_mtime_ns, now.st_size) == (st.st_ino, st.st_mtime_ns,
                                                               st.st_size), n  # fmt: skip
+    assert sorted(before) == sorted(files)
 
 
 _REWARD = "def score(prompts, completions, **columns):\n    return [{} for c in completions]\n"
@@ -140,14 +145,14 @@ def test_a_resume_from_another_folder_reads_the_same_reward_file(
     monkeypatch.chdir(first)
     rc, out = run([*args, "--total_steps", "1"], capsys)
     assert rc == 0, out
-    rec = json.loads((run_dir / "run.json").read_text())["config"]
-    assert rec["reward_funcs"] == [f"{first / 'reward.py'}:score"]
     monkeypatch.chdir(second)
-    # the same command line from another folder names another file: refused, naming it
-    rc, out = run([*args, "--total_steps", "2"], capsys)
-    assert rc == 1 and "reward_funcs" in out and str(second / "reward.py") in out, out
     rc, out = run(["grpo", "--resume", str(run_dir), "--total_steps", "2"], capsys)
     assert rc == 0, out
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[1]["reward/score"] >= 1.0  # first/reward.py, not second's -100
+    rec = json.loads((run_dir / "run.json").read_text())["config"]
+    assert rec["reward_funcs"] == [f"{first / 'reward.py'}:score"]
+    # the same command line from another folder names another file: refused, naming it
+    rc, out = run([*args, "--total_steps", "3"], capsys)
+    assert rc == 1 and "reward_funcs" in out and str(second / "reward.py") in out, out
