@@ -24,8 +24,8 @@ from typing import Literal
 from rlhf_core import losses as L
 from rlhf_core import losses_correction as LC
 from rlhf_core.errors import check_field
-from rlhf_core.trainers.generation_fields import GenerationFields
 from rlhf_core.monitor.tracking import REPORT_TO
+from rlhf_core.trainers.generation_fields import GenerationFields
 
 __all__ = ["GenerationFields", "TrainerConfig", "RolloutConfig", "RLConfig"]
 
