@@ -1,4 +1,4 @@
-"""Tests of rlhf_core.config (the code: rlhf_core.cli.dataclass_args): TOML + overrides +
+"""Tests of rlhf_core.config: TOML + overrides +
 argparse over any help-annotated dataclass."""
 
 from __future__ import annotations
@@ -276,15 +276,6 @@ def test_field_docs_lists_nested() -> None:
     assert "optim.lr" in names and "optim" not in names and "steps" in names
     with pytest.raises(TypeError):
         field_docs(int)
-
-
-def test_rlhf_core_config_reexports_the_cli_machinery() -> None:
-    import rlhf_core.config as documented
-    from rlhf_core.cli import dataclass_args
-
-    assert set(documented.__all__) <= set(dataclass_args.__all__)
-    for name in documented.__all__:
-        assert getattr(documented, name) is getattr(dataclass_args, name), name
 
 
 # --------------------------------------------------------------------------------------------

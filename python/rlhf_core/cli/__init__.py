@@ -35,9 +35,9 @@ Layout (one module per concern; torch is imported only once a command runs, so
 - ``run_configs`` / ``run_fields``: one config dataclass per command and the fields they share;
 - ``loading``: tokenizers, models, reward sources and datasets from those fields;
 - ``outputs``: the final model, ``plots/metrics.png``, JSON summaries;
-- ``commands/``: ``train`` (every trainer), ``label``, ``eval``, ``demo``;
-- ``dataclass_args/``: the generic dataclass <-> TOML <-> argparse machinery (public as
-  :mod:`rlhf_core.config`).
+- ``commands/``: ``train`` (every trainer), ``label``, ``eval``, ``demo``.
+
+The generic dataclass <-> TOML <-> argparse machinery is :mod:`rlhf_core.config`.
 """
 
 from __future__ import annotations
@@ -52,14 +52,6 @@ from typing import Any
 
 from rlhf_core import __version__
 from rlhf_core.cli.aliases import aliases_for, hints_for
-from rlhf_core.cli.dataclass_args import (
-    ConfigError,
-    apply_aliases,
-    config_to_dict,
-    dumps_toml,
-    load_config,
-    overrides_from_namespace,
-)
 from rlhf_core.cli.parser import (
     COMMANDS,
     TRAINING_COMMANDS,
@@ -73,6 +65,14 @@ from rlhf_core.cli.parser import (
     unknown_option_message,
 )
 from rlhf_core.cli.paths import absolute_paths
+from rlhf_core.config import (
+    ConfigError,
+    apply_aliases,
+    config_to_dict,
+    dumps_toml,
+    load_config,
+    overrides_from_namespace,
+)
 from rlhf_core.data import DataError
 
 __all__ = [
@@ -248,9 +248,9 @@ def _run(cmd: Command, cfg: Any) -> int:
     run folder and writes its shared files (the trainer and :mod:`rlhf_core.cli.outputs` see
     to that), every rank trains."""
     from rlhf_core.checkpoint import CheckpointError  # torch
+    from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
     from rlhf_core.rewards import UnscorableStepError
     from rlhf_core.run_dir import RunDirError, check_run_dir_path, release_run_dir
-    from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
 
     name = cmd.name
     _setup_logging()

@@ -90,7 +90,7 @@ def card_fields(
 ) -> dict[str, Any]:
     """The model card of a command's saved model: the base model ``cfg.model``, ``method``,
     the resolved config, the ``datasets`` given and the result's final metrics."""
-    from rlhf_core.cli.dataclass_args import config_to_dict, dumps_toml
+    from rlhf_core.config import config_to_dict, dumps_toml
 
     return {
         "base_model": str(cfg.model),

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhf_core.cli.aliases import TRL_HINTS, aliases_for
-from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS, strip_optional, type_hints
-from rlhf_core.cli.dataclass_args.options import add_dataclass_arguments
+from rlhf_core.config.fields import BOOL_WORDS, strip_optional, type_hints
+from rlhf_core.config.options import add_dataclass_arguments
 
 __all__ = [
     "CLIError",

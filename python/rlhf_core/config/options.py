@@ -8,7 +8,7 @@ import json
 import typing
 from typing import Any, Literal
 
-from rlhf_core.cli.dataclass_args.fields import (
+from rlhf_core.config.fields import (
     all_keys,
     default_of,
     init_fields,
@@ -34,7 +34,7 @@ def add_dataclass_arguments(
 
     Options are parsed as strings and default to "not given" (``argparse.SUPPRESS``), so only
     what the user typed ends up in the namespace; pass it through
-    :func:`overrides_from_namespace` and :func:`~rlhf_core.cli.dataclass_args.load_config` to
+    :func:`overrides_from_namespace` and :func:`~rlhf_core.config.load_config` to
     coerce and validate. Each help line states the field's help text, type and default.
     Boolean fields may be given bare (``--flag`` means true); list fields take one word
     (``a,b``, ``"[1, 2]"``) or several (``--report_to wandb trackio``).

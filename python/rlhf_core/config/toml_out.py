@@ -13,7 +13,7 @@ from typing import Any
 
 from rlhf_core import _io
 from rlhf_core._io import atomic_write_text
-from rlhf_core.cli.dataclass_args.fields import ConfigError
+from rlhf_core.config.fields import ConfigError
 
 __all__ = ["config_to_dict", "dumps_toml", "dump_config"]
 
@@ -26,7 +26,7 @@ def config_to_dict(obj: Any) -> dict[str, Any]:
 def dumps_toml(data: Mapping[str, Any]) -> str:
     """Serialise a nested mapping to TOML text. Scalars and arrays come first, then one
     ``[table]`` per nested mapping. ``None`` values (TOML has no null) are written as
-    ``key = "none"``, which :func:`~rlhf_core.cli.dataclass_args.load_config` reads back as
+    ``key = "none"``, which :func:`~rlhf_core.config.load_config` reads back as
     ``None`` for an optional field: a config written here reads back equal. A ``None`` inside
     a list, or a value TOML cannot hold, is a :class:`ConfigError` naming the key."""
     try:
@@ -40,7 +40,7 @@ def dump_config(
 ) -> pathlib.Path:
     """Write the resolved config ``obj`` (a dataclass instance, or a mapping) as TOML to
     ``path``, creating parent folders (replaced atomically). The file reads back with
-    :func:`~rlhf_core.cli.dataclass_args.load_config` into an equal object. Returns the path."""
+    :func:`~rlhf_core.config.load_config` into an equal object. Returns the path."""
     data = config_to_dict(obj) if not isinstance(obj, Mapping) else dict(obj)
     text = dumps_toml(data)
     if header:
