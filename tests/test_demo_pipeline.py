@@ -133,11 +133,13 @@ def test_header_counts_the_stages(tmp_path: pathlib.Path) -> None:
 
 def test_check_run_dir(tmp_path: pathlib.Path) -> None:
     run = make_run(tmp_path)
+    run.root.mkdir()
+    (run.root / "run.lock").write_text("")  # `rlhf-core demo` locks its new folder first
     run.check_run_dir()
     saved = run.root / "config.toml"
     assert saved.is_file()
     # the same config again, or one differing only in fields that change nothing saved
-    make_run(tmp_path, threads=2, progress_bar=True).check_run_dir()
+    make_run(tmp_path, threads=2, progress_bar=True, workers=1).check_run_dir()
     with pytest.raises(FileExistsError, match=r"ppo\.steps: 8 -> 3"):
         make_run(tmp_path, **{"ppo.steps": 3}).check_run_dir()
     with pytest.raises(FileExistsError, match="--resume true"):

@@ -208,6 +208,7 @@ class Run:
         """Refuse a folder that holds something else than a demo of this config (or any demo
         when ``resume`` is off); then save the resolved config as ``config.toml``."""
         from rlhf_core.config import ConfigError, config_to_dict, dump_config, load_config
+        from rlhf_core.run_dir import LOCK_FILE
 
         saved = self.root / "config.toml"
         if saved.is_file():
@@ -232,7 +233,8 @@ class Run:
                     f"{self.root} holds a demo run with a different config ({shown}); choose "
                     "another --run-dir (or delete that folder) to run this config"
                 )
-        elif self.root.is_dir() and any(self.root.iterdir()):
+        elif self.root.is_dir() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
+            # (the CLI locks the folder first: its run.lock alone is no other content)
             raise FileExistsError(
                 f"{self.root} exists and is not empty but holds no demo config.toml; choose "
                 "another --run-dir"
