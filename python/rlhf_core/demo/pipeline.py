@@ -30,7 +30,9 @@ from rlhf_core.demo.config import DemoConfig, flatten
 __all__ = ["Run", "latest_step"]
 
 #: Config fields that may differ between a run and its resumption (they change nothing saved).
-_FREE_FIELDS = {"run_dir", "resume", "progress_bar", "tensorboard", "device", "threads"}
+_FREE_FIELDS = {
+    "run_dir", "resume", "progress_bar", "tensorboard", "device", "threads", "workers"
+}  # fmt: skip
 
 
 def latest_step(run_dir: pathlib.Path) -> int:
@@ -77,6 +79,10 @@ class Run:
         """Whether every stage and the report were already written (a rerun trains nothing)."""
         stages = all(self.stage_file(s).is_file() for s in self.expected_stages())
         return stages and (self.root / "report.json").is_file()
+
+    def stages_done(self) -> None:
+        """Called once every stage has run, before the report (a worker process's run of
+        :mod:`rlhf_core.demo.workers` stops here)."""
 
     # ---- console ------------------------------------------------------------------------------
     def say(self, text: str) -> None:
