@@ -35,7 +35,7 @@ from typing import Any
 from rlhf_core.demo.config import DemoConfig
 from rlhf_core.demo.pipeline import Run
 
-__all__ = ["DemoStageError", "resolve_workers", "run_in_workers"]
+__all__ = ["DemoStageError", "resolve_workers", "run_in_workers", "spare_cores"]
 
 #: The stages a worker may run, the longest first (a better packing onto the workers).
 PARALLEL_STAGES = ("ppo", "grpo", "dpo", "best_of_n", "arithmetic")
@@ -50,14 +50,27 @@ class DemoStageError(RuntimeError):
 
 def resolve_workers(cfg: DemoConfig) -> int:
     """The number of worker processes of ``cfg``: ``workers`` when set, otherwise
-    ``min(2, CPU count)`` on the CPU and 1 (one process) on a GPU."""
+    ``min(2, CPU count)`` on the CPU and 1 (one process) on a GPU, or on a CPU without a core
+    to spare (:func:`spare_cores` under 0.5: more processes would only share the same cores,
+    each paying its start)."""
     if cfg.workers > 0:
         return int(cfg.workers)
     from rlhf_core.trainers.runtime import resolve_device
 
     if resolve_device(cfg.device).type != "cpu":
         return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    n = max(1, min(2, os.cpu_count() or 1))
+    return n if n == 1 or spare_cores() >= 0.5 else 1
+
+
+def spare_cores() -> float:
+    """CPU count minus the 1-minute load average (which counts the demo's own process):
+    about 1 on an idle 2-core machine running the demo; the CPU count where unknown."""
+    cpus = float(os.cpu_count() or 1)
+    try:
+        return cpus - os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - no load average (Windows)
+        return cpus
 
 
 def worker_threads(cfg: DemoConfig, workers: int) -> int:
@@ -76,6 +89,12 @@ def run_in_workers(run: Run) -> None:
     pending = [s for s in PARALLEL_STAGES if s in todo and not run.stage_file(s).is_file()]
     n = resolve_workers(cfg)
     if n <= 1 or len(pending) < 2:
+        if cfg.workers == 0 and len(pending) >= 2 and (os.cpu_count() or 1) > 1 and n == 1:
+            run.say(
+                f"\n  the next stages run one after another: no core to spare (load average "
+                f"{os.cpu_count() - spare_cores():.1f} on {os.cpu_count()} cores; --workers 2 "
+                "runs them side by side anyway)"
+            )
         return
     import multiprocessing as mp
     from multiprocessing.connection import wait
