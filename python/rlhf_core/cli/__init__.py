@@ -171,7 +171,8 @@ def _error(name: str, exc: BaseException) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlhf-core`` (``python -m rlhf_core``). Returns the exit status: 0 on
-    success, 1 when a run failed on its data or folder, 2 for a bad command line or config."""
+    success, 1 when a run failed on its data, a reward function or its folder, 2 for a bad
+    command line or config."""
     args_in = list(sys.argv[1:] if argv is None else argv)
     if not args_in or args_in[0] in ("-h", "--help", "help"):
         print(top_help())
@@ -214,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(cmd: Command, cfg: Any) -> int:
     """Run ``cmd`` on its resolved config; map the errors to exit statuses."""
     from rlhf_core.checkpoint import CheckpointError, latest_checkpoint, resume_or_start  # torch
+    from rlhf_core.rewards.functions import RewardFunctionError
 
     name = cmd.name
     _setup_logging()
@@ -232,7 +234,13 @@ def _run(cmd: Command, cfg: Any) -> int:
     except (CLIError, ConfigError) as exc:
         _error(name, exc)
         return 2
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError) as exc:
+    except (
+        DataError,
+        RewardFunctionError,
+        CheckpointError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as exc:
         _error(name, exc)
         return 1
     except KeyboardInterrupt:

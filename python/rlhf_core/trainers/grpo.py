@@ -228,9 +228,11 @@ class GRPOTrainer(PolicyGradientTrainer):
         reward_funcs: RewardSource | Sequence[RewardSource],
         *,
         reference: nn.Module | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
         super().__init__(config, policy, tokenizer, prompts, reward_funcs,
-                         estimator=estimator_from_config(config), reference=reference)  # fmt: skip
+                         estimator=estimator_from_config(config), reference=reference,
+                         reward_processing_classes=reward_processing_classes)  # fmt: skip
 
 
 class RLOOTrainer(GRPOTrainer):

@@ -80,10 +80,12 @@ class PolicyGradientTrainer(RolloutTrainer):
         *,
         estimator: Estimator,
         reference: nn.Module | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
-        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
+                         reward_processing_classes=reward_processing_classes)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
         self.estimator = estimator

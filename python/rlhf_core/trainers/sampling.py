@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from rlhf_core.rollout import Rollout, RolloutCollector, prompt_table
+from rlhf_core.rewards import RewardModelScorer, TrainerState, check_reward_signature
+from rlhf_core.rollout import Rollout, RolloutCollector, prompt_rows
 from rlhf_core.trainers.config import RolloutConfig
 from rlhf_core.trainers.loop import Trainer
 from rlhf_core.trainers.optim import step_seed
@@ -29,14 +30,23 @@ class RolloutTrainer(Trainer):
         config: a :class:`~rlhf_core.trainers.config.RolloutConfig` subclass.
         policy: an HF causal LM (trained in place; moved to the config's device).
         tokenizer: its tokenizer (pad and EOS tokens).
-        prompts: a :class:`rlhf_core.data.PromptDataset`, strings, or mappings with
-            ``prompt`` plus extra columns handed to reward functions (e.g. ``answer``).
-        reward_funcs: one reward source or a list: functions
-            ``fn(prompts, completions, **columns) -> list[float | None]`` and/or
-            :class:`rlhf_core.models.RewardModel` instances (frozen; scored on token ids),
-            weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
+        prompts: a :class:`rlhf_core.data.PromptDataset`, strings, or rows with ``prompt``
+            plus extra columns handed to reward functions (e.g. ``answer``): mappings or a
+            ``datasets.Dataset``; a conversational prompt (a list of messages) is rendered
+            with ``tokenizer``'s chat template (``config.chat_template_kwargs``, the row's
+            ``tools``), anything else that is not text is an error naming the row.
+        reward_funcs: one reward source or a list: functions called as TRL calls them
+            (``fn(completions, **kwargs) -> list[float | None]``, see
+            :mod:`rlhf_core.rewards.functions`), :class:`rlhf_core.models.RewardModel`
+            instances (frozen; scored on the sampled token ids when their tokenizer is the
+            policy's, on the re-encoded texts otherwise) and/or ready
+            :class:`rlhf_core.rewards.RewardModelScorer` objects, weighted by
+            ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             ``policy`` as passed (so pass the same starting policy when resuming).
+        reward_processing_classes: the tokenizer of each reward source (TRL's name), one
+            per entry of ``reward_funcs`` or a single one; None (or a None entry) = the
+            policy's tokenizer. Only reward models use theirs.
     """
 
     config: RolloutConfig
@@ -50,6 +60,7 @@ class RolloutTrainer(Trainer):
         reward_funcs: RewardSource | Sequence[RewardSource],
         *,
         reference: nn.Module | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
         from rlhf_core.models import make_reference
 
@@ -57,7 +68,7 @@ class RolloutTrainer(Trainer):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token first")
-        texts, columns = prompt_table(prompts)
+        table = prompt_rows(prompts, tokenizer, chat_template_kwargs=config.chat_template_kwargs)
         w = self.world_size
         if config.prompts_per_step % w:
             raise ValueError(
@@ -66,7 +77,10 @@ class RolloutTrainer(Trainer):
                 f"the {w} processes cannot share equally: use a rollout_batch_size that is a "
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
-        self.reward_sources = self._reward_sources(reward_funcs)
+        self.reward_sources = self._reward_sources(reward_funcs, reward_processing_classes)
+        for fn in self.reward_sources:  # a signature that cannot be called fails here, not later
+            if not isinstance(fn, RewardModelScorer):
+                check_reward_signature(fn, list(table.columns))
         policy = self.apply_lora(policy)
         # the reference is a copy of the policy as passed, made before the policy is wrapped
         self.reference = self.wrap_frozen(
@@ -75,14 +89,15 @@ class RolloutTrainer(Trainer):
         self.reference.eval()
         self.policy = self.wrap_trained(policy)
         # every rank draws the same global prompts (same seed) and keeps its shard
-        self.setup_optimization(self.policy, len(texts))
+        self.setup_optimization(self.policy, len(table))
         self.collector = RolloutCollector(
             config,
             policy=self.policy,
             reference=self.reference,
             tokenizer=tokenizer,
-            prompt_texts=texts,
-            prompt_columns=columns,
+            prompt_texts=table.texts,
+            prompt_columns=table.columns,
+            prompt_messages=table.messages,
             reward_sources=self.reward_sources,
             dist=self.dist,
             device=self.device,
@@ -92,10 +107,11 @@ class RolloutTrainer(Trainer):
         )
 
     def _reward_sources(
-        self, reward_funcs: RewardSource | Sequence[RewardSource]
+        self, reward_funcs: RewardSource | Sequence[RewardSource], processing_classes: Any = None
     ) -> list[Callable[..., Any]]:
         """Reward functions as given; reward models frozen, placed like the other frozen models
-        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer`."""
+        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer` with their tokenizer
+        (``processing_classes``) and the policy's."""
         from rlhf_core.rewards import RewardModelScorer
 
         items = (
@@ -105,11 +121,22 @@ class RolloutTrainer(Trainer):
         )
         if not items:
             raise ValueError("reward_funcs is empty: give at least one reward function or model")
+        if processing_classes is None or not isinstance(processing_classes, (list, tuple)):
+            processing_classes = [processing_classes] * len(items)
+        if len(processing_classes) != len(items):
+            raise ValueError(
+                f"reward_processing_classes has {len(processing_classes)} entries but there are "
+                f"{len(items)} reward sources: give one tokenizer (or None) per source"
+            )
         out: list[Callable[..., Any]] = []
-        for i, src in enumerate(items):
+        for i, (src, tok) in enumerate(zip(items, processing_classes, strict=True)):
             if isinstance(src, nn.Module):
                 src.to(self.device).eval().requires_grad_(False)
-                out.append(RewardModelScorer(self.wrap_frozen(src), self.tokenizer))
+                out.append(RewardModelScorer(
+                    self.wrap_frozen(src), tok if tok is not None else self.tokenizer,
+                    policy_tokenizer=self.tokenizer,
+                    chat_template_kwargs=self.config.chat_template_kwargs,
+                ))  # fmt: skip
             elif callable(src):
                 out.append(src)
             else:
@@ -131,11 +158,18 @@ class RolloutTrainer(Trainer):
         with self.timer.phase("generation"):
             roll = self.collector.sample(step, self.sampler.next(self.config.prompts_per_step))
         with self.timer.phase("scoring"):
-            self.collector.score(roll)
+            self.collector.score(roll, trainer_state=self.trainer_state(step))
             self.check_scores(roll)
             if forward:
                 self.collector.forward(roll)
         return roll
+
+    def trainer_state(self, step: int) -> TrainerState:
+        """What reward functions get as ``trainer_state`` during step ``step`` (0-based), after
+        its prompts were drawn."""
+        s = self.sampler
+        return TrainerState(global_step=step, max_steps=self.config.total_steps,
+                            epoch=(s.epoch * s.n + s.position) / s.n)  # fmt: skip
 
     def check_scores(self, roll: Rollout) -> None:
         """None / NaN means unscorable and is fine; an infinite reward is a bug upstream: stop
