@@ -24,6 +24,8 @@ One module per concern:
   unscorable only when every source of non-zero weight returned None), or with
   ``none_policy="unscorable"`` any None making the sample unscorable; plus the per-function
   arrays for logging. A weight-0 source is tracked (logged), never added to the total.
+  :func:`check_scorable_step` is the rule for a training step whose samples are all
+  unscorable (:class:`UnscorableStepError` unless allowed).
 * :mod:`.model_scorer`: :class:`RewardModelScorer` makes a
   :class:`rlhf_core.models.RewardModel` a reward function, with its own tokenizer and chat
   template when they differ from the policy's.
@@ -36,7 +38,13 @@ One module per concern:
 
 from __future__ import annotations
 
-from rlhf_core.rewards.combine import NONE_POLICIES, NonePolicy, combine_rewards
+from rlhf_core.rewards.combine import (
+    NONE_POLICIES,
+    NonePolicy,
+    UnscorableStepError,
+    check_scorable_step,
+    combine_rewards,
+)
 from rlhf_core.rewards.functions import (
     RESERVED_KEYWORDS,
     RewardCall,
@@ -67,10 +75,12 @@ __all__ = [
     "RewardFunctionTypeError",
     "RewardModelScorer",
     "TrainerState",
+    "UnscorableStepError",
     "call_reward_function",
     "call_reward_functions",
     "check_reward_scores",
     "check_reward_signature",
+    "check_scorable_step",
     "combine_rewards",
     "completion_text",
     "exact_match_reward",

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
@@ -18,7 +19,15 @@ from rlhf_core.rewards.functions import (
 )
 from rlhf_core.rewards.model_scorer import RewardModelScorer
 
-__all__ = ["NONE_POLICIES", "NonePolicy", "combine_rewards"]
+__all__ = [
+    "NONE_POLICIES",
+    "NonePolicy",
+    "UnscorableStepError",
+    "check_scorable_step",
+    "combine_rewards",
+]
+
+logger = logging.getLogger("rlhf_core.rewards")
 
 NonePolicy = Literal["skip_function", "unscorable"]
 #: what a ``None`` (or NaN) score does to a sample (see :func:`combine_rewards`)
@@ -131,3 +140,38 @@ def combine_rewards(
     if none_policy == "skip_function" and optimised:
         total[~scored] = np.nan  # every source of non-zero weight gave None
     return (total, parts) if return_components else total
+
+
+class UnscorableStepError(ValueError):
+    """Every sample of a training step is unscorable (each got ``None`` / NaN from every
+    reward source of non-zero weight, or from one of them under ``none_policy="unscorable"``):
+    the step would train on zero advantages."""
+
+
+def check_scorable_step(
+    num_samples: int,
+    num_unscorable: int,
+    by_source: Mapping[str, int],
+    *,
+    allow: bool,
+    step: int | None = None,
+) -> None:
+    """The all-unscorable rule of a training step: when all ``num_samples`` samples (over every
+    process) are unscorable, :class:`UnscorableStepError` naming the sources and how many
+    ``None`` / NaN each gave (``by_source``), or with ``allow`` a warning with those counts
+    (the step then trains on zero advantages). Fewer unscorable samples are fine (they are
+    counted in ``reward/frac_unscorable``)."""
+    if num_samples == 0 or num_unscorable < num_samples:
+        return
+    where = f"step {step}: " if step is not None else ""
+    detail = ", ".join(f"{k!r} gave None/NaN for {c}" for k, c in by_source.items() if c)
+    msg = (
+        f"{where}all {num_samples} samples are unscorable ({detail or 'no source scored any'}); "
+        "the step would train on zero advantages"
+    )
+    if not allow:
+        raise UnscorableStepError(
+            f"{msg}. Check the reward function(s) (e.g. a missing dataset column), or set "
+            "allow_unscorable_steps = true (--allow_unscorable_steps) to train on with a warning"
+        )
+    logger.warning("%s (allow_unscorable_steps is on)", msg)

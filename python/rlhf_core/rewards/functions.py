@@ -281,22 +281,35 @@ def _is_number(v: Any) -> bool:
 
 def check_reward_scores(out: Any, n: int, name: str) -> np.ndarray:
     """What the reward function ``name`` returned for ``n`` completions, checked: float64
-    (n,), NaN where it returned ``None`` (or NaN). A sequence of numbers / None, or a 1-d
-    numpy array or torch tensor; anything else (a mapping, a string, a scalar, an entry that
-    is not a number) is a :class:`RewardFunctionTypeError` naming the function (and the
-    index), another length a :class:`RewardFunctionError`."""
+    (n,), NaN where it returned ``None`` (or NaN: cannot score that sample).
+
+    Accepted: a list, tuple or other sequence of ``n`` real numbers / ``None``, or a 1-d numpy
+    array or torch tensor of ``n`` numbers. Anything else is an error naming the function:
+    :class:`RewardFunctionTypeError` (a ``TypeError``) for a mapping (a dict's keys would be
+    taken for the scores), a string, a set, an iterator, an array of non-numbers or a
+    non-number entry (with its index); :class:`RewardFunctionError` (a ``ValueError``) for
+    another length or shape. The one check of a reward function's result, whoever calls it."""
     what = f"reward function {name!r}"
     if isinstance(out, torch.Tensor):
         out = out.detach().cpu().double().numpy()
-    if isinstance(out, np.ndarray) and out.ndim == 1 and out.dtype.kind in "biuf":
-        if out.shape[0] != n:
-            raise RewardFunctionError(f"{what} returned {out.shape[0]} scores for {n} completions")
+    if isinstance(out, np.ndarray):
+        if out.ndim != 1 or out.shape[0] != n:
+            raise RewardFunctionError(
+                f"{what} returned an array of shape {out.shape}; expected ({n},), one score "
+                "per completion"
+            )
+        if out.dtype.kind not in "biuf":
+            raise RewardFunctionTypeError(
+                f"{what} returned an array of dtype {out.dtype}; expected numbers"
+            )
         return out.astype(np.float64)
-    if (
-        isinstance(out, Mapping)
-        or isinstance(out, (str, bytes))
-        or not isinstance(out, (Sequence, np.ndarray))
-    ):
+    if isinstance(out, Mapping):
+        raise RewardFunctionTypeError(
+            f"{what} returned a {type(out).__name__}; it must return a list of {n} floats (or "
+            "None), one per completion in their order (a dict's keys would be read as the "
+            "scores)"
+        )
+    if isinstance(out, (str, bytes)) or not isinstance(out, Sequence):
         raise RewardFunctionTypeError(
             f"{what} must return a list of {n} floats (or None), one per completion in their "
             f"order, got {type(out).__name__}"

@@ -3,7 +3,8 @@
 - :class:`Rollout` (:mod:`.batch`): the step's prompts, completions, rewards, and the rollout
   policy's / reference's logprobs (and values), ragged per sequence; the prompts it is
   drawn from (:class:`PromptTable`, :func:`prompt_rows`: conversations rendered, never
-  ``str()``-ed).
+  ``str()``-ed); :meth:`Rollout.sample_rows` (the rows of ``samples.jsonl``),
+  :func:`concat_rollouts`.
 - :class:`RolloutCollector` (:mod:`.collect`): sample (generation), score (reward sources
   through :func:`rlhf_core.rewards.combine_rewards`), the no-grad forwards.
 - :func:`rollout_metrics` (:mod:`.metrics`): reward, length and KL statistics of the global
@@ -18,7 +19,13 @@ not the trainers.
 
 from __future__ import annotations
 
-from rlhf_core.rollout.batch import PromptTable, Rollout, prompt_rows, prompt_table
+from rlhf_core.rollout.batch import (
+    PromptTable,
+    Rollout,
+    concat_rollouts,
+    prompt_rows,
+    prompt_table,
+)
 from rlhf_core.rollout.collect import RolloutCollector
 from rlhf_core.rollout.inputs import (
     iter_micro_batches,
@@ -32,6 +39,7 @@ __all__ = [
     "PromptTable",
     "Rollout",
     "RolloutCollector",
+    "concat_rollouts",
     "gather",
     "iter_micro_batches",
     "logprobs_and_entropy",

@@ -27,8 +27,8 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
     ``reward/{mean,std,min,max}`` over scorable completions, ``reward/frac_unscorable``,
     ``reward/<source>`` (each source's mean raw score), what reward functions logged with
     ``log_metric(name, value)`` (the mean of the values over every rank, under ``name``),
-    ``response_length/{mean,min,max,
-    frac_truncated}``; once the rollout's logprobs are known, ``kl`` (the mean over completions
+    ``response_length/{mean,min,max,frac_truncated}``; once the rollout's and the
+    reference's logprobs are known, ``kl`` (the mean over completions
     of Σ_t (log π − log π_ref), nats per sequence) and ``kl/k3_token_mean`` (the token mean of
     the k3 estimate), both from :func:`rlhf_core.ops.kl` and :func:`rlhf_core.ops.reduce_tokens`.
     """
@@ -54,7 +54,7 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
         ok = part[np.isfinite(part)]
         metrics[f"reward/{name}"] = float(ok.mean()) if ok.size else nan
     metrics.update(_logged_by_reward_functions(roll, metrics, dist))
-    if not roll.logprobs:
+    if not (roll.logprobs and roll.ref_logprobs):
         return metrics
     logp = np.concatenate(roll.logprobs).astype(np.float64)
     ref = np.concatenate(roll.ref_logprobs).astype(np.float64)

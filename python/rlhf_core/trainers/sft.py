@@ -231,15 +231,22 @@ class SFTTrainer(Trainer):
             ``messages`` (a conversation: the loss on its assistant turns only); a list, a
             ``datasets.Dataset`` or a dataset of :mod:`rlhf_core.data` (see
             :func:`encode_examples`).
+        callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
     """
 
     name = "sft"
     config: SFTConfig
 
     def __init__(
-        self, config: SFTConfig, model: nn.Module, tokenizer: Any, examples: Sequence[Example]
+        self,
+        config: SFTConfig,
+        model: nn.Module,
+        tokenizer: Any,
+        examples: Sequence[Example],
+        *,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, callbacks=callbacks)
         if len(examples) == 0:
             raise ValueError("examples is empty: SFT needs at least one example")
         self.check_divisible("batch_size", config.batch_size)
