@@ -390,7 +390,7 @@ def test_subprocess_with_the_environment_only(hub: TinyHub, tmp_path: pathlib.Pa
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     args[args.index(hub.policy)] = "tiny-org/absent"
-    args[args.index("run")] = "run2"  # a new run: "run" refuses other options (RunDirError)
+    args[args.index("run")] = "run2"  # a new run: "run" holds the first one's options
     res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 2
     assert "model='tiny-org/absent'" in res.stderr and "HF_HUB_OFFLINE=1" in res.stderr

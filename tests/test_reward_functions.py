@@ -173,7 +173,9 @@ def test_wrong_arity_and_returns_name_the_function() -> None:
     def as_dict(completions, **kwargs):
         return {"score": 1.0}
 
-    with pytest.raises(R.RewardFunctionTypeError, match=r"'as_dict' returned a dict; it must return a list of 1 "):
+    with pytest.raises(
+        R.RewardFunctionTypeError, match=r"'as_dict' returned a dict; it must return a list of 1 "
+    ):
         R.call_reward_function(as_dict, ["p"], ["a"])
 
     def words(completions, **kwargs):
