@@ -315,8 +315,9 @@ def test_one_sampler_shared_by_threads_hands_out_every_batch_once():
 
 
 def test_buffer_reads_run_side_by_side():
-    """Two threads materialising batches of one buffer overlap: the shared lock lets reads run
-    together and the GIL is released for the work (as in the kernel test above)."""
+    """Python keeps running, and reads the same buffer, while another thread materialises a
+    batch of it: the shared lock lets reads run together and the GIL is released for the work
+    (counted as in the kernel test above)."""
     from rlhf_core.buffer import RolloutBuffer
 
     buf = RolloutBuffer()
@@ -327,16 +328,14 @@ def test_buffer_reads_run_side_by_side():
     sys.setswitchinterval(1.0)
     try:
         fn = lambda: mb.to_padded(return_tensors="np")  # noqa: E731
-        t0 = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t0, 1e-4)
-        reps = max(2, min(50, int(0.03 / one) + 1))
-        ratios = []
+        fn()  # warm up
+        counts = []
         for _ in range(3):
-            ratios.append(_overlap_ratio(fn, reps))
-            if ratios[-1] > 0.5:
+            counts.append(_iterations_beside(fn))
+            if counts[-1] > 0:
                 break
+        assert len(buf) == 2048 and buf.num_response_tokens == 2048 * 256
     finally:
         sys.setswitchinterval(old_interval)
         ops.set_parallelism(True)
-    assert max(ratios) > 0.5, f"overlap ratios {ratios}"
+    assert max(counts) > 0, f"no Python ran beside to_padded in {len(counts)} calls"
