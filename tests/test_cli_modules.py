@@ -107,9 +107,12 @@ def test_eval_combined_reward_is_the_weighted_sum_over_scorable_samples() -> Non
     from rlhf_core.cli.commands.eval import combined_reward
 
     ev = _policy_eval({"a": [1.0, math.nan, 3.0, 0.5], "b": [2.0, 2.0, -2.0, 0.25]})
-    # rows: 1 + 0.5*2 = 2; NaN (a cannot score); 3 - 1 = 2; 0.5 + 0.125 = 0.625
-    assert combined_reward(ev, [1.0, 0.5]) == (2.0 + 2.0 + 0.625) / 3
-    assert combined_reward(ev, None) == (3.0 + 1.0 + 0.75) / 3
-    assert math.isnan(combined_reward(_policy_eval({"a": [math.nan], "b": [1.0]}), None))
+    # as training combines them (TRL's rule): a None / NaN skips that source for that sample
+    # rows: 1 + 0.5*2 = 2; 0.5*2 = 1 (a cannot score); 3 - 1 = 2; 0.5 + 0.125 = 0.625
+    assert combined_reward(ev, [1.0, 0.5]) == (2.0 + 1.0 + 2.0 + 0.625) / 4
+    assert combined_reward(ev, None) == (3.0 + 2.0 + 1.0 + 0.75) / 4
+    assert combined_reward(_policy_eval({"a": [math.nan], "b": [1.0]}), None) == 1.0
+    # unscorable only when every source is
+    assert math.isnan(combined_reward(_policy_eval({"a": [math.nan], "b": [math.nan]}), None))
     with pytest.raises(ValueError, match="weights has 1 entries, funcs has 2"):
         combined_reward(ev, [1.0])

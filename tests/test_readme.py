@@ -62,6 +62,11 @@ def test_there_are_python_blocks() -> None:
     assert len(blocks("python")) >= 4
     for api in ("ops.gae", "RolloutBuffer", "GRPOTrainer", "combine_rewards"):
         assert api in text
+    # the "coming from TRL" recipe: a datasets.Dataset and TRL-signature reward functions
+    trl = [
+        b for b in blocks("python") if "def accuracy_reward(completions, solution, **kwargs)" in b
+    ]
+    assert len(trl) == 1 and "Dataset.from_list" in trl[0] and "async def" in trl[0]
 
 
 def test_shell_commands_exist_with_their_options() -> None:

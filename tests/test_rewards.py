@@ -35,11 +35,19 @@ def test_combine_rewards_weights_nan_and_components():
     prompts = ["p"] * 3
     comps = ["ab", "abc?", "a"]
     total, parts = R.combine_rewards(
-        [length_reward, maybe_reward], [0.5, 2.0], prompts, comps, return_components=True
+        [length_reward, maybe_reward],
+        [0.5, 2.0],
+        prompts,
+        comps,
+        return_components=True,
+        none_policy="unscorable",
     )
     assert total.dtype == np.float64 and total.shape == (3,)
     np.testing.assert_allclose(total[[0, 2]], [0.5 * 2 + 2.0, 0.5 * 1 + 2.0])
     assert np.isnan(total[1])
+    # the default (TRL's): the None skips that function for that sample only
+    default = R.combine_rewards([length_reward, maybe_reward], [0.5, 2.0], prompts, comps)
+    np.testing.assert_array_equal(default, [0.5 * 2 + 2.0, 0.5 * 4, 0.5 * 1 + 2.0])
     assert list(parts) == ["length_reward", "maybe_reward"]
     np.testing.assert_array_equal(parts["length_reward"], [2.0, 4.0, 1.0])
     assert np.isnan(parts["maybe_reward"][1])
@@ -62,9 +70,17 @@ def test_weight_zero_sources_are_tracked_not_added():
     )
     np.testing.assert_array_equal(total, [2.0, 4.0, 1.0])
     assert np.isnan(parts["maybe_reward"][1])  # still tracked
-    # a non-zero weight keeps the rule that any unscorable source makes the sample unscorable
-    total2 = R.combine_rewards([length_reward, maybe_reward], [1.0, -0.5], prompts, comps)
+    # a non-zero weight: with none_policy="unscorable" any unscorable source makes the sample
+    # unscorable; by default (TRL's) the None skips that source for that sample
+    total2 = R.combine_rewards(
+        [length_reward, maybe_reward], [1.0, -0.5], prompts, comps, none_policy="unscorable"
+    )
     assert np.isnan(total2[1]) and total2[0] == 2.0 - 0.5
+    total3 = R.combine_rewards([length_reward, maybe_reward], [1.0, -0.5], prompts, comps)
+    np.testing.assert_array_equal(total3, [2.0 - 0.5, 4.0, 1.0 - 0.5])
+    # weight-0 sources never count as the "every function" of the rule
+    only_watched = R.combine_rewards([maybe_reward, length_reward], [1.0, 0.0], prompts, comps)
+    assert np.isnan(only_watched[1]) and only_watched[0] == 1.0
 
 
 def test_combine_rewards_scores_sampled_ids_under_the_models_context(tok):

@@ -150,8 +150,35 @@ def test_configs_load_through_config_module(tmp_path: Path):
         load_config(GRPOConfig, overrides={"num_samples": 1})
 
 
-def test_reward_config_refuses_lora():
-    from rlhf_core.trainers import RewardConfig
+def test_reward_trainer_trains_lora_adapters_and_the_score_head(tmp_path: Path):
+    """The reward trainer takes LoRA (it used to refuse lora_r > 0): adapters on the body and
+    the score head train, the base weights stay, and the peft model is at hand to save."""
+    from rlhf_core.models import RewardModel, peft_model_of
+    from rlhf_core.testing.trainers import (
+        FAST,
+        assert_all_changed,
+        count_pairs,
+        policy,
+        snapshot,
+        tokenizer,
+    )
+    from rlhf_core.trainers import RewardConfig, RewardTrainer
 
-    with pytest.raises(ValueError, match="lora_r=4.*reward model"):
-        RewardConfig(lora_r=4)
+    cfg = RewardConfig(run_dir=str(tmp_path), lora_r=4, use_rslora=True, total_steps=3,
+                       learning_rate=1e-2, batch_size=4, **FAST)  # fmt: skip
+    rm = RewardModel.from_policy(policy())
+    base = {n: p.detach().clone() for n, p in rm.body.named_parameters()}
+    trainer = RewardTrainer(cfg, rm, tokenizer(), count_pairs(20))
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or n.startswith("head.modules_to_save") for n in names)
+    assert any(n.startswith("head.") for n in names)
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert_all_changed(before, trainer.model)
+    for n, p in trainer.model.body.named_parameters():
+        key = n.replace(".base_layer", "")
+        if "lora_" not in n and key in base:
+            assert torch.equal(p, base[key]), n  # frozen base weights
+    peft = peft_model_of(trainer.model)
+    assert peft is not None and peft.peft_config["default"].use_rslora is True
+    assert "score" in set(peft.peft_config["default"].modules_to_save)

@@ -569,8 +569,8 @@ def test_missing_eos_penalty_lowers_truncated_scores(tmp_path):
     seen: list[Any] = []
     original = t.collector.score
 
-    def spy(roll: Any) -> None:
-        original(roll)
+    def spy(roll: Any, **kw: Any) -> None:
+        original(roll, **kw)
         seen.append((roll.truncated.copy(), roll.scores.copy(), dict(roll.score_parts)))
 
     t.collector.score = spy  # type: ignore[method-assign]

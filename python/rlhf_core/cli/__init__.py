@@ -174,7 +174,8 @@ def _error(name: str, exc: BaseException) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlhf-core`` (``python -m rlhf_core``). Returns the exit status: 0 on
-    success, 1 when a run failed on its data or folder, 2 for a bad command line or config."""
+    success, 1 when a run failed on its data, a reward function or its folder, 2 for a bad
+    command line or config."""
     args_in = list(sys.argv[1:] if argv is None else argv)
     if not args_in or args_in[0] in ("-h", "--help", "help"):
         print(top_help())
@@ -250,7 +251,7 @@ def _run(cmd: Command, cfg: Any) -> int:
     from rlhf_core.checkpoint import CheckpointError  # torch
     from rlhf_core.demo.workers import DemoStageError
     from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
-    from rlhf_core.rewards import UnscorableStepError
+    from rlhf_core.rewards import RewardFunctionError, UnscorableStepError
     from rlhf_core.run_dir import RunDirError, check_run_dir_path, release_run_dir
 
     name = cmd.name
@@ -276,8 +277,8 @@ def _run(cmd: Command, cfg: Any) -> int:
     except (CLIError, ConfigError, TrackerNotInstalledError) as exc:
         _error(name, exc)
         return 2
-    except (DataError, CheckpointError, RunDirError, UnscorableStepError, FileExistsError,
-            FileNotFoundError, DemoStageError) as exc:  # fmt: skip
+    except (DataError, RewardFunctionError, CheckpointError, RunDirError, UnscorableStepError,
+            FileExistsError, FileNotFoundError, DemoStageError) as exc:  # fmt: skip
         _error(name, exc)
         return 1
     except KeyboardInterrupt:

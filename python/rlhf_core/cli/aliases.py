@@ -49,7 +49,6 @@ TRL_HINTS: dict[str, str] = {
     "minibatch_size (RL: sequences per optimizer step) to per_device_train_batch_size x "
     "gradient_accumulation_steps x processes; per_device_train_batch_size is micro_batch_size",
     "num_train_epochs": "set total_steps (optimizer steps; max_steps is accepted)",
-    "warmup_ratio": "set warmup_steps (warm-up in optimizer steps)",
     "use_peft": "set lora_r > 0 (e.g. lora_r = 16) to train LoRA adapters",
     "logging_steps": "every step is logged to RUN_DIR/metrics.jsonl (and TensorBoard with "
     "tensorboard = true)",

@@ -8,12 +8,13 @@ unknown shortcut) are :class:`CLIError`s that name the field.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pathlib
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "load_reference",
     "resolve_reward_function",
     "load_reward_sources",
+    "load_reward_tokenizer",
     "load_scorers",
     "load_sft_data",
     "builtin_preferences",
@@ -163,17 +165,28 @@ def device_for(cfg: Any) -> torch.device:
 # reward sources
 
 
-def resolve_reward_function(spec: str, *, field_name: str = "reward_funcs") -> Callable[..., Any]:
-    """A reward function from ``"module:function"``, ``"path/to/file.py:function"`` or a
-    shortcut of :data:`~rlhf_core.cli.run_fields.REWARD_SHORTCUTS`. The attribute may be
-    dotted (``"mod:Class.method"``). Errors name ``field_name`` and say what was wrong."""
-    target = REWARD_SHORTCUTS.get(spec, spec)
-    if ":" not in target:
-        raise CLIError(
-            f"{field_name}: {spec!r} is not 'module:function', 'file.py:function' or one of "
-            f"the shortcuts {sorted(REWARD_SHORTCUTS)}"
-        )
-    mod_name, attr = target.rsplit(":", 1)
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The working directory on ``sys.path`` while a user's module is imported (as for
+    ``python -m``: ``my_rewards.score`` finds ``./my_rewards.py``); the path is restored."""
+    cwd = str(pathlib.Path.cwd())
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _import_module(name: str) -> Any:
+    with _cwd_importable():
+        return importlib.import_module(name)
+
+
+def _import_attribute(spec: str, mod_name: str, attr: str, field_name: str) -> Any:
+    """``attr`` (possibly dotted) of module ``mod_name`` (a module path or a ``.py`` file)."""
     if mod_name.endswith(".py"):
         path = pathlib.Path(mod_name)
         if not path.is_file():
@@ -187,7 +200,7 @@ def resolve_reward_function(spec: str, *, field_name: str = "reward_funcs") -> C
         module_spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(mod_name)
+            module = _import_module(mod_name)
         except ImportError as exc:
             raise CLIError(f"{field_name}: {spec!r}: cannot import {mod_name!r}: {exc}") from exc
     obj: Any = module
@@ -195,6 +208,46 @@ def resolve_reward_function(spec: str, *, field_name: str = "reward_funcs") -> C
         if not hasattr(obj, part):
             raise CLIError(f"{field_name}: {spec!r}: {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def _dotted(spec: str, field_name: str) -> Any:
+    """``"package.module.function"`` (TRL's spelling): the longest importable module prefix,
+    then the attributes after it."""
+    parts = spec.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise CLIError(
+            f"{field_name}: {spec!r} is not 'module:function', 'package.module.function' "
+            f"(TRL's spelling), 'file.py:function' or one of the shortcuts "
+            f"{sorted(REWARD_SHORTCUTS)}"
+        )
+    for cut in range(len(parts) - 1, 0, -1):
+        mod_name = ".".join(parts[:cut])
+        try:
+            _import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not mod_name.startswith(exc.name):
+                raise CLIError(
+                    f"{field_name}: {spec!r}: cannot import {mod_name!r}: {exc}"
+                ) from exc
+            continue  # not a module: try a shorter prefix
+        except ImportError as exc:
+            raise CLIError(f"{field_name}: {spec!r}: cannot import {mod_name!r}: {exc}") from exc
+        return _import_attribute(spec, mod_name, ".".join(parts[cut:]), field_name)
+    raise CLIError(f"{field_name}: {spec!r}: no module {parts[0]!r} to import")
+
+
+def resolve_reward_function(spec: str, *, field_name: str = "reward_funcs") -> Callable[..., Any]:
+    """A reward function from ``"package.module.function"`` (TRL's spelling),
+    ``"module:function"``, ``"path/to/file.py:function"`` or a shortcut of
+    :data:`~rlhf_core.cli.run_fields.REWARD_SHORTCUTS`. After a colon the attribute may be
+    dotted (``"mod:Class.method"``). Errors name ``field_name`` and say what was wrong."""
+    target = REWARD_SHORTCUTS.get(spec, spec)
+    if ":" in target:
+        mod_name, attr = target.rsplit(":", 1)
+        obj = _import_attribute(spec, mod_name, attr, field_name)
+    else:
+        obj = _dotted(target, field_name)
     if not callable(obj):
         raise CLIError(f"{field_name}: {spec!r} is a {type(obj).__name__}, not a function")
     return obj  # type: ignore[no-any-return]
@@ -212,15 +265,33 @@ def load_reward_sources(cfg: Any) -> list[Any]:
     return out
 
 
+def load_reward_tokenizer(cfg: Any, policy_tokenizer: Any) -> Any:
+    """The tokenizer of ``cfg.reward_model`` (its own, saved beside it; the policy's when it
+    has none, said on stderr). Scoring compares it with the policy's
+    (:func:`rlhf_core.models.same_tokenizer`): the same one scores the sampled token ids, another
+    one re-encodes the texts with the reward model's chat template."""
+    if is_builtin(cfg.reward_model):
+        return load_tokenizer()
+    try:
+        return load_tokenizer_for(cfg.reward_model, None, field_name="reward_model", cfg=cfg)
+    except CLIError as exc:
+        print(f"reward_model: {exc}; scoring with the policy's tokenizer", file=sys.stderr)
+        return policy_tokenizer
+
+
 def load_scorers(cfg: Any, tokenizer: Any, device: Any) -> tuple[list[Any], list[str]]:
     """The reward sources as reward functions (a reward model wrapped in a
-    :class:`~rlhf_core.rewards.RewardModelScorer` on ``device``) and their names, made unique
-    with ``_1``, ``_2``, ... in order."""
+    :class:`~rlhf_core.rewards.RewardModelScorer` on ``device``, with its own tokenizer) and
+    their names, made unique with ``_1``, ``_2``, ... in order."""
     fns: list[Any] = []
     names: list[str] = []
     for src in load_reward_sources(cfg):
         if isinstance(src, RewardModel):
-            src = RewardModelScorer(src.to(device).eval(), tokenizer, batch_size=cfg.batch_size)
+            src = RewardModelScorer(
+                src.to(device).eval(), load_reward_tokenizer(cfg, tokenizer),
+                policy_tokenizer=tokenizer, chat_template_kwargs=cfg.chat_template_kwargs,
+                batch_size=cfg.batch_size,
+            )  # fmt: skip
         base = reward_function_name(src)
         name, k = base, 0
         while name in names:
@@ -275,10 +346,11 @@ def _report_skips(ds: Any) -> None:
         raise CLIError(f"{getattr(ds, 'source', 'dataset')}: no usable rows")
 
 
-def load_sft_data(cfg: Any, tokenizer: Any) -> list[dict[str, str]]:
-    """Supervised examples ``{"prompt", "completion"}`` of ``cfg.dataset``: prompt-completion
-    rows as they are, ``text`` rows as completions of an empty prompt, and one example per
-    assistant turn of ``messages`` rows (so the loss falls on the assistant turns only)."""
+def load_sft_data(cfg: Any, tokenizer: Any) -> Any:
+    """Supervised examples of ``cfg.dataset`` for :class:`rlhf_core.trainers.SFTTrainer`:
+    prompt-completion rows as they are, ``text`` rows as completions of an empty prompt, and
+    ``messages`` rows as whole conversations (the trainer encodes each with
+    :func:`rlhf_core.data.encode_conversation`, the loss on its assistant turns only)."""
     _check_dataset(cfg.dataset)
     if cfg.dataset == "builtin:language":
         return tasks.sft_corpus(cfg.dataset_size, seed=cfg.seed)
@@ -297,14 +369,14 @@ def load_sft_data(cfg: Any, tokenizer: Any) -> list[dict[str, str]]:
         **_source(cfg),
     )
     _report_skips(ds)
-    examples: list[dict[str, str]] = ds.examples()
     if hasattr(ds, "turns"):
+        turns = sum(len(t) for t in ds.turns)
         print(
-            f"data: {len(ds)} conversations of {ds.source}: {len(examples)} assistant turns "
-            "to learn",
+            f"data: {len(ds)} conversations of {ds.source}: {turns} assistant turns to learn",
             file=sys.stderr,
         )
-    return examples
+        return [{"messages": m, "tools": t} for m, t in zip(ds.messages, ds.tools, strict=True)]
+    return ds.examples()
 
 
 def builtin_preferences(name: str, n: int, seed: int) -> list[dict[str, Any]]:

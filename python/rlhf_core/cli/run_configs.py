@@ -86,7 +86,7 @@ def _eval_split_field() -> Any:
 
 
 @dataclass
-class RewardRunConfig(DataFields, ModelFields, RewardConfig):
+class RewardRunConfig(LoraExportFields, DataFields, ModelFields, RewardConfig):
     """``rlhf-core reward``: :class:`~rlhf_core.trainers.RewardConfig` plus model and data."""
 
     run_dir: str = field(default="runs/reward", metadata={"help": "output folder of the run"})
@@ -148,9 +148,7 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
     reference: str | None = reference_field()
-    dataset: str = dataset_field(
-        "prompts (column prompt, extra columns go to reward functions)"
-    )
+    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
     dataset_size: int = dataset_size_field()
     eval_dataset: str | None = field(
         default=None,
@@ -247,9 +245,7 @@ class _SamplingFields(GenerationFields, DataFields, ModelFields):
     seed: int = field(default=0, metadata={"help": "seed of sampling and builtin data"})
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
-    dataset: str = dataset_field(
-        "prompts (column prompt, extra columns go to reward functions)"
-    )
+    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
     dataset_size: int = dataset_size_field(256)
     num_prompts: int | None = field(
         default=None, metadata={"help": "use only the first this many prompts; none = all"}
@@ -271,6 +267,13 @@ class _SamplingFields(GenerationFields, DataFields, ModelFields):
     )
     device: str = field(
         default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'"}
+    )
+    chat_template_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "extra variables of the tokenizer's chat template when conversations are "
+            "rendered, e.g. {enable_thinking = false}"
+        },
     )
 
     def _check_sampling(self) -> None:

@@ -86,7 +86,8 @@ def dataset_field(kind: str) -> Any:
 
 @dataclass
 class ModelFields:
-    """How the command's models are loaded (``from_pretrained`` options) and rendered."""
+    """How the command's models are loaded (``from_pretrained`` options). The chat-template
+    options are the trainer config's (:class:`rlhf_core.trainers.TrainerConfig`)."""
 
     revision: str | None = field(
         default=None,
@@ -113,13 +114,6 @@ class ModelFields:
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "run model code shipped in a Hub repository (from_pretrained's option)"},
-    )
-    chat_template_kwargs: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "extra variables of the tokenizer's chat template when conversations are "
-            "rendered, e.g. {enable_thinking = false}"
-        },
     )
 
 
@@ -148,35 +142,17 @@ class DataFields:
 
 @dataclass
 class LoraExportFields:
-    """LoRA options beyond the trainer's (``lora_r``, ``lora_alpha``, ...) and what a LoRA run
-    leaves in its run folder."""
+    """What a LoRA run leaves in its run folder (the LoRA options themselves, ``lora_r``,
+    ``use_rslora``, ``use_dora``, ``lora_modules_to_save``, ..., are the trainer config's)."""
 
-    use_rslora: bool = field(
-        default=False,
-        metadata={"help": "rank-stabilised LoRA: scale the update by lora_alpha / sqrt(lora_r)"},
-    )
-    use_dora: bool = field(
-        default=False,
-        metadata={"help": "DoRA: weight-decomposed LoRA (a magnitude vector per adapted layer)"},
-    )
-    lora_modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "modules trained in full next to the adapters and saved with them (e.g. "
-            "['lm_head']); none = only the adapters train"
-        },
-    )
     merge_lora: bool = field(
         default=False,
         metadata={
             "help": "with lora_r > 0: besides the PEFT adapter folder RUN_DIR/adapter, write the "
-            "adapters merged into the base weights as a full model to RUN_DIR/model"
+            "adapters merged into the base weights as a full model to RUN_DIR/model (reward: "
+            "RUN_DIR/reward_model)"
         },
     )
-
-    def lora_extras(self) -> bool:
-        """Whether an option that the trainer's own LoRA setup does not take is set."""
-        return self.use_rslora or self.use_dora or bool(self.lora_modules_to_save)
 
 
 def dataset_size_field(default: int = 2000) -> Any:
@@ -211,9 +187,12 @@ def reward_funcs_field() -> Any:
     return field(
         default_factory=list,
         metadata={
-            "help": "reward functions fn(prompts, completions, **columns): 'module:function', "
-            "'file.py:function' or a shortcut (" + ", ".join(REWARD_SHORTCUTS) + "); weighted "
-            "by reward_weights after the reward model"
+            "help": "reward functions, called as TRL calls them (fn(completions, **kwargs) with "
+            "prompts, completion_ids, trainer_state and the dataset's columns as keywords; "
+            "None = cannot score that sample; async def allowed): 'package.module.function', "
+            "'module:function', 'file.py:function' or a shortcut ("
+            + ", ".join(REWARD_SHORTCUTS)
+            + "); weighted by reward_weights after the reward model"
         },
     )
 

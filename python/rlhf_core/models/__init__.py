@@ -5,7 +5,8 @@ One module per concern: :mod:`~rlhf_core.models.builtin` (tokenizer and built-in
 :mod:`~rlhf_core.models.heads` (reward / value models, text to ids),
 :mod:`~rlhf_core.models.reference`, :mod:`~rlhf_core.models.lora`,
 :mod:`~rlhf_core.models.hub` (builtin / local folder / Hugging Face Hub id),
-:mod:`~rlhf_core.models.head_files` (reward- and value-model folder formats) and
+:mod:`~rlhf_core.models.head_files` (reward- and value-model folder formats),
+:mod:`~rlhf_core.models.text` (text to token ids) and
 :mod:`~rlhf_core.models.common` (helpers they share). Every public name is importable from
 ``rlhf_core.models``.
 
@@ -28,8 +29,10 @@ and a user's own checkpoint go through the same code paths.
   each next token, chunked so that full-vocabulary float32 log-softmax is never materialised
   for the whole batch at once.
 * :func:`encode_prompt_completion` - the one way prompt and completion texts become token ids
-  (used by reward scoring and by trainers that start from text); :func:`closes_turn` decides
-  whether a completion still needs its EOS token.
+  (used by reward scoring and by trainers that start from text; batched:
+  :func:`encode_prompt_completions`); :func:`closes_turn` decides whether a completion still
+  needs its EOS token; :func:`same_tokenizer` whether a reward model can read the policy's
+  token ids as they are.
 """
 
 from rlhf_core.models.builtin import (
@@ -48,12 +51,7 @@ from rlhf_core.models.common import (
     last_token_index,
     seeded,
 )
-from rlhf_core.models.heads import (
-    RewardModel,
-    ValueModel,
-    closes_turn,
-    encode_prompt_completion,
-)
+from rlhf_core.models.heads import RewardModel, ValueModel
 from rlhf_core.models.hub import ModelNotFoundError, is_builtin, is_hub_id, split_revision
 from rlhf_core.models.loading import DEFAULT_DTYPE, load_policy, pretrained_kwargs, resolve_dtype
 from rlhf_core.models.logprobs import (
@@ -61,8 +59,21 @@ from rlhf_core.models.logprobs import (
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from rlhf_core.models.lora import DEFAULT_LORA_TARGETS, apply_lora, merged_copy, peft_model_of
+from rlhf_core.models.lora import (
+    DEFAULT_LORA_TARGETS,
+    apply_lora,
+    apply_reward_lora,
+    merged_copy,
+    merged_reward_model,
+    peft_model_of,
+)
 from rlhf_core.models.reference import ReferenceModel, make_reference
+from rlhf_core.models.text import (
+    closes_turn,
+    encode_prompt_completion,
+    encode_prompt_completions,
+    same_tokenizer,
+)
 
 __all__ = [
     "BUILTIN_SIZES",
@@ -75,12 +86,14 @@ __all__ = [
     "RewardModel",
     "ValueModel",
     "apply_lora",
+    "apply_reward_lora",
     "build_builtin_policy",
     "closes_turn",
     "default_position_ids",
     "device_of",
     "enable_activation_checkpointing",
     "encode_prompt_completion",
+    "encode_prompt_completions",
     "is_activation_checkpointing",
     "is_builtin",
     "is_hub_id",
@@ -90,9 +103,11 @@ __all__ = [
     "load_tokenizer",
     "make_reference",
     "merged_copy",
+    "merged_reward_model",
     "peft_model_of",
     "pretrained_kwargs",
     "resolve_dtype",
+    "same_tokenizer",
     "seeded",
     "split_revision",
     "tiny_config",

@@ -43,6 +43,7 @@ __all__ = [
     "load_parts",
     "save_head_format",
     "save_seqcls",
+    "seqcls_view",
 ]
 
 logger = logging.getLogger("rlhf_core.models")
@@ -72,10 +73,11 @@ def save_head_format(model: Any, out: Path) -> None:
     atomic_write_text(out / HEAD_CONFIG, json.dumps(meta, indent=2) + "\n")
 
 
-def save_seqcls(model: Any, out: Path, pad_token_id: int | None) -> bool:
-    """Write ``model`` (body + ``d -> 1`` head) as an ``AutoModelForSequenceClassification``
-    checkpoint with ``num_labels=1``, sharing its tensors (no copy). Returns False, writing
-    nothing, when the body's family has no such class with a linear ``score`` layer."""
+def seqcls_view(model: Any, pad_token_id: int | None = None) -> Any | None:
+    """``model`` (body + ``d -> 1`` head) as an ``AutoModelForSequenceClassification`` with
+    ``num_labels=1`` that shares its body and head weight (no copy; the head's bias, which
+    those classes do not have, is left out). None when the body's family has no such class
+    with a linear ``score`` layer."""
     from transformers import AutoModelForSequenceClassification
 
     body, head = model.body, model.head
@@ -88,17 +90,32 @@ def save_seqcls(model: Any, out: Path, pad_token_id: int | None) -> bool:
             seq = AutoModelForSequenceClassification.from_config(config)
     except (ValueError, KeyError) as exc:
         logger.info("%s has no sequence-classification class (%s)", type(body).__name__, exc)
-        return False
+        return None
     prefix = getattr(seq, "base_model_prefix", "")
     if not prefix or not isinstance(getattr(seq, "score", None), nn.Linear):
-        return False
+        return None
     setattr(seq, prefix, body)
     w = head.weight
     score = nn.Linear(w.shape[1], 1, bias=False, device=w.device, dtype=w.dtype)
     score.weight = w  # shared, not copied
     seq.score = score
+    return seq
+
+
+def save_seqcls(model: Any, out: Path, pad_token_id: int | None) -> bool:
+    """Write ``model`` (body + ``d -> 1`` head) as an ``AutoModelForSequenceClassification``
+    checkpoint with ``num_labels=1``, sharing its tensors (no copy). Returns False, writing
+    nothing, when the body's family has no such class with a linear ``score`` layer."""
+    seq = seqcls_view(model, pad_token_id)
+    if seq is None:
+        return False
     seq.save_pretrained(str(out))
-    bias = None if head.bias is None else float(head.bias.detach().float().cpu().item())
+    head = model.head
+    bias = (
+        None
+        if getattr(head, "bias", None) is None
+        else float(head.bias.detach().float().cpu().item())
+    )
     meta = {"format": "rlhf_core.score", "version": 1, "kind": model.kind, "bias": bias}
     atomic_write_text(out / SCORE_META, json.dumps(meta, indent=2) + "\n")
     if bias:

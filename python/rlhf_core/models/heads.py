@@ -1,6 +1,7 @@
 """Scalar-head models on a transformer body: the reward model (one score per sequence, read at
-the last non-padding token) and the value model (one value per position); and the one way
-prompt and completion texts become token ids.
+the last non-padding token) and the value model (one value per position). The text-to-ids
+helpers that used to live here (:func:`closes_turn`, :func:`encode_prompt_completion`) are in
+:mod:`rlhf_core.models.text` and still importable from this module.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from rlhf_core.models.common import (
 )
 from rlhf_core.models.head_files import load_parts, save_head_format, save_seqcls
 from rlhf_core.models.loading import DEFAULT_DTYPE, pretrained_kwargs
+from rlhf_core.models.text import closes_turn, encode_prompt_completion
 from rlhf_core.parallel import unwrap_model
 
 __all__ = ["RewardModel", "ValueModel", "closes_turn", "encode_prompt_completion"]
@@ -208,43 +209,3 @@ class ValueModel(_ScalarHeadModel):
         body.requires_grad_(True)
         head.requires_grad_(True)
         return cls(body, head)
-
-
-def closes_turn(tokenizer: Any, ids: Sequence[int]) -> bool:
-    """Whether token ids already end a turn: their last token that is not whitespace is the
-    EOS token or another special token (a chat template's end-of-turn such as ``<|im_end|>``,
-    which it writes after every assistant message, possibly followed by a newline)."""
-    special = {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
-    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    special |= {int(i) for i, tok in decoder.items() if getattr(tok, "special", False)}
-    if tokenizer.eos_token_id is not None:
-        special.add(int(tokenizer.eos_token_id))
-    for i in reversed(list(ids)):
-        if int(i) in special:
-            return True
-        if tokenizer.decode([int(i)]).strip():
-            return False
-    return False
-
-
-def encode_prompt_completion(
-    tokenizer: Any, prompt: str, completion: str, *, add_eos: bool = True
-) -> tuple[list[int], int]:
-    """Token ids of ``prompt + completion`` and the prompt length in tokens.
-
-    The prompt is encoded with the tokenizer's special tokens (``<bos>`` for the built-in
-    tokenizer), the completion without. With ``add_eos`` (the default) the completion ends in
-    the EOS token: it is appended (a sampled completion that stopped ends in EOS too) unless
-    the completion already closes its turn (:func:`closes_turn`: a completion rendered by a
-    chat template ends in the template's end-of-turn token, and a second one would be a
-    token the model never sees at generation). An empty completion is a valid one: it becomes
-    the EOS token alone. Encoding the two parts separately keeps the boundary exact for any
-    tokenizer. Returns (ids, prompt_len).
-    """
-    p_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
-    if add_eos and not closes_turn(tokenizer, c_ids):
-        if tokenizer.eos_token_id is None:
-            raise ValueError("add_eos=True but the tokenizer has no eos_token_id")
-        c_ids.append(int(tokenizer.eos_token_id))
-    return p_ids + c_ids, len(p_ids)

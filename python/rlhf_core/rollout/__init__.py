@@ -1,8 +1,10 @@
 """Rollouts: what a trainer that samples from its policy collects each step.
 
 - :class:`Rollout` (:mod:`.batch`): the step's prompts, completions, rewards, and the rollout
-  policy's / reference's logprobs (and values), ragged per sequence; :func:`prompt_table`;
-  :meth:`Rollout.sample_rows` (the rows of ``samples.jsonl``), :func:`concat_rollouts`.
+  policy's / reference's logprobs (and values), ragged per sequence; the prompts it is
+  drawn from (:class:`PromptTable`, :func:`prompt_rows`: conversations rendered, never
+  ``str()``-ed); :meth:`Rollout.sample_rows` (the rows of ``samples.jsonl``),
+  :func:`concat_rollouts`.
 - :class:`RolloutCollector` (:mod:`.collect`): sample (generation), score (reward sources
   through :func:`rlhf_core.rewards.combine_rewards`), the no-grad forwards.
 - :func:`rollout_metrics` (:mod:`.metrics`): reward, length and KL statistics of the global
@@ -17,7 +19,13 @@ not the trainers.
 
 from __future__ import annotations
 
-from rlhf_core.rollout.batch import Rollout, concat_rollouts, prompt_table
+from rlhf_core.rollout.batch import (
+    PromptTable,
+    Rollout,
+    concat_rollouts,
+    prompt_rows,
+    prompt_table,
+)
 from rlhf_core.rollout.collect import RolloutCollector
 from rlhf_core.rollout.inputs import (
     iter_micro_batches,
@@ -28,6 +36,7 @@ from rlhf_core.rollout.inputs import (
 from rlhf_core.rollout.metrics import gather, rollout_metrics
 
 __all__ = [
+    "PromptTable",
     "Rollout",
     "RolloutCollector",
     "concat_rollouts",
@@ -36,6 +45,7 @@ __all__ = [
     "logprobs_and_entropy",
     "logprobs_of",
     "pad_sequences",
+    "prompt_rows",
     "prompt_table",
     "rollout_metrics",
 ]

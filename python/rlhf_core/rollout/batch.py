@@ -1,5 +1,5 @@
-"""What one step samples: the :class:`Rollout` container, the prompt table it is drawn from,
-and what a rollout is logged as (:meth:`Rollout.sample_rows`)."""
+"""What one step samples: the :class:`Rollout` container, the prompt table it is drawn from
+(:class:`PromptTable`), and what a rollout is logged as (:meth:`Rollout.sample_rows`)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,85 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Rollout", "concat_rollouts", "prompt_table"]
+__all__ = ["PromptTable", "Rollout", "concat_rollouts", "prompt_rows", "prompt_table"]
 
 
-def prompt_table(prompts: Any) -> tuple[list[str], dict[str, list[Any]]]:
-    """Prompt texts and the extra columns (for reward functions) from a
-    :class:`rlhf_core.data.PromptDataset`, a list of strings, or a list of mappings with a
-    ``prompt`` key (every other key becomes a column; all rows must have the same keys)."""
+@dataclass
+class PromptTable:
+    """The prompts a trainer samples from.
+
+    Attributes:
+        texts: what the policy continues: plain prompts as they are, conversational ones
+            rendered with the tokenizer's chat template (with a ``tools`` column and
+            ``chat_template_kwargs``).
+        columns: the other columns, one entry per prompt (handed to reward functions).
+        messages: the conversation of each conversational prompt (None for plain text).
+    """
+
+    texts: list[str]
+    columns: dict[str, list[Any]]
+    messages: list[list[Any] | None]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def conversational(self) -> bool:
+        return any(m is not None for m in self.messages)
+
+    def reward_prompt(self, i: int) -> Any:
+        """Prompt ``i`` as reward functions receive it: its messages when conversational,
+        else its text."""
+        m = self.messages[i]
+        return self.texts[i] if m is None else m
+
+
+def prompt_rows(
+    prompts: Any,
+    tokenizer: Any = None,
+    *,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> PromptTable:
+    """The :class:`PromptTable` of a :class:`rlhf_core.data.PromptDataset`, a list of strings,
+    or rows with a ``prompt`` key (mappings, e.g. a ``datasets.Dataset``; every other key
+    becomes a column; all rows must have the same keys). A conversational prompt (a list of
+    messages) is rendered with ``tokenizer``'s chat template
+    (:func:`rlhf_core.data.render_prompt`, with the row's ``tools``); a value that is neither
+    text nor messages raises :class:`rlhf_core.data.DataError` naming the row — it is never
+    turned into text with ``str()``."""
+    from rlhf_core.data import render_prompt
+
     if hasattr(prompts, "prompts") and hasattr(prompts, "columns"):
-        return [str(p) for p in prompts.prompts], {
-            k: list(v) for k, v in dict(prompts.columns).items()
-        }
+        n = len(prompts.prompts)
+        return PromptTable(
+            [str(p) for p in prompts.prompts],
+            {k: list(v) for k, v in dict(prompts.columns).items()},
+            list(getattr(prompts, "messages", None) or [None] * n),
+        )
     texts: list[str] = []
+    messages: list[list[Any] | None] = []
     columns: dict[str, list[Any]] = {}
     keys: set[str] | None = None
     for i, p in enumerate(prompts):
         if isinstance(p, str):
             row_keys: set[str] = set()
             texts.append(p)
+            messages.append(None)
         elif isinstance(p, Mapping):
             if "prompt" not in p:
                 raise ValueError(f"prompts[{i}] has no 'prompt' key (keys: {sorted(p)})")
-            texts.append(str(p["prompt"]))
+            value = p["prompt"]
+            texts.append(
+                render_prompt(
+                    value,
+                    tokenizer,
+                    tools=p.get("tools"),
+                    chat_template_kwargs=chat_template_kwargs,
+                    source="prompts",
+                    row=i + 1,
+                )  # fmt: skip
+            )
+            messages.append(None if isinstance(value, str) else list(value))
             row_keys = {str(k) for k in p if k != "prompt"}
             for k in row_keys:
                 columns.setdefault(k, []).append(p[k])
@@ -49,7 +106,18 @@ def prompt_table(prompts: Any) -> tuple[list[str], dict[str, list[Any]]]:
             )
     if not texts:
         raise ValueError("prompts is empty")
-    return texts, columns
+    return PromptTable(texts, columns, messages)
+
+
+def prompt_table(
+    prompts: Any,
+    tokenizer: Any = None,
+    *,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[str], dict[str, list[Any]]]:
+    """The prompt texts and extra columns of :func:`prompt_rows`."""
+    table = prompt_rows(prompts, tokenizer, chat_template_kwargs=chat_template_kwargs)
+    return table.texts, table.columns
 
 
 @dataclass
@@ -68,6 +136,8 @@ class Rollout:
         score_parts: ``{source name: float64 (N,)}``, each reward source's raw scores.
         padded: the whole rollout as model input: ``input_ids``, ``attention_mask`` int64
             (N, T) and ``loss_mask`` bool (N, T-1) marking response tokens.
+        reward_metrics: what reward functions logged with ``log_metric(name, value)`` during
+            scoring, every value by name.
         logprobs, ref_logprobs, values: float32 (R_i,) per sequence, aligned with the response
             tokens: the rollout policy's and the reference's logprobs, the value model's values
             (empty until the no-grad forwards ran; ``values`` only with a value model;
@@ -89,6 +159,7 @@ class Rollout:
     scores: np.ndarray
     score_parts: dict[str, np.ndarray]
     padded: dict[str, torch.Tensor]
+    reward_metrics: dict[str, list[float]] = field(default_factory=dict)
     logprobs: list[np.ndarray] = field(default_factory=list)
     ref_logprobs: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
@@ -157,6 +228,10 @@ def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
         return [x for p in parts for x in getattr(p, name)]
 
     first = parts[0]
+    logged: dict[str, list[float]] = {}
+    for p in parts:
+        for name, values in p.reward_metrics.items():
+            logged.setdefault(name, []).extend(values)
     return Rollout(
         prompt_ids=cat("prompt_ids"),
         response_ids=cat("response_ids"),
@@ -168,6 +243,7 @@ def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
         score_parts={k: np.concatenate([p.score_parts[k] for p in parts])
                      for k in first.score_parts},  # fmt: skip
         padded={},
+        reward_metrics=logged,
         logprobs=cat("logprobs"),
         ref_logprobs=cat("ref_logprobs"),
         values=cat("values"),

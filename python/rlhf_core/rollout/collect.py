@@ -6,8 +6,11 @@ One step of a trainer that samples from its policy::
               block), num_samples completions of each (rlhf_core.generation.generate with
               the config's generation_backend, or the trainer's engine: then the engine's
               logprobs of the sampled tokens come along as Rollout.rollout_logprobs)
-    score     every reward source, combined by rlhf_core.rewards.combine_rewards (reward
-              models score the exact sampled token ids); missing_eos_penalty
+    score     every reward source, combined by rlhf_core.rewards.combine_rewards and called
+              by keyword as TRL calls them (prompts and completions as conversations when
+              the prompts are; completion_ids, trainer_state, log_metric, the dataset's
+              columns); reward models score the exact sampled token ids when they share the
+              policy's tokenizer, the texts re-encoded otherwise; missing_eos_penalty
     forward   without grad, over the whole rollout in micro-batches: the rollout policy's and
               the frozen reference's logprobs (when there is a reference), and a value model's
               values when there is one
@@ -37,7 +40,7 @@ from torch.nn import functional as F
 from rlhf_core import parallel as D
 from rlhf_core.generation import Completions, LocalBackend, RolloutBackend
 from rlhf_core.rewards import combine_rewards
-from rlhf_core.rollout.batch import Rollout
+from rlhf_core.rollout.batch import PromptTable, Rollout
 from rlhf_core.rollout.inputs import iter_micro_batches, logprobs_of, pad_sequences
 
 __all__ = ["RolloutCollector"]
@@ -53,8 +56,13 @@ class RolloutCollector:
         reference: the frozen reference; None = no reference logprobs (nothing needs them).
         tokenizer: the policy's tokenizer (its pad token pads the batches).
         prompt_texts, prompt_columns: the prompt table (:func:`rlhf_core.rollout.prompt_table`).
+        prompt_messages: the conversation of each conversational prompt, None for a plain one
+            (:attr:`rlhf_core.rollout.PromptTable.messages`); None = every prompt is plain.
+            Reward functions receive a conversational prompt as its messages and its
+            completions as ``[{"role": "assistant", "content": text}]``.
         reward_sources: reward functions (reward models already wrapped as
-            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``config.reward_weights``.
+            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``config.reward_weights``
+            and combined by ``config.reward_none_policy``.
         dist: the process group (:class:`rlhf_core.parallel.DistContext`).
         device: where the forwards run.
         autocast: a context for every forward (the trainer's bf16 autocast on CUDA).
@@ -85,6 +93,7 @@ class RolloutCollector:
         lockstep: bool,
         step_seed: Callable[..., int],
         value_model: nn.Module | None = None,
+        prompt_messages: Sequence[Any] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -92,6 +101,16 @@ class RolloutCollector:
         self.tokenizer = tokenizer
         self.prompt_texts = prompt_texts
         self.prompt_columns = prompt_columns
+        self.prompts = PromptTable(
+            prompt_texts,
+            prompt_columns,
+            list(prompt_messages) if prompt_messages is not None else [None] * len(prompt_texts),
+        )
+        if len(self.prompts.messages) != len(prompt_texts):
+            raise ValueError(
+                f"prompt_messages has {len(self.prompts.messages)} entries, prompt_texts has "
+                f"{len(prompt_texts)}"
+            )
         self.prompt_ids = [
             np.asarray(tokenizer(p, add_special_tokens=True)["input_ids"], dtype=np.int64)
             for p in prompt_texts
@@ -187,26 +206,43 @@ class RolloutCollector:
         )
 
     # ---- score ------------------------------------------------------------------------------
-    def score(self, roll: Rollout) -> None:
+    def score(self, roll: Rollout, *, trainer_state: Any = None) -> None:
         """``roll.scores`` (float64 (N,), the weighted sum of the reward sources, NaN =
-        unscorable, minus ``missing_eos_penalty`` for truncated completions) and
-        ``roll.score_parts`` (each source's raw scores)."""
+        unscorable, minus ``missing_eos_penalty`` for truncated completions),
+        ``roll.score_parts`` (each source's raw scores) and ``roll.reward_metrics`` (what the
+        functions logged). ``trainer_state`` is handed to the reward functions
+        (:class:`rlhf_core.rewards.TrainerState`)."""
         idx = roll.prompt_index
         columns = {k: [v[i] for i in idx] for k, v in self.prompt_columns.items()}
+        prompts = [self.prompts.reward_prompt(i) for i in idx]
+        completions: list[Any] = [
+            t if self.prompts.messages[i] is None else [{"role": "assistant", "content": t}]
+            for i, t in zip(idx, roll.texts, strict=True)
+        ]
+        logged: dict[str, list[float]] = {}
+
+        def log_metric(name: str, value: float) -> None:
+            logged.setdefault(str(name), []).append(float(value))
+
         total, parts = combine_rewards(
             self.reward_sources,
             self.config.reward_weights,
-            [self.prompt_texts[i] for i in idx],
-            roll.texts,
+            prompts,
+            completions,
             return_components=True,
             sequences=roll.sequences(),  # reward models score the exact sampled tokens
             model_context=self.autocast,
+            none_policy=self.config.reward_none_policy,
+            completion_ids=[r.tolist() for r in roll.response_ids],
+            trainer_state=trainer_state,
+            log_metric=log_metric,
             **columns,
         )
         penalty = self.config.missing_eos_penalty
         if penalty:
             total = np.where(np.asarray(roll.truncated, dtype=bool), total - penalty, total)
         roll.scores, roll.score_parts = total, parts
+        roll.reward_metrics = logged
 
     # ---- forward ----------------------------------------------------------------------------
     @torch.no_grad()

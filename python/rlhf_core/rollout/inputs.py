@@ -19,12 +19,13 @@ __all__ = ["iter_micro_batches", "logprobs_and_entropy", "logprobs_of", "pad_seq
 
 def pad_sequences(
     sequences: Sequence[np.ndarray | Sequence[int]],
-    completion_starts: Sequence[int],
+    completion_starts: Sequence[int] | None,
     pad_id: int,
     *,
+    loss_masks: Sequence[np.ndarray | Sequence[bool]] | None = None,
     device: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Right-pad token sequences into model inputs with a completion mask.
+    """Right-pad token sequences into model inputs with a loss mask.
 
     The rows are materialised by the Rust buffer (:meth:`rlhf_core.buffer.Minibatch.
     to_padded`: each sequence is its prompt, the tokens before its completion start, and its
@@ -33,24 +34,41 @@ def pad_sequences(
     Args:
         sequences: N token-id sequences (prompt + completion), int.
         completion_starts: per sequence, the index of its first completion token (0 and 1 both
-            mean that every token after the first is a target).
+            mean that every token after the first is a target); None with ``loss_masks``.
         pad_id: padding token id.
+        loss_masks: instead of ``completion_starts``, per sequence a bool (L_i,) mask of its
+            target tokens (e.g. the assistant turns of a conversation,
+            :func:`rlhf_core.data.encode_conversation`); the first token is never a target
+            (nothing predicts it).
         device: where the tensors go (None: the CPU, sharing memory with the buffer's arrays).
 
     Returns:
         ``input_ids`` int64 (N, T), ``attention_mask`` int64 (N, T), and ``loss_mask`` bool
         (N, T-1) aligned with :func:`rlhf_core.models.token_logprobs` output: ``loss_mask[i, j]``
-        is True when token ``j+1`` of sequence ``i`` is a completion token. T is the longest
-        sequence, at least 2.
+        is True when token ``j+1`` of sequence ``i`` is a target (a completion token, or True in
+        its loss mask). T is the longest sequence, at least 2.
     """
     from rlhf_core.buffer import RolloutBuffer
 
     n = len(sequences)
+    rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    masks: list[np.ndarray] | None = None
+    if loss_masks is not None:
+        if completion_starts is not None:
+            raise ValueError("give completion_starts or loss_masks, not both")
+        if len(loss_masks) != n:
+            raise ValueError(f"loss_masks has {len(loss_masks)} entries, sequences has {n}")
+        masks = [np.asarray(m, dtype=bool).reshape(-1) for m in loss_masks]
+        for i, (r, m) in enumerate(zip(rows, masks, strict=True)):
+            if len(m) != len(r):
+                raise ValueError(f"loss_masks[{i}] has {len(m)} entries, sequences[{i}] {len(r)}")
+        completion_starts = [1] * n
+    elif completion_starts is None:
+        raise ValueError("give completion_starts or loss_masks")
     if len(completion_starts) != n:
         raise ValueError(
             f"completion_starts has {len(completion_starts)} entries, sequences has {n}"
         )
-    rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
     if n == 0 or max(len(r) for r in rows) < 2:
         # nothing to predict: the (N, 2) / (N, 1) shapes of an all-padding batch
         t = 2
@@ -74,6 +92,11 @@ def pad_sequences(
             "attention_mask": padded["attention_mask"],
             "loss_mask": padded["response_mask"],
         }
+        if masks is not None:  # (N, T-1): column j is about token j+1
+            lm = torch.zeros_like(out["loss_mask"])
+            for i, m in enumerate(masks):
+                lm[i, : len(m) - 1] = torch.from_numpy(m[1:])
+            out["loss_mask"] = lm
     if device is not None:
         out = {k: v.to(device) for k, v in out.items()}
     return out

@@ -25,8 +25,10 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
     rank are gathered first, so the numbers are those of a single process).
 
     ``reward/{mean,std,min,max}`` over scorable completions, ``reward/frac_unscorable``,
-    ``reward/<source>`` (each source's mean raw score), ``response_length/{mean,min,max,
-    frac_truncated}``; once the rollout's and the reference's logprobs are known, ``kl`` (the mean over completions
+    ``reward/<source>`` (each source's mean raw score), what reward functions logged with
+    ``log_metric(name, value)`` (the mean of the values over every rank, under ``name``),
+    ``response_length/{mean,min,max,frac_truncated}``; once the rollout's and the
+    reference's logprobs are known, ``kl`` (the mean over completions
     of Σ_t (log π − log π_ref), nats per sequence) and ``kl/k3_token_mean`` (the token mean of
     the k3 estimate), both from :func:`rlhf_core.ops.kl` and :func:`rlhf_core.ops.reduce_tokens`.
     """
@@ -51,6 +53,7 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
         part = gather(part, dist)
         ok = part[np.isfinite(part)]
         metrics[f"reward/{name}"] = float(ok.mean()) if ok.size else nan
+    metrics.update(_logged_by_reward_functions(roll, metrics, dist))
     if not (roll.logprobs and roll.ref_logprobs):
         return metrics
     logp = np.concatenate(roll.logprobs).astype(np.float64)
@@ -61,3 +64,21 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
     metrics["kl"] = float(gather(seq_kl, dist).mean())
     metrics["kl/k3_token_mean"] = float(gather(k3, dist).mean())
     return metrics
+
+
+def _logged_by_reward_functions(
+    roll: Rollout, metrics: dict[str, float], dist: D.DistContext | None
+) -> dict[str, float]:
+    """The mean of each name reward functions logged (every rank's values; a name logged on
+    some ranks only is fine). A name of the rollout's own metrics is an error."""
+    merged: dict[str, list[float]] = {}
+    for logged in D.all_gather_object(roll.reward_metrics, dist):
+        for name, values in logged.items():
+            merged.setdefault(name, []).extend(values)
+    taken = sorted(set(merged) & set(metrics))
+    if taken:
+        raise ValueError(
+            f"a reward function logged {taken[0]!r} with log_metric, which is a metric of the "
+            "trainer's own; log it under another name"
+        )
+    return {k: float(np.mean(v)) for k, v in merged.items() if v}

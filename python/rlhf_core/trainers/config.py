@@ -1,7 +1,7 @@
 """The config dataclasses every trainer builds on.
 
 - :class:`TrainerConfig`: run folder, steps, optimiser, schedule, checkpoints, logging,
-  device, parallelism, LoRA; every trainer's config subclasses it.
+  device, parallelism, LoRA, chat-template options; every trainer's config subclasses it.
 - :class:`GenerationFields`: which rollout backend samples (``generation_backend``) and the
   vLLM engine's settings; in every :class:`RolloutConfig` and in the CLI's ``label`` / ``eval``.
 - :class:`RolloutConfig`: what a trainer that samples from its policy adds (batch of
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rlhf_core import losses as L
 from rlhf_core import losses_correction as LC
@@ -27,7 +27,23 @@ from rlhf_core.errors import check_field
 from rlhf_core.monitor.tracking import REPORT_TO
 from rlhf_core.trainers.generation_fields import GenerationFields
 
-__all__ = ["GenerationFields", "TrainerConfig", "RolloutConfig", "RLConfig"]
+__all__ = ["GenerationFields", "LR_SCHEDULERS", "RLConfig", "RolloutConfig", "TrainerConfig"]
+
+#: ``lr_scheduler`` values: rlhf-core's three, then every ``transformers`` schedule that
+#: follows the step count (``transformers.SchedulerType`` without the loss-driven
+#: ``reduce_lr_on_plateau`` and ``greedy``); see :func:`rlhf_core.trainers.optim.build_scheduler`
+LR_SCHEDULERS = (
+    "constant",
+    "linear",
+    "cosine",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
 
 
 @dataclass
@@ -46,12 +62,34 @@ class TrainerConfig:
         default=100, metadata={"help": "number of training steps (one step = one update round)"}
     )
     learning_rate: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate"})
-    lr_scheduler: Literal["constant", "linear", "cosine"] = field(
+    lr_scheduler: str = field(
         default="constant",
-        metadata={"help": "learning-rate shape after warm-up, over total_steps"},
+        metadata={
+            "help": "learning-rate schedule over total_steps (TRL: lr_scheduler_type), stepped "
+            "once per trainer step: constant, linear, cosine (after the warm-up), or any "
+            "schedule of transformers.get_scheduler: " + ", ".join(LR_SCHEDULERS[3:])
+        },
+    )
+    lr_scheduler_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "extra arguments of a transformers schedule, e.g. {min_lr_rate = 0.1} for "
+            "cosine_with_min_lr, {num_decay_steps = 20} for warmup_stable_decay"
+        },
     )
     warmup_steps: int = field(
-        default=0, metadata={"help": "steps of linear warm-up from 0 to learning_rate"}
+        default=0,
+        metadata={
+            "help": "steps of linear warm-up to learning_rate (step s of the warm-up uses "
+            "(s + 1) / (warmup_steps + 1) of it, so no step runs at 0)"
+        },
+    )
+    warmup_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "warm-up as a share of total_steps, in [0, 1): ceil(warmup_ratio × "
+            "total_steps) steps (when warmup_steps is 0)"
+        },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
@@ -134,8 +172,8 @@ class TrainerConfig:
         metadata={
             "help": "LoRA rank of the policy's adapters (through peft); 0 = full fine-tuning. "
             "With LoRA only the adapters train and the reference is the policy with its "
-            "adapters disabled (no copy). Policy trainers only (SFT, DPO, RL); the reward "
-            "trainer refuses it"
+            "adapters disabled (no copy). The reward trainer trains adapters on the reward "
+            "model's body and its score head in full"
         },
     )
     lora_alpha: float = field(
@@ -150,6 +188,28 @@ class TrainerConfig:
             "help": "module names that get adapters; none = the attention and MLP projections "
             "(q/k/v/o_proj, gate/up/down_proj); ['all-linear'] = every linear layer but the "
             "LM head"
+        },
+    )
+    use_rslora: bool = field(
+        default=False,
+        metadata={"help": "rank-stabilised LoRA: scale the update by lora_alpha / sqrt(lora_r)"},
+    )
+    use_dora: bool = field(
+        default=False,
+        metadata={"help": "DoRA: weight-decomposed LoRA (a magnitude vector per adapted layer)"},
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "modules trained in full next to the adapters and saved with them (e.g. "
+            "['lm_head']); none = only the adapters (the reward model's score head always)"
+        },
+    )
+    chat_template_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "extra variables of the tokenizer's chat template when conversations are "
+            "rendered, e.g. {enable_thinking = false}"
         },
     )
 
@@ -174,12 +234,28 @@ class TrainerConfig:
             "expected >= 0 (e.g. 1e-5)",
         )
         check_field(
-            self.lr_scheduler in ("constant", "linear", "cosine"),
+            self.lr_scheduler in LR_SCHEDULERS,
             "lr_scheduler",
             self.lr_scheduler,
-            "expected one of 'constant', 'linear', 'cosine'",
+            f"expected one of {', '.join(LR_SCHEDULERS)}",
+        )
+        check_field(
+            self.lr_scheduler in LR_SCHEDULERS[3:] or not self.lr_scheduler_kwargs,
+            "lr_scheduler_kwargs",
+            self.lr_scheduler_kwargs,
+            f"the {self.lr_scheduler!r} schedule takes no extra arguments; they are for the "
+            "transformers schedules",
         )
         check_field(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "expected >= 0")
+        check_field(
+            0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "expected in [0, 1)"
+        )
+        check_field(
+            self.warmup_ratio == 0 or self.warmup_steps == 0,
+            "warmup_ratio",
+            self.warmup_ratio,
+            f"set warmup_steps ({self.warmup_steps}) or warmup_ratio, not both",
+        )
         check_field(self.weight_decay >= 0, "weight_decay", self.weight_decay, "expected >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             v = getattr(self, name)
@@ -221,6 +297,13 @@ class TrainerConfig:
             "lora_target_modules",
             targets,
             "expected none or a non-empty list of module names (e.g. ['q_proj', 'v_proj'])",
+        )
+        saved = self.lora_modules_to_save
+        check_field(
+            saved is None or all(isinstance(t, str) and t for t in saved),
+            "lora_modules_to_save",
+            saved,
+            "expected none or a list of module names (e.g. ['lm_head'])",
         )
 
 
@@ -274,12 +357,21 @@ class RolloutConfig(GenerationFields, TrainerConfig):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "weight of each reward source; none = all 1"}
     )
+    reward_none_policy: Literal["skip_function", "unscorable"] = field(
+        default="skip_function",
+        metadata={
+            "help": "a reward function returning None for a sample: 'skip_function' (TRL's "
+            "rule) leaves that function out of the sample's weighted sum, the sample being "
+            "unscorable only when every function of non-zero weight returned None; "
+            "'unscorable' makes the sample unscorable (zero advantage) at the first None"
+        },
+    )
     allow_unscorable_steps: bool = field(
         default=False,
         metadata={
-            "help": "a step whose samples are all unscorable (every one got None / NaN from a "
-            "reward source of non-zero weight) is an error; true: a warning with the counts, "
-            "and the step trains on zero advantages"
+            "help": "a step whose samples are all unscorable (reward_none_policy says when a "
+            "sample is) is an error; true: a warning with the counts, and the step trains on "
+            "zero advantages"
         },
     )
     missing_eos_penalty: float = field(
@@ -360,6 +452,12 @@ class RolloutConfig(GenerationFields, TrainerConfig):
             "missing_eos_penalty",
             self.missing_eos_penalty,
             "expected a finite value >= 0 (0 = off)",
+        )
+        check_field(
+            self.reward_none_policy in ("skip_function", "unscorable"),
+            "reward_none_policy",
+            self.reward_none_policy,
+            "expected 'skip_function' or 'unscorable'",
         )
         check_field(
             self.reward_weights is None or all(math.isfinite(w) for w in self.reward_weights),

@@ -231,10 +231,12 @@ class GRPOTrainer(PolicyGradientTrainer):
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
         super().__init__(config, policy, tokenizer, prompts, reward_funcs,
                          estimator=estimator_from_config(config), reference=reference,
-                         eval_dataset=eval_dataset, callbacks=callbacks)  # fmt: skip
+                         eval_dataset=eval_dataset, callbacks=callbacks,
+                         reward_processing_classes=reward_processing_classes)  # fmt: skip
 
 
 class RLOOTrainer(GRPOTrainer):

@@ -94,14 +94,16 @@ class TrainResult:
 
 @dataclass
 class TrainedModel:
-    """A model the trainer optimises: its trainable parameters, AdamW and schedule, and the
-    prefix of its logged gradient norm (``""`` for the main model, ``"value_"`` for PPO's)."""
+    """A model the trainer optimises: its trainable parameters, AdamW and schedule, the
+    prefix of its logged gradient norm (``""`` for the main model, ``"value_"`` for PPO's),
+    and whether its optimizer stepped in the current trainer step."""
 
     model: nn.Module
     params: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: Any
     prefix: str = ""
+    updated: bool = False
 
 
 class Trainer:
@@ -256,12 +258,22 @@ class Trainer:
         for t in self.trained.values():
             t.optimizer.step()
             t.optimizer.zero_grad(set_to_none=True)
+            t.updated = True
         return norms
 
     def step_schedulers(self) -> None:
-        """One learning-rate schedule step of every trained model (once per trainer step)."""
+        """One learning-rate schedule step of every trained model (once per trainer step, at
+        its end). The schedule follows the trainer step: a model whose optimizer did not step
+        in this trainer step (e.g. every completion masked) has its schedule advanced without
+        a scheduler step (:meth:`rlhf_core.trainers.optim.TrainerStepLR.skip`), which torch
+        would take for a scheduler stepped before its optimizer."""
         for t in self.trained.values():
-            t.scheduler.step()
+            skip = getattr(t.scheduler, "skip", None)
+            if t.updated or skip is None:
+                t.scheduler.step()
+            else:
+                skip()
+            t.updated = False
 
     def synced_models(self) -> list[nn.Module]:
         """The (wrapped) trained models, whose gradients every backward synchronises."""
@@ -299,11 +311,11 @@ class Trainer:
             f"the same share (e.g. {max(w, value - value % w)})",
         )
 
-    def apply_lora(self, model: nn.Module) -> nn.Module:
+    def apply_lora(self, model: nn.Module, *, pad_token_id: int | None = None) -> nn.Module:
         """:func:`rlhf_core.trainers.runtime.apply_lora` with this trainer's config. Call it
         before :meth:`wrap_trained` and before making the reference, so that
         :func:`rlhf_core.models.make_reference` returns the adapter-disabled base."""
-        return runtime.apply_lora(model, self.config)
+        return runtime.apply_lora(model, self.config, pad_token_id=pad_token_id)
 
     def wrap_trained(self, model: nn.Module) -> nn.Module:
         """:func:`rlhf_core.trainers.runtime.place_trained` on this rank."""

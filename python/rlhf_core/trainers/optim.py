@@ -1,7 +1,9 @@
 """The optimiser, its schedule, and the seeds and data order of a step.
 
 - :func:`build_optimizer` (AdamW with the config's hyper-parameters) and
-  :func:`build_scheduler` (warm-up, then constant / linear / cosine over ``total_steps``);
+  :func:`build_scheduler` (warm-up, then constant / linear / cosine over ``total_steps``, or
+  any schedule of ``transformers.get_scheduler``), a :class:`TrainerStepLR` stepped once per
+  trainer step;
 - :func:`step_seed`: every random draw of a step comes from a seed derived from
   ``(run seed, step, purpose)``, so a resumed run draws what an uninterrupted one would;
 - :class:`IndexSampler`: the seeded, resumable order of a trainer's items (prompts,
@@ -16,7 +18,7 @@ order is wanted anyway.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,10 +29,12 @@ from rlhf_core.trainers.config import TrainerConfig
 
 __all__ = [
     "IndexSampler",
+    "TrainerStepLR",
     "build_optimizer",
     "build_scheduler",
     "step_seed",
     "trainable_parameters",
+    "warmup_steps_of",
 ]
 
 
@@ -73,24 +77,87 @@ def build_optimizer(
     )
 
 
+def warmup_steps_of(config: TrainerConfig) -> int:
+    """Warm-up steps: ``warmup_steps``, else ``ceil(warmup_ratio × total_steps)`` (as the
+    transformers ``Trainer`` counts a ratio)."""
+    if config.warmup_steps > 0:
+        return int(config.warmup_steps)
+    return math.ceil(config.warmup_ratio * config.total_steps)
+
+
 def _lr_factor(step: int, config: TrainerConfig) -> float:
-    """Multiplier of the peak learning rate at (0-based) trainer step ``step``."""
-    if step < config.warmup_steps:
-        return (step + 1) / (config.warmup_steps + 1)
+    """Multiplier of the peak learning rate at (0-based) trainer step ``step`` for
+    rlhf-core's three schedules."""
+    warmup = warmup_steps_of(config)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
     if config.lr_scheduler == "constant":
         return 1.0
-    span = max(1, config.total_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
+    span = max(1, config.total_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     if config.lr_scheduler == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainerConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warm-up + constant / linear / cosine decay, stepped once per trainer step."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+def _transformers_factor(config: TrainerConfig) -> Callable[[int], float]:
+    """The multiplier of a ``transformers.get_scheduler`` schedule, read one step ahead: at
+    trainer step ``s`` it is the schedule's value at ``s + 1`` with ``warmup + 1`` warm-up steps
+    out of ``total_steps + 1``, so warm-up step ``s`` gives ``(s + 1) / (warmup + 1)`` (no step
+    runs at 0) as rlhf-core's own schedules do, and after the warm-up the schedule runs over
+    the remaining steps exactly as transformers defines it."""
+    from transformers import get_scheduler
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        sched = get_scheduler(
+            config.lr_scheduler,
+            dummy,
+            num_warmup_steps=warmup_steps_of(config) + 1,
+            num_training_steps=config.total_steps + 1,
+            scheduler_specific_kwargs=dict(config.lr_scheduler_kwargs) or None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"lr_scheduler={config.lr_scheduler!r} with lr_scheduler_kwargs="
+            f"{config.lr_scheduler_kwargs!r}: transformers.get_scheduler refused them: {exc}"
+        ) from exc
+    factor = sched.lr_lambdas[0]
+    return lambda s: float(factor(s + 1))
+
+
+class TrainerStepLR(torch.optim.lr_scheduler.LambdaLR):
+    """The learning-rate schedule of a trained model: ``base_lr × factor(trainer step)``.
+
+    :meth:`step` after a trainer step with an optimizer update, :meth:`skip` after one
+    without (e.g. every completion masked): the schedule follows the trainer step either way,
+    and ``skip`` sets the next step's learning rate without torch's check that an optimizer
+    step came first (no update used the old one)."""
+
+    def skip(self) -> None:
+        """Advance one trainer step without an optimizer update."""
+        self.last_epoch += 1
+        lrs = [
+            base * f(self.last_epoch)
+            for base, f in zip(self.base_lrs, self.lr_lambdas, strict=True)
+        ]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = lrs
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainerConfig) -> TrainerStepLR:
+    """The schedule of ``config.lr_scheduler``, stepped once per trainer step.
+
+    ``constant`` / ``linear`` / ``cosine``: warm-up (step ``s < warmup`` uses ``(s + 1) /
+    (warmup + 1)`` of the peak), then a constant rate, ``1 − progress`` or ``(1 + cos(π ·
+    progress)) / 2`` with ``progress = (s − warmup) / (total_steps − warmup)``. Every other
+    name is ``transformers.get_scheduler``'s schedule (with ``lr_scheduler_kwargs``), read one
+    step ahead so that its warm-up matches (see :func:`_transformers_factor`). The warm-up is
+    ``warmup_steps``, or ``warmup_ratio`` of ``total_steps``."""
+    if config.lr_scheduler in ("constant", "linear", "cosine"):
+        return TrainerStepLR(optimizer, lambda s: _lr_factor(s, config))
+    return TrainerStepLR(optimizer, _transformers_factor(config))
 
 
 class IndexSampler:

@@ -63,6 +63,44 @@ class EncodedPairs:
         )
 
 
+_PARTS = ("prompt", "chosen", "rejected")
+
+
+def _rendered(pairs: Sequence[Pair], tokenizer: Any, chat_template_kwargs: Any) -> Any:
+    """``pairs`` with conversational rows rendered: rows (mappings, or tuples) whose prompt,
+    chosen or rejected is not text go, all of them, through
+    :func:`rlhf_core.data.load_preferences` (chat template, ``tools``, implicit prompts,
+    errors naming the row and column); text-only pairs are returned as they are."""
+    from rlhf_core.data import load_preferences
+
+    def as_row(p: Any) -> Any:
+        if isinstance(p, (tuple, list)) and len(p) in (3, 4):
+            row = dict(zip(_PARTS, p[:3], strict=True))
+            return {**row, "margin": p[3]} if len(p) == 4 else row
+        return p
+
+    def plain(p: Any) -> bool:
+        row = as_row(p)
+        return not isinstance(row, Mapping) or all(isinstance(row.get(k, ""), str) for k in _PARTS)
+
+    if (hasattr(pairs, "chosen") and hasattr(pairs, "rejected")) or all(plain(p) for p in pairs):
+        return pairs
+    rows = [as_row(p) for p in pairs]
+    if any(not isinstance(r, Mapping) for r in rows):
+        bad = next(i for i, r in enumerate(rows) if not isinstance(r, Mapping))
+        raise ValueError(_expected(pairs[bad], bad))
+    return load_preferences(
+        [dict(r) for r in rows], tokenizer=tokenizer, chat_template_kwargs=chat_template_kwargs
+    )
+
+
+def _expected(p: Any, i: int) -> str:
+    return (
+        f"pairs[{i}] is a {type(p).__name__}; expected (prompt, chosen, rejected) or a mapping "
+        "with 'prompt', 'chosen', 'rejected' (and optionally 'margin')"
+    )
+
+
 def _fields(p: Pair, i: int) -> tuple[str, str, str, float]:
     if isinstance(p, Mapping):
         missing = [k for k in ("chosen", "rejected") if k not in p]
@@ -70,27 +108,37 @@ def _fields(p: Pair, i: int) -> tuple[str, str, str, float]:
             raise ValueError(
                 f"pairs[{i}] lacks column(s) {missing}; expected 'prompt', 'chosen', 'rejected'"
             )
-        return (
-            str(p.get("prompt", "")),
-            str(p["chosen"]),
-            str(p["rejected"]),
-            float(p.get("margin", 0.0) or 0.0),
-        )
-    if isinstance(p, (tuple, list)) and len(p) in (3, 4):
-        return str(p[0]), str(p[1]), str(p[2]), float(p[3]) if len(p) == 4 else 0.0
-    raise ValueError(
-        f"pairs[{i}] is a {type(p).__name__}; expected (prompt, chosen, rejected) or a mapping "
-        "with 'prompt', 'chosen', 'rejected' (and optionally 'margin')"
-    )
+        parts = (p.get("prompt", ""), p["chosen"], p["rejected"])
+        margin = float(p.get("margin", 0.0) or 0.0)
+    elif isinstance(p, (tuple, list)) and len(p) in (3, 4):
+        parts = (p[0], p[1], p[2])
+        margin = float(p[3]) if len(p) == 4 else 0.0
+    else:
+        raise ValueError(_expected(p, i))
+    for name, v in zip(_PARTS, parts, strict=True):
+        if not isinstance(v, str):  # conversations were rendered; anything else is refused
+            raise ValueError(
+                f"pairs[{i}]: {name} is a {type(v).__name__}; expected text or a list of "
+                "{role, content} messages"
+            )
+    return parts[0], parts[1], parts[2], margin
 
 
 def encode_pairs(
-    tokenizer: Any, pairs: Sequence[Pair], *, max_length: int | None = None
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    *,
+    max_length: int | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> EncodedPairs:
     """Encode preference pairs with :func:`rlhf_core.models.encode_prompt_completion` (the
-    encoding used everywhere: prompt with special tokens, completion, EOS)."""
+    encoding used everywhere: prompt with special tokens, completion, EOS). Pairs are tuples or
+    mappings (a list, a ``datasets.Dataset`` or a :class:`rlhf_core.data.PreferenceDataset`);
+    conversational ones (TRL's explicit or implicit prompt) are rendered with the chat template
+    through :func:`rlhf_core.data.load_preferences`, never ``str()``-ed."""
     from rlhf_core.models import encode_prompt_completion
 
+    pairs = _rendered(pairs, tokenizer, chat_template_kwargs)
     out = EncodedPairs([], [], [], [], np.zeros(len(pairs), dtype=np.float64))
     for i, p in enumerate(pairs):
         prompt, chosen, rejected, margin = _fields(p, i)
@@ -160,14 +208,11 @@ class PairTrainer(Trainer):
         ``eval_fraction`` split of ``pairs``), then the sampler and optimizer of ``model``."""
         cfg: Any = self.config
         self.tokenizer = tokenizer
-        encoded = encode_pairs(tokenizer, pairs, max_length=cfg.max_length)
+        kw = dict(max_length=cfg.max_length, chat_template_kwargs=cfg.chat_template_kwargs)
+        encoded = encode_pairs(tokenizer, pairs, **kw)
         if eval_pairs is not None:
             self.train_pairs = encoded
-            self.eval_pairs = (
-                encode_pairs(tokenizer, eval_pairs, max_length=cfg.max_length)
-                if len(eval_pairs)
-                else None
-            )
+            self.eval_pairs = encode_pairs(tokenizer, eval_pairs, **kw) if len(eval_pairs) else None
         else:
             tr, ev = split_held_out(len(encoded), cfg.eval_fraction, cfg.seed)
             self.train_pairs = encoded.subset(tr)

@@ -91,11 +91,13 @@ class PolicyGradientTrainer(RolloutTrainer):
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
-                         eval_dataset=eval_dataset, callbacks=callbacks)  # fmt: skip
+                         eval_dataset=eval_dataset, callbacks=callbacks,
+                         reward_processing_classes=reward_processing_classes)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
         self.estimator = estimator

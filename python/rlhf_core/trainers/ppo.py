@@ -25,6 +25,7 @@ controller sees the global KL of the global batch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from rlhf_core.rollout import gather
 from rlhf_core.trainers.config import RLConfig
 from rlhf_core.trainers.policy_gradient import PolicyGradientTrainer
 from rlhf_core.trainers.sampling import RewardSource
+
+log = logging.getLogger("rlhf_core.trainers")
 
 __all__ = ["PPOConfig", "PPOTrainer", "FixedKLController", "AdaptiveKLController"]
 
@@ -163,9 +166,11 @@ class PPOTrainer(PolicyGradientTrainer):
         policy, tokenizer, prompts, reward_funcs, reference: as
             :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer`.
         value_model: a :class:`rlhf_core.models.ValueModel`; default: a copy of the first
-            reward model among ``reward_funcs`` (``value_init="reward_model"``) or of the
-            policy's body with a fresh head.
+            reward model among ``reward_funcs`` that reads the policy's tokenizer
+            (``value_init="reward_model"``) or of the policy's body with a fresh head.
         eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
+        reward_processing_classes: the reward sources' tokenizers, as
+            :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
     """
 
     name = "ppo"
@@ -184,16 +189,28 @@ class PPOTrainer(PolicyGradientTrainer):
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
-        from rlhf_core.models import RewardModel, ValueModel
+        from rlhf_core.models import RewardModel, ValueModel, same_tokenizer
 
         if value_model is None:
             # from the models as passed, before the base class wraps (or shards) them
             items = reward_funcs if isinstance(reward_funcs, Sequence) else [reward_funcs]
-            rms = [r for r in items if isinstance(r, RewardModel)]
+            toks = reward_processing_classes
+            if toks is None or not isinstance(toks, (list, tuple)):
+                toks = [toks] * len(items)
+            rms = [
+                r for r, t in zip(items, toks, strict=False)
+                if isinstance(r, RewardModel) and (t is None or same_tokenizer(t, tokenizer))
+            ]  # fmt: skip
             if config.value_init == "reward_model" and rms:
                 value_model = ValueModel.from_reward_model(rms[0])
             else:
+                if config.value_init == "reward_model" and any(
+                    isinstance(r, RewardModel) for r in items
+                ):
+                    log.warning("ppo: the reward model reads another tokenizer than the "
+                                "policy's, so the value model starts from the policy")  # fmt: skip
                 value_model = ValueModel.from_policy(policy, seed=config.seed)
         gae = GAE(
             gamma=config.gamma,
@@ -204,7 +221,8 @@ class PPOTrainer(PolicyGradientTrainer):
         )
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, estimator=gae,
                          reference=reference, eval_dataset=eval_dataset,
-                         callbacks=callbacks)  # fmt: skip
+                         callbacks=callbacks,
+                         reward_processing_classes=reward_processing_classes)  # fmt: skip
         self.value_model = self.wrap_trained(value_model)
         self.add_trained("value", self.value_model, lr=config.value_learning_rate)
         self.collector.value_model = self.value_model  # its values go into every rollout

@@ -65,13 +65,6 @@ class RewardConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_field(
-            self.lora_r == 0,
-            "lora_r",
-            self.lora_r,
-            "expected 0: LoRA applies to a causal-LM policy, not to a reward model "
-            "(wrap the reward model's body with peft yourself to train adapters)",
-        )
         check_field(self.batch_size >= 1, "batch_size", self.batch_size, "expected >= 1")
         check_field(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
@@ -106,6 +99,9 @@ class RewardTrainer(PairTrainer):
     Args:
         config: :class:`RewardConfig`.
         reward_model: a ``RewardModel`` (``forward(input_ids, attention_mask) -> (B,)``).
+            With ``lora_r > 0`` it gets LoRA adapters in place
+            (:func:`rlhf_core.models.apply_reward_lora`: the body's adapters and the score
+            head train; :func:`rlhf_core.models.peft_model_of` gives the peft model to save).
         tokenizer: the tokenizer of its body.
         pairs: ``(prompt, chosen, rejected)`` tuples or mappings with those keys (and
             ``margin`` when ``use_margin``).
@@ -131,6 +127,8 @@ class RewardTrainer(PairTrainer):
         if len(pairs) == 0:
             raise ValueError("pairs is empty: reward training needs at least one pair")
         self.check_divisible("batch_size", config.batch_size)
+        # with lora_r > 0: adapters on the body, the score head trained in full
+        reward_model = self.apply_lora(reward_model, pad_token_id=tokenizer.pad_token_id)
         self.model = self.wrap_trained(reward_model)
         self.setup_pairs(self.model, tokenizer, pairs, eval_pairs)
 

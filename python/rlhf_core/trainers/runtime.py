@@ -42,12 +42,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def apply_lora(model: nn.Module, config: TrainerConfig) -> nn.Module:
-    """``model`` with LoRA adapters (:func:`rlhf_core.models.apply_lora`) when
-    ``config.lora_r > 0``, else ``model`` itself. The adapters' initialisation is seeded by
-    ``config.seed`` (global RNG state is restored afterwards)."""
+def apply_lora(
+    model: nn.Module, config: TrainerConfig, *, pad_token_id: int | None = None
+) -> nn.Module:
+    """``model`` with LoRA adapters when ``config.lora_r > 0``, else ``model`` itself: a
+    causal LM through :func:`rlhf_core.models.apply_lora`, a reward model through
+    :func:`rlhf_core.models.apply_reward_lora` (its score head trained in full;
+    ``pad_token_id`` goes into its sequence-classification view). ``use_rslora``,
+    ``use_dora`` and ``lora_modules_to_save`` pass through. The adapters' initialisation is
+    seeded by ``config.seed`` (global RNG state is restored afterwards)."""
     from rlhf_core.models import apply_lora as _apply_lora
-    from rlhf_core.models import is_peft, seeded
+    from rlhf_core.models import apply_reward_lora, is_peft, seeded
 
     if config.lora_r <= 0:
         return model
@@ -60,11 +65,13 @@ def apply_lora(model: nn.Module, config: TrainerConfig) -> nn.Module:
     target: list[str] | str | None = (
         "all-linear" if targets == ["all-linear"] else (list(targets) if targets else None)
     )
+    options: dict[str, Any] = dict(r=config.lora_r, alpha=config.lora_alpha, target_modules=target,
+                   dropout=config.lora_dropout, use_rslora=config.use_rslora,
+                   use_dora=config.use_dora, modules_to_save=config.lora_modules_to_save)  # fmt: skip
     with seeded(config.seed):
-        return _apply_lora(
-            model, r=config.lora_r, alpha=config.lora_alpha, target_modules=target,
-            dropout=config.lora_dropout,
-        )  # fmt: skip
+        if getattr(model, "kind", None) == "reward":
+            return apply_reward_lora(model, pad_token_id=pad_token_id, **options)
+        return _apply_lora(model, **options)
 
 
 def place_trained(

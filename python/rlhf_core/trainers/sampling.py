@@ -43,13 +43,19 @@ from torch import nn
 from rlhf_core import losses_correction as LC
 from rlhf_core import parallel as P
 from rlhf_core.generation import RolloutBackend
-from rlhf_core.rewards import check_scorable_step, exact_match_reward
+from rlhf_core.rewards import (
+    RewardModelScorer,
+    TrainerState,
+    check_reward_signature,
+    check_scorable_step,
+    exact_match_reward,
+)
 from rlhf_core.rollout import (
     Rollout,
     RolloutCollector,
     concat_rollouts,
     gather,
-    prompt_table,
+    prompt_rows,
     rollout_metrics,
 )
 from rlhf_core.trainers.config import RolloutConfig
@@ -80,12 +86,18 @@ class RolloutTrainer(Trainer):
         config: a :class:`~rlhf_core.trainers.config.RolloutConfig` subclass.
         policy: an HF causal LM (trained in place; moved to the config's device).
         tokenizer: its tokenizer (pad and EOS tokens).
-        prompts: a :class:`rlhf_core.data.PromptDataset`, strings, or mappings with
-            ``prompt`` plus extra columns handed to reward functions (e.g. ``answer``).
-        reward_funcs: one reward source or a list: functions
-            ``fn(prompts, completions, **columns) -> list[float | None]`` and/or
-            :class:`rlhf_core.models.RewardModel` instances (frozen; scored on token ids),
-            weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
+        prompts: a :class:`rlhf_core.data.PromptDataset`, strings, or rows with ``prompt``
+            plus extra columns handed to reward functions (e.g. ``answer``): mappings or a
+            ``datasets.Dataset``; a conversational prompt (a list of messages) is rendered
+            with ``tokenizer``'s chat template (``config.chat_template_kwargs``, the row's
+            ``tools``), anything else that is not text is an error naming the row.
+        reward_funcs: one reward source or a list: functions called as TRL calls them
+            (``fn(completions, **kwargs) -> list[float | None]``, see
+            :mod:`rlhf_core.rewards.functions`), :class:`rlhf_core.models.RewardModel`
+            instances (frozen; scored on the sampled token ids when their tokenizer is the
+            policy's, on the re-encoded texts otherwise) and/or ready
+            :class:`rlhf_core.rewards.RewardModelScorer` objects, weighted by
+            ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             ``policy`` as passed (so pass the same starting policy when resuming). None and no
             need for one (``config.needs_reference`` false: no KL optimised or logged): no
@@ -94,6 +106,9 @@ class RolloutTrainer(Trainer):
             takes, or the path of a prompt file, :func:`rlhf_core.data.load_prompts`); none =
             no evaluation.
         callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
+        reward_processing_classes: the tokenizer of each reward source (TRL's name), one
+            per entry of ``reward_funcs`` or a single one; None (or a None entry) = the
+            policy's tokenizer. Only reward models use theirs.
 
     Attributes:
         backend: the engine that samples when it is not the policy itself (a
@@ -117,6 +132,7 @@ class RolloutTrainer(Trainer):
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
+        reward_processing_classes: Any = None,
     ) -> None:
         from rlhf_core.models import make_reference
 
@@ -124,7 +140,7 @@ class RolloutTrainer(Trainer):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set tokenizer.pad_token first")
-        texts, columns = prompt_table(prompts)
+        table = prompt_rows(prompts, tokenizer, chat_template_kwargs=config.chat_template_kwargs)
         w = self.world_size
         if config.prompts_per_step % w:
             raise ValueError(
@@ -133,7 +149,10 @@ class RolloutTrainer(Trainer):
                 f"the {w} processes cannot share equally: use a rollout_batch_size that is a "
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
-        self.reward_sources = self._reward_sources(reward_funcs)
+        self.reward_sources = self._reward_sources(reward_funcs, reward_processing_classes)
+        for fn in self.reward_sources:  # a signature that cannot be called fails here, not later
+            if not isinstance(fn, RewardModelScorer):
+                check_reward_signature(fn, list(table.columns))
         if config.generation_backend == "vllm" and self.dist.is_distributed:
             raise ValueError(
                 "generation_backend='vllm' under torchrun is not supported yet: an in-process "
@@ -151,14 +170,15 @@ class RolloutTrainer(Trainer):
             self.reference.eval()
         self.policy = self.wrap_trained(policy)
         # every rank draws the same global prompts (same seed) and keeps its shard
-        self.setup_optimization(self.policy, len(texts))
+        self.setup_optimization(self.policy, len(table))
         self.collector = RolloutCollector(
             config,
             policy=self.policy,
             reference=self.reference,
             tokenizer=tokenizer,
-            prompt_texts=texts,
-            prompt_columns=columns,
+            prompt_texts=table.texts,
+            prompt_columns=table.columns,
+            prompt_messages=table.messages,
             reward_sources=self.reward_sources,
             dist=self.dist,
             device=self.device,
@@ -190,27 +210,30 @@ class RolloutTrainer(Trainer):
             from rlhf_core.data import load_prompts
 
             eval_dataset = load_prompts(eval_dataset)
-        texts, columns = prompt_table(eval_dataset)
+        table = prompt_rows(eval_dataset, self.tokenizer,
+                            chat_template_kwargs=cfg.chat_template_kwargs)  # fmt: skip
         w = self.world_size
-        if len(texts) % w:
+        if len(table) % w:
             raise ValueError(
-                f"eval_dataset has {len(texts)} prompts, which the {w} processes cannot share "
+                f"eval_dataset has {len(table)} prompts, which the {w} processes cannot share "
                 f"equally: use a multiple of {w} prompts"
             )
         sampling = copy.copy(cfg)  # the same sampling fields, G = num_generations_eval
         sampling.num_samples = cfg.eval_generations
         return RolloutCollector(
             sampling, policy=self.policy, reference=self.reference, tokenizer=self.tokenizer,
-            prompt_texts=texts, prompt_columns=columns, reward_sources=self.reward_sources,
+            prompt_texts=table.texts, prompt_columns=table.columns,
+            prompt_messages=table.messages, reward_sources=self.reward_sources,
             dist=self.dist, device=self.device, autocast=self.autocast,
             lockstep=self.lockstep_forwards, step_seed=eval_step_seed,
         )  # fmt: skip
 
     def _reward_sources(
-        self, reward_funcs: RewardSource | Sequence[RewardSource]
+        self, reward_funcs: RewardSource | Sequence[RewardSource], processing_classes: Any = None
     ) -> list[Callable[..., Any]]:
         """Reward functions as given; reward models frozen, placed like the other frozen models
-        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer`."""
+        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer` with their tokenizer
+        (``processing_classes``) and the policy's."""
         from rlhf_core.rewards import RewardModelScorer
 
         items = (
@@ -220,11 +243,22 @@ class RolloutTrainer(Trainer):
         )
         if not items:
             raise ValueError("reward_funcs is empty: give at least one reward function or model")
+        if processing_classes is None or not isinstance(processing_classes, (list, tuple)):
+            processing_classes = [processing_classes] * len(items)
+        if len(processing_classes) != len(items):
+            raise ValueError(
+                f"reward_processing_classes has {len(processing_classes)} entries but there are "
+                f"{len(items)} reward sources: give one tokenizer (or None) per source"
+            )
         out: list[Callable[..., Any]] = []
-        for i, src in enumerate(items):
+        for i, (src, tok) in enumerate(zip(items, processing_classes, strict=True)):
             if isinstance(src, nn.Module):
                 src.to(self.device).eval().requires_grad_(False)
-                out.append(RewardModelScorer(self.wrap_frozen(src), self.tokenizer))
+                out.append(RewardModelScorer(
+                    self.wrap_frozen(src), tok if tok is not None else self.tokenizer,
+                    policy_tokenizer=self.tokenizer,
+                    chat_template_kwargs=self.config.chat_template_kwargs,
+                ))  # fmt: skip
             elif callable(src):
                 out.append(src)
             else:
@@ -252,12 +286,19 @@ class RolloutTrainer(Trainer):
             engine.sleep()  # a no-op unless sleep mode is on (CUDA)
         self.last_rollout = roll
         with self.timer.phase("scoring"):
-            self.collector.score(roll)
+            self.collector.score(roll, trainer_state=self.trainer_state(step))
             self.check_scores(roll)
             self.check_scorable(roll, step)
             if forward:
                 self.collector.forward(roll)
         return roll
+
+    def trainer_state(self, step: int) -> TrainerState:
+        """What reward functions get as ``trainer_state`` during step ``step`` (0-based), after
+        its prompts were drawn."""
+        s = self.sampler
+        return TrainerState(global_step=step, max_steps=self.config.total_steps,
+                            epoch=(s.epoch * s.n + s.position) / s.n)  # fmt: skip
 
     def check_scorable(self, roll: Rollout, step: int) -> None:
         """:func:`rlhf_core.rewards.check_scorable_step` over every rank's samples: a step in

@@ -54,7 +54,10 @@ class SFTConfig(TrainerConfig):
     )
     completion_only: bool = field(
         default=True,
-        metadata={"help": "loss on completion tokens only (false: on every token after the 1st)"},
+        metadata={
+            "help": "loss on completion tokens only (conversations: the assistant turns); "
+            "false: on every token after the first"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -86,50 +89,85 @@ class SFTConfig(TrainerConfig):
         )
 
 
-def _prompt_completion(ex: Example, i: int) -> tuple[str, str]:
+def _encode_one(
+    tokenizer: Any, ex: Any, i: int, chat_template_kwargs: Mapping[str, Any] | None
+) -> tuple[list[int] | np.ndarray, np.ndarray]:
+    """Token ids and target mask of example ``i``."""
+    from rlhf_core.data import DataError, encode_conversation, render_prompt_completion
+    from rlhf_core.models import encode_prompt_completion
+
+    kw: dict[str, Any] = dict(chat_template_kwargs=chat_template_kwargs, source="examples",
+                              row=i + 1)  # fmt: skip
     if isinstance(ex, str):
-        return "", ex
-    if isinstance(ex, Mapping):
-        if "completion" in ex:
-            return str(ex.get("prompt", "")), str(ex["completion"])
-        if "text" in ex:
-            return "", str(ex["text"])
-        raise ValueError(
-            f"examples[{i}] has keys {sorted(ex)}; expected 'prompt' and 'completion', or 'text'"
+        prompt, completion = "", ex
+    elif isinstance(ex, Mapping) and "messages" in ex:
+        enc = encode_conversation(tokenizer, ex["messages"], tools=ex.get("tools"), **kw)
+        return enc.input_ids, enc.loss_mask
+    elif isinstance(ex, Mapping) and "completion" in ex:
+        prompt, completion = render_prompt_completion(
+            ex.get("prompt", ""), ex["completion"], tokenizer, tools=ex.get("tools"), **kw
         )
-    if isinstance(ex, (tuple, list)) and len(ex) == 2:
-        return str(ex[0]), str(ex[1])
-    raise ValueError(
-        f"examples[{i}] is a {type(ex).__name__}; expected a string, a (prompt, completion) pair "
-        "or a mapping with 'prompt'/'completion' (or 'text')"
-    )
+    elif isinstance(ex, Mapping) and "text" in ex:
+        if not isinstance(ex["text"], str):
+            raise DataError("examples", i + 1, "text", "wrong_type",
+                            f"expected a string, got {type(ex['text']).__name__}")  # fmt: skip
+        prompt, completion = "", ex["text"]
+    elif isinstance(ex, Mapping):
+        raise ValueError(
+            f"examples[{i}] has keys {sorted(ex)}; expected 'messages', 'prompt' and "
+            "'completion', or 'text'"
+        )
+    elif isinstance(ex, (tuple, list)) and len(ex) == 2:
+        prompt, completion = render_prompt_completion(ex[0], ex[1], tokenizer, **kw)
+    else:
+        raise ValueError(
+            f"examples[{i}] is a {type(ex).__name__}; expected a string, a (prompt, completion) "
+            "pair or a mapping with 'messages', 'prompt'/'completion' or 'text'"
+        )
+    ids, plen = encode_prompt_completion(tokenizer, prompt, completion)
+    return ids, np.arange(len(ids)) >= plen
 
 
 def encode_examples(
-    tokenizer: Any, examples: Sequence[Example], *, max_length: int | None = None
-) -> tuple[list[np.ndarray], list[int]]:
-    """Token ids (prompt + completion + EOS) and completion start of each example.
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    max_length: int | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token ids and target mask (bool, True on the tokens the loss covers) of each example.
 
-    Uses :func:`rlhf_core.models.encode_prompt_completion`, the same encoding the reward model
-    and the trainers' scoring use. Sequences longer than ``max_length`` are cut at the end.
+    * a string, or a mapping with ``text``: the whole text is the completion of an empty
+      prompt;
+    * a ``(prompt, completion)`` pair, or a mapping with ``prompt`` (optional) and
+      ``completion``: strings, or conversations (TRL's conversational prompt-completion rows)
+      rendered with the chat template (:func:`rlhf_core.data.render_prompt_completion`);
+      encoded with :func:`rlhf_core.models.encode_prompt_completion`, the encoding the
+      reward model and the trainers' scoring use; the completion tokens are the targets;
+    * a mapping with ``messages`` (and ``tools``): a whole conversation through
+      :func:`rlhf_core.data.encode_conversation`, the assistant turns being the targets.
+
+    A value that is neither text nor messages raises (never ``str()``). Sequences longer than
+    ``max_length`` are cut at the end. ``examples`` may be a list, a ``datasets.Dataset`` or a
+    dataset of :mod:`rlhf_core.data`.
     """
-    from rlhf_core.models import encode_prompt_completion
-
     seqs: list[np.ndarray] = []
-    starts: list[int] = []
+    masks: list[np.ndarray] = []
     for i, ex in enumerate(examples):
-        prompt, completion = _prompt_completion(ex, i)
-        ids, plen = encode_prompt_completion(tokenizer, prompt, completion)
+        ids, mask = _encode_one(tokenizer, ex, i, chat_template_kwargs)
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        mask_arr = np.asarray(mask, dtype=bool)
         if max_length is not None:
-            ids = ids[:max_length]
-        if plen >= len(ids):
+            ids_arr, mask_arr = ids_arr[:max_length], mask_arr[:max_length]
+        if not mask_arr[1:].any():
             raise ValueError(
-                f"examples[{i}] has no completion token left (prompt is {plen} tokens, "
-                f"sequence {len(ids)}); raise max_length or shorten the prompt"
+                f"examples[{i}] has no target token left (sequence of {len(ids_arr)} tokens"
+                + (f" after truncation to max_length={max_length}" if max_length else "")
+                + "); raise max_length or shorten the prompt"
             )
-        seqs.append(np.asarray(ids, dtype=np.int64))
-        starts.append(plen)
-    return seqs, starts
+        seqs.append(ids_arr)
+        masks.append(mask_arr)
+    return seqs, masks
 
 
 def sft_step(
@@ -188,8 +226,11 @@ class SFTTrainer(Trainer):
         config: :class:`SFTConfig`.
         model: an HF causal LM (trained in place, moved to the config's device).
         tokenizer: its tokenizer.
-        examples: strings (the whole text is the target), ``(prompt, completion)`` pairs, or
-            mappings with ``prompt`` / ``completion`` (or ``text``).
+        examples: strings (the whole text is the target), ``(prompt, completion)`` pairs,
+            mappings with ``prompt`` / ``completion`` (text or conversations), ``text``, or
+            ``messages`` (a conversation: the loss on its assistant turns only); a list, a
+            ``datasets.Dataset`` or a dataset of :mod:`rlhf_core.data` (see
+            :func:`encode_examples`).
         callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
     """
 
@@ -211,8 +252,13 @@ class SFTTrainer(Trainer):
         self.check_divisible("batch_size", config.batch_size)
         self.model = self.wrap_trained(self.apply_lora(model))
         self.tokenizer = tokenizer
-        self.sequences, starts = encode_examples(tokenizer, examples, max_length=config.max_length)
-        self.starts = starts if config.completion_only else [1] * len(starts)
+        self.sequences, masks = encode_examples(
+            tokenizer, examples, max_length=config.max_length,
+            chat_template_kwargs=config.chat_template_kwargs,
+        )  # fmt: skip
+        if not config.completion_only:  # every token after the first
+            masks = [np.ones(len(m), dtype=bool) for m in masks]
+        self.loss_masks = masks
         self.setup_optimization(self.model, len(self.sequences))
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -222,8 +268,9 @@ class SFTTrainer(Trainer):
             idx = idx[self.shard(len(idx))]
             batch = pad_sequences(
                 [self.sequences[i] for i in idx],
-                [self.starts[i] for i in idx],
+                None,
                 self.tokenizer.pad_token_id,
+                loss_masks=[self.loss_masks[i] for i in idx],
                 device=self.device,
             )
         with self.timer.phase("training"):

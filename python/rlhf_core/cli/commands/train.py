@@ -11,7 +11,6 @@ into a full model); for ``reward``, ``RUN_DIR/reward_model`` (an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -25,6 +24,7 @@ from rlhf_core.cli.loading import (
     load_prompt_rows,
     load_reference,
     load_reward_sources,
+    load_reward_tokenizer,
     load_scalar_model,
     load_sft_data,
     load_tokenizer_for,
@@ -43,10 +43,9 @@ from rlhf_core.cli.run_configs import (
 from rlhf_core.models import (
     RewardModel,
     ValueModel,
-    apply_lora,
     merged_copy,
+    merged_reward_model,
     peft_model_of,
-    seeded,
 )
 from rlhf_core.models.head_files import HEAD_CONFIG, SCORE_META
 from rlhf_core.models.hub import optional_file
@@ -68,32 +67,6 @@ __all__ = [
     "run_reinforce_pp",
     "run_best_of_n",
 ]
-
-
-def _with_lora(cfg: Any, model: Any) -> tuple[Any, Any]:
-    """The policy and the config the trainer gets. With LoRA options the trainer's own setup
-    does not take (``use_rslora``, ``use_dora``, ``lora_modules_to_save``), the adapters are
-    added here, seeded by ``cfg.seed`` and targeted as the trainer would, and the trainer gets
-    the config with ``lora_r = 0`` (it trains the adapters the policy brings). Otherwise both
-    are returned as they are and the trainer adds the adapters itself."""
-    if cfg.lora_r <= 0 or not cfg.lora_extras():
-        return model, cfg
-    targets = cfg.lora_target_modules
-    target: list[str] | str | None = (
-        "all-linear" if targets == ["all-linear"] else (list(targets) if targets else None)
-    )
-    with seeded(cfg.seed):
-        model = apply_lora(
-            model,
-            r=cfg.lora_r,
-            alpha=cfg.lora_alpha,
-            target_modules=target,
-            dropout=cfg.lora_dropout,
-            use_rslora=cfg.use_rslora,
-            use_dora=cfg.use_dora,
-            modules_to_save=cfg.lora_modules_to_save,
-        )
-    return model, dataclasses.replace(cfg, lora_r=0)
 
 
 def _save_policy(
@@ -144,8 +117,7 @@ def run_sft(cfg: SFTRunConfig) -> int:
     """``rlhf-core sft``: the final model goes to ``run_dir/model`` (LoRA: ``run_dir/adapter``)."""
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
     model = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
-    model, tcfg = _with_lora(cfg, model)
-    trainer = SFTTrainer(tcfg, model, tok, load_sft_data(cfg, tok))
+    trainer = SFTTrainer(cfg, model, tok, load_sft_data(cfg, tok))
     res = trainer.train()
     if res.already_finished:
         return already_finished("sft", res)
@@ -157,7 +129,9 @@ def run_sft(cfg: SFTRunConfig) -> int:
 def run_reward(cfg: RewardRunConfig) -> int:
     """``rlhf-core reward``: a fresh head on ``cfg.model``'s body (or a reward model, continued);
     the reward model goes to ``run_dir/reward_model`` as an
-    ``AutoModelForSequenceClassification`` checkpoint."""
+    ``AutoModelForSequenceClassification`` checkpoint. With LoRA the adapters (and the score
+    head) go to ``run_dir/adapter`` (a PEFT folder for a sequence-classification base), and
+    with ``merge_lora`` the merged reward model to ``run_dir/reward_model``."""
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
     if not is_builtin(cfg.model) and _is_scalar_model(cfg.model, cfg.revision):
         rm = load_scalar_model(RewardModel, cfg.model, "model", cfg)
@@ -170,9 +144,19 @@ def run_reward(cfg: RewardRunConfig) -> int:
     if res.already_finished:
         return already_finished("reward", res)
     card = card_fields("reward", cfg, res, [cfg.dataset, cfg.eval_dataset])
-    saved = {
-        "reward model": save_model(rm, tok, pathlib.Path(cfg.run_dir) / "reward_model", card)
-    }
+    run = pathlib.Path(cfg.run_dir)
+    peft = peft_model_of(trainer.model)
+    if peft is None:
+        saved = {"reward model": save_model(rm, tok, run / "reward_model", card)}
+    else:
+        saved = {
+            "LoRA adapter (PEFT, sequence classification)": save_model(
+                peft, tok, run / "adapter", card
+            )
+        }
+        if cfg.merge_lora:
+            merged = merged_reward_model(trainer.model)
+            saved["merged reward model"] = save_model(merged, tok, run / "reward_model", card)
     keys = ["loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "grad_norm"]
     return finish_training("reward", cfg, res, keys, saved)
 
@@ -184,8 +168,7 @@ def run_dpo(cfg: DPORunConfig) -> int:
     pairs = load_pairs(cfg.dataset, cfg, tok)
     held = load_eval_pairs(cfg, tok)
     reference = load_reference(cfg, tok)
-    policy, tcfg = _with_lora(cfg, policy)
-    trainer = DPOTrainer(tcfg, policy, tok, pairs, reference=reference, eval_pairs=held)
+    trainer = DPOTrainer(cfg, policy, tok, pairs, reference=reference, eval_pairs=held)
     res = trainer.train()
     if res.already_finished:
         return already_finished("dpo", res)
@@ -220,10 +203,14 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
         "reference": load_reference(cfg, tok),
         "eval_dataset": load_eval_prompt_rows(cfg, tok),
     }
+    if cfg.reward_model:  # the reward model reads its own tokenizer, the functions none
+        rm_tok = load_reward_tokenizer(cfg, tok)
+        kwargs["reward_processing_classes"] = [
+            rm_tok if isinstance(s, RewardModel) else None for s in sources
+        ]
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model", cfg)
-    policy, tcfg = _with_lora(cfg, policy)
-    trainer = trainer_cls(tcfg, policy, tok, prompts, sources, **kwargs)
+    trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
     if res.already_finished:
         return already_finished(name, res)
