@@ -89,11 +89,12 @@ def run_in_workers(run: Run) -> None:
     pending = [s for s in PARALLEL_STAGES if s in todo and not run.stage_file(s).is_file()]
     n = resolve_workers(cfg)
     if n <= 1 or len(pending) < 2:
-        if cfg.workers == 0 and len(pending) >= 2 and (os.cpu_count() or 1) > 1 and n == 1:
+        cpus = os.cpu_count() or 1
+        if cfg.workers == 0 and len(pending) >= 2 and cpus > 1 and spare_cores() < 0.5:
             run.say(
                 f"\n  the next stages run one after another: no core to spare (load average "
-                f"{os.cpu_count() - spare_cores():.1f} on {os.cpu_count()} cores; --workers 2 "
-                "runs them side by side anyway)"
+                f"{cpus - spare_cores():.1f} on {cpus} cores; --workers 2 runs them side by "
+                "side anyway)"
             )
         return
     import multiprocessing as mp
