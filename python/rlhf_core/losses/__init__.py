@@ -34,11 +34,12 @@ Modules (every public name is importable from ``rlhf_core.losses``)
 =====================  =====================================================================
 :mod:`.aggregation`    :class:`LossOutput`, :func:`aggregate` and its modes, global counts,
                        the metric merge rule
-:mod:`.policy`         token-level policy losses: PPO clipped surrogate; SFT NLL
-:mod:`.sequence`       sequence-level quantities
+:mod:`.ratio`          importance ratios at the token / sequence / sequence_token level
+:mod:`.policy`         policy losses on the ratio: PPO clipped surrogate, CISPO, SAPO; SFT NLL
+:mod:`.sequence`       GSPO and GSPO-token; sequence log-probabilities
 :mod:`.value`          the clipped value loss, explained variance
 :mod:`.kl`             KL estimators and the KL term
-:mod:`.entropy`        the entropy bonus
+:mod:`.entropy`        the entropy bonus; Clip-Cov and KL-Cov
 :mod:`.preference`     Bradley–Terry, DPO / IPO
 =====================  =====================================================================
 
@@ -48,7 +49,12 @@ clip-higher; dual clip as in verl ``compute_policy_loss_vanilla`` and OpenRLHF
 ``--actor.dual_clip``); aggregation modes as verl ``agg_loss``; KL estimators k1/k2/k3/abs
 (Schulman's "Approximating KL divergence" note, as verl ``kl_penalty``); Bradley–Terry with
 margin and reward centring (TRL ``RewardTrainer``); DPO sigmoid with conservative label
-smoothing (Rafailov et al. 2023; Mitchell's cDPO note) and IPO (Azar et al. 2023).
+smoothing (Rafailov et al. 2023; Mitchell's cDPO note) and IPO (Azar et al. 2023); GSPO and
+GSPO-token (Zheng et al. 2025; verl ``compute_policy_loss_gspo``, TRL
+``importance_sampling_level``); CISPO (MiniMax-M1; verl ``compute_policy_loss_cispo``, TRL
+``loss_type="cispo"``); SAPO (verl ``compute_policy_loss_sapo``, TRL ``loss_type="sapo"``);
+Clip-Cov and KL-Cov (Cui et al. 2025; verl ``compute_policy_loss_clip_cov`` / ``_kl_cov``).
+The research note ``rl-2026-techniques.md`` gives each anchor's file and where they disagree.
 """
 
 from __future__ import annotations
@@ -62,11 +68,12 @@ from rlhf_core.losses.aggregation import (
     merge_metrics,
     metric_reduction,
 )
-from rlhf_core.losses.entropy import entropy_bonus
+from rlhf_core.losses.entropy import clip_cov_loss, entropy_bonus, kl_cov_loss
 from rlhf_core.losses.kl import KL_ESTIMATORS, kl_estimate, kl_penalty
-from rlhf_core.losses.policy import ppo_policy_loss, sft_loss
+from rlhf_core.losses.policy import cispo_bounds, cispo_loss, ppo_policy_loss, sapo_loss, sft_loss
 from rlhf_core.losses.preference import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss
-from rlhf_core.losses.sequence import sequence_logprobs
+from rlhf_core.losses.ratio import IMPORTANCE_SAMPLING_LEVELS, log_importance_ratio
+from rlhf_core.losses.sequence import gspo_loss, sequence_logprobs
 from rlhf_core.losses.value import explained_variance, value_loss
 
 __all__ = [
@@ -89,4 +96,12 @@ __all__ = [
     "dpo_loss",
     "sequence_logprobs",
     "explained_variance",
+    "IMPORTANCE_SAMPLING_LEVELS",
+    "log_importance_ratio",
+    "gspo_loss",
+    "cispo_loss",
+    "cispo_bounds",
+    "sapo_loss",
+    "clip_cov_loss",
+    "kl_cov_loss",
 ]
