@@ -70,6 +70,8 @@ class Rollout:
         logprobs, ref_logprobs, values: float32 (R_i,) per sequence, aligned with the response
             tokens: the rollout policy's and the reference's logprobs, the value model's values
             (empty until the no-grad forwards ran; ``values`` only with a value model).
+        entropies: float32 (R_i,) per sequence, the rollout policy's next-token entropies
+            (only when the collector is asked for them: ``top_entropy_quantile``).
     """
 
     prompt_ids: list[np.ndarray]
@@ -84,6 +86,7 @@ class Rollout:
     logprobs: list[np.ndarray] = field(default_factory=list)
     ref_logprobs: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
+    entropies: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.response_ids)

@@ -33,7 +33,12 @@ from torch.nn import functional as F
 from rlhf_core import distributed as D
 from rlhf_core.rewards import combine_rewards
 from rlhf_core.rollout.batch import Rollout
-from rlhf_core.rollout.inputs import iter_micro_batches, logprobs_of, pad_sequences
+from rlhf_core.rollout.inputs import (
+    iter_micro_batches,
+    logprobs_and_entropy,
+    logprobs_of,
+    pad_sequences,
+)
 
 __all__ = ["RolloutCollector"]
 
@@ -57,6 +62,8 @@ class RolloutCollector:
             keeps all ranks in step.
         step_seed: ``(seed, step, purpose[, index]) -> int``, the trainer's seed derivation.
         value_model: optional; its values (B, T-1) become ``Rollout.values``.
+        entropies: also keep the rollout policy's next-token entropies
+            (``Rollout.entropies``; the top-entropy token selection reads them).
     """
 
     def __init__(
@@ -75,8 +82,10 @@ class RolloutCollector:
         lockstep: bool,
         step_seed: Callable[..., int],
         value_model: nn.Module | None = None,
+        entropies: bool = False,
     ) -> None:
         self.config = config
+        self.entropies = entropies
         self.policy = policy
         self.reference = reference
         self.tokenizer = tokenizer
@@ -195,6 +204,7 @@ class RolloutCollector:
         old: list[torch.Tensor] = []
         ref: list[torch.Tensor] = []
         val: list[torch.Tensor] = []
+        ent: list[torch.Tensor] = []
         # no gradient: DDP's wrapper (and its collectives) is not needed; FSDP2 runs the
         # sharded model itself, the same number of micro-batches on every rank
         policy = D.unwrap_model(self.policy)
@@ -206,9 +216,17 @@ class RolloutCollector:
                 roll.padded, cfg.micro_batch_size, lengths=[len(x) for x in seqs]
             ):
                 with self.autocast():
-                    lp = logprobs_of(
-                        policy, mb["input_ids"], mb["attention_mask"], temperature=cfg.temperature
-                    )
+                    if self.entropies:
+                        lp, h = logprobs_and_entropy(
+                            policy, mb["input_ids"], mb["attention_mask"],
+                            temperature=cfg.temperature,
+                        )  # fmt: skip
+                        ent.append(h.float())
+                    else:
+                        lp = logprobs_of(
+                            policy, mb["input_ids"], mb["attention_mask"],
+                            temperature=cfg.temperature,
+                        )  # fmt: skip
                     with torch.inference_mode():
                         rlp = logprobs_of(
                             self.reference,
@@ -238,6 +256,8 @@ class RolloutCollector:
         roll.ref_logprobs = response_tokens(ref)
         if val:
             roll.values = response_tokens(val)
+        if ent:
+            roll.entropies = response_tokens(ent)
 
     def _values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The value model's values (B, T-1), aligned with the logprobs: the value of the state

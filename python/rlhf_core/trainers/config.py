@@ -328,6 +328,78 @@ class RLConfig(RolloutConfig):
         default=False,
         metadata={"help": "leave completions without EOS out of the loss (DAPO overlong mask)"},
     )
+    importance_sampling_level: str = field(
+        default="token",
+        metadata={
+            "help": "ratio of the policy loss: 'token' (PPO), 'sequence' (GSPO: the "
+            "length-normalised sequence ratio; GSPO clips it with clip_low=3e-4, "
+            "clip_high=4e-4) or 'sequence_token' (GSPO-token: per-token gradients); TRL's name"
+        },
+    )
+    sapo_temperature_pos: float = field(
+        default=1.0,
+        metadata={"help": "SAPO gate temperature τ for positive advantages (loss_type='sapo')"},
+    )
+    sapo_temperature_neg: float = field(
+        default=1.05,
+        metadata={"help": "SAPO gate temperature τ for other advantages (loss_type='sapo')"},
+    )
+    cispo_ratio_max: float | None = field(
+        default=None,
+        metadata={
+            "help": "CISPO (loss_type='cispo') weight cap as an absolute ratio, with no lower "
+            "bound: TRL's epsilon_high for cispo (ScaleRL: 5.0); none = verl's bounds "
+            "[1 - clip_low, 1 + clip_high] (clip_low >= 1: no lower bound)"
+        },
+    )
+    top_entropy_quantile: float = field(
+        default=1.0,
+        metadata={
+            "help": "train the policy loss only on this fraction of each minibatch's tokens, "
+            "those of highest entropy (TRL; the paper uses 0.2; 1 = every token); the "
+            "normaliser still counts every token"
+        },
+    )
+    clip_cov_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Clip-Cov (verl loss_mode=clip_cov, 2e-4 there): take this fraction of "
+            "tokens, drawn among those with clip_cov_lb < cov < clip_cov_ub, out of the "
+            "gradient; 0 = off"
+        },
+    )
+    clip_cov_lb: float = field(
+        default=1.0, metadata={"help": "Clip-Cov: lower bound of the covariance (verl: 1)"}
+    )
+    clip_cov_ub: float = field(
+        default=5.0, metadata={"help": "Clip-Cov: upper bound of the covariance (verl: 5)"}
+    )
+    kl_cov_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "KL-Cov (verl loss_mode=kl_cov, 2e-4 there): unclipped policy gradient "
+            "plus ppo_kl_coef·|log r| on this fraction of tokens, those of largest "
+            "covariance; 0 = off"
+        },
+    )
+    ppo_kl_coef: float = field(
+        default=1.0, metadata={"help": "KL-Cov's coefficient of |log r| (verl code: 1.0)"}
+    )
+
+    @property
+    def policy_objective(self) -> str:
+        """The objective on the ratio: ``"ppo"`` (clipped surrogate; Clip-Cov and KL-Cov are
+        its covariance variants), ``"cispo"`` or ``"sapo"`` (set by ``loss_type`` in the
+        GRPO family)."""
+        return "ppo"
+
+    def cispo_bounds(self) -> tuple[float | None, float]:
+        """(ratio_min, ratio_max) of CISPO's weight: ``(None, cispo_ratio_max)`` (TRL's
+        spelling) or ``(1 − clip_low, 1 + clip_high)`` (verl's)."""
+        if self.cispo_ratio_max is not None:
+            return None, self.cispo_ratio_max
+        high = self.clip_low if self.clip_high is None else self.clip_high
+        return L.cispo_bounds(self.clip_low, high)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -384,3 +456,61 @@ class RLConfig(RolloutConfig):
             "expected > 0 (e.g. 10) or none",
         )
         check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
+        self._check_policy_loss_fields()
+
+    def _check_policy_loss_fields(self) -> None:
+        check_field(
+            self.importance_sampling_level in L.IMPORTANCE_SAMPLING_LEVELS,
+            "importance_sampling_level",
+            self.importance_sampling_level,
+            f"expected one of {L.IMPORTANCE_SAMPLING_LEVELS}",
+        )
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            v = getattr(self, name)
+            check_field(v > 0, name, v, "expected > 0 (TRL: 1.0 and 1.05)")
+        check_field(
+            self.cispo_ratio_max is None or self.cispo_ratio_max > 0,
+            "cispo_ratio_max",
+            self.cispo_ratio_max,
+            "expected > 0 (e.g. 5.0) or none",
+        )
+        check_field(
+            0 <= self.top_entropy_quantile <= 1,
+            "top_entropy_quantile",
+            self.top_entropy_quantile,
+            "expected in [0, 1] (1 = every token; the paper uses 0.2)",
+        )
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            v = getattr(self, name)
+            check_field(0 <= v <= 1, name, v, "expected in [0, 1] (0 = off; verl: 2e-4)")
+        check_field(
+            self.clip_cov_lb < self.clip_cov_ub,
+            "clip_cov_lb",
+            self.clip_cov_lb,
+            f"expected below clip_cov_ub={self.clip_cov_ub} (verl: 1 and 5)",
+        )
+        check_field(self.ppo_kl_coef >= 0, "ppo_kl_coef", self.ppo_kl_coef, "expected >= 0")
+        covariance = [n for n in ("clip_cov_ratio", "kl_cov_ratio") if getattr(self, n) > 0]
+        check_field(
+            len(covariance) < 2,
+            "kl_cov_ratio",
+            self.kl_cov_ratio,
+            "Clip-Cov and KL-Cov are two different losses: set one of clip_cov_ratio and "
+            "kl_cov_ratio, the other 0",
+        )
+        if covariance:
+            check_field(
+                self.policy_objective == "ppo" and self.importance_sampling_level == "token",
+                covariance[0],
+                getattr(self, covariance[0]),
+                "Clip-Cov and KL-Cov are token-level variants of the clipped surrogate: use "
+                "them with importance_sampling_level='token' and a PPO-clip loss_type",
+            )
+        if self.policy_objective != "ppo":
+            check_field(
+                self.dual_clip is None,
+                "dual_clip",
+                self.dual_clip,
+                f"the dual clip bounds the clipped surrogate; loss '{self.policy_objective}' "
+                "has none (verl applies it to neither CISPO nor SAPO): set dual_clip to none",
+            )

@@ -76,7 +76,11 @@ LOSS_TYPES = {
     "grpo": "seq-mean-token-mean",
     "dr_grpo": "seq-mean-token-sum-norm",
     "dapo": "token-mean",
+    "cispo": "token-mean",
+    "sapo": "seq-mean-token-mean",
 }
+#: the loss types whose objective is not the clipped surrogate (TRL's names)
+OBJECTIVES = {"cispo": "cispo", "sapo": "sapo"}
 SCALES = ("group", "batch", "none")
 
 
@@ -96,7 +100,9 @@ class GRPOConfig(RLConfig):
         default="grpo",
         metadata={
             "help": "grpo (seq-mean-token-mean), dr_grpo (seq-mean-token-sum-norm, no std "
-            "scaling), dapo (token-mean); sets aggregation / scale_rewards left at 'auto'"
+            "scaling), dapo (token-mean): the clipped surrogate; cispo (clipped detached "
+            "ratio on a REINFORCE term, token-mean), sapo (soft gate, seq-mean-token-mean); "
+            "sets aggregation / scale_rewards left at 'auto'"
         },
     )
     aggregation: str = field(
@@ -151,6 +157,21 @@ class GRPOConfig(RLConfig):
                 "one has no baseline); use G >= 2, or estimator 'reinforce++' for G = 1",
             )
         check_field(self.std_eps > 0, "std_eps", self.std_eps, "expected > 0 (e.g. 1e-4)")
+        if self.loss_type == "cispo" and self.cispo_ratio_max is None:
+            # TRL spells CISPO's cap epsilon_high as an absolute ratio (e.g. 5.0); here
+            # clip_high is verl's ε of 1 + ε: refuse what only makes sense the TRL way
+            check_field(
+                self.clip_high is None or self.clip_high < 1,
+                "clip_high",
+                self.clip_high,
+                "with loss_type='cispo' CISPO's cap is 1 + clip_high (verl's convention); for "
+                "TRL's absolute cap (its epsilon_high, e.g. 5.0) set cispo_ratio_max instead",
+            )
+
+    @property
+    def policy_objective(self) -> str:
+        """``"cispo"`` / ``"sapo"`` for those loss types, else ``"ppo"``."""
+        return OBJECTIVES.get(self.loss_type, "ppo")
         check_field(0 <= self.gamma <= 1, "gamma", self.gamma, "expected in [0, 1]")
 
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core.advantages import Estimator
+from rlhf_core.advantages import Estimator, token_masks
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
 from rlhf_core.trainers.config import RLConfig
 from rlhf_core.trainers.optim import step_seed
@@ -87,6 +87,8 @@ class PolicyGradientTrainer(RolloutTrainer):
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
         self.estimator = estimator
+        # the top-entropy selection reads the rollout policy's entropies
+        self.collector.entropies = config.top_entropy_quantile < 1
         self.buffer = RolloutBuffer()
         self.add_state("buffer", self.buffer, optional=True)
 
@@ -127,6 +129,8 @@ class PolicyGradientTrainer(RolloutTrainer):
         )
         if roll.values:
             fields["values"] = roll.values
+        if roll.entropies:
+            fields["entropies"] = roll.entropies
         keep = np.ones(len(roll), dtype=bool)
         if cfg.mask_truncated:
             keep &= ~np.asarray(roll.truncated, dtype=bool)
@@ -150,8 +154,10 @@ class PolicyGradientTrainer(RolloutTrainer):
         average = StepAverage()
         for model in self.synced_models():
             model.train()
-        for mb in self.buffer.minibatches(
-            batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
+        for index, mb in enumerate(
+            self.buffer.minibatches(
+                batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
+            )
         ):
             padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
             batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
@@ -159,6 +165,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             n_tok, n_seq = D.global_token_counts(batch["response_mask"], self.dist)
             if n_tok == 0:
                 continue  # every sequence masked out (e.g. all truncated)
+            batch.update(self.token_selection(batch, step_seed(cfg.seed, step, 5, index=index)))
             # dumped on a non-finite loss; scores may be NaN by design (unscorable), so they
             # ride along unchecked
             self.batch_to_dump = {k: v for k, v in batch.items() if k != "scores"}
@@ -177,9 +184,38 @@ class PolicyGradientTrainer(RolloutTrainer):
         out["optimizer_steps"] = float(average.count)
         return out
 
+    def token_selection(self, batch: Mapping[str, torch.Tensor], seed: int) -> dict[str, Any]:
+        """Per-token masks of one minibatch, chosen over every rank's rows before its
+        micro-batches (:mod:`rlhf_core.advantages.token_masks`): ``token_weights`` (the
+        top-entropy tokens, from the rollout policy's entropies) and ``cov_selected``
+        (Clip-Cov / KL-Cov, from the rollout's log-probabilities and the advantages). Empty
+        when no such option is on."""
+        cfg = self.config
+        mask = batch["response_mask"]
+        out: dict[str, Any] = {}
+        if cfg.top_entropy_quantile < 1:
+            keep = token_masks.top_entropy_mask(
+                batch["entropies"], mask, cfg.top_entropy_quantile, self.dist
+            )
+            out["token_weights"] = keep.to(torch.float32)
+        if cfg.clip_cov_ratio > 0 or cfg.kl_cov_ratio > 0:
+            cov = token_masks.covariance_of_batch(
+                batch["old_logprobs"], batch["advantages"], mask, self.dist
+            )
+            if cfg.clip_cov_ratio > 0:
+                out["cov_selected"] = token_masks.clip_cov_mask(
+                    cov, mask, ratio=cfg.clip_cov_ratio, lb=cfg.clip_cov_lb,
+                    ub=cfg.clip_cov_ub, seed=seed, dist=self.dist,
+                )  # fmt: skip
+            else:
+                out["cov_selected"] = token_masks.kl_cov_mask(
+                    cov, mask, ratio=cfg.kl_cov_ratio, dist=self.dist
+                )
+        return out
+
     def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
-        """Clipped surrogate + (KL in the loss) + entropy bonus of one micro-batch, normalised
-        by the minibatch's global counts ``n_tok`` / ``n_seq``."""
+        """Policy loss + (KL in the loss) + entropy bonus of one micro-batch, normalised by
+        the minibatch's global counts ``n_tok`` / ``n_seq``."""
         cfg = self.config
         with self.autocast():
             logp, ent = logprobs_and_entropy(
@@ -193,24 +229,51 @@ class PolicyGradientTrainer(RolloutTrainer):
             num_seqs=n_seq,
             max_len=cfg.max_new_tokens,
         )
-        out = L.ppo_policy_loss(
-            logp,
-            micro["old_logprobs"],
-            micro["advantages"],
-            mask,
-            clip_low=cfg.clip_low,
-            clip_high=cfg.clip_high,
-            dual_clip=cfg.dual_clip,
-            log_ratio_clamp=cfg.log_ratio_clamp,
-            **kw,
-        )
+        weights = micro.get("token_weights")
+        out = self.policy_loss(logp, micro, mask, weights, kw)
         beta = self.kl_coef
         if beta > 0 and not cfg.kl_in_reward:
             out = out + L.kl_penalty(
                 logp, micro["ref_logprobs"], mask, coef=beta, estimator=cfg.kl_estimator,
                 clamp=cfg.kl_clamp, **kw,
             )  # fmt: skip
-        return out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, **kw)
+        return out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, token_weights=weights, **kw)
+
+    def policy_loss(
+        self,
+        logp: torch.Tensor,
+        micro: Mapping[str, torch.Tensor],
+        mask: torch.Tensor,
+        weights: torch.Tensor | None,
+        kw: dict[str, Any],
+    ) -> L.LossOutput:
+        """The config's policy loss: the clipped surrogate at ``importance_sampling_level``
+        (GSPO at the sequence level), its Clip-Cov / KL-Cov variants, CISPO or SAPO."""
+        cfg = self.config
+        old, adv = micro["old_logprobs"], micro["advantages"]
+        common: dict[str, Any] = dict(
+            log_ratio_clamp=cfg.log_ratio_clamp, token_weights=weights, **kw
+        )
+        if cfg.kl_cov_ratio > 0:
+            return L.kl_cov_loss(logp, old, adv, mask, selected=micro["cov_selected"],
+                                 ppo_kl_coef=cfg.ppo_kl_coef, **common)  # fmt: skip
+        if cfg.clip_cov_ratio > 0:
+            return L.clip_cov_loss(logp, old, adv, mask, selected=micro["cov_selected"],
+                                   clip_low=cfg.clip_low, clip_high=cfg.clip_high, **common)  # fmt: skip
+        level = cfg.importance_sampling_level
+        if cfg.policy_objective == "cispo":
+            lo, hi = cfg.cispo_bounds()
+            return L.cispo_loss(logp, old, adv, mask, ratio_min=lo, ratio_max=hi,
+                                importance_sampling_level=level, **common)  # fmt: skip
+        if cfg.policy_objective == "sapo":
+            return L.sapo_loss(
+                logp, old, adv, mask, temperature_pos=cfg.sapo_temperature_pos,
+                temperature_neg=cfg.sapo_temperature_neg, importance_sampling_level=level,
+                **common,
+            )  # fmt: skip
+        return L.ppo_policy_loss(logp, old, adv, mask, clip_low=cfg.clip_low,
+                                 clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                                 importance_sampling_level=level, **common)  # fmt: skip
 
 
 #: The name of :class:`PolicyGradientTrainer` before the estimator layer existed.
