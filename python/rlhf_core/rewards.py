@@ -21,6 +21,11 @@ taking ``**columns``; it then receives only those (a missing one is an error nam
   next-token logits of "A" and "B" in both orders to cancel position bias.
 * :func:`label_pairs` turns pairs of completions into ``{prompt, chosen, rejected}`` preference
   rows with any judge, deterministically or with Bradley-Terry noise.
+* :func:`soft_overlong_punishment` (DAPO's soft overlong punishment, TRL's reward-function form;
+  :mod:`rlhf_core.reward_shaping`) penalises completions that run into the length limit.
+
+The trainers pass one more column to every reward function that accepts it: ``completion_ids``,
+the sampled token ids of each completion (as TRL does).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from rlhf_core.reward_shaping import overlong_penalty, soft_overlong_punishment
+
 __all__ = [
     "DEFAULT_JUDGE_TEMPLATE",
     "JudgeLabeler",
@@ -46,7 +53,9 @@ __all__ = [
     "exact_match_reward",
     "extract_answer",
     "label_pairs",
+    "overlong_penalty",
     "reward_function_name",
+    "soft_overlong_punishment",
 ]
 
 

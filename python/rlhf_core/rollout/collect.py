@@ -54,7 +54,8 @@ class RolloutCollector:
         tokenizer: the policy's tokenizer (its pad token pads the batches).
         prompt_texts, prompt_columns: the prompt table (:func:`rlhf_core.rollout.prompt_table`).
         reward_sources: reward functions (reward models already wrapped as
-            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``config.reward_weights``.
+            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``reward_weights``.
+        reward_weights: one weight per source; None = ``config.reward_weights``.
         dist: the process group (:class:`rlhf_core.distributed.DistContext`).
         device: where the forwards run.
         autocast: a context for every forward (the trainer's bf16 autocast on CUDA).
@@ -77,6 +78,7 @@ class RolloutCollector:
         prompt_columns: dict[str, list[Any]],
         reward_sources: Sequence[Callable[..., Any]],
         dist: D.DistContext,
+        reward_weights: Sequence[float] | None = None,
         device: torch.device,
         autocast: Callable[[], AbstractContextManager[Any]],
         lockstep: bool,
@@ -98,7 +100,13 @@ class RolloutCollector:
         for i, ids in enumerate(self.prompt_ids):
             if ids.size == 0:
                 raise ValueError(f"prompts[{i}] encodes to no tokens")
+        if "completion_ids" in prompt_columns:
+            raise ValueError(
+                "the prompts have a column named 'completion_ids': that name is reserved for "
+                "the sampled token ids handed to reward functions; rename the column"
+            )
         self.reward_sources = list(reward_sources)
+        self.reward_weights = config.reward_weights if reward_weights is None else reward_weights
         self.dist = dist
         self.device = device
         self.autocast = autocast
@@ -175,9 +183,10 @@ class RolloutCollector:
         ``roll.score_parts`` (each source's raw scores)."""
         idx = roll.prompt_index
         columns = {k: [v[i] for i in idx] for k, v in self.prompt_columns.items()}
+        columns["completion_ids"] = list(roll.response_ids)  # as TRL hands them over
         total, parts = combine_rewards(
             self.reward_sources,
-            self.config.reward_weights,
+            self.reward_weights,
             [self.prompt_texts[i] for i in idx],
             roll.texts,
             return_components=True,

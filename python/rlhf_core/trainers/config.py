@@ -232,6 +232,18 @@ class RolloutConfig(TrainerConfig):
             "never finishing"
         },
     )
+    overlong_buffer_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "DAPO's soft overlong punishment: completions longer than max_new_tokens - "
+            "this get a penalty ramping from 0 to -overlong_penalty_factor at max_new_tokens "
+            "(a reward source 'soft_overlong_punishment' added to the others); none = off"
+        },
+    )
+    overlong_penalty_factor: float = field(
+        default=1.0,
+        metadata={"help": "α of the soft overlong punishment (its reward weight; >= 0)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -258,6 +270,20 @@ class RolloutConfig(TrainerConfig):
             )
         check_field(
             self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "expected >= 1"
+        )
+        check_field(
+            self.overlong_buffer_len is None
+            or 1 <= self.overlong_buffer_len <= self.max_new_tokens,
+            "overlong_buffer_len",
+            self.overlong_buffer_len,
+            f"expected in [1, max_new_tokens={self.max_new_tokens}] or none (DAPO: 4096 of "
+            "20480)",
+        )
+        check_field(
+            math.isfinite(self.overlong_penalty_factor) and self.overlong_penalty_factor >= 0,
+            "overlong_penalty_factor",
+            self.overlong_penalty_factor,
+            "expected a finite value >= 0 (DAPO: 1.0)",
         )
         check_field(self.temperature > 0, "temperature", self.temperature, "expected > 0")
         check_field(0 < self.top_p <= 1, "top_p", self.top_p, "expected in (0, 1]")

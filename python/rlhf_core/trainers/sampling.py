@@ -67,6 +67,12 @@ class RolloutTrainer(Trainer):
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
         self.reward_sources = self._reward_sources(reward_funcs)
+        if config.overlong_buffer_len is not None:
+            from rlhf_core.rewards import soft_overlong_punishment
+
+            self.reward_sources.append(
+                soft_overlong_punishment(config.max_new_tokens, config.overlong_buffer_len)
+            )
         policy = self.apply_lora(policy)
         # the reference is a copy of the policy as passed, made before the policy is wrapped
         self.reference = self.wrap_frozen(
@@ -84,6 +90,7 @@ class RolloutTrainer(Trainer):
             prompt_texts=texts,
             prompt_columns=columns,
             reward_sources=self.reward_sources,
+            reward_weights=self._reward_weights(),
             dist=self.dist,
             device=self.device,
             autocast=self.autocast,
@@ -124,6 +131,16 @@ class RolloutTrainer(Trainer):
                 "sources: give one weight per reward function / model"
             )
         return out
+
+    def _reward_weights(self) -> list[float] | None:
+        """The collector's weights: ``reward_weights`` (None = all 1), plus
+        ``overlong_penalty_factor`` for the soft overlong punishment when it is on."""
+        cfg = self.config
+        if cfg.overlong_buffer_len is None:
+            return cfg.reward_weights
+        given = cfg.reward_weights
+        base = [1.0] * (len(self.reward_sources) - 1) if given is None else list(given)
+        return base + [cfg.overlong_penalty_factor]
 
     def collect(self, step: int, *, forward: bool = True) -> Rollout:
         """The step's rollout: its prompts (the same global draw on every rank) sampled,
