@@ -115,14 +115,20 @@ class RolloutCollector:
         self.value_model = value_model
 
     # ---- sample -----------------------------------------------------------------------------
-    def sample(self, step: int, prompt_indices: np.ndarray) -> Rollout:
+    def sample(self, step: int, prompt_indices: np.ndarray, *, gen_round: int = 0) -> Rollout:
         """``num_samples`` completions of each prompt of this rank's block of the step's global
         prompt list ``prompt_indices`` (int64, the same on every rank). Group ids are positions
-        in that list."""
+        in that list.
+
+        ``gen_round``: the generation round of the step (dynamic sampling draws several): round
+        ``r`` continues the step's prompt list, so its group ids and per-prompt seeds are
+        those of positions ``r·P + j`` (P prompts per round), and its sampling seed is its
+        own. Round 0 is what a step without rounds samples."""
         cfg = self.config
         mine = D.shard_indices(len(prompt_indices), self.dist.rank, self.dist.world_size)
         pidx = prompt_indices[mine]
         first = int(mine[0]) if len(mine) else 0
+        first += gen_round * len(prompt_indices)
         if cfg.per_prompt_seeds:
             # one call per prompt, seeded by its global position: the same samples whichever
             # rank draws them and whatever else is sampled
@@ -137,7 +143,8 @@ class RolloutCollector:
             texts = [t for c in parts for t in c.texts]
         else:
             # rank 0 keeps the run's seed, other ranks draw independent streams
-            seed = self.step_seed(D.rank_seed(cfg.seed, self.dist.rank), step, 1)
+            base = D.rank_seed(cfg.seed, self.dist.rank)
+            seed = self.step_seed(base, step, 1, index=gen_round if gen_round else None)
             comp = self._generate(list(pidx), seed)
             prompt_ids, response_ids = comp.prompt_ids, comp.response_ids
             truncated, group_ids, texts = comp.truncated, comp.group_ids, comp.texts

@@ -411,6 +411,25 @@ class RLConfig(RolloutConfig):
     ppo_kl_coef: float = field(
         default=1.0, metadata={"help": "KL-Cov's coefficient of |log r| (verl code: 1.0)"}
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO dynamic sampling: drop groups whose rewards are all equal (std <= "
+            "dynamic_sampling_min_std; groups of one are kept) and sample more rounds of "
+            "prompts until rollout_batch_size completions of informative groups are held"
+        },
+    )
+    max_num_gen_batches: int = field(
+        default=10,
+        metadata={
+            "help": "dynamic sampling: most generation rounds per step (verl's name; 0 = no "
+            "limit); when they run out the batch is completed with dropped groups"
+        },
+    )
+    dynamic_sampling_min_std: float = field(
+        default=0.0,
+        metadata={"help": "dynamic sampling: keep a group when its reward std is above this"},
+    )
 
     @property
     def policy_objective(self) -> str:
@@ -483,6 +502,26 @@ class RLConfig(RolloutConfig):
         )
         check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
         self._check_policy_loss_fields()
+        check_field(
+            self.max_num_gen_batches >= 0,
+            "max_num_gen_batches",
+            self.max_num_gen_batches,
+            "expected >= 0 (0 = no limit; the DAPO recipe uses 10)",
+        )
+        check_field(
+            math.isfinite(self.dynamic_sampling_min_std) and self.dynamic_sampling_min_std >= 0,
+            "dynamic_sampling_min_std",
+            self.dynamic_sampling_min_std,
+            "expected a finite value >= 0 (0 = drop groups whose rewards are all equal)",
+        )
+        if self.dynamic_sampling:
+            check_field(
+                self.num_samples >= 2,
+                "num_samples",
+                self.num_samples,
+                "dynamic_sampling drops groups whose rewards are all equal; with one sample per "
+                "prompt every group is kept: use num_samples >= 2",
+            )
 
     def _check_policy_loss_fields(self) -> None:
         check_field(

@@ -44,6 +44,7 @@ from rlhf_core import distributed as D
 from rlhf_core import losses as L
 from rlhf_core.advantages import Estimator, token_masks
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
+from rlhf_core.rollout.dynamic import DynamicSampler
 from rlhf_core.trainers.config import RLConfig
 from rlhf_core.trainers.optim import step_seed
 from rlhf_core.trainers.sampling import RewardSource, RolloutTrainer
@@ -91,6 +92,18 @@ class PolicyGradientTrainer(RolloutTrainer):
         self.collector.entropies = config.top_entropy_quantile < 1
         self.buffer = RolloutBuffer()
         self.add_state("buffer", self.buffer, optional=True)
+        self.sampling_metrics: dict[str, float] = {}
+        self.dynamic_sampler: DynamicSampler | None = None
+        if config.dynamic_sampling:
+            self.dynamic_sampler = DynamicSampler(
+                self.collector,
+                batch_rows=config.rollout_batch_size // self.world_size,
+                group_size=config.num_samples,
+                max_rounds=config.max_num_gen_batches,
+                min_std=config.dynamic_sampling_min_std,
+                dist=self.dist,
+            )
+            self.add_state("dynamic_sampling", self.dynamic_sampler.state, optional=True)
 
     @property
     def kl_coef(self) -> float:
@@ -98,10 +111,28 @@ class PolicyGradientTrainer(RolloutTrainer):
         return self.config.kl_coef
 
     # ---- the step ---------------------------------------------------------------------------
+    def collect(self, step: int, *, forward: bool = True) -> Rollout:
+        """The step's rollout; with ``dynamic_sampling``, rounds of prompts until the batch
+        holds informative groups only (:class:`rlhf_core.rollout.dynamic.DynamicSampler`; its
+        metrics go to :attr:`sampling_metrics`)."""
+        self.sampling_metrics = {}
+        if self.dynamic_sampler is None:
+            return super().collect(step, forward=forward)
+        per_round = self.config.prompts_per_step
+        with self.timer.phase("generation"):
+            roll, self.sampling_metrics = self.dynamic_sampler.collect(
+                step, lambda: self.sampler.next(per_round), self.check_scores
+            )
+        if forward:
+            with self.timer.phase("scoring"):
+                self.collector.forward(roll)
+        return roll
+
     def train_step(self, step: int) -> dict[str, float]:
         roll = self.collect(step)
         with self.timer.phase("bookkeeping"):
             metrics = rollout_metrics(roll, self.dist)
+            metrics.update(self.sampling_metrics)
             self.fill_buffer(roll)
             estimator = self.estimator
             if self.config.kl_in_reward:
