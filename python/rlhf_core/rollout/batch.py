@@ -72,6 +72,8 @@ class Rollout:
             (empty until the no-grad forwards ran; ``values`` only with a value model).
         entropies: float32 (R_i,) per sequence, the rollout policy's next-token entropies
             (only when the collector is asked for them: ``top_entropy_quantile``).
+        teacher_logprobs: float32 (R_i,) per sequence, a distillation teacher's logprobs of the
+            sampled tokens (only with a teacher).
     """
 
     prompt_ids: list[np.ndarray]
@@ -87,6 +89,7 @@ class Rollout:
     ref_logprobs: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
     entropies: list[np.ndarray] = field(default_factory=list)
+    teacher_logprobs: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.response_ids)

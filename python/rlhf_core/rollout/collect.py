@@ -65,6 +65,8 @@ class RolloutCollector:
         value_model: optional; its values (B, T-1) become ``Rollout.values``.
         entropies: also keep the rollout policy's next-token entropies
             (``Rollout.entropies``; the top-entropy token selection reads them).
+        teacher: a frozen distillation teacher (same tokenizer); its logprobs of the sampled
+            tokens become ``Rollout.teacher_logprobs``.
     """
 
     def __init__(
@@ -85,9 +87,11 @@ class RolloutCollector:
         step_seed: Callable[..., int],
         value_model: nn.Module | None = None,
         entropies: bool = False,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.config = config
         self.entropies = entropies
+        self.teacher = teacher
         self.policy = policy
         self.reference = reference
         self.tokenizer = tokenizer
@@ -188,6 +192,9 @@ class RolloutCollector:
         """``roll.scores`` (float64 (N,), the weighted sum of the reward sources, NaN =
         unscorable, minus ``missing_eos_penalty`` for truncated completions) and
         ``roll.score_parts`` (each source's raw scores)."""
+        if not self.reward_sources:  # distillation alone: the teacher's KL is the signal
+            roll.scores, roll.score_parts = np.zeros(len(roll)), {}
+            return
         idx = roll.prompt_index
         columns = {k: [v[i] for i in idx] for k, v in self.prompt_columns.items()}
         columns["completion_ids"] = list(roll.response_ids)  # as TRL hands them over
@@ -221,6 +228,7 @@ class RolloutCollector:
         ref: list[torch.Tensor] = []
         val: list[torch.Tensor] = []
         ent: list[torch.Tensor] = []
+        tea: list[torch.Tensor] = []
         # no gradient: DDP's wrapper (and its collectives) is not needed; FSDP2 runs the
         # sharded model itself, the same number of micro-batches on every rank
         policy = D.unwrap_model(self.policy)
@@ -250,6 +258,13 @@ class RolloutCollector:
                             mb["attention_mask"],
                             temperature=cfg.temperature,
                         )
+                        if self.teacher is not None:
+                            tea.append(
+                                logprobs_of(
+                                    self.teacher, mb["input_ids"], mb["attention_mask"],
+                                    temperature=cfg.temperature,
+                                ).float()
+                            )  # fmt: skip
                     v = self._values(mb)
                 old.append(lp.float())
                 ref.append(rlp.float())  # an inference tensor: read-only use below
@@ -274,6 +289,8 @@ class RolloutCollector:
             roll.values = response_tokens(val)
         if ent:
             roll.entropies = response_tokens(ent)
+        if tea:
+            roll.teacher_logprobs = response_tokens(tea)
 
     def _values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The value model's values (B, T-1), aligned with the logprobs: the value of the state

@@ -430,6 +430,20 @@ class RLConfig(RolloutConfig):
         default=0.0,
         metadata={"help": "dynamic sampling: keep a group when its reward std is above this"},
     )
+    teacher_kl_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "on-policy distillation (with a teacher model): λ of the per-token "
+            "advantage −λ·(log π − log π_teacher) added to the task advantage (slime: 1.0)"
+        },
+    )
+    teacher_kl_clamp: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "on-policy distillation: clamp log π − log π_teacher to ±this (verl: 10); "
+            "none = off"
+        },
+    )
 
     @property
     def policy_objective(self) -> str:
@@ -513,6 +527,18 @@ class RLConfig(RolloutConfig):
             "dynamic_sampling_min_std",
             self.dynamic_sampling_min_std,
             "expected a finite value >= 0 (0 = drop groups whose rewards are all equal)",
+        )
+        check_field(
+            math.isfinite(self.teacher_kl_coef) and self.teacher_kl_coef >= 0,
+            "teacher_kl_coef",
+            self.teacher_kl_coef,
+            "expected a finite value >= 0 (slime: 1.0)",
+        )
+        check_field(
+            self.teacher_kl_clamp is None or self.teacher_kl_clamp > 0,
+            "teacher_kl_clamp",
+            self.teacher_kl_clamp,
+            "expected > 0 (e.g. 10) or none",
         )
         if self.dynamic_sampling:
             check_field(

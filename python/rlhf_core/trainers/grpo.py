@@ -234,7 +234,7 @@ class GRPOTrainer(PolicyGradientTrainer):
     policy-gradient trainer with the estimator of :func:`estimator_from_config`.
 
     Args: as :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer` (policy,
-    tokenizer, prompts, reward_funcs, reference), without ``estimator``.
+    tokenizer, prompts, reward_funcs, reference, teacher_model), without ``estimator``.
     """
 
     name = "grpo"
@@ -246,12 +246,14 @@ class GRPOTrainer(PolicyGradientTrainer):
         policy: nn.Module,
         tokenizer: Any,
         prompts: Any,
-        reward_funcs: RewardSource | Sequence[RewardSource],
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         reference: nn.Module | None = None,
+        teacher_model: nn.Module | str | None = None,
     ) -> None:
         super().__init__(config, policy, tokenizer, prompts, reward_funcs,
-                         estimator=estimator_from_config(config), reference=reference)  # fmt: skip
+                         estimator=estimator_from_config(config), reference=reference,
+                         teacher_model=teacher_model)  # fmt: skip
 
 
 class RLOOTrainer(GRPOTrainer):

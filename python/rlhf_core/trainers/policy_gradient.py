@@ -42,7 +42,7 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core.advantages import Estimator, token_masks
+from rlhf_core.advantages import Estimator, TeacherKL, token_masks
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
 from rlhf_core.rollout.dynamic import DynamicSampler
 from rlhf_core.trainers.config import RLConfig
@@ -62,6 +62,10 @@ class PolicyGradientTrainer(RolloutTrainer):
             :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
         estimator: the advantage estimator (:class:`rlhf_core.advantages.Estimator`); its β is
             replaced by :attr:`kl_coef` each step when ``config.kl_in_reward``.
+        teacher_model: on-policy distillation: a frozen teacher (module or name) whose
+            per-token reverse KL to the policy on its samples enters the advantages
+            (:class:`rlhf_core.advantages.TeacherKL`, ``teacher_kl_coef``); ``reward_funcs``
+            may then be empty.
     """
 
     name = "policy_gradient"
@@ -77,16 +81,22 @@ class PolicyGradientTrainer(RolloutTrainer):
         policy: nn.Module,
         tokenizer: Any,
         prompts: Any,
-        reward_funcs: RewardSource | Sequence[RewardSource],
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         estimator: Estimator,
         reference: nn.Module | None = None,
+        teacher_model: nn.Module | str | None = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
-        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
+                         teacher_model=teacher_model)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
+        if self.teacher is not None:
+            estimator = TeacherKL(
+                base=estimator, coef=config.teacher_kl_coef, clamp=config.teacher_kl_clamp
+            )
         self.estimator = estimator
         # the top-entropy selection reads the rollout policy's entropies
         self.collector.entropies = config.top_entropy_quantile < 1
@@ -162,6 +172,8 @@ class PolicyGradientTrainer(RolloutTrainer):
             fields["values"] = roll.values
         if roll.entropies:
             fields["entropies"] = roll.entropies
+        if roll.teacher_logprobs:
+            fields["teacher_logprobs"] = roll.teacher_logprobs
         keep = np.ones(len(roll), dtype=bool)
         if cfg.mask_truncated:
             keep &= ~np.asarray(roll.truncated, dtype=bool)

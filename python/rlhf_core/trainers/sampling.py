@@ -37,6 +37,11 @@ class RolloutTrainer(Trainer):
             weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             ``policy`` as passed (so pass the same starting policy when resuming).
+        teacher_model: a frozen distillation teacher sharing the policy's tokenizer (a causal
+            LM, or a built-in name / local folder / Hub id loaded with
+            :func:`rlhf_core.models.load_policy`); its logprobs of the sampled tokens go into
+            the rollout (``teacher_logprobs``). With a teacher, ``reward_funcs`` may be empty
+            (distillation alone).
     """
 
     config: RolloutConfig
@@ -47,9 +52,10 @@ class RolloutTrainer(Trainer):
         policy: nn.Module,
         tokenizer: Any,
         prompts: Any,
-        reward_funcs: RewardSource | Sequence[RewardSource],
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         reference: nn.Module | None = None,
+        teacher_model: nn.Module | str | None = None,
     ) -> None:
         from rlhf_core.models import make_reference
 
@@ -66,7 +72,7 @@ class RolloutTrainer(Trainer):
                 f"the {w} processes cannot share equally: use a rollout_batch_size that is a "
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
-        self.reward_sources = self._reward_sources(reward_funcs)
+        self.reward_sources = self._reward_sources(reward_funcs, teacher_model is not None)
         if config.overlong_buffer_len is not None:
             from rlhf_core.rewards import soft_overlong_punishment
 
@@ -79,6 +85,7 @@ class RolloutTrainer(Trainer):
             reference if reference is not None else make_reference(policy)
         )
         self.reference.eval()
+        self.teacher = self._teacher(teacher_model, policy)
         self.policy = self.wrap_trained(policy)
         # every rank draws the same global prompts (same seed) and keeps its shard
         self.setup_optimization(self.policy, len(texts))
@@ -96,21 +103,51 @@ class RolloutTrainer(Trainer):
             autocast=self.autocast,
             lockstep=self.lockstep_forwards,
             step_seed=step_seed,
+            teacher=self.teacher,
         )
 
+    def _teacher(self, teacher: nn.Module | str | None, policy: nn.Module) -> nn.Module | None:
+        """The distillation teacher, loaded when named, frozen and placed like the reference."""
+        if teacher is None:
+            return None
+        if isinstance(teacher, str):
+            from rlhf_core.models import load_policy
+
+            teacher = load_policy(teacher, tokenizer=self.tokenizer, seed=self.config.seed)
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(
+                f"teacher_model is a {type(teacher).__name__}; expected a causal LM or a model "
+                "name / folder"
+            )
+        emb = getattr(teacher, "get_output_embeddings", lambda: None)()
+        vocab = None if emb is None else int(emb.weight.shape[0])
+        if vocab is not None and vocab < len(self.tokenizer):
+            raise ValueError(
+                f"teacher_model has {vocab} output tokens but the policy's tokenizer has "
+                f"{len(self.tokenizer)}: the teacher must score the policy's token ids (use a "
+                "teacher with the same tokenizer)"
+            )
+        teacher.requires_grad_(False)
+        out = self.wrap_frozen(teacher)
+        out.eval()
+        return out
+
     def _reward_sources(
-        self, reward_funcs: RewardSource | Sequence[RewardSource]
+        self, reward_funcs: RewardSource | Sequence[RewardSource] | None, may_be_empty: bool
     ) -> list[Callable[..., Any]]:
         """Reward functions as given; reward models frozen, placed like the other frozen models
-        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer`."""
+        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer`. Empty only when
+        ``may_be_empty`` (a distillation teacher gives the signal)."""
         from rlhf_core.rewards import RewardModelScorer
 
+        if reward_funcs is None:
+            reward_funcs = []
         items = (
             [reward_funcs]
             if callable(reward_funcs) or isinstance(reward_funcs, nn.Module)
             else list(reward_funcs)
         )
-        if not items:
+        if not items and not may_be_empty:
             raise ValueError("reward_funcs is empty: give at least one reward function or model")
         out: list[Callable[..., Any]] = []
         for i, src in enumerate(items):

@@ -100,6 +100,7 @@ def run_dpo(cfg: DPORunConfig) -> int:
 _RL_KEYS = [
     "reward/mean",
     "kl",
+    "teacher_kl",
     "response_length/mean",
     "entropy",
     "policy_loss",
@@ -118,6 +119,10 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     kwargs: dict[str, Any] = {"reference": load_reference(cfg, tok)}
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model")
+    if getattr(cfg, "teacher_model", None):
+        kwargs["teacher_model"] = load_model(
+            cfg.teacher_model, tok, seed=cfg.seed, field_name="teacher_model"
+        )
     trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
     if res.already_finished:
