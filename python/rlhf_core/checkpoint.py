@@ -152,7 +152,7 @@ def save_checkpoint(
             possible, else ``torch.save`` of the state dict. Frozen models (reference, reward)
             need not be saved if they are rebuilt from their source. A mapping of tensors
             instead of a module (the full state dict gathered from an FSDP2-sharded model, see
-            :func:`rlhf_core.distributed.gather_full_state_dict`) is saved with
+            :func:`rlhf_core.parallel.gather_full_state_dict`) is saved with
             ``torch.save``.
         optimizers / schedulers: name -> object with ``state_dict()``.
         extra_state: anything ``torch.save`` can pickle (buffer state, sampler position,
@@ -273,11 +273,11 @@ def load_checkpoint(
     keys used at save time); those in the checkpoint but not passed are left alone. Model
     weights are loaded with ``strict`` key matching; an FSDP2-sharded model is given the full
     state dict on every rank and keeps its slices
-    (:func:`rlhf_core.distributed.load_full_state_dict`, a collective: every rank loads). RNG states are restored unless
+    (:func:`rlhf_core.parallel.load_full_state_dict`, a collective: every rank loads). RNG states are restored unless
     ``restore_rng=False``. Optimizer states are loaded onto ``map_location`` first; the
     optimizer moves them to its parameters' device.
     """
-    from rlhf_core import distributed as D
+    from rlhf_core import parallel as D
 
     ckpt = _resolve(path)
     meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))

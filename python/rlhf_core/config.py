@@ -1,4 +1,5 @@
-"""Configs as validated dataclasses: TOML files, ``key=value`` overrides and argparse options.
+"""Configs as validated dataclasses: TOML / YAML / JSON files, ``key=value`` overrides and argparse
+options.
 
 The documented name (``docs/config.md``) of the generic dataclass ⇄ TOML ⇄ argparse machinery
 that the CLI, the demo and user code share. The code lives in
@@ -11,6 +12,7 @@ from __future__ import annotations
 from rlhf_core.cli.dataclass_args import (
     ConfigError,
     add_dataclass_arguments,
+    apply_aliases,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -19,10 +21,12 @@ from rlhf_core.cli.dataclass_args import (
     load_config,
     overrides_from_namespace,
     parse_overrides,
+    read_config_file,
 )
 
 __all__ = [
     "ConfigError",
+    "apply_aliases",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -32,4 +36,5 @@ __all__ = [
     "dump_config",
     "dumps_toml",
     "field_docs",
+    "read_config_file",
 ]

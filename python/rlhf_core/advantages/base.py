@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from rlhf_core.buffer import RolloutBuffer
-    from rlhf_core.distributed import DistContext
+    from rlhf_core.parallel import DistContext
 
 __all__ = ["AdvantageStats", "Estimator", "RewardKL"]
 
@@ -116,5 +116,5 @@ class Estimator(Protocol):
 
     def compute(self, buffer: RolloutBuffer, dist: DistContext | None = None) -> AdvantageStats:
         """Store the advantages of ``buffer``'s sequences (``dist``: the process group, None =
-        :func:`rlhf_core.distributed.get_context`) and return their summary."""
+        :func:`rlhf_core.parallel.get_context`) and return their summary."""
         ...

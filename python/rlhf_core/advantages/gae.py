@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from rlhf_core import distributed as D
+from rlhf_core import parallel as D
 from rlhf_core.advantages.base import AdvantageStats, RewardKL
 from rlhf_core.advantages.distributed import whiten_advantages
 

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from rlhf_core import distributed as D
 from rlhf_core import ops
+from rlhf_core import parallel as D
 from rlhf_core.advantages.base import AdvantageStats, RewardKL
 from rlhf_core.advantages.distributed import (
     distributed_group_advantages,

@@ -17,7 +17,7 @@ update trains on or treats apart.
   with the largest cov (ties: the earlier token in rank-major, row-major order).
 
 Each works on one minibatch's padded tensors and gathers what spans the ranks
-(:func:`rlhf_core.distributed.all_gather_ragged`), so the selection is the one a single
+(:func:`rlhf_core.parallel.all_gather_ragged`), so the selection is the one a single
 process would make over the same global minibatch, and does not depend on how the minibatch
 is split into micro-batches. The selection itself (quantile, top-k, subset) is CPU
 bookkeeping on the gathered values; the per-token maths of the losses stays in
@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rlhf_core import distributed as D
+from rlhf_core import parallel as D
 
 __all__ = [
     "clip_cov_mask",

@@ -8,25 +8,29 @@
     rlhf-core label                               preference pairs from a policy and a judge
     rlhf-core eval                                score a policy; KL from a reference
 
-Every command reads ``--config file.toml`` (presets in ``configs/``) and takes ``--key value``
-overrides generated from its config dataclass (``rlhf-core ppo --help`` lists every field with
-its help, type and default; precedence: defaults < file < overrides). Each run writes into its
+Every command reads ``--config file.toml`` (or ``.yaml`` / ``.json``, e.g. a TRL recipe; presets
+in ``configs/``) and takes ``--key value`` overrides generated from its config dataclass
+(``rlhf-core ppo --help`` lists every field with its help, type and default, and TRL's
+spellings it accepts; precedence: defaults < file < overrides). Each run writes into its
 ``--run_dir`` (``--run-dir``): the resolved ``config.toml``, ``metrics.jsonl`` and TensorBoard
 events, checkpoints, the final model(s) and ``plots/``. ``--resume RUN_DIR`` continues the run
 saved in that folder with its own ``config.toml`` (overrides still apply, e.g. a larger
 ``--total_steps``); a run that already finished says so and trains nothing.
 
-Models: ``"builtin"``, ``"builtin:tiny"``, ``"builtin:small"`` (the built-in Llama-style model,
-randomly initialised from ``seed``) or a local folder written by ``save_pretrained``; nothing
-is downloaded. Datasets: a JSONL / JSON / Parquet file or a ``datasets`` ``save_to_disk``
-folder in TRL's columns (see ``docs/data.md``), or ``builtin:language`` /
-``builtin:arithmetic`` (the demo's synthetic tasks). Reward functions: ``module:function``,
+Models (required): a Hugging Face Hub id (``org/name``, ``org/name@revision``) through the
+Hugging Face cache (offline with ``HF_HUB_OFFLINE=1``), a local folder written by
+``save_pretrained``, or ``"builtin"``, ``"builtin:tiny"``, ``"builtin:small"`` (the built-in
+Llama-style model, randomly initialised from ``seed``; the presets use it). Datasets
+(required): a Hub dataset id through ``datasets.load_dataset``, a JSONL / JSON / Parquet file, a
+``save_to_disk`` folder or a folder of data files in TRL's formats (see ``docs/data.md``), or
+``builtin:language`` / ``builtin:arithmetic`` (the demo's synthetic tasks). Reward functions: ``module:function``,
 ``path/to/file.py:function`` or a shortcut (``gold``, ``arithmetic``, ``exact_match``).
 
 Layout (one module per concern; torch is imported only once a command runs, so
 ``rlhf-core --help`` answers at once):
 
 - ``parser``: the command table, argparse, help, suggestions, ``--resume RUN_DIR``;
+- ``aliases``: TRL's spellings of options;
 - ``run_configs`` / ``run_fields``: one config dataclass per command and the fields they share;
 - ``loading``: tokenizers, models, reward sources and datasets from those fields;
 - ``outputs``: the final model, ``plots/metrics.png``, JSON summaries;
@@ -45,8 +49,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlhf_core import __version__
+from rlhf_core.cli.aliases import aliases_for, hints_for
 from rlhf_core.cli.dataclass_args import (
     ConfigError,
+    apply_aliases,
     config_to_dict,
     dump_config,
     dumps_toml,
@@ -57,6 +63,7 @@ from rlhf_core.cli.parser import (
     COMMANDS,
     CLIError,
     Command,
+    alias_overrides,
     apply_resume,
     build_parser,
     top_help,
@@ -183,14 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(unknown_option_message(name, parser, unknown), file=sys.stderr)
         return 2
     overrides: dict[str, Any] = overrides_from_namespace(ns, cmd.config)
+    aliases, hints = aliases_for(cmd.config), hints_for(cmd.config)
     try:
+        overrides = apply_aliases(
+            {**overrides, **alias_overrides(ns)}, aliases, where="command line", hints=hints
+        )
         toml, overrides = apply_resume(overrides, ns.config)
         if name == "demo":
             from rlhf_core.demo import load_demo_config  # with the command: the demo needs torch
 
             cfg: Any = load_demo_config(toml, overrides, quick=ns.quick)
         else:
-            cfg = load_config(cmd.config, toml, overrides)
+            cfg = load_config(cmd.config, toml, overrides, aliases=aliases, hints=hints)
     except (ConfigError, CLIError) as exc:
         _error(name, exc)
         return 2

@@ -15,16 +15,28 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rlhf_core._io import atomic_write_text, json_safe
+from rlhf_core.models.common import is_peft
 from rlhf_core.monitor import read_metrics
 
 __all__ = ["save_model", "plot_metrics", "write_json", "finish_training", "already_finished"]
 
 
 def save_model(model: Any, tokenizer: Any, path: pathlib.Path) -> pathlib.Path:
-    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole)."""
+    """``save_pretrained`` of the model and its tokenizer into ``path`` (replaced whole): a
+    causal LM as a ``save_pretrained`` folder, a peft model as a PEFT adapter folder
+    (``adapter_config.json`` + adapter weights), a reward model as an
+    ``AutoModelForSequenceClassification`` checkpoint whose config names the tokenizer's pad
+    token (so that transformers finds the last token of padded inputs)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    if getattr(model, "kind", None) == "reward":
+        model.save_pretrained(str(tmp), pad_token_id=tokenizer.pad_token_id)
+    elif is_peft(model):
+        # the vocabulary is never resized, so the base embeddings need no copy (peft's "auto"
+        # would ask the Hub about the base model to find out)
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+    else:
+        model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS
+from rlhf_core.cli.aliases import TRL_HINTS, aliases_for
+from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS, strip_optional, type_hints
 from rlhf_core.cli.dataclass_args.options import add_dataclass_arguments
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "unknown_command_message",
     "unknown_option_message",
     "apply_resume",
+    "alias_overrides",
 ]
 
 
@@ -175,16 +177,19 @@ COMMANDS: dict[str, Command] = {
 # parsers and help
 
 _EPILOG = """\
-Values come from the field defaults, then --config FILE.toml, then the options above
-(--key value, --key=value; dotted names for nested tables; --flag alone means true;
-lists as a,b or [a, b]). --run-dir is --run_dir.
+Values come from the field defaults, then --config FILE (TOML; YAML for .yaml/.yml, JSON
+for .json), then the options above (--key value, --key=value; dotted names for nested
+tables; --flag alone means true; lists as a,b or [a, b]). --run-dir is --run_dir. TRL's
+spellings of options are accepted in the file and here (listed above); an alias and its
+option in one place is an error.
 
 --resume RUN_DIR continues the run saved in RUN_DIR with its config.toml (options given
 here still apply); --resume true/false only says whether to continue the run in --run_dir.
 A finished run says so and trains nothing (raise --total_steps to train longer).
 
 Outputs in the run folder: config.toml (resolved), metrics.jsonl, tensorboard/,
-checkpoints/, the final model (model/ or reward_model/), plots/metrics.png.
+checkpoints/, the final model (model/, reward_model/, or with LoRA adapter/ and, with
+--merge_lora, model/), plots/metrics.png.
 """
 
 
@@ -203,8 +208,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config",
-        metavar="FILE.toml",
-        help="TOML file with values for the fields below (presets in configs/)",
+        metavar="FILE",
+        help="config file with values for the fields below: TOML, or YAML (.yaml/.yml) or "
+        "JSON (.json), e.g. a TRL recipe (presets in configs/)",
     )
     parser.add_argument(
         "--print-config",
@@ -219,14 +225,39 @@ def build_parser(name: str) -> argparse.ArgumentParser:
             "cores; default run folder runs/demo-quick), same stages and outputs",
         )
     add_dataclass_arguments(parser, cmd.config)
+    aliases = aliases_for(cmd.config)
+    if aliases:
+        group = parser.add_argument_group(
+            "TRL's spellings (each sets the option after '=', in a config file too)"
+        )
+        hints = type_hints(cmd.config)
+        for alias, name in sorted(aliases.items()):
+            flag = strip_optional(hints.get(name))[0] is bool  # may be given bare
+            kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if flag else {}
+            group.add_argument(
+                f"--{alias}",
+                dest=f"alias.{alias}",
+                default=argparse.SUPPRESS,
+                metavar="BOOL" if flag else "VALUE",
+                help=f"= --{name}",
+                **kwargs,
+            )
     return parser
+
+
+def alias_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The TRL-spelled options the user typed, by their TRL name (see
+    :func:`build_parser`)."""
+    return {
+        k.removeprefix("alias."): v for k, v in vars(namespace).items() if k.startswith("alias.")
+    }
 
 
 def top_help() -> str:
     """The text of ``rlhf-core --help``: every command with its help line."""
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: rlhf-core <command> [--config FILE.toml] [--key value ...]",
+        "usage: rlhf-core <command> [--config FILE.toml|.yaml] [--key value ...]",
         "",
         "RLHF with a Rust core: reward models, PPO, GRPO, RLOO, REINFORCE++, best-of-N, DPO.",
         "",
@@ -259,6 +290,9 @@ def unknown_option_message(
     (else the first argument), with the closest option of the command suggested."""
     options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     bad = next((u for u in unknown if u.startswith("-")), unknown[0])
+    key = bad.split("=", 1)[0].lstrip("-").replace("-", "_")
+    if key in TRL_HINTS:
+        return f"rlhf-core {name}: error: --{key} (TRL's) has no equivalent here: {TRL_HINTS[key]}"
     close = difflib.get_close_matches(bad.split("=", 1)[0], options, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
     return (

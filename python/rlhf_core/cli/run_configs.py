@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from rlhf_core.cli.run_fields import (
+    DataFields,
+    LoraExportFields,
+    ModelFields,
     check_common,
+    check_required,
     check_rewards,
     dataset_field,
     dataset_size_field,
@@ -50,46 +55,65 @@ __all__ = [
 
 
 @dataclass
-class SFTRunConfig(SFTConfig):
+class SFTRunConfig(LoraExportFields, DataFields, ModelFields, SFTConfig):
     """``rlhf-core sft``: :class:`~rlhf_core.trainers.SFTConfig` plus model and data."""
 
     run_dir: str = field(default="runs/sft", metadata={"help": "output folder of the run"})
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
-    dataset: str = dataset_field("prompt-completion data (columns prompt, completion)")
+    dataset: str = dataset_field(
+        "supervised data: conversations (column messages; the loss on the assistant turns), "
+        "prompt-completion pairs (prompt, completion) or plain text (text)"
+    )
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_required(self)
+
+
+def _eval_split_field() -> Any:
+    return field(
+        default=None,
+        metadata={
+            "help": "split of eval_dataset (or, without one, of dataset) held out for "
+            "evaluation (TRL: dataset_test_split); none = eval_fraction of dataset"
+        },
+    )
 
 
 @dataclass
-class RewardRunConfig(RewardConfig):
+class RewardRunConfig(DataFields, ModelFields, RewardConfig):
     """``rlhf-core reward``: :class:`~rlhf_core.trainers.RewardConfig` plus model and data."""
 
     run_dir: str = field(default="runs/reward", metadata={"help": "output folder of the run"})
     model: str = model_field(
         what="body of the reward model (a policy: a fresh head is added; or a reward model "
-        "folder to continue training)"
+        "to continue training)"
     )
     tokenizer: str | None = tokenizer_field()
     dataset: str = dataset_field("preference pairs (columns prompt, chosen, rejected)")
     eval_dataset: str | None = field(
         default=None,
-        metadata={"help": "held-out pairs file; none = eval_fraction of dataset is held out"},
+        metadata={
+            "help": "held-out pairs (file, folder or Hub id); none = eval_split of dataset, or "
+            "eval_fraction of it"
+        },
     )
+    eval_split: str | None = _eval_split_field()
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_required(self)
 
 
 @dataclass
-class DPORunConfig(DPOConfig):
+class DPORunConfig(LoraExportFields, DataFields, ModelFields, DPOConfig):
     """``rlhf-core dpo``: :class:`~rlhf_core.trainers.DPOConfig` plus model and data."""
 
     run_dir: str = field(default="runs/dpo", metadata={"help": "output folder of the run"})
@@ -99,18 +123,23 @@ class DPORunConfig(DPOConfig):
     dataset: str = dataset_field("preference pairs (columns prompt, chosen, rejected)")
     eval_dataset: str | None = field(
         default=None,
-        metadata={"help": "held-out pairs file; none = eval_fraction of dataset is held out"},
+        metadata={
+            "help": "held-out pairs (file, folder or Hub id); none = eval_split of dataset, or "
+            "eval_fraction of it"
+        },
     )
+    eval_split: str | None = _eval_split_field()
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_required(self)
 
 
 @dataclass
-class _PromptRunFields:
+class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
     """Model, prompt data and reward fields of the sampling commands (``ppo``, ``grpo``,
     ``rloo``, ``reinforce-pp``, ``best-of-n``); mixed in before the trainer's config, whose
     fields come first."""
@@ -118,7 +147,9 @@ class _PromptRunFields:
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
     reference: str | None = reference_field()
-    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset: str = dataset_field(
+        "prompts (column prompt, extra columns go to reward functions)"
+    )
     dataset_size: int = dataset_size_field()
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
@@ -138,6 +169,7 @@ class _PromptRunFields:
             self.max_prompt_length,
             "expected >= 1 or none",
         )
+        check_required(self)
 
 
 @dataclass
@@ -200,14 +232,16 @@ class BestOfNRunConfig(_PromptRunFields, BestOfNConfig):
 
 
 @dataclass
-class _SamplingFields:
+class _SamplingFields(DataFields, ModelFields):
     """Fields shared by ``label`` and ``eval``."""
 
     run_dir: str = field(default="runs/out", metadata={"help": "output folder"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and builtin data"})
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
-    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset: str = dataset_field(
+        "prompts (column prompt, extra columns go to reward functions)"
+    )
     dataset_size: int = dataset_size_field(256)
     num_prompts: int | None = field(
         default=None, metadata={"help": "use only the first this many prompts; none = all"}
@@ -273,10 +307,10 @@ class LabelConfig(_SamplingFields):
     run_dir: str = field(default="runs/label", metadata={"help": "output folder"})
     judge_model: str | None = field(
         default=None,
-        metadata={"help": "causal LM judge folder (or builtin:*) asked 'A or B?' (RLAIF)"},
+        metadata={"help": "causal LM judge (folder, Hub id or builtin:*) asked 'A or B?' (RLAIF)"},
     )
     judge_tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer of the judge; none = the judge folder's"}
+        default=None, metadata={"help": "tokenizer of the judge; none = the judge's own"}
     )
     judge_template: str | None = field(
         default=None,
@@ -321,6 +355,7 @@ class LabelConfig(_SamplingFields):
                     self.judge_template,
                     f"the template must contain {part}",
                 )
+        check_required(self)
 
 
 @dataclass
@@ -334,8 +369,8 @@ class EvalConfig(_SamplingFields):
     reference: str | None = field(
         default=None,
         metadata={
-            "help": "reference model folder (or builtin:*) for KL(policy || reference); none = "
-            "no KL"
+            "help": "reference model (folder, Hub id or builtin:*) for KL(policy || "
+            "reference); none = no KL"
         },
     )
 
@@ -343,3 +378,4 @@ class EvalConfig(_SamplingFields):
         self._check_sampling()
         check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1")
         check_rewards(self, required=self.reference is None)
+        check_required(self)

@@ -9,7 +9,7 @@
 - :mod:`.inputs`: padded model inputs, micro-batches, next-token logprobs.
 
 Layering: this package imports the models, generation, rewards and the kernels (``ops``) and
-the collectives of :mod:`rlhf_core.distributed`; trainers import it, never the reverse. A new
+the collectives of :mod:`rlhf_core.parallel`; trainers import it, never the reverse. A new
 rollout backend (e.g. vLLM) or sampling scheme (e.g. dynamic sampling) changes the collector,
 not the trainers.
 """

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlhf_core import distributed as D
+from rlhf_core import parallel as D
 from rlhf_core.rewards import combine_rewards
 from rlhf_core.rollout.batch import Rollout
 from rlhf_core.rollout.inputs import (
@@ -56,7 +56,7 @@ class RolloutCollector:
         reward_sources: reward functions (reward models already wrapped as
             :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``reward_weights``.
         reward_weights: one weight per source; None = ``config.reward_weights``.
-        dist: the process group (:class:`rlhf_core.distributed.DistContext`).
+        dist: the process group (:class:`rlhf_core.parallel.DistContext`).
         device: where the forwards run.
         autocast: a context for every forward (the trainer's bf16 autocast on CUDA).
         lockstep: every forward is a collective (FSDP2 over several processes): generation then

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_core import distributed as D
+from rlhf_core import parallel as D
 from rlhf_core.rollout.batch import Rollout
 from rlhf_core.rollout.collect import RolloutCollector
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_core import distributed as D
 from rlhf_core import ops
+from rlhf_core import parallel as D
 from rlhf_core.rollout.batch import Rollout
 
 __all__ = ["gather", "rollout_metrics"]

@@ -56,8 +56,8 @@ def run_eval(cfg: EvalConfig) -> int:
     and KL), and prints the means."""
     device = device_for(cfg)
     run = pathlib.Path(cfg.run_dir)
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    policy = load_model(cfg.model, tok, seed=cfg.seed).to(device)
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg).to(device)
     prompts, columns = load_prompt_table(cfg, tok)
     fns, names = load_scorers(cfg, tok, device)
     ref = load_reference(cfg, tok)

@@ -33,8 +33,10 @@ __all__ = ["run_label"]
 def _judge(cfg: LabelConfig, tokenizer: Any, device: Any) -> tuple[Any, str]:
     """The judge ``label_pairs`` calls and its description for the summary."""
     if cfg.judge_model is not None:
-        jtok = load_tokenizer_for(cfg.judge_model, cfg.judge_tokenizer, field_name="judge_model")
-        jm = load_model(cfg.judge_model, jtok, seed=cfg.seed, field_name="judge_model")
+        jtok = load_tokenizer_for(
+            cfg.judge_model, cfg.judge_tokenizer, field_name="judge_model", cfg=cfg
+        )
+        jm = load_model(cfg.judge_model, jtok, seed=cfg.seed, field_name="judge_model", cfg=cfg)
         judge = JudgeLabeler(
             jm.to(device).eval(),
             jtok,
@@ -58,8 +60,8 @@ def run_label(cfg: LabelConfig) -> int:
     samples are identical dropped; and ``run_dir/label_summary.json`` with the counts."""
     device = device_for(cfg)
     run = pathlib.Path(cfg.run_dir)
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    policy = load_model(cfg.model, tok, seed=cfg.seed).to(device)
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg).to(device)
     prompts, columns = load_prompt_table(cfg, tok)
     comp = generate(
         policy,

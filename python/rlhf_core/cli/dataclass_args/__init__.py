@@ -1,11 +1,13 @@
-"""Configs as validated dataclasses: TOML files, ``key=value`` overrides and argparse options.
+"""Configs as validated dataclasses: TOML / YAML / JSON files, ``key=value`` overrides and argparse
+options.
 
 Every config in rlhf_core is a plain :func:`dataclasses.dataclass` whose fields carry
 ``metadata={"help": "..."}`` and whose ``__post_init__`` raises ``ValueError`` naming the field,
 its value and the fix. This package is generic over such classes:
 
-- :func:`load_config` builds an instance from defaults, an optional TOML file and overrides
-  (``load.py``; the per-type conversion is ``coerce.py``).
+- :func:`load_config` builds an instance from defaults, an optional config file (TOML, or YAML
+  / JSON by suffix: :func:`read_config_file`) and overrides, with optional aliases of field
+  names (:func:`apply_aliases`) (``load.py``; the per-type conversion is ``coerce.py``).
 - :func:`add_dataclass_arguments` adds one ``--field`` option per field (dotted names for
   nested dataclasses, e.g. ``--optim.lr``) whose help documents the field, its type and default;
   :func:`overrides_from_namespace` turns the parsed options back into overrides
@@ -28,13 +30,21 @@ Precedence, lowest first: field defaults < TOML file < overrides.
 from __future__ import annotations
 
 from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS, ConfigError, field_docs
-from rlhf_core.cli.dataclass_args.load import config_from_dict, load_config, parse_overrides
+from rlhf_core.cli.dataclass_args.load import (
+    apply_aliases,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    read_config_file,
+)
 from rlhf_core.cli.dataclass_args.options import add_dataclass_arguments, overrides_from_namespace
 from rlhf_core.cli.dataclass_args.toml_out import config_to_dict, dump_config, dumps_toml
 
 __all__ = [
     "ConfigError",
     "BOOL_WORDS",
+    "apply_aliases",
+    "read_config_file",
     "load_config",
     "config_from_dict",
     "config_to_dict",

@@ -1,4 +1,5 @@
-"""Building a config: field defaults < a TOML file < overrides typed on a command line."""
+"""Building a config: field defaults < a config file (TOML, YAML or JSON) < overrides typed on
+a command line; other spellings of field names (aliases) mapped onto the fields."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["load_config", "config_from_dict", "parse_overrides"]
+__all__ = [
+    "apply_aliases",
+    "load_config",
+    "config_from_dict",
+    "parse_overrides",
+    "read_config_file",
+]
 
 T = TypeVar("T")
 
@@ -101,15 +108,78 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+def _read_toml(p: pathlib.Path) -> dict[str, Any]:
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+
+
+def _read_yaml(p: pathlib.Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+
+
+def _read_json(p: pathlib.Path) -> Any:
+    import json
+
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: invalid JSON: {exc}") from exc
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a config file: YAML for ``.yaml`` / ``.yml``, JSON for ``.json``, TOML
+    otherwise. YAML and JSON may write ``null`` for an option set to none."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        data = _read_yaml(p)
+    elif suffix == ".json":
+        data = _read_json(p)
+    else:
+        return _read_toml(p)
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{p}: expected a mapping of option names to values at the top level")
+    return {str(k): v for k, v in data.items()}
+
+
+def apply_aliases(
+    data: Mapping[str, Any],
+    aliases: Mapping[str, str],
+    *,
+    where: str = "",
+    hints: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``data`` with every top-level key that is an alias (``aliases``: alias -> field name)
+    renamed to its field. An alias given together with its field, or two aliases of one
+    field, is an error (they are one option); a key of ``hints`` (a known name with no field
+    of its own) is an error carrying that hint."""
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    prefix = f"{where}: " if where else ""
+    for raw, value in data.items():
+        key = str(raw).replace("-", "_")
+        if hints and key in hints and key not in aliases:
+            raise ConfigError(f"{prefix}{key!r} has no equivalent here: {hints[key]}")
+        name = aliases.get(key, key)
+        if name in given:
+            raise ConfigError(
+                f"{prefix}{given[name]!r} and {key!r} are the same option ({name!r}); give one"
+            )
+        given[name] = key
+        out[name] = value
+    return out
 
 
 def load_config(
@@ -118,17 +188,22 @@ def load_config(
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     *,
     section: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> T:
-    """Build a validated ``cls`` from its defaults, a TOML file and overrides.
+    """Build a validated ``cls`` from its defaults, a config file and overrides.
 
     Args:
         cls: a dataclass type whose fields carry ``metadata={"help": ...}``.
-        toml_path: optional TOML file; its keys are field names (tables for nested dataclasses,
-            or dotted keys).
+        toml_path: optional config file (:func:`read_config_file`: TOML, or YAML / JSON by
+            suffix); its keys are field names (tables for nested dataclasses, or dotted keys).
         overrides: ``["--key", "value", "key=value", ...]`` strings, or a mapping of dotted
             names to values (strings are parsed, typed values checked).
-        section: read only this top-level table of the TOML file (e.g. ``"ppo"`` in a file with
+        section: read only this top-level table of the file (e.g. ``"ppo"`` in a file with
             several configs); a missing section is an error.
+        aliases: other names of fields (alias -> field), accepted in the file and the
+            overrides (:func:`apply_aliases`: an alias with its field in one place is an
+            error); ``hints``: names with no field, refused with the hint.
 
     Raises:
         ConfigError: unknown key (with the closest field suggested), a value of the wrong type,
@@ -138,12 +213,14 @@ def load_config(
     merged: dict[str, Any] = {}
     source = ""
     if toml_path is not None:
-        data = _read_toml(toml_path)
+        data = read_config_file(toml_path)
         source = str(toml_path)
         if section is not None:
             if section not in data or not isinstance(data[section], dict):
                 raise ConfigError(f"{source}: no [{section}] table")
             data = data[section]
+        if aliases or hints:
+            data = apply_aliases(data, aliases or {}, where=source, hints=hints)
         merged = _nest_any(data)
         # check keys and types of the file alone first so that its errors name the file
         from_mapping(cls, merged, root=cls, prefix="", where=f"{source}: ", construct=False)
@@ -154,6 +231,8 @@ def load_config(
             if isinstance(overrides, str):
                 raise TypeError("overrides must be a list of strings or a mapping, not a str")
             flat = parse_overrides(overrides)
+        if aliases or hints:
+            flat = apply_aliases(flat, aliases or {}, where="overrides", hints=hints)
         merged = _deep_merge(merged, _nest_any(flat))
         source = f"{source} + overrides" if source else "overrides"
     return config_from_dict(cls, merged, source=source)
