@@ -18,10 +18,11 @@ use rlhf_core::kernels::group::Scale;
 use rlhf_core::kernels::kl::Estimator as KlEstimator;
 use rlhf_core::CoreError;
 
-use crate::arrays::{any_array, indices, AnyArray};
+use crate::arrays::{any_array, bools, indices, AnyArray};
 use crate::convert::{column_copy, column_to_numpy, int64_numpy, parse, vec_to_numpy, Wrap};
 use crate::errors::{to_py, IntoPyResult};
 use crate::gil::run_kernel;
+use crate::select::{counts, FilterCounts};
 use crate::state::{buffer_to_dict, column_from, parts_from_dict};
 use crate::tokens::{token_arg, TokenArg};
 
@@ -177,6 +178,36 @@ impl PyRolloutBuffer {
     fn reserve(&mut self, sequences: usize, prompt_tokens: usize, response_tokens: usize) {
         self.inner
             .reserve(sequences, prompt_tokens, response_tokens);
+    }
+
+    /// Keep the sequences flagged in `keep` (bool, N), compacting every field in place.
+    fn retain(&mut self, py: Python<'_>, keep: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let keep = bools(keep, "keep")?;
+        let inner = &mut self.inner;
+        run_kernel(py, "RolloutBuffer.retain", || inner.retain_sequences(&keep))
+    }
+
+    /// Keep the first `n` sequences, in place.
+    fn truncate(&mut self, py: Python<'_>, n: usize) -> PyResult<()> {
+        let inner = &mut self.inner;
+        run_kernel(py, "RolloutBuffer.truncate", || inner.truncate_sequences(n))
+    }
+
+    /// Drop the groups whose scores are all equal (or whose std is at most `min_std`), in
+    /// place; returns the keep flag of every former sequence and
+    /// `(num_groups, kept_groups, kept_rows)`.
+    #[pyo3(signature = (min_std=0.0))]
+    fn filter_groups<'py>(
+        &mut self,
+        py: Python<'py>,
+        min_std: f64,
+    ) -> PyResult<(Bound<'py, PyAny>, FilterCounts)> {
+        let inner = &mut self.inner;
+        let (keep, c) = run_kernel(py, "RolloutBuffer.filter_groups", || {
+            inner.filter_groups(min_std)
+        })?;
+        let n = keep.len();
+        Ok((vec_to_numpy(py, keep, &[n])?, counts(c)))
     }
 
     /// Offsets (int64, N+1) of `"prompt"` or `"response"` tokens (a copy).
