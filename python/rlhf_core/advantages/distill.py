@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from rlhf_core import parallel as D
 from rlhf_core import ops
+from rlhf_core import parallel as D
 from rlhf_core.advantages.base import AdvantageStats, Estimator
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ Each works on one minibatch's padded tensors and gathers what spans the ranks
 (:func:`rlhf_core.parallel.all_gather_ragged`), so the selection is the one a single
 process would make over the same global minibatch, and does not depend on how the minibatch
 is split into micro-batches. The selection itself (quantile, top-k, subset) is CPU
-bookkeeping on the gathered values; the per-token maths of the losses stays in
+bookkeeping on the gathered values, done in the Rust core (:func:`rlhf_core.ops.quantile`,
+:func:`rlhf_core.ops.top_k_mask`, the planner's seeded permutation); the per-token maths of the losses stays in
 :mod:`rlhf_core.losses`.
 
 Where this differs from the anchors: TRL and verl select within each micro-batch (TRL gathers
@@ -38,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rlhf_core import ops
 from rlhf_core import parallel as D
 
 __all__ = [
@@ -155,7 +157,7 @@ def top_entropy_mask(
     values, _ = _gathered(entropy, valid, ctx)
     if values.size == 0:
         return torch.zeros_like(valid)
-    tau = float(np.quantile(values, 1.0 - quantile))
+    tau = ops.quantile(values, 1.0 - quantile)  # np.quantile's "linear", in the Rust core
     return (entropy.detach().to(torch.float64) >= tau) & valid
 
 
@@ -243,7 +245,5 @@ def kl_cov_mask(
     valid = _bool(mask)
     values, offset = _gathered(cov, valid, ctx)
     k = selection_count(ratio, values.size)
-    chosen = np.zeros(values.size, dtype=bool)
-    if k:
-        chosen[np.argsort(-values, kind="stable")[:k]] = True
+    chosen = ops.top_k_mask(values, k)  # ties: the earlier token (a stable argsort of −cov)
     return _scatter(chosen, valid, offset)
