@@ -67,13 +67,17 @@ def rollout(groups: int, t: int, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
+def offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
 def fill(buf: RolloutBuffer, ro: dict[str, Any]) -> None:
     from rlhf_core.buffer import Ragged
 
     buf.add(
-        prompt_ids=Ragged(*ro["prompt"]),
-        response_ids=Ragged(*ro["response"]),
-        logprobs=Ragged(ro["logprobs"], ro["response"][1]),
+        prompt_ids=Ragged(ro["prompt"][0], offsets(ro["prompt"][1])),
+        response_ids=Ragged(ro["response"][0], offsets(ro["response"][1])),
+        logprobs=Ragged(ro["logprobs"], offsets(ro["response"][1])),
         scores=ro["scores"],
         group_ids=ro["group_ids"],
     )
@@ -93,9 +97,9 @@ def rebuild(ro: dict[str, Any], keep: np.ndarray) -> RolloutBuffer:
     buf = RolloutBuffer()
     pl, rl = ro["prompt"][1][keep], ro["response"][1][keep]
     buf.add(
-        prompt_ids=Ragged(gather(ro["prompt"][0], ro["prompt"][1]), pl),
-        response_ids=Ragged(gather(ro["response"][0], ro["response"][1]), rl),
-        logprobs=Ragged(gather(ro["logprobs"], ro["response"][1]), rl),
+        prompt_ids=Ragged(gather(ro["prompt"][0], ro["prompt"][1]), offsets(pl)),
+        response_ids=Ragged(gather(ro["response"][0], ro["response"][1]), offsets(rl)),
+        logprobs=Ragged(gather(ro["logprobs"], ro["response"][1]), offsets(rl)),
         scores=ro["scores"][keep],
         group_ids=ro["group_ids"][keep],
     )
