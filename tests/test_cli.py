@@ -225,6 +225,9 @@ def test_trainer_command_runs_its_preset(
     assert (run / "checkpoints" / "latest").is_file()
     model_dir = run / ("reward_model" if command == "reward" else "model")
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    card = (model_dir / "README.md").read_text()  # the model card (tests/test_model_card.py)
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert f'- "{command}"' in card and "## Final metrics" in card
     assert (run / "plots" / "metrics.png").stat().st_size > 1000
     assert f"{command}: run folder {run}" in out
     if command in ("ppo", "grpo", "rloo", "reinforce-pp", "best-of-n"):

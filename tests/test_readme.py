@@ -70,6 +70,10 @@ def test_shell_commands_exist_with_their_options() -> None:
     for body in blocks("bash"):
         for line in shell_lines(body):
             argv = shlex.split(line)
+            if argv[0] == "torchrun":  # torchrun [its options] -m rlhf_core <command> ...
+                assert argv[argv.index("-m") + 1] == "rlhf_core", line
+                argv = ["rlhf-core", *argv[argv.index("-m") + 2 :]]
+                assert argv[1] in cli.COMMANDS, line
             if argv[0] == "make":
                 assert re.search(rf"^{re.escape(argv[1])}:", makefile, re.M), line
             elif argv[0] == "rlhf-core":

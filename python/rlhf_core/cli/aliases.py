@@ -11,7 +11,7 @@ the mapping.
 
 from __future__ import annotations
 
-from rlhf_core.cli.dataclass_args.fields import all_keys
+from rlhf_core.config.fields import all_keys
 
 __all__ = ["TRL_ALIASES", "TRL_HINTS", "aliases_for", "hints_for"]
 

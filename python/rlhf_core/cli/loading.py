@@ -54,6 +54,7 @@ __all__ = [
     "load_pairs",
     "load_eval_pairs",
     "load_prompt_rows",
+    "load_eval_prompt_rows",
     "load_prompt_table",
     "device_for",
 ]
@@ -391,6 +392,31 @@ def load_prompt_rows(cfg: Any, tokenizer: Any) -> Any:
         on_error=cfg.data_on_error,
         limit=limit,
         **_source(cfg),
+    )
+    _report_skips(ds)
+    return ds
+
+
+def load_eval_prompt_rows(cfg: Any, tokenizer: Any) -> Any:
+    """The held-out prompts of ``cfg.eval_dataset`` (None when it names none), loaded like
+    ``--dataset``; a ``builtin:*`` one has ``eval_dataset_size`` prompts generated with seed
+    ``seed + 1``, so they are not the training prompts' draw."""
+    name = cfg.eval_dataset
+    if name is None:
+        return None
+    try:
+        _check_dataset(name)
+    except CLIError as exc:
+        raise CLIError(str(exc).replace("dataset=", "eval_dataset=", 1)) from None
+    if name == "builtin:language":
+        return [{"prompt": p} for p in tasks.prompt_set(cfg.eval_dataset_size, seed=cfg.seed + 1)]
+    if name == "builtin:arithmetic":
+        return tasks.arithmetic_dataset(cfg.eval_dataset_size, seed=cfg.seed + 1)
+    ds = load_prompts(
+        name,
+        tokenizer=tokenizer,
+        max_prompt_length=cfg.max_prompt_length,
+        on_error=cfg.data_on_error,
     )
     _report_skips(ds)
     return ds

@@ -32,6 +32,7 @@ from rlhf_core.cli.run_fields import (
 from rlhf_core.errors import check_field
 from rlhf_core.trainers.best_of_n import BestOfNConfig
 from rlhf_core.trainers.dpo import DPOConfig
+from rlhf_core.trainers.generation_fields import GenerationFields
 from rlhf_core.trainers.grpo import GRPOConfig, ReinforcePPConfig, RLOOConfig
 from rlhf_core.trainers.ppo import PPOConfig
 from rlhf_core.trainers.reward import RewardConfig
@@ -151,6 +152,17 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
         "prompts (column prompt, extra columns go to reward functions)"
     )
     dataset_size: int = dataset_size_field()
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out prompts for the periodic evaluation (eval_steps; and at the end): "
+            "a file or folder as for dataset, or builtin:language / builtin:arithmetic "
+            "(generated with another seed than the training prompts); none = no evaluation"
+        },
+    )
+    eval_dataset_size: int = field(
+        default=64, metadata={"help": "prompts generated for a builtin:* eval_dataset (>= 1)"}
+    )
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
     )
@@ -163,6 +175,18 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
         check_common(self)
         # with a distillation teacher the rewards are optional (the teacher's KL is the signal)
         check_rewards(self, required=getattr(self, "teacher_model", None) is None)
+        check_field(
+            self.eval_dataset_size >= 1,
+            "eval_dataset_size",
+            self.eval_dataset_size,
+            "expected >= 1 generated prompts",
+        )
+        check_field(
+            self.eval_dataset is not None or not self.eval_steps,  # type: ignore[attr-defined]
+            "eval_steps",
+            self.eval_steps,  # type: ignore[attr-defined]
+            "periodic evaluation needs held-out prompts: give --eval_dataset (or eval_steps 0)",
+        )
         check_field(
             self.max_prompt_length is None or self.max_prompt_length >= 1,
             "max_prompt_length",
@@ -232,8 +256,9 @@ class BestOfNRunConfig(_PromptRunFields, BestOfNConfig):
 
 
 @dataclass
-class _SamplingFields(DataFields, ModelFields):
-    """Fields shared by ``label`` and ``eval``."""
+class _SamplingFields(GenerationFields, DataFields, ModelFields):
+    """Fields shared by ``label`` and ``eval`` (and the rollout backend's, ``generation_backend``
+    with the ``vllm_*`` engine settings)."""
 
     run_dir: str = field(default="runs/out", metadata={"help": "output folder"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and builtin data"})
@@ -267,6 +292,7 @@ class _SamplingFields(DataFields, ModelFields):
 
     def _check_sampling(self) -> None:
         check_common(self)
+        self.check_generation_fields()
         check_field(
             self.num_prompts is None or self.num_prompts >= 1,
             "num_prompts",

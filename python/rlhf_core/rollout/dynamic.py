@@ -104,6 +104,10 @@ def _rollout_state(roll: Rollout | None) -> dict[str, Any] | None:
         "score_parts": {
             k: np.asarray(v, dtype=np.float64).tolist() for k, v in roll.score_parts.items()
         },  # fmt: skip
+        # an engine's own logprobs (vLLM; float32, exact through float64 lists)
+        "rollout_logprobs": [np.asarray(x, dtype=np.float32).tolist()
+                             for x in roll.rollout_logprobs],  # fmt: skip
+        "backend": roll.backend,
     }
 
 
@@ -120,6 +124,10 @@ def _rollout_from_state(state: dict[str, Any] | None) -> Rollout | None:
         scores=np.asarray(state["scores"], dtype=np.float64),
         score_parts={k: np.asarray(v, dtype=np.float64) for k, v in state["score_parts"].items()},
         padded={},
+        rollout_logprobs=[
+            np.asarray(x, dtype=np.float32) for x in state.get("rollout_logprobs", [])
+        ],
+        backend=state.get("backend"),
     )
 
 

@@ -234,7 +234,8 @@ class GRPOTrainer(PolicyGradientTrainer):
     policy-gradient trainer with the estimator of :func:`estimator_from_config`.
 
     Args: as :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer` (policy,
-    tokenizer, prompts, reward_funcs, reference, teacher_model), without ``estimator``.
+    tokenizer, prompts, reward_funcs, reference, eval_dataset, callbacks, teacher_model),
+    without ``estimator``.
     """
 
     name = "grpo"
@@ -249,10 +250,13 @@ class GRPOTrainer(PolicyGradientTrainer):
         reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
         teacher_model: nn.Module | str | None = None,
     ) -> None:
         super().__init__(config, policy, tokenizer, prompts, reward_funcs,
                          estimator=estimator_from_config(config), reference=reference,
+                         eval_dataset=eval_dataset, callbacks=callbacks,
                          teacher_model=teacher_model)  # fmt: skip
 
 

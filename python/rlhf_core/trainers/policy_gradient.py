@@ -15,6 +15,12 @@ One training step::
                  in the loss, + entropy bonus), normalised by the
                  minibatch's global token / sequence counts
 
+A rollout sampled by an engine (``generation_backend="vllm"``) carries the engine's logprobs
+(``rollout_logprobs``, a per-token buffer field beside the trainer's ``logprobs``); the step
+then logs the mismatch metrics, and with ``vllm_importance_sampling_correction`` the clipped
+per-token loss is weighted by :func:`rlhf_core.losses_correction.correction_weights` (detached,
+after the clip, before the KL and entropy terms).
+
 The estimator (:mod:`rlhf_core.advantages`) owns how advantages are computed, over every rank;
 the KL coefficient β of this step (:attr:`PolicyGradientTrainer.kl_coef`) goes into the
 estimator's rewards (``kl_in_reward``) or into the loss.
@@ -42,6 +48,8 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
+from rlhf_core import losses_correction as LC
+from rlhf_core import ops
 from rlhf_core.advantages import Estimator, TeacherKL, token_masks
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
 from rlhf_core.rollout.dynamic import DynamicSampler
@@ -62,6 +70,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
         estimator: the advantage estimator (:class:`rlhf_core.advantages.Estimator`); its β is
             replaced by :attr:`kl_coef` each step when ``config.kl_in_reward``.
+        eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
         teacher_model: on-policy distillation: a frozen teacher (module or name) whose
             per-token reverse KL to the policy on its samples enters the advantages
             (:class:`rlhf_core.advantages.TeacherKL`, ``teacher_kl_coef``); ``reward_funcs``
@@ -85,11 +94,14 @@ class PolicyGradientTrainer(RolloutTrainer):
         *,
         estimator: Estimator,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
         teacher_model: nn.Module | str | None = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
+                         eval_dataset=eval_dataset, callbacks=callbacks,
                          teacher_model=teacher_model)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
@@ -128,13 +140,19 @@ class PolicyGradientTrainer(RolloutTrainer):
         self.sampling_metrics = {}
         if self.dynamic_sampler is None:
             return super().collect(step, forward=forward)
+        self.last_rollout = None  # freed before the next one is sampled
+        engine = self._prepare_engine(step)  # once for every round of the step
         per_round = self.config.prompts_per_step
-        with self.timer.phase("generation"):
+        with self.timer.phase("generation"):  # every round: sampled and scored
             roll, self.sampling_metrics = self.dynamic_sampler.collect(
                 step, lambda: self.sampler.next(per_round), self.check_scores
             )
-        if forward:
-            with self.timer.phase("scoring"):
+        if engine is not None and hasattr(engine, "sleep"):
+            engine.sleep()
+        self.last_rollout = roll
+        with self.timer.phase("scoring"):
+            self.check_scorable(roll, step)
+            if forward:
                 self.collector.forward(roll)
         return roll
 
@@ -148,6 +166,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             if self.config.kl_in_reward:
                 estimator = estimator.with_kl_coef(self.kl_coef)
             metrics.update(estimator.compute(self.buffer, self.dist).metrics())
+            metrics.update(self.engine_metrics(roll))
         with self.timer.phase("training"):
             metrics.update(self.update(step))
             self.step_schedulers()
@@ -164,12 +183,15 @@ class PolicyGradientTrainer(RolloutTrainer):
             prompt_ids=roll.prompt_ids,
             response_ids=roll.response_ids,
             logprobs=roll.logprobs,
-            ref_logprobs=roll.ref_logprobs,
             group_ids=roll.group_ids,
             truncated=roll.truncated,
         )
         if roll.values:
             fields["values"] = roll.values
+        if roll.ref_logprobs:  # none without a reference (nothing needs them)
+            fields["ref_logprobs"] = roll.ref_logprobs
+        if roll.rollout_logprobs:  # the engine's, beside the trainer's
+            fields["rollout_logprobs"] = roll.rollout_logprobs
         if roll.entropies:
             fields["entropies"] = roll.entropies
         if roll.teacher_logprobs:
@@ -185,6 +207,18 @@ class PolicyGradientTrainer(RolloutTrainer):
                 np.full(len(r), bool(k)) for r, k in zip(roll.response_ids, keep, strict=True)
             ]
         self.buffer.add(scores=scores, **fields)
+
+    def sequence_advantages(self) -> np.ndarray | None:
+        """float64 (N,): each completion's advantage in the buffer (the mean over its response
+        tokens for per-token estimators such as GAE), None before the first step."""
+        buf = self.buffer
+        info = buf.advantages_info if len(buf) else None
+        if info is None:
+            return None
+        adv = buf.field("advantages").astype(np.float64)
+        if info["level"] == "sequence":
+            return adv  # one per sequence
+        return np.asarray(ops.reduce_tokens(adv, offsets=buf.offsets(), how="mean"))
 
     # ---- the update -------------------------------------------------------------------------
     def update(self, step: int) -> dict[str, float]:
@@ -204,6 +238,7 @@ class PolicyGradientTrainer(RolloutTrainer):
         ):
             padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
             batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
+            self.correct_mismatch(batch)
             # counts of the global minibatch: the same on every rank, so is the skip below
             n_tok, n_seq = D.global_token_counts(batch["response_mask"], self.dist)
             if n_tok == 0:
@@ -226,6 +261,25 @@ class PolicyGradientTrainer(RolloutTrainer):
         out = average.result()
         out["optimizer_steps"] = float(average.count)
         return out
+
+    def correct_mismatch(self, batch: dict[str, torch.Tensor]) -> None:
+        """With rollout logprobs and ``vllm_importance_sampling_correction``: the minibatch's
+        correction weights as ``batch["is_weights"]`` (B, T-1); with the ``"kept"``
+        denominator, rejected tokens also leave ``response_mask`` (before the counts)."""
+        cfg = self.config
+        if not (cfg.vllm_importance_sampling_correction and "rollout_logprobs" in batch):
+            return
+        cw = LC.correction_weights(
+            batch["old_logprobs"],
+            batch["rollout_logprobs"],
+            batch["response_mask"],
+            mode=cfg.vllm_importance_sampling_mode,
+            clip_max=cfg.vllm_importance_sampling_clip_max,
+            clip_min=cfg.vllm_importance_sampling_clip_min,
+        )
+        batch["is_weights"] = cw.weights
+        if cfg.vllm_importance_sampling_denominator == "kept":
+            batch["response_mask"] = batch["response_mask"] & ~cw.rejected
 
     def token_selection(self, batch: Mapping[str, torch.Tensor], seed: int) -> dict[str, Any]:
         """Per-token masks of one minibatch, chosen over every rank's rows before its
@@ -257,8 +311,9 @@ class PolicyGradientTrainer(RolloutTrainer):
         return out
 
     def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
-        """Policy loss + (KL in the loss) + entropy bonus of one micro-batch, normalised by
-        the minibatch's global counts ``n_tok`` / ``n_seq``."""
+        """The config's policy loss (times the mismatch weights, when there are some) + (KL in
+        the loss) + entropy bonus of one micro-batch, normalised by the minibatch's global
+        counts ``n_tok`` / ``n_seq``."""
         cfg = self.config
         with self.autocast():
             logp, ent = logprobs_and_entropy(
@@ -272,8 +327,11 @@ class PolicyGradientTrainer(RolloutTrainer):
             num_seqs=n_seq,
             max_len=cfg.max_new_tokens,
         )
+        advantages = micro["advantages"]
+        if "is_weights" in micro:  # w · per-token loss, as A·w (losses_correction)
+            advantages = LC.weighted_advantages(advantages, micro["is_weights"])
         weights = micro.get("token_weights")
-        out = self.policy_loss(logp, micro, mask, weights, kw)
+        out = self.policy_loss(logp, micro, advantages, mask, weights, kw)
         beta = self.kl_coef
         if beta > 0 and not cfg.kl_in_reward:
             out = out + L.kl_penalty(
@@ -286,14 +344,17 @@ class PolicyGradientTrainer(RolloutTrainer):
         self,
         logp: torch.Tensor,
         micro: Mapping[str, torch.Tensor],
+        adv: torch.Tensor,
         mask: torch.Tensor,
         weights: torch.Tensor | None,
         kw: dict[str, Any],
     ) -> L.LossOutput:
-        """The config's policy loss: the clipped surrogate at ``importance_sampling_level``
-        (GSPO at the sequence level), its Clip-Cov / KL-Cov variants, CISPO or SAPO."""
+        """The config's policy loss on the advantages ``adv``: the clipped surrogate at
+        ``importance_sampling_level`` (GSPO at the sequence level), its Clip-Cov / KL-Cov
+        variants, CISPO or SAPO. Each is linear in A for w ≥ 0, so the mismatch weights enter
+        as A·w (KL-Cov's |log r| penalty stays unweighted)."""
         cfg = self.config
-        old, adv = micro["old_logprobs"], micro["advantages"]
+        old = micro["old_logprobs"]
         common: dict[str, Any] = dict(
             log_ratio_clamp=cfg.log_ratio_clamp, token_weights=weights, **kw
         )

@@ -24,7 +24,7 @@ from rlhf_core.cli.loading import (
 )
 from rlhf_core.cli.outputs import write_json
 from rlhf_core.cli.run_configs import LabelConfig
-from rlhf_core.generation import generate
+from rlhf_core.generation import generate, opened_backend
 from rlhf_core.rewards import DEFAULT_JUDGE_TEMPLATE, JudgeLabeler, combine_rewards, label_pairs
 
 __all__ = ["run_label"]
@@ -63,18 +63,21 @@ def run_label(cfg: LabelConfig) -> int:
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
     policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg).to(device)
     prompts, columns = load_prompt_table(cfg, tok)
-    comp = generate(
-        policy,
-        tok,
-        prompts,
-        num_samples=2,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-    )
+    vllm = cfg.vllm_config(seed=cfg.seed) if cfg.generation_backend == "vllm" else None
+    with opened_backend(cfg.generation_backend, policy, tok, vllm=vllm) as backend:
+        comp = generate(
+            policy,
+            tok,
+            prompts,
+            num_samples=2,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            generation_backend=backend,
+        )
     a, b = comp.texts[0::2], comp.texts[1::2]
     judge, kind = _judge(cfg, tok, device)
     rows = label_pairs(

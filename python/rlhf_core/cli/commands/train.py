@@ -1,6 +1,7 @@
 """The training commands: ``sft``, ``reward``, ``dpo`` on fixed data; ``ppo``, ``grpo``,
 ``rloo``, ``reinforce-pp``, ``best-of-n`` on samples of the policy. Each loads what its config
-names, trains, saves the final model into the run folder and plots the main metrics.
+names, trains, saves the final model with its model card (``README.md``) into the run folder
+and plots the main metrics.
 
 What a run leaves: ``RUN_DIR/model`` (the trained policy, a ``save_pretrained`` folder);
 with LoRA (``lora_r > 0``) instead ``RUN_DIR/adapter`` (a PEFT adapter folder, loadable with
@@ -18,6 +19,7 @@ from typing import Any
 from rlhf_core.cli.loading import (
     is_builtin,
     load_eval_pairs,
+    load_eval_prompt_rows,
     load_model,
     load_pairs,
     load_prompt_rows,
@@ -27,7 +29,7 @@ from rlhf_core.cli.loading import (
     load_sft_data,
     load_tokenizer_for,
 )
-from rlhf_core.cli.outputs import already_finished, finish_training, save_model
+from rlhf_core.cli.outputs import already_finished, card_fields, finish_training, save_model
 from rlhf_core.cli.run_configs import (
     BestOfNRunConfig,
     DPORunConfig,
@@ -56,6 +58,7 @@ from rlhf_core.trainers.reward import RewardTrainer
 from rlhf_core.trainers.sft import SFTTrainer
 
 __all__ = [
+    "trainer_kind",
     "run_sft",
     "run_reward",
     "run_dpo",
@@ -93,16 +96,18 @@ def _with_lora(cfg: Any, model: Any) -> tuple[Any, Any]:
     return model, dataclasses.replace(cfg, lora_r=0)
 
 
-def _save_policy(cfg: Any, trained: Any, model: Any, tok: Any) -> dict[str, pathlib.Path]:
-    """Save the trained policy: ``RUN_DIR/model``, or for a LoRA run ``RUN_DIR/adapter`` (and
-    with ``merge_lora`` the merged ``RUN_DIR/model``)."""
+def _save_policy(
+    cfg: Any, trained: Any, model: Any, tok: Any, card: dict[str, Any]
+) -> dict[str, pathlib.Path]:
+    """Save the trained policy with its model card: ``RUN_DIR/model``, or for a LoRA run
+    ``RUN_DIR/adapter`` (and with ``merge_lora`` the merged ``RUN_DIR/model``)."""
     run = pathlib.Path(cfg.run_dir)
     peft = peft_model_of(trained)
     if peft is None:
-        return {"model": save_model(model, tok, run / "model")}
-    saved = {"LoRA adapter (PEFT)": save_model(peft, tok, run / "adapter")}
+        return {"model": save_model(model, tok, run / "model", card)}
+    saved = {"LoRA adapter (PEFT)": save_model(peft, tok, run / "adapter", card)}
     if cfg.merge_lora:
-        saved["merged model"] = save_model(merged_copy(peft), tok, run / "model")
+        saved["merged model"] = save_model(merged_copy(peft), tok, run / "model", card)
     return saved
 
 
@@ -117,6 +122,24 @@ def _is_scalar_model(name: str, revision: str | None) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in archs)
 
 
+#: the trainer each training command runs
+_TRAINERS: dict[str, Any] = {
+    "sft": SFTTrainer,
+    "reward": RewardTrainer,
+    "dpo": DPOTrainer,
+    "ppo": PPOTrainer,
+    "grpo": GRPOTrainer,
+    "rloo": RLOOTrainer,
+    "reinforce-pp": ReinforcePPTrainer,
+    "best-of-n": BestOfNTrainer,
+}
+
+
+def trainer_kind(command: str) -> str:
+    """The name under which the trainer of ``command`` records its runs (``run.json``)."""
+    return str(_TRAINERS[command].name)
+
+
 def run_sft(cfg: SFTRunConfig) -> int:
     """``rlhf-core sft``: the final model goes to ``run_dir/model`` (LoRA: ``run_dir/adapter``)."""
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
@@ -126,7 +149,8 @@ def run_sft(cfg: SFTRunConfig) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished("sft", res)
-    saved = _save_policy(cfg, trainer.model, model, tok)
+    card = card_fields("sft", cfg, res, [cfg.dataset])
+    saved = _save_policy(cfg, trainer.model, model, tok, card)
     return finish_training("sft", cfg, res, ["loss", "grad_norm", "lr"], saved)
 
 
@@ -145,7 +169,10 @@ def run_reward(cfg: RewardRunConfig) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished("reward", res)
-    saved = {"reward model": save_model(rm, tok, pathlib.Path(cfg.run_dir) / "reward_model")}
+    card = card_fields("reward", cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = {
+        "reward model": save_model(rm, tok, pathlib.Path(cfg.run_dir) / "reward_model", card)
+    }
     keys = ["loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "grad_norm"]
     return finish_training("reward", cfg, res, keys, saved)
 
@@ -162,7 +189,8 @@ def run_dpo(cfg: DPORunConfig) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished("dpo", res)
-    saved = _save_policy(cfg, trainer.policy, policy, tok)
+    card = card_fields("dpo", cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = _save_policy(cfg, trainer.policy, policy, tok, card)
     keys = ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
     return finish_training("dpo", cfg, res, keys, saved)
 
@@ -179,6 +207,8 @@ _RL_KEYS = [
     "value_loss",
     "best_of_n/selected_reward",
     "loss",
+    "eval/reward/mean",
+    "eval/kl",
 ]
 
 
@@ -187,7 +217,10 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
     prompts = load_prompt_rows(cfg, tok)
     sources = load_reward_sources(cfg)
-    kwargs: dict[str, Any] = {"reference": load_reference(cfg, tok)}
+    kwargs: dict[str, Any] = {
+        "reference": load_reference(cfg, tok),
+        "eval_dataset": load_eval_prompt_rows(cfg, tok),
+    }
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model", cfg)
     if getattr(cfg, "teacher_model", None):
@@ -199,7 +232,8 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     res = trainer.train()
     if res.already_finished:
         return already_finished(name, res)
-    saved = _save_policy(cfg, trainer.policy, policy, tok)
+    card = card_fields(name, cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = _save_policy(cfg, trainer.policy, policy, tok, card)
     keys = list(_RL_KEYS) + [
         k for k in res.metrics if k.startswith("reward/") and k not in _RL_KEYS
     ]

@@ -24,21 +24,22 @@ closest field. All errors here are :class:`ConfigError` (a ``ValueError``).
 
 Precedence, lowest first: field defaults < TOML file < overrides.
 
-``rlhf_core.config`` re-exports this API under its documented name (``docs/config.md``).
+The CLI (:mod:`rlhf_core.cli`), the demo and user code share it; it imports nothing of the
+package but :mod:`rlhf_core._io`, so any layer may use it (``docs/config.md``).
 """
 
 from __future__ import annotations
 
-from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS, ConfigError, field_docs
-from rlhf_core.cli.dataclass_args.load import (
+from rlhf_core.config.fields import BOOL_WORDS, ConfigError, field_docs
+from rlhf_core.config.load import (
     apply_aliases,
     config_from_dict,
     load_config,
     parse_overrides,
     read_config_file,
 )
-from rlhf_core.cli.dataclass_args.options import add_dataclass_arguments, overrides_from_namespace
-from rlhf_core.cli.dataclass_args.toml_out import config_to_dict, dump_config, dumps_toml
+from rlhf_core.config.options import add_dataclass_arguments, overrides_from_namespace
+from rlhf_core.config.toml_out import config_to_dict, dump_config, dumps_toml
 
 __all__ = [
     "ConfigError",

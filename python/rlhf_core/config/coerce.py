@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
-from rlhf_core.cli.dataclass_args.fields import (
+from rlhf_core.config.fields import (
     FALSE_WORDS,
     NONE_WORDS,
     TRUE_WORDS,

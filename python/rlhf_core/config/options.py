@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from typing import Any, Literal
 
-from rlhf_core.cli.dataclass_args.fields import (
+from rlhf_core.config.fields import (
     all_keys,
     default_of,
     init_fields,
@@ -33,9 +34,10 @@ def add_dataclass_arguments(
 
     Options are parsed as strings and default to "not given" (``argparse.SUPPRESS``), so only
     what the user typed ends up in the namespace; pass it through
-    :func:`overrides_from_namespace` and :func:`~rlhf_core.cli.dataclass_args.load_config` to
+    :func:`overrides_from_namespace` and :func:`~rlhf_core.config.load_config` to
     coerce and validate. Each help line states the field's help text, type and default.
-    Boolean fields may be given bare (``--flag`` means true).
+    Boolean fields may be given bare (``--flag`` means true); list fields take one word
+    (``a,b``, ``"[1, 2]"``) or several (``--report_to wandb trackio``).
     """
     require_dataclass(cls)
     title = group_title or f"{cls.__name__} options"
@@ -65,6 +67,9 @@ def add_dataclass_arguments(
         }
         if inner is bool:
             kwargs.update(nargs="?", const="true")
+        elif typing.get_origin(inner) in (list, tuple):
+            # --report_to wandb trackio, as well as wandb,trackio
+            kwargs.update(nargs="+", metavar="ITEM")
         group.add_argument(*names, **kwargs)
 
 
@@ -103,4 +108,11 @@ def overrides_from_namespace(namespace: argparse.Namespace, cls: type) -> dict[s
     """The dotted-name overrides the user gave, from a namespace parsed by a parser that
     :func:`add_dataclass_arguments` filled for ``cls`` (other attributes are ignored)."""
     keys = set(all_keys(cls))
-    return {k: v for k, v in vars(namespace).items() if k in keys}
+    out: dict[str, str] = {}
+    for k, v in vars(namespace).items():
+        if k not in keys:
+            continue
+        if isinstance(v, list):  # a list option (nargs="+"): one word is parsed as before
+            v = v[0] if len(v) == 1 else json.dumps(v)
+        out[k] = v
+    return out

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from rlhf_core.cli.dataclass_args.coerce import from_mapping
-from rlhf_core.cli.dataclass_args.fields import ConfigError, require_dataclass
+from rlhf_core.config.coerce import from_mapping
+from rlhf_core.config.fields import ConfigError, require_dataclass
 
 if sys.version_info >= (3, 11):
     import tomllib
