@@ -171,7 +171,8 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]  # the trainer config's checks
         check_common(self)
-        check_rewards(self)
+        # with a distillation teacher the rewards are optional (the teacher's KL is the signal)
+        check_rewards(self, required=getattr(self, "teacher_model", None) is None)
         check_field(
             self.eval_dataset_size >= 1,
             "eval_dataset_size",
@@ -207,21 +208,37 @@ class PPORunConfig(_PromptRunFields, PPOConfig):
 
 
 @dataclass
-class GRPORunConfig(_PromptRunFields, GRPOConfig):
+class _TeacherField:
+    """The distillation teacher of the policy-gradient commands (``grpo``, ``rloo``,
+    ``reinforce-pp``)."""
+
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "on-policy distillation: a teacher causal LM (a folder, or 'builtin:small') "
+            "sharing the policy's tokenizer, frozen; its per-token reverse KL to the policy on "
+            "the policy's samples enters the advantages with weight teacher_kl_coef; the "
+            "reward sources become optional"
+        },
+    )
+
+
+@dataclass
+class GRPORunConfig(_TeacherField, _PromptRunFields, GRPOConfig):
     """``rlhf-core grpo``: :class:`~rlhf_core.trainers.GRPOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/grpo", metadata={"help": "output folder of the run"})
 
 
 @dataclass
-class RLOORunConfig(_PromptRunFields, RLOOConfig):
+class RLOORunConfig(_TeacherField, _PromptRunFields, RLOOConfig):
     """``rlhf-core rloo``: :class:`~rlhf_core.trainers.RLOOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/rloo", metadata={"help": "output folder of the run"})
 
 
 @dataclass
-class ReinforcePPRunConfig(_PromptRunFields, ReinforcePPConfig):
+class ReinforcePPRunConfig(_TeacherField, _PromptRunFields, ReinforcePPConfig):
     """``rlhf-core reinforce-pp``: :class:`~rlhf_core.trainers.ReinforcePPConfig` plus model,
     data, rewards."""
 

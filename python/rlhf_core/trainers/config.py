@@ -382,6 +382,18 @@ class RolloutConfig(GenerationFields, TrainerConfig):
             "never finishing"
         },
     )
+    overlong_buffer_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "DAPO's soft overlong punishment: completions longer than max_new_tokens - "
+            "this get a penalty ramping from 0 to -overlong_penalty_factor at max_new_tokens "
+            "(a reward source 'soft_overlong_punishment' added to the others); none = off"
+        },
+    )
+    overlong_penalty_factor: float = field(
+        default=1.0,
+        metadata={"help": "α of the soft overlong punishment (its reward weight; >= 0)"},
+    )
     sync_every: int = field(
         default=1,
         metadata={
@@ -483,6 +495,20 @@ class RolloutConfig(GenerationFields, TrainerConfig):
         check_field(
             self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "expected >= 1"
         )
+        check_field(
+            self.overlong_buffer_len is None
+            or 1 <= self.overlong_buffer_len <= self.max_new_tokens,
+            "overlong_buffer_len",
+            self.overlong_buffer_len,
+            f"expected in [1, max_new_tokens={self.max_new_tokens}] or none (DAPO: 4096 of "
+            "20480)",
+        )
+        check_field(
+            math.isfinite(self.overlong_penalty_factor) and self.overlong_penalty_factor >= 0,
+            "overlong_penalty_factor",
+            self.overlong_penalty_factor,
+            "expected a finite value >= 0 (DAPO: 1.0)",
+        )
         check_field(self.temperature > 0, "temperature", self.temperature, "expected > 0")
         check_field(0 < self.top_p <= 1, "top_p", self.top_p, "expected in (0, 1]")
         check_field(self.top_k >= 0, "top_k", self.top_k, "expected >= 0 (0 = off)")
@@ -563,6 +589,111 @@ class RLConfig(RolloutConfig):
         default=False,
         metadata={"help": "leave completions without EOS out of the loss (DAPO overlong mask)"},
     )
+    importance_sampling_level: str = field(
+        default="token",
+        metadata={
+            "help": "ratio of the policy loss: 'token' (PPO), 'sequence' (GSPO: the "
+            "length-normalised sequence ratio; GSPO clips it with clip_low=3e-4, "
+            "clip_high=4e-4) or 'sequence_token' (GSPO-token: per-token gradients); TRL's name"
+        },
+    )
+    sapo_temperature_pos: float = field(
+        default=1.0,
+        metadata={"help": "SAPO gate temperature τ for positive advantages (loss_type='sapo')"},
+    )
+    sapo_temperature_neg: float = field(
+        default=1.05,
+        metadata={"help": "SAPO gate temperature τ for other advantages (loss_type='sapo')"},
+    )
+    cispo_ratio_max: float | None = field(
+        default=None,
+        metadata={
+            "help": "CISPO (loss_type='cispo') weight cap as an absolute ratio, with no lower "
+            "bound: TRL's epsilon_high for cispo (ScaleRL: 5.0); none = verl's bounds "
+            "[1 - clip_low, 1 + clip_high] (clip_low >= 1: no lower bound)"
+        },
+    )
+    top_entropy_quantile: float = field(
+        default=1.0,
+        metadata={
+            "help": "train the policy loss only on this fraction of each minibatch's tokens, "
+            "those of highest entropy (TRL; the paper uses 0.2; 1 = every token); the "
+            "normaliser still counts every token"
+        },
+    )
+    clip_cov_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Clip-Cov (verl loss_mode=clip_cov, 2e-4 there): take this fraction of "
+            "tokens, drawn among those with clip_cov_lb < cov < clip_cov_ub, out of the "
+            "gradient; 0 = off"
+        },
+    )
+    clip_cov_lb: float = field(
+        default=1.0, metadata={"help": "Clip-Cov: lower bound of the covariance (verl: 1)"}
+    )
+    clip_cov_ub: float = field(
+        default=5.0, metadata={"help": "Clip-Cov: upper bound of the covariance (verl: 5)"}
+    )
+    kl_cov_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "KL-Cov (verl loss_mode=kl_cov, 2e-4 there): unclipped policy gradient "
+            "plus ppo_kl_coef·|log r| on this fraction of tokens, those of largest "
+            "covariance; 0 = off"
+        },
+    )
+    ppo_kl_coef: float = field(
+        default=1.0, metadata={"help": "KL-Cov's coefficient of |log r| (verl code: 1.0)"}
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO dynamic sampling: drop groups whose rewards are all equal (std <= "
+            "dynamic_sampling_min_std; groups of one are kept) and sample more rounds of "
+            "prompts until rollout_batch_size completions of informative groups are held"
+        },
+    )
+    max_num_gen_batches: int = field(
+        default=10,
+        metadata={
+            "help": "dynamic sampling: most generation rounds per step (verl's name; 0 = no "
+            "limit); when they run out the batch is completed with dropped groups"
+        },
+    )
+    dynamic_sampling_min_std: float = field(
+        default=0.0,
+        metadata={"help": "dynamic sampling: keep a group when its reward std is above this"},
+    )
+    teacher_kl_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "on-policy distillation (with a teacher model): λ of the per-token "
+            "advantage −λ·(log π − log π_teacher) added to the task advantage (slime: 1.0)"
+        },
+    )
+    teacher_kl_clamp: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "on-policy distillation: clamp log π − log π_teacher to ±this (verl: 10); "
+            "none = off"
+        },
+    )
+
+    @property
+    def policy_objective(self) -> str:
+        """The objective on the ratio: ``"ppo"`` (clipped surrogate; Clip-Cov and KL-Cov are
+        its covariance variants), ``"cispo"`` or ``"sapo"`` (set by ``loss_type`` in the
+        GRPO family)."""
+        return "ppo"
+
+    def cispo_bounds(self) -> tuple[float | None, float]:
+        """(ratio_min, ratio_max) of CISPO's weight: ``(None, cispo_ratio_max)`` (TRL's
+        spelling) or ``(1 − clip_low, 1 + clip_high)`` (verl's)."""
+        if self.cispo_ratio_max is not None:
+            return None, self.cispo_ratio_max
+        high = self.clip_low if self.clip_high is None else self.clip_high
+        return L.cispo_bounds(self.clip_low, high)
     vllm_importance_sampling_correction: bool = field(
         default=True,
         metadata={
@@ -680,6 +811,96 @@ class RLConfig(RolloutConfig):
             "expected > 0 (e.g. 10) or none",
         )
         check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
+        self._check_policy_loss_fields()
+        check_field(
+            self.max_num_gen_batches >= 0,
+            "max_num_gen_batches",
+            self.max_num_gen_batches,
+            "expected >= 0 (0 = no limit; the DAPO recipe uses 10)",
+        )
+        check_field(
+            math.isfinite(self.dynamic_sampling_min_std) and self.dynamic_sampling_min_std >= 0,
+            "dynamic_sampling_min_std",
+            self.dynamic_sampling_min_std,
+            "expected a finite value >= 0 (0 = drop groups whose rewards are all equal)",
+        )
+        check_field(
+            math.isfinite(self.teacher_kl_coef) and self.teacher_kl_coef >= 0,
+            "teacher_kl_coef",
+            self.teacher_kl_coef,
+            "expected a finite value >= 0 (slime: 1.0)",
+        )
+        check_field(
+            self.teacher_kl_clamp is None or self.teacher_kl_clamp > 0,
+            "teacher_kl_clamp",
+            self.teacher_kl_clamp,
+            "expected > 0 (e.g. 10) or none",
+        )
+        if self.dynamic_sampling:
+            check_field(
+                self.num_samples >= 2,
+                "num_samples",
+                self.num_samples,
+                "dynamic_sampling drops groups whose rewards are all equal; with one sample per "
+                "prompt every group is kept: use num_samples >= 2",
+            )
+
+    def _check_policy_loss_fields(self) -> None:
+        check_field(
+            self.importance_sampling_level in L.IMPORTANCE_SAMPLING_LEVELS,
+            "importance_sampling_level",
+            self.importance_sampling_level,
+            f"expected one of {L.IMPORTANCE_SAMPLING_LEVELS}",
+        )
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            v = getattr(self, name)
+            check_field(v > 0, name, v, "expected > 0 (TRL: 1.0 and 1.05)")
+        check_field(
+            self.cispo_ratio_max is None or self.cispo_ratio_max > 0,
+            "cispo_ratio_max",
+            self.cispo_ratio_max,
+            "expected > 0 (e.g. 5.0) or none",
+        )
+        check_field(
+            0 <= self.top_entropy_quantile <= 1,
+            "top_entropy_quantile",
+            self.top_entropy_quantile,
+            "expected in [0, 1] (1 = every token; the paper uses 0.2)",
+        )
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            v = getattr(self, name)
+            check_field(0 <= v <= 1, name, v, "expected in [0, 1] (0 = off; verl: 2e-4)")
+        check_field(
+            self.clip_cov_lb < self.clip_cov_ub,
+            "clip_cov_lb",
+            self.clip_cov_lb,
+            f"expected below clip_cov_ub={self.clip_cov_ub} (verl: 1 and 5)",
+        )
+        check_field(self.ppo_kl_coef >= 0, "ppo_kl_coef", self.ppo_kl_coef, "expected >= 0")
+        covariance = [n for n in ("clip_cov_ratio", "kl_cov_ratio") if getattr(self, n) > 0]
+        check_field(
+            len(covariance) < 2,
+            "kl_cov_ratio",
+            self.kl_cov_ratio,
+            "Clip-Cov and KL-Cov are two different losses: set one of clip_cov_ratio and "
+            "kl_cov_ratio, the other 0",
+        )
+        if covariance:
+            check_field(
+                self.policy_objective == "ppo" and self.importance_sampling_level == "token",
+                covariance[0],
+                getattr(self, covariance[0]),
+                "Clip-Cov and KL-Cov are token-level variants of the clipped surrogate: use "
+                "them with importance_sampling_level='token' and a PPO-clip loss_type",
+            )
+        if self.policy_objective != "ppo":
+            check_field(
+                self.dual_clip is None,
+                "dual_clip",
+                self.dual_clip,
+                f"the dual clip bounds the clipped surrogate; loss '{self.policy_objective}' "
+                "has none (verl applies it to neither CISPO nor SAPO): set dual_clip to none",
+            )
 
     @property
     def needs_reference(self) -> bool:

@@ -182,6 +182,7 @@ def run_dpo(cfg: DPORunConfig) -> int:
 _RL_KEYS = [
     "reward/mean",
     "kl",
+    "teacher_kl",
     "response_length/mean",
     "entropy",
     "policy_loss",
@@ -210,6 +211,10 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
         ]
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model", cfg)
+    if getattr(cfg, "teacher_model", None):
+        kwargs["teacher_model"] = load_model(
+            cfg.teacher_model, tok, seed=cfg.seed, field_name="teacher_model", cfg=cfg
+        )
     trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
     if res.already_finished:
