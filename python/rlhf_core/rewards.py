@@ -164,6 +164,9 @@ def combine_rewards(
         prompts, completions: B strings each.
         return_components: also return ``{name: float64 (B,)}`` with each function's raw
             (unweighted) scores, for logging. Repeated names get a suffix ``_1``, ``_2``, ...
+            A scorer scored on token ids adds what its ``score_ids_parts`` returns besides the
+            score as ``name/<part>`` (a reward ensemble: ``name/member_<k>``, ``name/std``);
+            those are logged only, never added to the total.
         sequences: the B token-id sequences (prompt + completion, int (L_i,) each) that were
             sampled; when given, a :class:`RewardModelScorer` scores these exact tokens
             (:meth:`RewardModelScorer.score_ids`) instead of re-encoding the texts.
@@ -200,9 +203,10 @@ def combine_rewards(
     total = np.zeros(len(completions), dtype=np.float64)
     parts: dict[str, np.ndarray] = {}
     for fn, wk in zip(fn_list, w, strict=True):
+        extra: dict[str, np.ndarray] = {}
         if sequences is not None and isinstance(fn, RewardModelScorer):
             with model_context() if model_context is not None else nullcontext():
-                s = fn.score_ids(sequences)  # the exact sampled tokens
+                s, extra = fn.score_ids_parts(sequences)  # the exact sampled tokens
         else:
             s = call_reward_function(fn, prompts, completions, **columns)
         if wk != 0:  # weight 0: tracked (in the components), never in the total
@@ -213,6 +217,8 @@ def combine_rewards(
             k += 1
             key = f"{base}_{k}"
         parts[key] = s
+        for sub, v in extra.items():  # e.g. an ensemble's members and disagreement
+            parts[f"{key}/{sub}"] = v
     return (total, parts) if return_components else total
 
 
@@ -316,6 +322,8 @@ class RewardModelScorer:
     ``max_length`` tokens (the reward is read at the end). Returns a list of B floats.
 
     :meth:`score_ids` scores token ids directly (what PPO holds after generation).
+    ``name`` is what logs call its scores (``reward/<name>``); e.g. ``"check_model"`` for a
+    held-out check model tracked beside the optimised one.
     """
 
     __name__ = "reward_model"
@@ -328,11 +336,16 @@ class RewardModelScorer:
         batch_size: int = 32,
         max_length: int | None = None,
         add_eos: bool = True,
+        name: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+        if name is not None:
+            if not name or "/" in name:
+                raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+            self.__name__ = name
         self.reward_model = reward_model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
@@ -355,6 +368,21 @@ class RewardModelScorer:
         self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
     ) -> np.ndarray:
         """Scores of token-id sequences (prompt + response, no padding): float64 (B,)."""
+        return self.raw_scores(sequences)
+
+    def score_ids_parts(
+        self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`score_ids` and the named per-sequence parts logged beside it (none for one
+        reward model; an ensemble's members and disagreement for
+        :class:`~rlhf_core.reward_ensemble.RewardEnsembleScorer`)."""
+        return self.score_ids(sequences), {}
+
+    def raw_scores(
+        self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
+    ) -> np.ndarray:
+        """What the model returns for token-id sequences, in float64: (B,) for a reward
+        model, (B, K) for a model with K outputs (a reward ensemble)."""
         rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
         for i, r in enumerate(rows):
             if r.size == 0:
@@ -364,7 +392,7 @@ class RewardModelScorer:
         model = self.reward_model
         device = _device_of(model)
         order = np.argsort([len(r) for r in rows], kind="stable")
-        out = np.empty(len(rows), dtype=np.float64)
+        out: np.ndarray | None = None
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = model.training
         model.eval()
@@ -378,11 +406,14 @@ class RewardModelScorer:
                     for j, i in enumerate(idx):
                         ids[j, : len(rows[i])] = torch.from_numpy(rows[i])
                         mask[j, : len(rows[i])] = 1
-                    scores = model(ids.to(device), mask.to(device))  # (b,)
-                    out[idx] = scores.double().cpu().numpy()
+                    scores = model(ids.to(device), mask.to(device))  # (b,) or (b, K)
+                    got = scores.double().cpu().numpy()
+                    if out is None:
+                        out = np.empty((len(rows), *got.shape[1:]), dtype=np.float64)
+                    out[idx] = got
         finally:
             model.train(was_training)
-        return out
+        return out if out is not None else np.empty(0, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ and a user's own checkpoint go through the same code paths.
 * :class:`RewardModel` / :class:`ValueModel` - a transformer body with a linear ``d -> 1`` head;
   the reward model reads the hidden state of the last non-padding token, the value model
   every position.
+* :class:`RewardEnsemble` (:mod:`~rlhf_core.models.ensemble`) - K reward heads on one shared
+  body, scored in one forward; :func:`load_reward_model` opens a saved reward model or
+  ensemble.
 * :func:`make_reference` - frozen deep copy of the policy, or the adapter-disabled base when
   the policy carries LoRA adapters (:func:`apply_lora`).
 * :func:`token_logprobs` / :func:`token_logprobs_and_entropy` - logprobs (and entropies) of
@@ -43,6 +46,7 @@ from rlhf_core.models.common import (
     last_token_index,
     seeded,
 )
+from rlhf_core.models.ensemble import RewardEnsemble, is_reward_ensemble, load_reward_model
 from rlhf_core.models.heads import RewardModel, ValueModel, encode_prompt_completion
 from rlhf_core.models.loading import load_policy, resolve_dtype
 from rlhf_core.models.logprobs import (
@@ -58,6 +62,7 @@ __all__ = [
     "BUILTIN_TOKENIZER_DIR",
     "DEFAULT_CHUNK_ELEMENTS",
     "ReferenceModel",
+    "RewardEnsemble",
     "RewardModel",
     "ValueModel",
     "apply_lora",
@@ -68,8 +73,10 @@ __all__ = [
     "encode_prompt_completion",
     "is_activation_checkpointing",
     "is_peft",
+    "is_reward_ensemble",
     "last_token_index",
     "load_policy",
+    "load_reward_model",
     "load_tokenizer",
     "make_reference",
     "resolve_dtype",
