@@ -33,8 +33,10 @@ class RolloutTrainer(Trainer):
             ``prompt`` plus extra columns handed to reward functions (e.g. ``answer``).
         reward_funcs: one reward source or a list: functions
             ``fn(prompts, completions, **columns) -> list[float | None]`` and/or
-            :class:`rlhf_core.models.RewardModel` instances (frozen; scored on token ids),
-            weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
+            :class:`rlhf_core.models.RewardModel` / :class:`rlhf_core.models.RewardEnsemble`
+            instances or :class:`rlhf_core.rewards.RewardModelScorer` objects (frozen; scored
+            on token ids), weighted by ``config.reward_weights``
+            (:func:`rlhf_core.rewards.combine_rewards`; weight 0 = logged, not optimised).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             ``policy`` as passed (so pass the same starting policy when resuming).
     """
@@ -95,7 +97,11 @@ class RolloutTrainer(Trainer):
         self, reward_funcs: RewardSource | Sequence[RewardSource]
     ) -> list[Callable[..., Any]]:
         """Reward functions as given; reward models frozen, placed like the other frozen models
-        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer`."""
+        and wrapped as :class:`rlhf_core.rewards.RewardModelScorer` (a reward ensemble as a
+        :class:`rlhf_core.reward_ensemble.RewardEnsembleScorer` reduced by
+        ``config.ensemble_reduce``); a scorer given ready-made (e.g. a check model named
+        ``"check_model"``) has its model frozen and placed the same way."""
+        from rlhf_core.reward_ensemble import RewardEnsembleScorer
         from rlhf_core.rewards import RewardModelScorer
 
         items = (
@@ -106,10 +112,26 @@ class RolloutTrainer(Trainer):
         if not items:
             raise ValueError("reward_funcs is empty: give at least one reward function or model")
         out: list[Callable[..., Any]] = []
+        cfg = self.config
         for i, src in enumerate(items):
-            if isinstance(src, nn.Module):
+            if isinstance(src, nn.Module) and getattr(src, "num_members", None) is not None:
+                src.to(self.device).eval().requires_grad_(False)
+                out.append(
+                    RewardEnsembleScorer(
+                        self.wrap_frozen(src),
+                        self.tokenizer,
+                        reduce=cfg.ensemble_reduce,
+                        lam=cfg.ensemble_lambda,
+                    )
+                )
+            elif isinstance(src, nn.Module):
                 src.to(self.device).eval().requires_grad_(False)
                 out.append(RewardModelScorer(self.wrap_frozen(src), self.tokenizer))
+            elif isinstance(src, RewardModelScorer):
+                model = src.reward_model
+                model.to(self.device).eval().requires_grad_(False)
+                src.reward_model = self.wrap_frozen(model)
+                out.append(src)
             elif callable(src):
                 out.append(src)
             else:
