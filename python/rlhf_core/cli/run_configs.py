@@ -82,10 +82,38 @@ class RewardRunConfig(RewardConfig):
     )
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
+    ensemble: int = field(
+        default=1,
+        metadata={
+            "help": "K reward heads on one shared body, trained jointly, each on its own "
+            "bootstrap resample of the pairs (a reward ensemble; 1 = one reward model)"
+        },
+    )
+    save_members: bool = field(
+        default=False,
+        metadata={
+            "help": "with --ensemble: also save each member as a single reward-model folder "
+            "(reward_model/members/member_<k>; the body is written K more times)"
+        },
+    )
+    check_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "hold out this share of the training pairs and train an independent check "
+            "model on it (RUN_DIR/check_model, for the RL commands' --check_model); 0 = none"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_field(self.ensemble >= 1, "ensemble", self.ensemble, "expected >= 1 members")
+        check_field(
+            0 <= self.check_fraction < 1,
+            "check_fraction",
+            self.check_fraction,
+            "expected in [0, 1) (e.g. 0.5: half the pairs train the check model)",
+        )
 
 
 @dataclass
@@ -126,6 +154,13 @@ class _PromptRunFields:
     data_on_error: str = on_error_field()
     reward_model: str | None = reward_model_field()
     reward_funcs: list[str] = reward_funcs_field()
+    check_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "check model folder (rlhf-core reward --check_fraction): scored on every "
+            "rollout with weight 0, logged as reward/check_model beside the optimised reward"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]  # the trainer config's checks

@@ -19,6 +19,12 @@ from rlhf_core.cli.loading import (
     load_tokenizer_for,
 )
 from rlhf_core.cli.outputs import already_finished, finish_training, save_model
+from rlhf_core.cli.reward_models import (
+    add_check_model,
+    ensemble_reward_model,
+    split_for_check,
+    train_check_model,
+)
 from rlhf_core.cli.run_configs import (
     BestOfNRunConfig,
     DPORunConfig,
@@ -29,7 +35,7 @@ from rlhf_core.cli.run_configs import (
     RLOORunConfig,
     SFTRunConfig,
 )
-from rlhf_core.models import RewardModel, ValueModel
+from rlhf_core.models import RewardEnsemble, RewardModel, ValueModel
 from rlhf_core.trainers.best_of_n import BestOfNTrainer
 from rlhf_core.trainers.dpo import DPOTrainer
 from rlhf_core.trainers.grpo import GRPOTrainer, ReinforcePPTrainer, RLOOTrainer
@@ -63,21 +69,44 @@ def run_sft(cfg: SFTRunConfig) -> int:
 
 def run_reward(cfg: RewardRunConfig) -> int:
     """``rlhf-core reward``: a fresh head on ``cfg.model``'s body (or a reward model folder,
-    continued); the reward model goes to ``run_dir/reward_model``."""
+    continued; ``--ensemble K``: K heads); the reward model goes to ``run_dir/reward_model``,
+    a check model (``--check_fraction``) to ``run_dir/check_model``."""
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    if not is_builtin(cfg.model) and (pathlib.Path(cfg.model) / "rlhf_core_head.json").is_file():
+    rm: Any = ensemble_reward_model(cfg, lambda: load_model(cfg.model, tok, seed=cfg.seed))
+    if rm is None and not is_builtin(cfg.model) and (
+        pathlib.Path(cfg.model) / "rlhf_core_head.json"
+    ).is_file():
         rm = load_scalar_model(RewardModel, cfg.model, "model")
-    else:
+    elif rm is None:
         rm = RewardModel.from_policy(load_model(cfg.model, tok, seed=cfg.seed), seed=cfg.seed)
     pairs = load_pairs(cfg.dataset, cfg, tok)
     held = load_pairs(cfg.eval_dataset, cfg, tok) if cfg.eval_dataset else None
+    pairs, check, held = split_for_check(cfg, pairs, held)
+    saved: dict[str, pathlib.Path] = {}
+    if check is not None:  # before the proxy trains the body it copies
+        saved["check model"] = train_check_model(cfg, tok, rm, check, held)
     trainer = RewardTrainer(cfg, rm, tok, pairs, eval_pairs=held)
     res = trainer.train()
     if res.already_finished:
         return already_finished("reward", res)
-    saved = {"reward model": save_model(rm, tok, pathlib.Path(cfg.run_dir) / "reward_model")}
+    out = pathlib.Path(cfg.run_dir) / "reward_model"
+    if isinstance(rm, RewardEnsemble) and cfg.save_members:
+        save_model(_WithMembers(rm), tok, out)
+    else:
+        save_model(rm, tok, out)
+    saved = {"reward model": out, **saved}
     keys = ["loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "grad_norm"]
     return finish_training("reward", cfg, res, keys, saved)
+
+
+class _WithMembers:
+    """An ensemble whose ``save_pretrained`` also writes each member's folder."""
+
+    def __init__(self, ensemble: RewardEnsemble) -> None:
+        self.ensemble = ensemble
+
+    def save_pretrained(self, path: str) -> None:
+        self.ensemble.save_pretrained(path, members=True)
 
 
 def run_dpo(cfg: DPORunConfig) -> int:
@@ -114,7 +143,7 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
     policy = load_model(cfg.model, tok, seed=cfg.seed)
     prompts = load_prompt_rows(cfg, tok)
-    sources = load_reward_sources(cfg)
+    sources = add_check_model(cfg, load_reward_sources(cfg), tok)
     kwargs: dict[str, Any] = {"reference": load_reference(cfg, tok)}
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model")
