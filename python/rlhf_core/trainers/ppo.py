@@ -119,7 +119,8 @@ class PPOConfig(RLConfig):
         default="reward_model",
         metadata={
             "help": "initialise the value model from the reward model ('reward_model', when "
-            "one is among the reward sources) or from the policy ('policy')"
+            "one is among the reward sources; an ensemble's first member) or from the policy "
+            "('policy')"
         },
     )
 
@@ -155,6 +156,22 @@ class PPOConfig(RLConfig):
         )
 
 
+def _reward_model_of(source: Any) -> Any:
+    """The reward model a value model can start from: a ``RewardModel`` itself, a reward
+    ensemble's first member, or either inside a ``RewardModelScorer``; None otherwise."""
+    from rlhf_core.models import RewardModel
+    from rlhf_core.rewards import RewardModelScorer
+
+    if isinstance(source, RewardModelScorer):
+        source = source.reward_model
+    if isinstance(source, RewardModel):
+        return source
+    if isinstance(source, nn.Module) and getattr(source, "num_members", None) is not None:
+        member: nn.Module = source.member(0)  # type: ignore[operator]
+        return member
+    return None
+
+
 class PPOTrainer(PolicyGradientTrainer):
     """PPO with a value model, GAE and a KL penalty to a frozen reference.
 
@@ -182,12 +199,12 @@ class PPOTrainer(PolicyGradientTrainer):
         value_model: nn.Module | None = None,
         reference: nn.Module | None = None,
     ) -> None:
-        from rlhf_core.models import RewardModel, ValueModel
+        from rlhf_core.models import ValueModel
 
         if value_model is None:
             # from the models as passed, before the base class wraps (or shards) them
             items = reward_funcs if isinstance(reward_funcs, Sequence) else [reward_funcs]
-            rms = [r for r in items if isinstance(r, RewardModel)]
+            rms = [m for m in map(_reward_model_of, items) if m is not None]
             if config.value_init == "reward_model" and rms:
                 value_model = ValueModel.from_reward_model(rms[0])
             else:
