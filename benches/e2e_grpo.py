@@ -25,6 +25,12 @@ Usage::
     python benches/e2e_grpo.py                      # GPU workload, both trainers
     python benches/e2e_grpo.py --no-trl             # rlhf_core only
     python benches/e2e_grpo.py --tiny --steps 2 --no-trl   # a CPU-sized smoke run (tests)
+    python benches/e2e_grpo.py --memory-preset              # peak memory with TRL's choices
+
+``--memory-preset`` runs both trainers with TRL's memory choices: β = 0 (TRL builds no
+reference model; rlhf_core neither, with ``track_kl=False``) and gradient checkpointing on both
+sides (TRL's default), which is what ``configs/gpu/grpo_gpu.toml`` sets; the peak GPU memory
+(``torch.cuda.max_memory_allocated``) of each is in the report.
 
 The first ``--warmup`` steps of each trainer (compilation, allocator warm-up) are not counted.
 """
@@ -304,8 +310,9 @@ def run_trl(
 
 
 def run_ours(
-    work: Workload, folder: Path, tok: Any, device: torch.device, steps: int, warmup: int
-) -> dict[str, Any]:
+    work: Workload, folder: Path, tok: Any, device: torch.device, steps: int, warmup: int,
+    gradient_checkpointing: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """rlhf_core's GRPOTrainer on the saved model; step time = wall clock of ``train_step``
     (generation, scoring, bookkeeping, training and the scheduler step), phases from the
     trainer's ``time/*`` metrics."""
@@ -337,8 +344,11 @@ def run_ours(
             kl_coef=work.beta,
             kl_estimator="k3",
             loss_type=work.loss_type,
+            gradient_checkpointing=gradient_checkpointing,
         )
         known = set(GRPOConfig.__dataclass_fields__)
+        if "track_kl" in known and work.beta == 0:  # no reference model, as TRL with beta 0
+            cfg_fields["track_kl"] = False
         if "fast_generation" in known:  # the static-cache / compiled decode path, on CUDA
             cfg_fields["fast_generation"] = on_gpu
         config = GRPOConfig(**cfg_fields)
@@ -369,6 +379,8 @@ def run_ours(
         for k in keys
     }
     out["peak_memory_gib"] = peak
+    out["gradient_checkpointing"] = gradient_checkpointing
+    out["reference_model"] = bool(cfg_fields.get("track_kl", True)) or work.beta > 0
     out["fast_generation"] = bool(cfg_fields.get("fast_generation", False))
     out["generation_backends"] = dict(generation.BACKENDS_USED - backends_before)
     out["response_length_mean"] = float(last.get("response_length/mean", math.nan))
@@ -452,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="TRL's gradient_checkpointing (TRL's default: on)",
     )
+    p.add_argument(
+        "--memory-preset",
+        action="store_true",
+        help="TRL's memory choices on both sides: beta 0 (no reference model) and gradient "
+        "checkpointing on (configs/gpu/grpo_gpu.toml)",
+    )
     p.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda'")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -465,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     work = tiny_workload() if args.tiny else Workload()
+    if args.memory_preset:
+        work.beta = 0.0
+        args.trl_gradient_checkpointing = "on"
     if device.type == "cpu" and not args.tiny:
         print("note: the full workload on a CPU is very slow; use --tiny", file=sys.stderr)
     if device.type == "cpu" and work.dtype == "bfloat16":
@@ -501,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - report and still measure ours
                 res["trl_error"] = f"{type(exc).__name__}: {exc}"
         if not args.no_ours:
-            res["ours"] = run_ours(work, folder, tok, device, args.steps, args.warmup)
+            res["ours"] = run_ours(work, folder, tok, device, args.steps, args.warmup,
+                                   gradient_checkpointing=args.memory_preset)  # fmt: skip
     res["ratio"] = step_ratio(res)
     print(format_report(res))
     if args.json is not None:

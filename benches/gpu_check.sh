@@ -12,11 +12,16 @@
 #       On the GPU machine (no network): installs dist/*.whl and .whl/*.whl into /tmp/site
 #       without dependencies, runs the CUDA tests (tests/test_gpu.py) and the end-to-end GRPO
 #       bench (benches/e2e_grpo.py: TRL's GRPOTrainer vs ours), prints a short table and writes
-#       logs and JSON to $OUT (or ./gpu_check_out when OUT is unset).
+#       logs and JSON to $OUT (or ./gpu_check_out when OUT is unset). The `mem` part (not in
+#       the default PARTS) runs the same bench with TRL's memory choices on both sides
+#       (--memory-preset: beta 0, so no reference model, and gradient checkpointing on; what
+#       configs/gpu/grpo_gpu.toml sets) and reports both peaks. vLLM is not part of the check:
+#       it is larger than what can be carried to the GPU machine (docs/generation.md).
 #
 # With the device tool of this workplace:
 #   run(command="bash benches/gpu_check.sh", carry=["dist", ".whl"], timeout_s=600)
-# (E2E_LIMIT, TESTS_LIMIT and GEN_LIMIT in the environment shorten or lengthen the parts)
+# (E2E_LIMIT, TESTS_LIMIT, GEN_LIMIT and MEM_LIMIT in the environment shorten or lengthen the
+# parts; PARTS="mem e2e" runs the memory comparison first)
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -81,10 +86,11 @@ EOF
 E2E_LIMIT=${E2E_LIMIT:-270}
 TESTS_LIMIT=${TESTS_LIMIT:-150}
 GEN_LIMIT=${GEN_LIMIT:-200}
+MEM_LIMIT=${MEM_LIMIT:-200}
 
 # PARTS picks and orders the parts (default: all three); E2E_ARGS and GEN_ARGS add options
 PARTS=${PARTS:-e2e tests gen}
-bench_rc=0 tests_rc=0 gen_rc=0
+bench_rc=0 tests_rc=0 gen_rc=0 mem_rc=0
 for part in $PARTS; do
     case "$part" in
     e2e)
@@ -103,7 +109,12 @@ for part in $PARTS; do
         TORCH_LOGS=recompiles,perf_hints,graph_breaks timeout "$GEN_LIMIT" "$PY" benches/bench_generation.py \
             ${GEN_ARGS:-} --json "$OUT_DIR/generation.json" 2>&1 | tee "$OUT_DIR/generation.log"
         gen_rc=${PIPESTATUS[0]} ;;
-    *) echo "unknown part '$part' in PARTS (expected e2e, tests, gen)" >&2; exit 2 ;;
+    mem)
+        echo "== peak memory with TRL's memory choices (limit ${MEM_LIMIT}s) =="
+        timeout "$MEM_LIMIT" "$PY" benches/e2e_grpo.py --memory-preset --steps 2 --warmup 1 \
+            --json "$OUT_DIR/e2e_memory.json" 2>&1 | tee "$OUT_DIR/e2e_memory.log"
+        mem_rc=${PIPESTATUS[0]} ;;
+    *) echo "unknown part '$part' in PARTS (expected e2e, tests, gen, mem)" >&2; exit 2 ;;
     esac
 done
 
@@ -135,8 +146,12 @@ EOF
 else
     echo "bench: no result (exit $bench_rc), see $OUT_DIR/e2e_grpo.log"
 fi
+if [[ " $PARTS " == *" mem "* ]]; then
+    echo "peak memory, TRL's memory choices (exit $mem_rc):"
+    grep -E "^(TRL|rlhf_core) " "$OUT_DIR/e2e_memory.log" 2>/dev/null || echo "  no result"
+fi
 if [[ " $PARTS " == *" gen "* ]]; then
     echo "generation paths (exit $gen_rc):"
     grep -E "^(hf-|rlhf_core|profile:)" "$OUT_DIR/generation.log" 2>/dev/null || echo "  no result"
 fi
-exit $(( tests_rc != 0 || bench_rc != 0 || gen_rc != 0 ))
+exit $(( tests_rc != 0 || bench_rc != 0 || gen_rc != 0 || mem_rc != 0 ))

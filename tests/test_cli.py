@@ -30,6 +30,8 @@ CONFIGS = ROOT / "configs"
 
 #: preset file -> command (the first line of each preset says how to run it)
 _PRESET_RE = re.compile(r"^# rlhf-core ([a-z-]+) --config configs/(\S+)$")
+#: the suffixes of preset files (TOML; YAML for recipes in TRL's spellings)
+_PRESET_SUFFIXES = (".toml", ".yaml")
 
 #: a couple of steps and small batches for every trainer command
 FAST = {
@@ -49,7 +51,7 @@ TRAINERS = ["sft", "reward", "dpo", "ppo", "grpo", "rloo", "reinforce-pp", "best
 
 
 def preset_files() -> list[pathlib.Path]:
-    return sorted(CONFIGS.rglob("*.toml"))
+    return sorted(p for p in CONFIGS.rglob("*") if p.suffix in _PRESET_SUFFIXES)
 
 
 def preset_command(path: pathlib.Path) -> str:
@@ -137,7 +139,10 @@ def test_every_command_has_a_preset_and_every_preset_loads() -> None:
 
             load_demo_config(path)
         else:
-            load_config(cli.COMMANDS[command].config, path)
+            from rlhf_core.cli.aliases import aliases_for
+
+            config = cli.COMMANDS[command].config
+            load_config(config, path, aliases=aliases_for(config))
     assert set(seen) == set(cli.COMMANDS), (
         f"commands without a preset: {set(cli.COMMANDS) - set(seen)}"
     )
@@ -148,9 +153,15 @@ def test_every_command_has_a_preset_and_every_preset_loads() -> None:
     for path in preset_files():
         text = path.read_text(encoding="utf-8")
         if path.parent.name == "gpu":
+            from rlhf_core.config import read_config_file
+
             assert "GPU" in text.splitlines()[1]
-            data = tomllib.loads(text)
+            data = read_config_file(path)
             assert data.get("device") == "cuda" and data.get("bf16", True) is True
+            assert data.get("dtype") == "float32"  # master weights (bf16 autocast on CUDA)
+        elif preset_command(path) != "demo":  # CPU presets: the built-in model and task
+            data = tomllib.loads(text)
+            assert data["model"].startswith("builtin") and data["dataset"].startswith("builtin")
 
 
 def test_print_config_round_trips(
@@ -214,6 +225,9 @@ def test_trainer_command_runs_its_preset(
     assert (run / "checkpoints" / "latest").is_file()
     model_dir = run / ("reward_model" if command == "reward" else "model")
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    card = (model_dir / "README.md").read_text()  # the model card (tests/test_model_card.py)
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert f'- "{command}"' in card and "## Final metrics" in card
     assert (run / "plots" / "metrics.png").stat().st_size > 1000
     assert f"{command}: run folder {run}" in out
     if command in ("ppo", "grpo", "rloo", "reinforce-pp", "best-of-n"):
@@ -365,7 +379,8 @@ def test_malformed_data_names_file_row_column_or_is_skipped(
     rc, _, err = run_cli(base_args("sft", tmp_path / "s") + ["--dataset", "nope.jsonl"], capsys)
     assert rc == 2 and "dataset='nope.jsonl'" in err
     rc, _, err = run_cli(base_args("sft", tmp_path / "s") + ["--model", "no/such/dir"], capsys)
-    assert rc == 2 and "model='no/such/dir'" in err and "nothing is downloaded" in err
+    assert rc == 2 and "model='no/such/dir'" in err and "no such local folder" in err
+    assert "not a Hugging Face Hub id" in err
 
 
 def test_reward_function_specs(tmp_path: pathlib.Path) -> None:
@@ -446,3 +461,45 @@ def test_label_ignores_a_weight_zero_source_that_cannot_score(
     expected = (gold_only / "preferences.jsonl").read_text()
     assert expected.strip()  # the gold judge labelled some pairs
     assert (with_zero / "preferences.jsonl").read_text() == expected
+
+
+def test_empty_answers_written_by_label_are_read_by_dpo_and_reward(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What one command writes, the next reads (issue 18, item 11): a policy that often stops
+    at once gives pairs with an empty side; label writes them as they are, and dpo and reward
+    train on them."""
+    from rlhf_core import tasks
+
+    data = tmp_path / "half_empty.jsonl"
+    rows = tasks.sft_corpus(400, seed=0)
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "completion": "" if i % 2 else r["completion"]})
+            + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
+    sft, label = tmp_path / "sft", tmp_path / "label"
+    args = base_args("sft", sft) + ["--dataset", str(data), "--total_steps", "40"]
+    assert run_cli(args + ["--batch_size", "16"], capsys)[0] == 0
+    model = str(sft / "model")
+    args = base_args("label", label) + ["--model", model, "--num_prompts", "32"]
+    rc, out, err = run_cli(args, capsys)
+    assert rc == 0, err
+    pairs = [json.loads(line) for line in (label / "preferences.jsonl").read_text().splitlines()]
+    empty = [p for p in pairs if "" in (p["chosen"], p["rejected"])]
+    assert empty, "the policy should stop at once in some samples"
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    for command in ("dpo", "reward"):
+        run = tmp_path / command
+        args = base_args(command, run) + [
+            "--model",
+            model,
+            "--dataset",
+            str(label / "preferences.jsonl"),
+        ]
+        rc, _, err = run_cli(args, capsys)
+        assert rc == 0, err
+        assert "skipped" not in err  # every pair was read
+        assert [r["step"] for r in read_metrics(run)] == [1, 2]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from rlhf_core.cli import parser as P
-from rlhf_core.cli.dataclass_args import BOOL_WORDS, load_config
+from rlhf_core.config import BOOL_WORDS, load_config
 
 
 @dataclass

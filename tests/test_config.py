@@ -1,4 +1,4 @@
-"""Tests of rlhf_core.config (the code: rlhf_core.cli.dataclass_args): TOML + overrides +
+"""Tests of rlhf_core.config: TOML + overrides +
 argparse over any help-annotated dataclass."""
 
 from __future__ import annotations
@@ -219,11 +219,14 @@ def test_dump_roundtrip(tmp_path: pathlib.Path) -> None:
     assert text.startswith("# resolved config\n")
     tomllib.loads(text)  # valid TOML
     assert load_config(Cfg, path) == cfg
-    # None fields are written as comments and read back as the default (None)
+    # None fields are written with the marker "none" and read back as None, also where the
+    # default is not None (a comment would silently bring the default back)
     cfg2 = Cfg(seed=None)
     p2 = dump_config(cfg2, tmp_path / "c2.toml")
-    assert "# seed = none" in p2.read_text()
+    assert 'seed = "none"' in p2.read_text()
     assert load_config(Cfg, p2) == cfg2
+    cfg3 = Cfg(temp=None)  # the default is 1.0
+    assert load_config(Cfg, dump_config(cfg3, tmp_path / "c3.toml")).temp is None
 
 
 def test_dumps_toml_special_floats_and_nesting() -> None:
@@ -275,10 +278,74 @@ def test_field_docs_lists_nested() -> None:
         field_docs(int)
 
 
-def test_rlhf_core_config_reexports_the_cli_machinery() -> None:
-    import rlhf_core.config as documented
-    from rlhf_core.cli import dataclass_args
+# --------------------------------------------------------------------------------------------
+# YAML / JSON files and aliases
 
-    assert set(documented.__all__) <= set(dataclass_args.__all__)
-    for name in documented.__all__:
-        assert getattr(documented, name) is getattr(dataclass_args, name), name
+
+def test_yaml_and_json_files(tmp_path: pathlib.Path) -> None:
+    from rlhf_core.config import read_config_file
+
+    y = tmp_path / "c.yaml"
+    y.write_text(
+        "name: y\nsteps: 7\nseed: null\ntemp: null\nstop: [a, b]\nweights: {x: 0.5}\n"
+        "optim:\n  lr: 3.0e-4\n  betas: [0.8, 0.9]\n"
+    )
+    cfg = load_config(Cfg, y)
+    assert (cfg.name, cfg.steps, cfg.seed, cfg.temp, cfg.stop) == ("y", 7, None, None, ["a", "b"])
+    assert cfg.weights == {"x": 0.5} and cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.8, 0.9)
+    (tmp_path / "c.yml").write_text("steps: 2\n")
+    assert load_config(Cfg, tmp_path / "c.yml", ["--steps", "3"]).steps == 3  # overrides win
+    (tmp_path / "c.json").write_text('{"steps": 4, "optim.lr": 0.1}')
+    cfg = load_config(Cfg, tmp_path / "c.json")
+    assert cfg.steps == 4 and cfg.optim.lr == 0.1
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    assert read_config_file(tmp_path / "empty.yaml") == {}
+    (tmp_path / "bad.yaml").write_text("steps: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML"):
+        load_config(Cfg, tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping of option names"):
+        load_config(Cfg, tmp_path / "list.yaml")
+    (tmp_path / "typo.yaml").write_text("stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'stepz'.*'steps'"):
+        load_config(Cfg, tmp_path / "typo.yaml")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_config(Cfg, tmp_path / "bad.json")
+
+
+def test_aliases_map_onto_fields_and_refuse_doubles(tmp_path: pathlib.Path) -> None:
+    from rlhf_core.config import apply_aliases
+
+    aliases = {"max_steps": "steps", "run_name": "name"}
+    hints = {"epochs": "set steps instead"}
+    y = tmp_path / "c.yaml"
+    y.write_text("max_steps: 5\nrun_name: r\n")
+    cfg = load_config(Cfg, y, ["--max-steps", "6"], aliases=aliases)
+    assert (cfg.steps, cfg.name) == (6, "r")  # the alias on the command line wins too
+    y.write_text("max_steps: 5\nsteps: 4\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: 'max_steps' and 'steps' are the same option"):
+        load_config(Cfg, y, aliases=aliases)
+    with pytest.raises(ConfigError, match="overrides: 'steps' and 'max_steps'"):
+        load_config(Cfg, None, {"steps": 1, "max_steps": 2}, aliases=aliases)
+    # an alias in the file and its field in the overrides: two layers, the overrides win
+    y.write_text("max_steps: 5\n")
+    assert load_config(Cfg, y, {"steps": 9}, aliases=aliases).steps == 9
+    with pytest.raises(ConfigError, match="'epochs' has no equivalent here: set steps instead"):
+        apply_aliases({"epochs": 3}, aliases, hints=hints)
+    assert apply_aliases({"max-steps": 1, "beta": 2}, aliases) == {"steps": 1, "beta": 2}
+
+
+def test_trl_aliases_follow_each_command() -> None:
+    from rlhf_core import cli
+    from rlhf_core.cli.aliases import TRL_ALIASES, aliases_for
+
+    grpo = aliases_for(cli.GRPORunConfig)
+    assert grpo["beta"] == "kl_coef" and grpo["num_generations"] == "num_samples"
+    assert grpo["output_dir"] == "run_dir" and grpo["model_name_or_path"] == "model"
+    dpo = aliases_for(cli.DPORunConfig)
+    assert "beta" not in dpo and "num_generations" not in dpo  # DPO's beta is its own
+    assert "beta" not in aliases_for(cli.LabelConfig)
+    fields = {name for c in cli.COMMANDS.values() for name, *_ in field_docs(c.config)}
+    assert set(TRL_ALIASES.values()) <= fields  # every alias names a real field somewhere
+    assert not set(TRL_ALIASES) & set(TRL_ALIASES.values())

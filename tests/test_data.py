@@ -28,6 +28,9 @@ U = {"role": "user", "content": "hi there"}
 A = {"role": "assistant", "content": "hello"}
 A2 = {"role": "assistant", "content": "go away"}
 S = {"role": "system", "content": "be kind"}
+D = {"role": "developer", "content": "use tools"}
+CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+T = {"role": "tool", "content": "5"}
 
 GOOD = {
     "prompts": {"prompt": "tell me about the cat:", "answer": "4"},
@@ -128,6 +131,58 @@ MALFORMED: list[tuple[str, str, str, str | None, str, dict[str, Any]]] = [
         {"required_columns": ("answer",)},
     ),
     ("p-float", "prompts", j({"prompt": 1.5}), "prompt", "wrong_type", {}),
+    (
+        "p-tool-without-call",
+        "prompts",
+        j({"prompt": [U, A, {"role": "tool", "content": "5"}]}),
+        "prompt",
+        "non_alternating_roles",
+        {},
+    ),
+    (
+        "p-user-tool-calls",
+        "prompts",
+        j({"prompt": [{**U, "tool_calls": [CALL]}]}),
+        "prompt",
+        "bad_tool_call",
+        {},
+    ),
+    (
+        "p-tool-call-no-name",
+        "prompts",
+        j({"prompt": [U, {"role": "assistant", "tool_calls": [{"function": {}}]}, T]}),
+        "prompt",
+        "bad_tool_call",
+        {},
+    ),
+    (
+        "p-tool-call-args-number",
+        "prompts",
+        j(
+            {
+                "prompt": [
+                    U,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"function": {"name": "f", "arguments": 3}}],
+                    },
+                    T,
+                ]
+            }
+        ),
+        "prompt",
+        "bad_tool_call",
+        {},
+    ),
+    (
+        "p-developer-late",
+        "prompts",
+        j({"prompt": [U, D, U]}),
+        "prompt",
+        "non_alternating_roles",
+        {},
+    ),
+    ("p-tools-not-list", "prompts", j({"prompt": [U], "tools": 5}), "tools", "wrong_type", {}),
     # --- preferences
     (
         "r-missing-chosen",
@@ -170,11 +225,19 @@ MALFORMED: list[tuple[str, str, str, str | None, str, dict[str, Any]]] = [
         {},
     ),
     (
-        "r-chosen-empty",
+        "r-chosen-null",
         "preferences",
-        j({"prompt": "q", "chosen": "", "rejected": "b"}),
+        j({"prompt": "q", "chosen": None, "rejected": "b"}),
         "chosen",
-        "empty_text",
+        "wrong_type",
+        {},
+    ),
+    (
+        "r-both-empty",
+        "preferences",
+        j({"prompt": "q", "chosen": "", "rejected": ""}),
+        "rejected",
+        "same_pair",
         {},
     ),
     (
@@ -276,11 +339,11 @@ MALFORMED: list[tuple[str, str, str, str | None, str, dict[str, Any]]] = [
     # --- prompt-completion
     ("c-missing-completion", "completions", j({"prompt": "q"}), "completion", "missing_column", {}),
     (
-        "c-empty-completion",
+        "c-null-completion",
         "completions",
-        j({"prompt": "q", "completion": ""}),
+        j({"prompt": "q", "completion": None}),
         "completion",
-        "empty_text",
+        "wrong_type",
         {},
     ),
     (
@@ -557,3 +620,206 @@ def test_chat_prompt_encodes_with_a_single_bos() -> None:
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id
     assert ids[1] != tok.bos_token_id, f"double BOS in {tok.convert_ids_to_tokens(ids[:3])}"
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Lines: lines end at \n only; invalid UTF-8 named and skippable (issue 18, item 7)
+
+
+def test_jsonl_splits_rows_on_newline_only(tmp_path: pathlib.Path) -> None:
+    texts = ["a\u2028b", "c\u2029d", "e\u0085f", "g\x0ch", "i\x1cj"]  # str.splitlines splits all
+    path = tmp_path / "p.jsonl"
+    body = "".join(json.dumps({"prompt": t}, ensure_ascii=False) + "\n" for t in texts)
+    path.write_bytes(body.replace("\n", "\r\n", 1).encode("utf-8"))  # one CRLF line too
+    ds = load_prompts(path)
+    assert ds.prompts == texts and ds.rows == [1, 2, 3, 4, 5]
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    assert load_prompts(tmp_path / "bom.jsonl").prompts == texts
+
+
+def test_invalid_utf8_names_row_and_byte_offset_and_can_be_skipped(
+    tmp_path: pathlib.Path,
+) -> None:
+    good = j({"prompt": "ok"}).encode()
+    bad = b'{"prompt": "caf\xe9"}'
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(good + b"\n" + bad + b"\n" + good + b"\n")
+    with pytest.raises(DataError) as info:
+        load_prompts(path)
+    err = info.value
+    assert (err.file, err.row, err.column, err.kind) == (str(path), 2, None, "invalid_utf8")
+    offset = len(good) + 1 + bad.index(b"\xe9")
+    assert f"byte 0xe9 at byte offset {offset} of the file" in str(err)
+    assert str(err).startswith(f"{path}: row 2 (whole row): invalid UTF-8")
+    ds = load_prompts(path, on_error="skip")
+    assert ds.rows == [1, 3] and dict(ds.report.skipped) == {"invalid_utf8": 1}
+    arr = tmp_path / "a.json"
+    arr.write_bytes(b'[{"prompt": "x\xff"}]')
+    with pytest.raises(DataError, match="invalid UTF-8: byte 0xff at byte offset 14"):
+        load_prompts(arr)
+
+
+# --------------------------------------------------------------------------------------------
+# roles, tool calls, templates
+
+
+@pytest.fixture(scope="module")
+def chat_tok() -> Any:
+    """A byte-level tokenizer with a ChatML template that renders tools and tool calls."""
+    from rlhf_core.testing.hf_cache import byte_tokenizer
+
+    return byte_tokenizer()
+
+
+def test_tool_calling_conversation_renders_with_the_template(chat_tok: Any) -> None:
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    call = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    row = {"prompt": [D, U, call, T], "tools": [tool], "answer": "5"}
+    ds = load_prompts([row], tokenizer=chat_tok)
+    text = ds.prompts[0]
+    assert text.startswith("<|im_start|>system\n# Tools\n") and '"name": "add"' in text
+    assert "<|im_start|>developer\nuse tools<|im_end|>" in text
+    assert '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>' in text
+    assert text.endswith("<|im_start|>tool\n5<|im_end|>\n<|im_start|>assistant\n")
+    assert ds.columns["tools"] == [[tool]] and ds.columns["answer"] == ["5"]
+    # chat_template_kwargs reach the template
+    plain = load_prompts([{"prompt": [U]}], tokenizer=chat_tok).prompts[0]
+    off = load_prompts(
+        [{"prompt": [U]}], tokenizer=chat_tok, chat_template_kwargs={"enable_thinking": False}
+    ).prompts[0]
+    assert off == plain + "<think>\n\n</think>\n\n"
+    with pytest.raises(ValueError, match="chat_template_kwargs=.*no tokenizer"):
+        load_prompts([{"prompt": "x"}], chat_template_kwargs={"enable_thinking": False})
+
+
+def test_a_template_that_would_drop_tool_calls_is_an_error(tok: Any) -> None:
+    """The built-in template renders role and content only: tool calls would vanish."""
+    row = {"prompt": [U, {"role": "assistant", "content": "", "tool_calls": [CALL]}, T]}
+    with pytest.raises(DataError, match="ignores the messages' tool_calls") as info:
+        load_prompts([row], tokenizer=tok)
+    assert info.value.kind == "template_error" and info.value.column == "prompt"
+    with pytest.raises(DataError, match="tool calls and tool definitions need a chat template"):
+        load_prompts([row])
+    with pytest.raises(DataError, match="ignores the 'tools' column"):
+        load_prompts([{"prompt": [U], "tools": [{"type": "function"}]}], tokenizer=tok)
+
+
+def test_render_prompt_renders_or_raises_never_str(chat_tok: Any) -> None:
+    from rlhf_core.data import render_prompt, render_prompt_completion
+
+    assert render_prompt("plain", chat_tok) == "plain"
+    assert render_prompt([U], chat_tok) == chat_tok.apply_chat_template(
+        [U], tokenize=False, add_generation_prompt=True
+    )
+    with pytest.raises(DataError, match=r"<prompts>: row 4, column 'prompt': expected a string"):
+        render_prompt({"role": "user", "content": "hi"}, chat_tok, row=4)
+    with pytest.raises(DataError, match="must end with a user message"):
+        render_prompt([U, A], chat_tok)
+    with pytest.raises(DataError, match="unknown role 'robot'"):
+        render_prompt([{"role": "robot", "content": "x"}], chat_tok)
+    p, c = render_prompt_completion([U], [A], chat_tok)
+    assert c == "hello<|im_end|>\n" and p.endswith("<|im_start|>assistant\n")
+    assert render_prompt_completion("q", "", chat_tok) == ("q", "")
+    with pytest.raises(DataError, match="mixed_format|give two strings") as info:
+        render_prompt_completion([U], "text", chat_tok)
+    assert info.value.kind == "mixed_format"
+
+
+# --------------------------------------------------------------------------------------------
+# empty completions are answers (issue 18, item 11)
+
+
+def test_an_empty_completion_is_a_valid_response(tmp_path: pathlib.Path, tok: Any) -> None:
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": "q:", "chosen": " yes.", "rejected": ""},
+        {"prompt": "r:", "chosen": "", "rejected": " no."},
+        {"prompt": [U], "chosen": [A], "rejected": [{"role": "assistant", "content": ""}]},
+    ]
+    path.write_text("".join(j(r) + "\n" for r in rows))
+    ds = load_preferences(path, tokenizer=tok)
+    assert ds.rejected[0] == "" and ds.chosen[1] == ""
+    assert ds.rejected[2] == tok.eos_token  # the template closes the empty turn
+    sft = load_prompt_completions([{"prompt": "q:", "completion": ""}], tokenizer=tok)
+    assert sft.completions == [""]
+    # encoded, an empty answer is the EOS token alone, as a policy that stopped at once
+    ids, n = models.encode_prompt_completion(tok, "q:", "")
+    assert ids[n:] == [tok.eos_token_id]
+    ids, n = models.encode_prompt_completion(tok, ds.prompts[2], ds.rejected[2])
+    assert ids[n:] == [tok.eos_token_id]  # not <eos><eos>
+
+
+def test_no_second_end_of_turn_after_a_template_that_closed_it(chat_tok: Any) -> None:
+    ds = load_prompt_completions([{"prompt": [U], "completion": [A]}], tokenizer=chat_tok)
+    p, c = ds.prompts[0], ds.completions[0]
+    assert c == "hello<|im_end|>\n"
+    ids, n = models.encode_prompt_completion(chat_tok, p, c)
+    tail = chat_tok.convert_ids_to_tokens(ids[n:])
+    assert tail[-2:] == ["<|im_end|>", "Ċ"] and tail.count("<|im_end|>") == 1
+    ids, n = models.encode_prompt_completion(chat_tok, "q", "plain answer")
+    assert ids[-1] == chat_tok.eos_token_id and chat_tok.decode(ids[n:-1]) == "plain answer"
+    assert models.closes_turn(chat_tok, chat_tok("x<|im_end|>\n\n")["input_ids"])
+    assert not models.closes_turn(chat_tok, chat_tok("x\n")["input_ids"])
+    assert not models.closes_turn(chat_tok, [])
+
+
+# --------------------------------------------------------------------------------------------
+# supervised fine-tuning formats
+
+
+def test_sft_dataset_formats_are_told_apart_by_their_columns(
+    tmp_path: pathlib.Path, chat_tok: Any
+) -> None:
+    from rlhf_core.data import ConversationDataset, PromptCompletionDataset, load_sft_dataset
+
+    conv = {"messages": [S, U, A, {"role": "user", "content": "more"}, A2]}
+    ds = load_sft_dataset([conv], tokenizer=chat_tok)
+    assert isinstance(ds, ConversationDataset) and len(ds) == 1
+    ex = ds.examples()
+    assert [e["completion"] for e in ex] == ["hello<|im_end|>\n", "go away<|im_end|>\n"]
+    assert ex[1]["prompt"].startswith(ex[0]["prompt"] + ex[0]["completion"])
+    pc = load_sft_dataset([{"prompt": "q", "completion": "a", "level": 2}])
+    assert isinstance(pc, PromptCompletionDataset) and pc.examples() == [
+        {"prompt": "q", "completion": "a"}
+    ]
+    text = load_sft_dataset([{"text": "once upon a time"}])
+    assert text.examples() == [{"prompt": "", "completion": "once upon a time"}]
+    path = tmp_path / "x.jsonl"
+    path.write_text("nope\n" + j({"question": "q"}) + "\n")
+    with pytest.raises(DataError) as info:
+        load_sft_dataset(path)
+    assert info.value.row == 1 and info.value.kind == "invalid_json"  # the first row's error
+    with pytest.raises(DataError, match=r"row 2.*no supervised fine-tuning format"):
+        load_sft_dataset(path, on_error="skip")
+    with pytest.raises(DataError, match="column 'messages': the conversation has no assistant"):
+        load_sft_dataset([{"messages": [U]}], tokenizer=chat_tok)
+
+
+def test_encode_conversation_masks_the_assistant_turns_only(chat_tok: Any) -> None:
+    from rlhf_core.data import conversation_turns, encode_conversation
+
+    msgs = [S, U, A, {"role": "user", "content": "more"}, A2]
+    ids, mask = encode_conversation(chat_tok, msgs)
+    assert ids.dtype.name == "int64" and mask.dtype == bool and ids.shape == mask.shape
+    full = chat_tok.apply_chat_template(msgs, tokenize=False)
+    assert chat_tok.decode(ids) == full
+    assert chat_tok.decode(ids[mask]) == "hello<|im_end|>\ngo away<|im_end|>\n"
+    # each turn's tokens and mask equal its (prompt, completion) pair, encoded as trainers do
+    start = 0
+    for prompt, completion in conversation_turns(msgs, chat_tok):
+        pair, n = models.encode_prompt_completion(chat_tok, prompt, completion)
+        assert list(ids[: len(pair)]) == pair
+        assert not mask[start:n].any() and mask[n : len(pair)].all()
+        start = len(pair)
+    # the plain format (no template) ends each assistant turn with EOS
+    tok_ids, tok_mask = encode_conversation(models.load_tokenizer(), [U, A])
+    assert tok_ids[-1] == models.load_tokenizer().eos_token_id and tok_mask[-1]
+
+
+def test_limit_stops_reading(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(j({"prompt": "a"}) + "\n" + j({"prompt": "b"}) + "\n" + "broken\n")
+    ds = load_prompts(path, limit=2)
+    assert ds.prompts == ["a", "b"] and ds.report.total == 2
+    with pytest.raises(DataError, match="row 3"):
+        load_prompts(path)

@@ -29,6 +29,10 @@ class FakeTrainer:
         self.global_step = global_step
         self.calls: list[tuple[str, int]] = []
 
+    def claim_run_dir(self) -> None:
+        """The folder becomes the trainer's before anything is written into it."""
+        self.claimed_first = not (self.run_dir / "evals.jsonl").exists()
+
     def train(self, stop_at_step: int) -> None:
         self.calls.append(("train", stop_at_step))
         self.global_step = stop_at_step
@@ -68,6 +72,7 @@ def test_train_with_evals_evaluates_every_slice(tmp_path: pathlib.Path) -> None:
     first = {"step": 0, "proxy": 1.0, "gold": 1.0, "kl": 0.0, "seconds": 0.5}
     records = run.train_with_evals(trainer, "ppo", 3, evaluator(seen), first)
     assert trainer.calls == [("train", 3), ("train", 6), ("train", 8)]
+    assert trainer.claimed_first
     assert seen == [3, 6, 8]  # step 0 is the record given, not evaluated again
     assert [r["step"] for r in records] == [0, 3, 6, 8] and records[0]["proxy"] == 1.0
     assert read_evals(tmp_path / "ppo") == records

@@ -86,3 +86,16 @@ def test_step_ratio_is_ours_over_trl() -> None:
     assert bench.step_ratio({"trl": {"median_step_s": 6.0}, "ours": {"median_step_s": 1.5}}) == 0.25
     assert bench.step_ratio({"trl": None, "ours": {"median_step_s": 1.5}}) is None
     assert bench.step_ratio({"trl": {"median_step_s": 6.0}, "ours": None}) is None
+
+
+def test_memory_preset_runs_without_a_reference_and_with_checkpointing(tmp_path: Path) -> None:
+    out = tmp_path / "mem.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, str(BENCH), "--tiny", "--steps", "1", "--warmup", "0", "--no-trl",
+           "--device", "cpu", "--memory-preset", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    res = json.loads(out.read_text())
+    assert res["workload"]["beta"] == 0.0
+    assert res["ours"]["gradient_checkpointing"] and not res["ours"]["reference_model"]
+    assert res["ours"]["loss_finite"]

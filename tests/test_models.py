@@ -136,7 +136,7 @@ def test_load_policy_builtin_and_local_roundtrip(tok, policy, tmp_path):
         assert torch.allclose(policy(ids).logits, loaded(ids).logits, atol=1e-6)
     bf = M.load_policy(tmp_path / "p", dtype="bf16")
     assert next(bf.parameters()).dtype == torch.bfloat16
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(M.ModelNotFoundError, match="does not exist: no such local folder"):
         M.load_policy(tmp_path / "missing")
     with pytest.raises(ValueError, match="dtype must be one of"):
         M.resolve_dtype("float7")
@@ -353,6 +353,32 @@ def test_reward_model_save_load_roundtrip(policy, tmp_path):
     mask[1, 4:] = 0
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, mask), rm(ids, mask), atol=1e-6, rtol=0)
+
+
+def test_reward_model_is_saved_for_transformers_and_old_folders_still_load(policy, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_core.models.head_files import save_head_format
+
+    rm = M.RewardModel.from_policy(policy, seed=4).eval()
+    rm.save_pretrained(tmp_path / "new", pad_token_id=0)
+    assert not (tmp_path / "new" / "rlhf_core_head.json").exists()
+    seq = AutoModelForSequenceClassification.from_pretrained(tmp_path / "new").eval()
+    assert type(seq).__name__ == "LlamaForSequenceClassification" and seq.config.num_labels == 1
+    ids = torch.tensor([[1, 20, 30, 40, 2], [1, 50, 60, 2, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            seq(input_ids=ids, attention_mask=mask).logits.squeeze(-1),
+            rm(ids, mask),
+            atol=1e-5,
+            rtol=0,
+        )
+    # a folder in the format earlier versions wrote (body + rlhf_core_head.*) still loads
+    save_head_format(rm, tmp_path / "old")
+    old = M.RewardModel.from_pretrained(tmp_path / "old").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(old(ids, mask), rm(ids, mask), atol=1e-6, rtol=0)
 
 
 def test_reward_model_from_sequence_classification(tok, tmp_path):

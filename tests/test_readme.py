@@ -70,6 +70,10 @@ def test_shell_commands_exist_with_their_options() -> None:
     for body in blocks("bash"):
         for line in shell_lines(body):
             argv = shlex.split(line)
+            if argv[0] == "torchrun":  # torchrun [its options] -m rlhf_core <command> ...
+                assert argv[argv.index("-m") + 1] == "rlhf_core", line
+                argv = ["rlhf-core", *argv[argv.index("-m") + 2 :]]
+                assert argv[1] in cli.COMMANDS, line
             if argv[0] == "make":
                 assert re.search(rf"^{re.escape(argv[1])}:", makefile, re.M), line
             elif argv[0] == "rlhf-core":
@@ -124,3 +128,42 @@ def test_links_point_at_files() -> None:
     assert local
     for t in local:
         assert (ROOT / t).exists(), f"README links to missing {t}"
+
+
+#: tiny step counts and sizes for each command of the README's pipeline
+_TINY = {
+    "sft": ["--total_steps", "2", "--batch_size", "4"],
+    "reward": ["--total_steps", "2", "--batch_size", "4", "--dataset_size", "60"],
+    "ppo": ["--total_steps", "2", "--rollout_batch_size", "8", "--minibatch_size", "4"],
+    "eval": ["--num_prompts", "4"],
+    "label": ["--num_prompts", "16"],
+    "dpo": ["--total_steps", "2", "--batch_size", "2"],
+}
+
+
+def test_readme_cli_pipeline_runs_end_to_end(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's pipeline on the built-in task, command by command as written (presets
+    from configs/), with tiny step counts: what one command writes, the next reads."""
+    pipeline = next(b for b in blocks("bash") if "rlhf-core sft --config configs/sft.toml" in b)
+    monkeypatch.chdir(tmp_path)
+    ran: list[str] = []
+    for line in shell_lines(pipeline):
+        argv = shlex.split(line)
+        if argv[0] != "rlhf-core" or argv[1] not in _TINY or "--config" not in argv:
+            continue
+        i = argv.index("--config") + 1
+        argv[i] = str(ROOT / argv[i])
+        extra = list(_TINY[argv[1]])
+        if argv[1] not in ("sft", "reward", "dpo"):
+            extra += ["--max_new_tokens", "12"]
+        if argv[1] not in ("eval", "label"):
+            extra += ["--progress_bar", "false", "--tensorboard", "false"]
+        rc = cli.main(argv[1:] + extra)
+        err = capsys.readouterr().err
+        assert rc == 0, f"{line}: {err}"
+        ran.append(argv[1])
+    assert ran[:3] == ["sft", "reward", "ppo"] and ran[-1] == "dpo" and "label" in ran
+    pairs = (tmp_path / "runs" / "label" / "preferences.jsonl").read_text().splitlines()
+    assert pairs and (tmp_path / "runs" / "dpo" / "model" / "config.json").is_file()

@@ -361,3 +361,77 @@ def test_label_pairs_with_lm_judge(tok):
         R.label_pairs(["q"], ["a"], ["b"], judge=3)
     with pytest.raises(ValueError, match="beta must be"):
         R.label_pairs(["q"], ["a"], ["b"], length_reward, beta=0.0)
+
+
+# ------------------------------------------------------- what a reward function may return
+
+
+@pytest.mark.parametrize(
+    ("returned", "error", "message"),
+    [
+        # finding 8: a dict was scored by its keys (the run trained on the sample index)
+        ({0: 0.5, 1: 0.25}, TypeError, r"'f' returned a dict; it must return a list of 2"),
+        ("ab", TypeError, r"'f' must return a list of 2 floats \(or None\).*got str"),
+        ({0.5, 0.25}, TypeError, r"'f' must return a list of 2 floats.*got set"),
+        (iter([0.5, 0.25]), TypeError, r"'f' must return a list of 2 floats.*got list_iterator"),
+        (np.ones((2, 1)), ValueError, r"'f' returned an array of shape \(2, 1\); expected \(2,\)"),
+        (torch.ones(3), ValueError, r"'f' returned an array of shape \(3,\)"),
+        (np.array(["a", "b"]), TypeError, r"'f' returned an array of dtype <U1"),
+        ([0.5, [1.0]], TypeError, r"'f' returned list at index 1"),
+    ],
+)
+def test_reward_function_results_are_checked(returned, error, message):
+    f = _named(lambda p, c: returned, "f")
+    with pytest.raises(error, match=message):
+        R.call_reward_function(f, ["p", "q"], ["a", "b"])
+
+
+def test_check_reward_scores_accepts_sequences_of_numbers_and_none():
+    got = R.check_reward_scores((1, None, np.float32(0.5), np.array(2.0)), 4, "f")
+    assert got.dtype == np.float64 and got[0] == 1.0 and np.isnan(got[1])
+    assert got[2] == 0.5 and got[3] == 2.0
+
+
+def test_all_unscorable_step_rule(caplog):
+    R.check_scorable_step(4, 3, {"f": 3}, allow=False, step=2)  # some scorable: fine
+    with pytest.raises(R.UnscorableStepError, match=r"step 2: all 4 samples are unscorable "
+                       r"\('f' gave None/NaN for 4\)") as info:  # fmt: skip
+        R.check_scorable_step(4, 4, {"f": 4, "g": 0}, allow=False, step=2)
+    assert "allow_unscorable_steps" in str(info.value)
+    with caplog.at_level("WARNING", logger="rlhf_core.rewards"):
+        R.check_scorable_step(4, 4, {"f": 4}, allow=True, step=2)
+    assert "all 4 samples are unscorable" in caplog.text
+
+
+def _grpo(tmp_path, reward, **kw):
+    from rlhf_core.testing.trainers import FAST, policy, tokenizer
+    from rlhf_core.trainers import GRPOConfig, GRPOTrainer
+
+    cfg = GRPOConfig(run_dir=str(tmp_path), total_steps=2, rollout_batch_size=4, num_samples=2,
+                     max_new_tokens=4, learning_rate=1e-3, **FAST, **kw)  # fmt: skip
+    return GRPOTrainer(cfg, policy(), tokenizer(), ["Q:", "A:"], reward)
+
+
+def none_reward(prompts, completions, **columns):
+    return [None] * len(completions)
+
+
+def test_a_step_with_every_sample_unscorable_stops_the_trainer(tmp_path, caplog):
+    """Finding 8: all-None rewards trained a whole run on zero advantages in silence."""
+    with pytest.raises(R.UnscorableStepError, match="step 1: all 4 samples are unscorable"):
+        _grpo(tmp_path / "a", none_reward).train()
+    with caplog.at_level("WARNING", logger="rlhf_core.rewards"):
+        res = _grpo(tmp_path / "b", none_reward, allow_unscorable_steps=True).train()
+    assert res.step == 2 and res.metrics["reward/frac_unscorable"] == 1.0
+    assert caplog.text.count("samples are unscorable ('none_reward' gave None/NaN for 4)") == 2
+    # a weight-0 source is tracked, not optimised: its None cannot make a step unscorable
+    res = _grpo(tmp_path / "c", [length_reward, none_reward], reward_weights=[1.0, 0.0]).train()
+    assert res.step == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_reward_weights_are_refused(bad):
+    from rlhf_core.trainers import GRPOConfig
+
+    with pytest.raises(ValueError, match="reward_weights=.*finite"):
+        GRPOConfig(reward_weights=[1.0, bad])

@@ -23,7 +23,9 @@ Covered: GRPO (KL in the loss, 2 epochs, micro-batches), GRPO with ``scale_rewar
 global whitening, adaptive KL), SFT, DPO (with an uneven held-out split), best-of-N (ranks
 select different numbers of winners), GRPO under FSDP2, and resume under torchrun: a DDP run
 stopped after step 1 and resumed by a new trainer (every rank loads) equals the uninterrupted
-run, and an FSDP2 checkpoint (full states gathered to rank 0) resumes in one process.
+run, and an FSDP2 checkpoint (full states gathered to rank 0) resumes in one process; periodic
+evaluation and logged samples (gathered from every rank), and a callback's stop on one rank
+stopping both.
 """
 
 from __future__ import annotations
@@ -218,6 +220,31 @@ def _grpo_fsdp2(run: Path) -> Any:
     )
 
 
+class _StopOnRank1:
+    """Stops training after step 1 on rank 1 only (on the only rank of one process): rank 0
+    must stop too, having been told (every rank takes the same branch)."""
+
+    def on_step_end(self, state: Any, control: Any) -> None:
+        if state.step == 1 and (state.world_size == 1 or state.trainer.dist.rank == 1):
+            control.stop("rank 1 stopped")
+
+
+def _grpo_eval_samples(run: Path) -> Any:
+    """Evaluation on held-out prompts (2: one per rank) and logged samples (gathered from both
+    ranks in rank order), stopped by a callback on rank 1 after step 1, which is not a logging
+    step (logging_steps=2): every rank must agree to log it (a stop is logged) before the
+    samples are gathered."""
+    from rlhf_core.trainers import GRPOConfig, GRPOTrainer
+
+    cfg = GRPOConfig(run_dir=str(run), total_steps=2, rollout_batch_size=8, num_samples=4,
+                     eval_steps=1, num_generations_eval=2, log_completions=True,
+                     logging_steps=2, num_completions_to_print=0, **RL)  # fmt: skip
+    return GRPOTrainer(cfg, _policy(), _tok(), PROMPTS, digit_reward,
+                       eval_dataset=[{"prompt": "1+", "answer": "1"},
+                                     {"prompt": "2+", "answer": "2"}],
+                       callbacks=[_StopOnRank1()])  # fmt: skip
+
+
 #: name -> (builder, stop_at_step of a first run, or None). With a stop step, the worker trains
 #: one trainer to it, then a new trainer resumes from the checkpoint in the same run folder.
 SCENARIOS: dict[str, tuple[Callable[[Path], Any], int | None]] = {
@@ -249,6 +276,7 @@ SCENARIOS: dict[str, tuple[Callable[[Path], Any], int | None]] = {
     "grpo_fsdp2": (_grpo_fsdp2, 1),
     "ppo_fsdp2": (_ppo_fsdp2, None),
     "dpo_fsdp2": (lambda run: _dpo(run, parallel="fsdp2"), None),
+    "grpo_eval_samples": (_grpo_eval_samples, None),
 }
 
 #: name -> (builder, error class, text of the error): every rank must raise it (none may be
@@ -447,8 +475,32 @@ def test_only_rank0_writes(launched: Path) -> None:
     assert not (run / "tensorboard").exists()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["step_000002"]
-    extra = torch.load(run / "checkpoints" / "step_000002" / "extra_state.pt", weights_only=False)
+    from rlhf_core.checkpoint import load_state
+
+    extra = load_state(run / "checkpoints" / "step_000002", "extra_state")
     assert extra["world_size"] == WORLD and len(extra["rng_per_rank"]) == WORLD
+
+
+def test_eval_samples_and_a_stop_under_torchrun(launched: Path, tmp_path: Path) -> None:
+    """Rank 1's callback stopped both ranks after step 1 (checkpoint there); the evaluation and
+    the logged samples (every rank's completions, gathered) equal one process's."""
+    from rlhf_core.monitor import read_samples
+
+    _report(launched, 0, "grpo_eval_samples")
+    run = launched / "grpo_eval_samples"
+    assert [r["step"] for r in _metrics(run)] == [1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == [
+        "step_000001"
+    ]
+    assert "eval/accuracy" in _metrics(run)[0] and "eval/kl" in _metrics(run)[0]
+    run_scenario("grpo_eval_samples", tmp_path / "one")
+    got, ref = read_samples(run), read_samples(tmp_path / "one")
+    assert len(got) == 8
+    assert [(r["prompt"], r["completion"]) for r in got] == [
+        (r["prompt"], r["completion"]) for r in ref
+    ]
+    for key in ("reward", "advantage"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", list(FAILING))
@@ -490,7 +542,7 @@ def test_fsdp2_checkpoint_resumes_in_one_process(launched: Path, tmp_path: Path)
     shutil.copytree(src / "step_000001", run / "checkpoints" / "step_000001")
     (run / "checkpoints" / "latest").write_text("step_000001\n")
     meta = json.loads((run / "checkpoints" / "step_000001" / "meta.json").read_text())
-    assert meta["models"] == {"policy": "policy.pt"}  # a gathered full state dict
+    assert meta["models"] == {"policy": "policy.safetensors"}  # a gathered full state dict
     trainer = _grpo_fsdp2(run)
     trainer.train()
     _, ref = run_scenario("grpo_fsdp2", tmp_path / "ref")

@@ -10,7 +10,7 @@ Submodules, lowest layer first (``docs/architecture.md`` draws the layers): ``er
 estimators: GAE, group-relative, REINFORCE++, each with its several-process path);
 ``losses``; ``models``; ``generation``; ``rewards``; ``rollout`` (sampling, scoring and the
 no-grad forwards of a step); ``trainers``; and beside them ``data``, ``monitor``,
-``checkpoint``, ``evaluation`` (policy evaluation on fixed prompts), ``distributed``
+``checkpoint``, ``model_card`` (the README card of a saved model), ``evaluation`` (policy evaluation on fixed prompts), ``distributed``
 (``parallel``'s names plus the global token count), ``config``, ``cli``, ``demo``, ``tasks``
 (the built-in synthetic tasks) and ``testing`` (float64 references, hypothesis strategies and
 trainer test helpers).
@@ -51,6 +51,7 @@ _SUBMODULES = {
     "parallel",
     "monitor",
     "checkpoint",
+    "model_card",
     "config",
     "cli",
     "testing",

@@ -84,6 +84,7 @@ def evaluate_policy(
     top_k: int = 0,
     seed: int = 0,
     batch_size: int = 64,
+    generation_backend: Any = "auto",
 ) -> PolicyEval:
     """Sample ``num_samples`` completions per prompt, score them, and measure the KL.
 
@@ -100,6 +101,10 @@ def evaluate_policy(
         num_samples, max_new_tokens, temperature, top_p, top_k: sampling (temperature 0 is
             greedy); ``seed`` makes the samples reproducible.
         batch_size: rows per generate call and per logprob forward.
+        generation_backend: ``"auto"``, ``"hf"``, ``"decode_loop"`` or a
+            :class:`rlhf_core.generation.RolloutBackend` (a vLLM engine made with
+            :func:`rlhf_core.generation.make_backend`), as in
+            :func:`rlhf_core.generation.generate`.
 
     Returns:
         :class:`PolicyEval` with ``P * num_samples`` rows, prompt-major.
@@ -124,6 +129,7 @@ def evaluate_policy(
         top_k=top_k,
         seed=seed,
         batch_size=batch_size,
+        generation_backend=generation_backend,
     )
     rows = comp.group_ids
     row_prompts = [prompts[g] for g in rows]

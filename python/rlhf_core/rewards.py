@@ -11,7 +11,10 @@ that returns one score per completion; ``None`` (or NaN) means *unscorable* and 
 completion. A function may name the columns it needs as parameters (``answer``) instead of
 taking ``**columns``; it then receives only those (a missing one is an error naming it).
 
-* :func:`call_reward_function` calls one function and checks what it returned.
+* :func:`call_reward_function` calls one function and checks what it returned
+  (:func:`check_reward_scores`: a sequence of numbers / None of the right length, else an
+  error naming the function); :func:`check_scorable_step` is the rule for a training step
+  whose samples are all unscorable (an error unless allowed).
 * :func:`combine_rewards` weights several together: float64 (B,) with NaN where any function
   of non-zero weight returned None, plus the per-function arrays for logging. A weight-0
   source is tracked (logged), never added to the total.
@@ -26,6 +29,7 @@ taking ``**columns``; it then receives only those (a missing one is an error nam
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import numbers
 import re
@@ -41,13 +45,19 @@ __all__ = [
     "JudgeLabeler",
     "RewardFunction",
     "RewardModelScorer",
+    "UnscorableStepError",
     "call_reward_function",
+    "check_reward_scores",
+    "check_scorable_step",
     "combine_rewards",
     "exact_match_reward",
     "extract_answer",
     "label_pairs",
     "reward_function_name",
 ]
+
+
+logger = logging.getLogger("rlhf_core.rewards")
 
 
 @runtime_checkable
@@ -118,29 +128,84 @@ def call_reward_function(
     """
     n = len(completions)
     _check_columns(n, prompts, columns)
-    name = reward_function_name(fn)
     out = fn(list(prompts), list(completions), **_accepted_columns(fn, columns))
+    return check_reward_scores(out, n, reward_function_name(fn))
+
+
+def check_reward_scores(out: Any, n: int, name: str) -> np.ndarray:
+    """What the reward function ``name`` returned for ``n`` completions, checked: float64
+    (n,), NaN where it returned ``None`` (or NaN: unscorable).
+
+    Accepted: a list, tuple or other sequence of ``n`` real numbers / ``None``, or a 1-d numpy
+    array or torch tensor of ``n`` numbers. Anything else is an error naming the function:
+    ``TypeError`` for a mapping (a dict's keys would be taken for the scores), a string, a set,
+    an iterator or a non-number entry (with its index); ``ValueError`` for another length or
+    shape. The one check of a reward function's result, whoever calls it."""
+    what = f"reward function {name!r}"
     if isinstance(out, torch.Tensor):
-        out = out.detach().cpu().double().reshape(-1).numpy()
-    if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-        raise TypeError(
-            f"reward function {name!r} must return a list of {n} floats (or None), "
-            f"got {type(out).__name__}"
-        )
+        out = out.detach().cpu().double().numpy()
+    if isinstance(out, np.ndarray):
+        if out.ndim != 1 or out.shape[0] != n:
+            raise ValueError(f"{what} returned an array of shape {out.shape}; expected ({n},), "
+                             "one score per completion")  # fmt: skip
+        if out.dtype.kind not in "biuf":
+            raise TypeError(f"{what} returned an array of dtype {out.dtype}; expected numbers")
+        return out.astype(np.float64)
+    if isinstance(out, Mapping):
+        raise TypeError(f"{what} returned a {type(out).__name__}; it must return a list of {n} "
+                        "floats (or None), one per completion in their order (a dict's keys "
+                        "would be read as the scores)")  # fmt: skip
+    if isinstance(out, (str, bytes)) or not isinstance(out, Sequence):
+        raise TypeError(f"{what} must return a list of {n} floats (or None), one per "
+                        f"completion, got {type(out).__name__}")  # fmt: skip
     if len(out) != n:
-        raise ValueError(f"reward function {name!r} returned {len(out)} scores for {n} completions")
+        raise ValueError(f"{what} returned {len(out)} scores for {n} completions")
     scores = np.empty(n, dtype=np.float64)
     for i, v in enumerate(out):
         if v is None:
             scores[i] = np.nan
-        elif isinstance(v, numbers.Real) or (isinstance(v, np.ndarray) and v.ndim == 0):
+        elif isinstance(v, numbers.Real) or (isinstance(v, np.ndarray) and v.ndim == 0
+                                             and v.dtype.kind in "biuf"):  # fmt: skip
             scores[i] = float(v)
         else:
             raise TypeError(
-                f"reward function {name!r} returned {type(v).__name__} at index {i}; "
-                "expected a float or None"
+                f"{what} returned {type(v).__name__} at index {i}; expected a float or None"
             )
     return scores
+
+
+class UnscorableStepError(ValueError):
+    """Every sample of a training step is unscorable (each got ``None`` / NaN from a reward
+    source of non-zero weight): the step would train on zero advantages."""
+
+
+def check_scorable_step(
+    num_samples: int,
+    num_unscorable: int,
+    by_source: Mapping[str, int],
+    *,
+    allow: bool,
+    step: int | None = None,
+) -> None:
+    """The all-unscorable rule of a training step: when all ``num_samples`` samples (over every
+    process) are unscorable, :class:`UnscorableStepError` naming the sources and how many
+    ``None`` / NaN each gave (``by_source``), or with ``allow`` a warning with those counts
+    (the step then trains on zero advantages). Fewer unscorable samples are fine (they are
+    counted in ``reward/frac_unscorable``)."""
+    if num_samples == 0 or num_unscorable < num_samples:
+        return
+    where = f"step {step}: " if step is not None else ""
+    detail = ", ".join(f"{k!r} gave None/NaN for {c}" for k, c in by_source.items() if c)
+    msg = (
+        f"{where}all {num_samples} samples are unscorable ({detail or 'no source scored any'}); "
+        "the step would train on zero advantages"
+    )
+    if not allow:
+        raise UnscorableStepError(
+            f"{msg}. Check the reward function(s) (e.g. a missing dataset column), or set "
+            "allow_unscorable_steps = true (--allow_unscorable_steps) to train on with a warning"
+        )
+    logger.warning("%s (allow_unscorable_steps is on)", msg)
 
 
 def combine_rewards(

@@ -280,26 +280,16 @@ def global_masked_whiten(
 
 
 def valid_tokens(buffer: RolloutBuffer) -> np.ndarray:
-    """bool (num_response_tokens,): the tokens the buffer's estimators train on, its own rule:
-    ``loss_mask`` (if held) and the sequence's score not NaN."""
-    valid = (
-        buffer.field("loss_mask").astype(bool)
-        if "loss_mask" in buffer.token_fields
-        else np.ones(buffer.num_response_tokens, dtype=bool)
-    )
-    if "scores" in buffer.sequence_fields:
-        nan = np.isnan(buffer.field("scores").astype(np.float64))
-        if nan.any():
-            valid &= ~np.repeat(nan, buffer.lengths("response"))
-    return valid
+    """bool (num_response_tokens,): the tokens the buffer's estimators train on
+    (:meth:`RolloutBuffer.valid_tokens`, the core's one rule: ``loss_mask`` and a non-NaN
+    score)."""
+    return buffer.valid_tokens()
 
 
-def valid_counts(buffer: RolloutBuffer, valid: np.ndarray | None = None) -> np.ndarray:
-    """int64 (N,): the number of valid tokens (:func:`valid_tokens`) of each sequence."""
-    v = valid_tokens(buffer) if valid is None else valid
-    c = np.concatenate([[0], np.cumsum(v, dtype=np.int64)])
-    off = buffer.offsets("response")
-    return c[off[1:]] - c[off[:-1]]
+def valid_counts(buffer: RolloutBuffer) -> np.ndarray:
+    """int64 (N,): the number of valid tokens of each sequence
+    (:meth:`RolloutBuffer.valid_counts`)."""
+    return buffer.valid_counts()
 
 
 def whiten_advantages(
@@ -320,7 +310,7 @@ def whiten_advantages(
         returns = buffer.field("returns") if info["has_returns"] else None
         buffer.set_advantages(white, returns=returns, estimator=info["estimator"])
         return
-    counts = valid_counts(buffer, valid)
+    counts = valid_counts(buffer)
     mom = global_masked_moments(np.repeat(adv.astype(np.float64), counts), None, ctx, ddof=1)
     inv = 1.0 / np.sqrt(mom.var + eps)
     white = np.where(counts > 0, (adv.astype(np.float64) - mom.mean) * inv, 0.0)
@@ -340,9 +330,10 @@ def advantage_moments(
         return (s["advantages/mean"], s["advantages/std"], s["advantages/min"],
                 s["advantages/max"])  # fmt: skip
     adv = buffer.field("advantages")
-    valid = valid_tokens(buffer)
     if (buffer.advantages_info or {}).get("level") == "sequence":
-        valid = valid_counts(buffer, valid) > 0
+        valid = valid_counts(buffer) > 0
+    else:
+        valid = valid_tokens(buffer)
     mom = global_masked_moments(adv, valid, ctx, ddof=0)
     if mom.count == 0:
         return None

@@ -250,6 +250,16 @@ class RolloutBuffer:
             return np.diff(self._core.offsets(which))
         raise InvalidOptionError(f"which must be 'prompt', 'response' or 'total', got {which!r}")
 
+    def valid_tokens(self) -> np.ndarray:
+        """bool ``(num_response_tokens,)``: the tokens the estimators train on — inside the
+        ``loss_mask`` (when the buffer holds one) of a sequence whose score is not NaN. The one
+        rule of this, shared with the Rust estimators and :meth:`stats`."""
+        return self._core.valid_tokens()
+
+    def valid_counts(self) -> np.ndarray:
+        """int64 ``(N,)``: the number of :meth:`valid_tokens` of each sequence."""
+        return self._core.valid_counts()
+
     def field(self, name: str) -> np.ndarray:
         """A copy of a stored field, flat: per-token fields have ``num_response_tokens``
         values (split with :meth:`offsets`), ``prompt_ids`` ``num_prompt_tokens``, per-sequence

@@ -8,60 +8,70 @@
     rlhf-core label                               preference pairs from a policy and a judge
     rlhf-core eval                                score a policy; KL from a reference
 
-Every command reads ``--config file.toml`` (presets in ``configs/``) and takes ``--key value``
-overrides generated from its config dataclass (``rlhf-core ppo --help`` lists every field with
-its help, type and default; precedence: defaults < file < overrides). Each run writes into its
+Every command reads ``--config file.toml`` (or ``.yaml`` / ``.json``, e.g. a TRL recipe; presets
+in ``configs/``) and takes ``--key value`` overrides generated from its config dataclass
+(``rlhf-core ppo --help`` lists every field with its help, type and default, and TRL's
+spellings it accepts; precedence: defaults < file < overrides). Each run writes into its
 ``--run_dir`` (``--run-dir``): the resolved ``config.toml``, ``metrics.jsonl`` and TensorBoard
-events, checkpoints, the final model(s) and ``plots/``. ``--resume RUN_DIR`` continues the run
+events (``--report_to`` adds W&B, trackio, MLflow), ``samples.jsonl`` (``--log_completions``),
+checkpoints, the final model(s) with a model card (``README.md``) and ``plots/``. ``--resume RUN_DIR`` continues the run
 saved in that folder with its own ``config.toml`` (overrides still apply, e.g. a larger
 ``--total_steps``); a run that already finished says so and trains nothing.
 
-Models: ``"builtin"``, ``"builtin:tiny"``, ``"builtin:small"`` (the built-in Llama-style model,
-randomly initialised from ``seed``) or a local folder written by ``save_pretrained``; nothing
-is downloaded. Datasets: a JSONL / JSON / Parquet file or a ``datasets`` ``save_to_disk``
-folder in TRL's columns (see ``docs/data.md``), or ``builtin:language`` /
-``builtin:arithmetic`` (the demo's synthetic tasks). Reward functions: ``module:function``,
+Models (required): a Hugging Face Hub id (``org/name``, ``org/name@revision``) through the
+Hugging Face cache (offline with ``HF_HUB_OFFLINE=1``), a local folder written by
+``save_pretrained``, or ``"builtin"``, ``"builtin:tiny"``, ``"builtin:small"`` (the built-in
+Llama-style model, randomly initialised from ``seed``; the presets use it). Datasets
+(required): a Hub dataset id through ``datasets.load_dataset``, a JSONL / JSON / Parquet file, a
+``save_to_disk`` folder or a folder of data files in TRL's formats (see ``docs/data.md``), or
+``builtin:language`` / ``builtin:arithmetic`` (the demo's synthetic tasks). Reward functions: ``module:function``,
 ``path/to/file.py:function`` or a shortcut (``gold``, ``arithmetic``, ``exact_match``).
 
 Layout (one module per concern; torch is imported only once a command runs, so
 ``rlhf-core --help`` answers at once):
 
 - ``parser``: the command table, argparse, help, suggestions, ``--resume RUN_DIR``;
+- ``aliases``: TRL's spellings of options;
 - ``run_configs`` / ``run_fields``: one config dataclass per command and the fields they share;
 - ``loading``: tokenizers, models, reward sources and datasets from those fields;
 - ``outputs``: the final model, ``plots/metrics.png``, JSON summaries;
-- ``commands/``: ``train`` (every trainer), ``label``, ``eval``, ``demo``;
-- ``dataclass_args/``: the generic dataclass <-> TOML <-> argparse machinery (public as
-  :mod:`rlhf_core.config`).
+- ``commands/``: ``train`` (every trainer), ``label``, ``eval``, ``demo``.
+
+The generic dataclass <-> TOML <-> argparse machinery is :mod:`rlhf_core.config`.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rlhf_core import __version__
-from rlhf_core.cli.dataclass_args import (
-    ConfigError,
-    config_to_dict,
-    dump_config,
-    dumps_toml,
-    load_config,
-    overrides_from_namespace,
-)
+from rlhf_core.cli.aliases import aliases_for, hints_for
 from rlhf_core.cli.parser import (
     COMMANDS,
+    TRAINING_COMMANDS,
     CLIError,
     Command,
+    alias_overrides,
     apply_resume,
     build_parser,
     top_help,
     unknown_command_message,
     unknown_option_message,
+)
+from rlhf_core.cli.paths import absolute_paths
+from rlhf_core.config import (
+    ConfigError,
+    apply_aliases,
+    config_to_dict,
+    dumps_toml,
+    load_config,
+    overrides_from_namespace,
 )
 from rlhf_core.data import DataError
 
@@ -183,45 +193,90 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(unknown_option_message(name, parser, unknown), file=sys.stderr)
         return 2
     overrides: dict[str, Any] = overrides_from_namespace(ns, cmd.config)
+    aliases, hints = aliases_for(cmd.config), hints_for(cmd.config)
     try:
+        overrides = apply_aliases(
+            {**overrides, **alias_overrides(ns)}, aliases, where="command line", hints=hints
+        )
         toml, overrides = apply_resume(overrides, ns.config)
         if name == "demo":
             from rlhf_core.demo import load_demo_config  # with the command: the demo needs torch
 
             cfg: Any = load_demo_config(toml, overrides, quick=ns.quick)
         else:
-            cfg = load_config(cmd.config, toml, overrides)
+            cfg = load_config(cmd.config, toml, overrides, aliases=aliases, hints=hints)
     except (ConfigError, CLIError) as exc:
         _error(name, exc)
         return 2
     if ns.print_config:
         print(dumps_toml(config_to_dict(cfg)), end="")
         return 0
+    if name != "demo":
+        try:
+            cfg = absolute_paths(cfg)  # the record names the files this run reads
+        except ValueError as exc:
+            _error(name, exc)
+            return 2
     return _run(cmd, cfg)
 
 
+def _claim(name: str, cfg: Any, run_dir: pathlib.Path) -> Any:
+    """Claim the run folder before anything is loaded (fails fast on a folder in use, holding
+    something else, or, for a resumed training run, holding other options): a training
+    command checks it as its trainer will; ``label`` / ``eval`` keep their own record; the
+    demo takes the lock of its folder and checks the rest itself. Returns the
+    :class:`~rlhf_core.run_dir.RunFolder` (None for the demo)."""
+    from rlhf_core.checkpoint import latest_checkpoint, resume_or_start
+    from rlhf_core.run_dir import RunFolder, lock_run_dir
+
+    if name == "demo":
+        lock_run_dir(run_dir)
+        return None
+    if name in TRAINING_COMMANDS:
+        from rlhf_core.cli.commands.train import trainer_kind
+
+        if not cfg.resume and latest_checkpoint(run_dir):
+            resume_or_start(run_dir, False, cfg.total_steps)  # raises, naming the folder
+        return RunFolder.claim(run_dir, kind=trainer_kind(name), config=cfg, resume=cfg.resume)
+    return RunFolder.claim(run_dir, kind=name, config=cfg, compare=False)
+
+
 def _run(cmd: Command, cfg: Any) -> int:
-    """Run ``cmd`` on its resolved config; map the errors to exit statuses."""
-    from rlhf_core.checkpoint import CheckpointError, latest_checkpoint, resume_or_start  # torch
+    """Run ``cmd`` on its resolved config; map the errors to exit statuses.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) only the training commands run; rank 0 claims the
+    run folder and writes its shared files (the trainer and :mod:`rlhf_core.cli.outputs` see
+    to that), every rank trains."""
+    from rlhf_core.checkpoint import CheckpointError  # torch
+    from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
+    from rlhf_core.rewards import UnscorableStepError
+    from rlhf_core.run_dir import RunDirError, check_run_dir_path, release_run_dir
 
     name = cmd.name
     _setup_logging()
-    run_dir = pathlib.Path(cfg.run_dir)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and name not in TRAINING_COMMANDS:
+        _error(name, CLIError(f"{name} runs in one process; start it without torchrun"))
+        return 2
     try:
-        if hasattr(cfg, "total_steps") and not cfg.resume and latest_checkpoint(run_dir):
-            resume_or_start(run_dir, False, cfg.total_steps)  # raises, naming the folder
-        if name != "demo":
-            dump_config(
-                cfg,
-                run_dir / "config.toml",
-                header=f"rlhf-core {name}: the resolved config of this run "
-                f"(rerun or continue: rlhf-core {name} --resume {run_dir})",
-            )
-        return cmd.run(cfg)
-    except (CLIError, ConfigError) as exc:
+        run_dir = check_run_dir_path(cfg.run_dir)
+    except RunDirError as exc:
         _error(name, exc)
         return 2
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError) as exc:
+    claimed = None
+    try:
+        require_backends(getattr(cfg, "report_to", ()))  # before any model is loaded
+        if rank == 0:
+            claimed = _claim(name, cfg, run_dir)
+        status = cmd.run(cfg)
+        if claimed is not None and name not in TRAINING_COMMANDS and status == 0:
+            claimed.write_record(cfg)  # label / eval: what made the files beside it
+        return status
+    except (CLIError, ConfigError, TrackerNotInstalledError) as exc:
+        _error(name, exc)
+        return 2
+    except (DataError, CheckpointError, RunDirError, UnscorableStepError, FileExistsError,
+            FileNotFoundError) as exc:  # fmt: skip
         _error(name, exc)
         return 1
     except KeyboardInterrupt:
@@ -231,3 +286,6 @@ def _run(cmd: Command, cfg: Any) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if rank == 0:
+            release_run_dir(run_dir)

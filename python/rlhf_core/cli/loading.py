@@ -1,8 +1,9 @@
 """From the strings of a command config to objects: tokenizers, models, the reference, reward
 sources (reward models and reward functions), datasets and the device.
 
-Errors in what the user gave (a missing folder, an unknown shortcut) are :class:`CLIError`s
-that name the field.
+Models and datasets are named by Hub id (through the Hugging Face cache), local path or
+``builtin:*``. Errors in what the user gave (a missing folder, a Hub id that is nowhere, an
+unknown shortcut) are :class:`CLIError`s that name the field.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ from rlhf_core import tasks
 from rlhf_core.cli.parser import CLIError
 from rlhf_core.cli.reward_models import load_ensemble
 from rlhf_core.cli.run_fields import BUILTIN_DATASETS, REWARD_SHORTCUTS
-from rlhf_core.data import load_preferences, load_prompt_completions, load_prompts
+from rlhf_core.data import (
+    DataError,
+    is_hub_dataset_id,
+    load_preferences,
+    load_prompts,
+    load_sft_dataset,
+)
 from rlhf_core.models import (
+    ModelNotFoundError,
     RewardEnsemble,
     RewardModel,
+    is_builtin,
     is_reward_ensemble,
     load_policy,
     load_tokenizer,
@@ -47,62 +56,92 @@ __all__ = [
     "load_sft_data",
     "builtin_preferences",
     "load_pairs",
+    "load_eval_pairs",
     "load_prompt_rows",
+    "load_eval_prompt_rows",
     "load_prompt_table",
     "device_for",
 ]
-
-
-def is_builtin(name: str) -> bool:
-    """Whether a model argument names the built-in model (``builtin`` or ``builtin:<size>``)."""
-    return name == "builtin" or name.startswith("builtin:")
 
 
 # --------------------------------------------------------------------------------------------
 # tokenizers and models
 
 
-def load_tokenizer_for(model: str, tokenizer: str | None, *, field_name: str = "model") -> Any:
+def _pretrained_options(cfg: Any) -> dict[str, Any]:
+    """``dtype``, ``attn_implementation`` and ``trust_remote_code`` of a command config
+    (defaults when the config has no such field)."""
+    return {
+        "dtype": getattr(cfg, "dtype", "float32"),
+        "attn_implementation": getattr(cfg, "attn_implementation", None),
+        "trust_remote_code": bool(getattr(cfg, "trust_remote_code", False)),
+    }
+
+
+def _revision(cfg: Any, field_name: str) -> str | None:
+    """``revision`` applies to the policy (``model``) and its tokenizer only."""
+    return getattr(cfg, "revision", None) if field_name == "model" else None
+
+
+def load_tokenizer_for(
+    model: str, tokenizer: str | None, *, field_name: str = "model", cfg: Any = None
+) -> Any:
     """The tokenizer of a ``model`` argument: ``tokenizer`` when given, the built-in one for a
-    builtin model, else the one saved in the model folder."""
+    builtin model, else the model's own (a local folder or a Hub id)."""
+    trust = bool(getattr(cfg, "trust_remote_code", False))
     if tokenizer is not None:
-        if not is_builtin(tokenizer) and not pathlib.Path(tokenizer).is_dir():
-            raise CLIError(f"tokenizer={tokenizer!r}: no such folder")
-        return load_tokenizer(None if is_builtin(tokenizer) else tokenizer)
+        try:
+            return load_tokenizer(
+                None if is_builtin(tokenizer) else tokenizer, trust_remote_code=trust
+            )
+        except (ModelNotFoundError, ValueError, OSError) as exc:
+            raise CLIError(f"tokenizer={tokenizer!r}: {exc}") from exc
     if is_builtin(model):
         return load_tokenizer()
     p = pathlib.Path(model)
-    if not p.is_dir():
-        raise CLIError(
-            f"{field_name}={model!r}: no such folder (expected 'builtin', 'builtin:tiny', "
-            "'builtin:small' or a local folder written by save_pretrained; nothing is downloaded)"
-        )
-    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if p.is_dir() and not any(
+        (p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
         raise CLIError(
             f"{field_name}={model!r} holds no tokenizer (tokenizer.json); pass --tokenizer FOLDER"
         )
-    return load_tokenizer(p)
-
-
-def load_model(name: str, tokenizer: Any, *, seed: int, field_name: str = "model") -> Any:
-    """A causal LM from ``"builtin[:size]"`` or a local folder (errors name ``field_name``)."""
-    if not is_builtin(name) and not pathlib.Path(name).is_dir():
-        raise CLIError(
-            f"{field_name}={name!r}: no such folder (expected 'builtin', 'builtin:tiny', "
-            "'builtin:small' or a local folder written by save_pretrained)"
-        )
     try:
-        return load_policy(name, tokenizer=tokenizer, seed=seed)
+        return load_tokenizer(
+            model,
+            revision=_revision(cfg, field_name),
+            trust_remote_code=trust,
+            what=field_name.replace("_", " "),
+        )
+    except (ModelNotFoundError, ValueError, OSError) as exc:
+        raise CLIError(f"{field_name}={model!r}: {exc}") from exc
+
+
+def load_model(
+    name: str, tokenizer: Any, *, seed: int, field_name: str = "model", cfg: Any = None
+) -> Any:
+    """A causal LM from ``"builtin[:size]"``, a local folder or a Hub id, with the load options
+    of ``cfg`` (errors name ``field_name``)."""
+    try:
+        return load_policy(
+            name,
+            tokenizer=tokenizer,
+            seed=seed,
+            revision=_revision(cfg, field_name),
+            **_pretrained_options(cfg),
+        )
+    except ModelNotFoundError as exc:
+        raise CLIError(f"{field_name}={name!r}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise CLIError(f"{field_name}={name!r}: cannot load a causal LM: {exc}") from exc
 
 
-def load_scalar_model(cls: Any, path: str, field_name: str) -> Any:
-    """``cls.from_pretrained(path)`` for a scalar-head model class (reward or value model)."""
-    if not pathlib.Path(path).is_dir():
-        raise CLIError(f"{field_name}={path!r}: no such folder")
+def load_scalar_model(cls: Any, path: str, field_name: str, cfg: Any = None) -> Any:
+    """``cls.from_pretrained(path)`` for a scalar-head model class (reward or value model): a
+    local folder or a Hub id, with the load options of ``cfg``."""
     try:
-        return cls.from_pretrained(path)
+        return cls.from_pretrained(path, **_pretrained_options(cfg))
+    except ModelNotFoundError as exc:
+        raise CLIError(f"{field_name}={path!r}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise CLIError(f"{field_name}={path!r}: {exc}") from exc
 
@@ -112,7 +151,7 @@ def load_reference(cfg: Any, tokenizer: Any) -> Any:
     if cfg.reference is None:
         return None
     return make_reference(
-        load_model(cfg.reference, tokenizer, seed=cfg.seed, field_name="reference")
+        load_model(cfg.reference, tokenizer, seed=cfg.seed, field_name="reference", cfg=cfg)
     )
 
 
@@ -172,7 +211,7 @@ def load_reward_sources(cfg: Any) -> list[Any]:
     if cfg.reward_model and is_reward_ensemble(cfg.reward_model):
         out.append(load_ensemble(cfg.reward_model, "reward_model"))
     elif cfg.reward_model:
-        out.append(load_scalar_model(RewardModel, cfg.reward_model, "reward_model"))
+        out.append(load_scalar_model(RewardModel, cfg.reward_model, "reward_model", cfg))
     out += [
         resolve_reward_function(s, field_name=f"reward_funcs[{i}]")
         for i, s in enumerate(cfg.reward_funcs)
@@ -211,11 +250,36 @@ def load_scorers(cfg: Any, tokenizer: Any, device: Any) -> tuple[list[Any], list
 # datasets
 
 
-def _check_dataset(name: str) -> None:
+def _check_dataset(name: str, field_name: str = "dataset") -> None:
     if name.startswith("builtin") and name not in BUILTIN_DATASETS:
-        raise CLIError(f"dataset={name!r}: unknown; the built-in ones are {BUILTIN_DATASETS}")
-    if not name.startswith("builtin") and not pathlib.Path(name).exists():
-        raise CLIError(f"dataset={name!r}: no such file or folder")
+        raise CLIError(f"{field_name}={name!r}: unknown; the built-in ones are {BUILTIN_DATASETS}")
+    if name.startswith("builtin") or pathlib.Path(name).exists():
+        return
+    if not is_hub_dataset_id(name):
+        raise CLIError(
+            f"{field_name}={name!r}: no such file or folder (and not a Hub dataset id, org/name)"
+        )
+
+
+def _source(cfg: Any, split: str | None = None) -> dict[str, Any]:
+    """The ``datasets.load_dataset`` options of ``cfg`` (``split`` overrides its split)."""
+    return {
+        "split": split if split is not None else getattr(cfg, "dataset_split", None),
+        "config": getattr(cfg, "dataset_config", None),
+        "streaming": bool(getattr(cfg, "dataset_streaming", False)),
+    }
+
+
+def _loaded(load: Callable[..., Any], name: str, field_name: str, **kwargs: Any) -> Any:
+    """``load(name, **kwargs)`` with a whole-source problem (a Hub id that is nowhere, a split
+    or configuration that does not exist) raised as a :class:`CLIError` naming the field;
+    errors of single rows stay :class:`DataError`s."""
+    try:
+        return load(name, **kwargs)
+    except DataError as exc:
+        if exc.row is None and exc.kind in ("not_found", "split", "config", "unreadable"):
+            raise CLIError(f"{field_name}={name!r}: {exc.detail}") from exc
+        raise
 
 
 def _report_skips(ds: Any) -> None:
@@ -227,7 +291,9 @@ def _report_skips(ds: Any) -> None:
 
 
 def load_sft_data(cfg: Any, tokenizer: Any) -> list[dict[str, str]]:
-    """Prompt-completion rows of ``cfg.dataset``."""
+    """Supervised examples ``{"prompt", "completion"}`` of ``cfg.dataset``: prompt-completion
+    rows as they are, ``text`` rows as completions of an empty prompt, and one example per
+    assistant turn of ``messages`` rows (so the loss falls on the assistant turns only)."""
     _check_dataset(cfg.dataset)
     if cfg.dataset == "builtin:language":
         return tasks.sft_corpus(cfg.dataset_size, seed=cfg.seed)
@@ -236,9 +302,24 @@ def load_sft_data(cfg: Any, tokenizer: Any) -> list[dict[str, str]]:
             {"prompt": r["prompt"], "completion": r["completion"]}
             for r in tasks.arithmetic_sft_corpus(cfg.dataset_size, seed=cfg.seed)
         ]
-    ds = load_prompt_completions(cfg.dataset, tokenizer=tokenizer, on_error=cfg.data_on_error)
+    ds = _loaded(
+        load_sft_dataset,
+        cfg.dataset,
+        "dataset",
+        tokenizer=tokenizer,
+        chat_template_kwargs=cfg.chat_template_kwargs,
+        on_error=cfg.data_on_error,
+        **_source(cfg),
+    )
     _report_skips(ds)
-    return [{"prompt": p, "completion": c} for p, c in zip(ds.prompts, ds.completions, strict=True)]
+    examples: list[dict[str, str]] = ds.examples()
+    if hasattr(ds, "turns"):
+        print(
+            f"data: {len(ds)} conversations of {ds.source}: {len(examples)} assistant turns "
+            "to learn",
+            file=sys.stderr,
+        )
+    return examples
 
 
 def builtin_preferences(name: str, n: int, seed: int) -> list[dict[str, Any]]:
@@ -265,14 +346,45 @@ def builtin_preferences(name: str, n: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def load_pairs(path: str, cfg: Any, tokenizer: Any) -> list[dict[str, Any]]:
-    """Preference pairs from ``path`` (a file/folder or ``builtin:*``)."""
-    _check_dataset(path)
+def load_pairs(
+    path: str,
+    cfg: Any,
+    tokenizer: Any,
+    *,
+    split: str | None = None,
+    field_name: str = "dataset",
+) -> list[dict[str, Any]]:
+    """Preference pairs from ``path`` (a file, folder, Hub id or ``builtin:*``); ``split``
+    overrides ``cfg.dataset_split``."""
+    _check_dataset(path, field_name)
     if path.startswith("builtin:"):
         return builtin_preferences(path, cfg.dataset_size, cfg.seed)
-    ds = load_preferences(path, tokenizer=tokenizer, on_error=cfg.data_on_error)
+    ds = _loaded(
+        load_preferences,
+        path,
+        field_name,
+        tokenizer=tokenizer,
+        chat_template_kwargs=cfg.chat_template_kwargs,
+        on_error=cfg.data_on_error,
+        **_source(cfg, split),
+    )
     _report_skips(ds)
     return [ds[i] for i in range(len(ds))]
+
+
+def load_eval_pairs(cfg: Any, tokenizer: Any) -> list[dict[str, Any]] | None:
+    """Held-out pairs of the reward and DPO commands: ``eval_dataset`` (at ``eval_split``
+    when given), else the ``eval_split`` of ``dataset``; None when neither is set (the
+    trainer then holds out ``eval_fraction`` of the training pairs)."""
+    if cfg.eval_dataset:
+        return load_pairs(
+            cfg.eval_dataset, cfg, tokenizer, split=cfg.eval_split, field_name="eval_dataset"
+        )
+    if cfg.eval_split:
+        if cfg.dataset.startswith("builtin:"):
+            raise CLIError(f"eval_split={cfg.eval_split!r}: builtin datasets have no splits")
+        return load_pairs(cfg.dataset, cfg, tokenizer, split=cfg.eval_split)
+    return None
 
 
 def load_prompt_rows(cfg: Any, tokenizer: Any) -> Any:
@@ -285,15 +397,43 @@ def load_prompt_rows(cfg: Any, tokenizer: Any) -> Any:
         return [{"prompt": p} for p in tasks.prompt_set(n, seed=cfg.seed)]
     if cfg.dataset == "builtin:arithmetic":
         return tasks.arithmetic_dataset(limit or cfg.dataset_size, seed=cfg.seed)
-    ds = load_prompts(
+    ds = _loaded(
+        load_prompts,
         cfg.dataset,
+        "dataset",
+        tokenizer=tokenizer,
+        chat_template_kwargs=cfg.chat_template_kwargs,
+        max_prompt_length=cfg.max_prompt_length,
+        on_error=cfg.data_on_error,
+        limit=limit,
+        **_source(cfg),
+    )
+    _report_skips(ds)
+    return ds
+
+
+def load_eval_prompt_rows(cfg: Any, tokenizer: Any) -> Any:
+    """The held-out prompts of ``cfg.eval_dataset`` (None when it names none), loaded like
+    ``--dataset``; a ``builtin:*`` one has ``eval_dataset_size`` prompts generated with seed
+    ``seed + 1``, so they are not the training prompts' draw."""
+    name = cfg.eval_dataset
+    if name is None:
+        return None
+    try:
+        _check_dataset(name)
+    except CLIError as exc:
+        raise CLIError(str(exc).replace("dataset=", "eval_dataset=", 1)) from None
+    if name == "builtin:language":
+        return [{"prompt": p} for p in tasks.prompt_set(cfg.eval_dataset_size, seed=cfg.seed + 1)]
+    if name == "builtin:arithmetic":
+        return tasks.arithmetic_dataset(cfg.eval_dataset_size, seed=cfg.seed + 1)
+    ds = load_prompts(
+        name,
         tokenizer=tokenizer,
         max_prompt_length=cfg.max_prompt_length,
         on_error=cfg.data_on_error,
     )
     _report_skips(ds)
-    if limit is not None and limit < len(ds):
-        ds = ds.select(list(range(limit)))
     return ds
 
 

@@ -17,18 +17,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_core.cli.dataclass_args.fields import BOOL_WORDS
-from rlhf_core.cli.dataclass_args.options import add_dataclass_arguments
+from rlhf_core.cli.aliases import TRL_HINTS, aliases_for
+from rlhf_core.config.fields import BOOL_WORDS, strip_optional, type_hints
+from rlhf_core.config.options import add_dataclass_arguments
 
 __all__ = [
     "CLIError",
     "Command",
     "COMMANDS",
+    "TRAINING_COMMANDS",
     "build_parser",
     "top_help",
     "unknown_command_message",
     "unknown_option_message",
     "apply_resume",
+    "alias_overrides",
 ]
 
 
@@ -171,20 +174,29 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+#: the commands that train (and run under torchrun): their run folder holds a trainer's run
+TRAINING_COMMANDS = ("sft", "reward", "dpo", "ppo", "grpo", "rloo", "reinforce-pp", "best-of-n")
+
+
 # --------------------------------------------------------------------------------------------
 # parsers and help
 
 _EPILOG = """\
-Values come from the field defaults, then --config FILE.toml, then the options above
-(--key value, --key=value; dotted names for nested tables; --flag alone means true;
-lists as a,b or [a, b]). --run-dir is --run_dir.
+Values come from the field defaults, then --config FILE (TOML; YAML for .yaml/.yml, JSON
+for .json), then the options above (--key value, --key=value; dotted names for nested
+tables; --flag alone means true; lists as a,b or [a, b] or several words: --report_to
+wandb trackio). --run-dir is --run_dir. TRL's
+spellings of options are accepted in the file and here (listed above); an alias and its
+option in one place is an error.
 
 --resume RUN_DIR continues the run saved in RUN_DIR with its config.toml (options given
 here still apply); --resume true/false only says whether to continue the run in --run_dir.
 A finished run says so and trains nothing (raise --total_steps to train longer).
 
-Outputs in the run folder: config.toml (resolved), metrics.jsonl, tensorboard/,
-checkpoints/, the final model (model/ or reward_model/), plots/metrics.png.
+Outputs in the run folder: config.toml and run.json (resolved), metrics.jsonl, tensorboard/
+(and the --report_to trackers: wandb/, trackio, MLflow), samples.jsonl (--log_completions),
+checkpoints/, the final model (model/, reward_model/, or with LoRA adapter/ and, with
+--merge_lora, model/; each with a README.md model card), plots/metrics.png.
 """
 
 
@@ -203,8 +215,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config",
-        metavar="FILE.toml",
-        help="TOML file with values for the fields below (presets in configs/)",
+        metavar="FILE",
+        help="config file with values for the fields below: TOML, or YAML (.yaml/.yml) or "
+        "JSON (.json), e.g. a TRL recipe (presets in configs/)",
     )
     parser.add_argument(
         "--print-config",
@@ -219,14 +232,39 @@ def build_parser(name: str) -> argparse.ArgumentParser:
             "cores; default run folder runs/demo-quick), same stages and outputs",
         )
     add_dataclass_arguments(parser, cmd.config)
+    aliases = aliases_for(cmd.config)
+    if aliases:
+        group = parser.add_argument_group(
+            "TRL's spellings (each sets the option after '=', in a config file too)"
+        )
+        hints = type_hints(cmd.config)
+        for alias, name in sorted(aliases.items()):
+            flag = strip_optional(hints.get(name))[0] is bool  # may be given bare
+            kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if flag else {}
+            group.add_argument(
+                f"--{alias}",
+                dest=f"alias.{alias}",
+                default=argparse.SUPPRESS,
+                metavar="BOOL" if flag else "VALUE",
+                help=f"= --{name}",
+                **kwargs,
+            )
     return parser
+
+
+def alias_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The TRL-spelled options the user typed, by their TRL name (see
+    :func:`build_parser`)."""
+    return {
+        k.removeprefix("alias."): v for k, v in vars(namespace).items() if k.startswith("alias.")
+    }
 
 
 def top_help() -> str:
     """The text of ``rlhf-core --help``: every command with its help line."""
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: rlhf-core <command> [--config FILE.toml] [--key value ...]",
+        "usage: rlhf-core <command> [--config FILE.toml|.yaml] [--key value ...]",
         "",
         "RLHF with a Rust core: reward models, PPO, GRPO, RLOO, REINFORCE++, best-of-N, DPO.",
         "",
@@ -259,6 +297,9 @@ def unknown_option_message(
     (else the first argument), with the closest option of the command suggested."""
     options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     bad = next((u for u in unknown if u.startswith("-")), unknown[0])
+    key = bad.split("=", 1)[0].lstrip("-").replace("-", "_")
+    if key in TRL_HINTS:
+        return f"rlhf-core {name}: error: --{key} (TRL's) has no equivalent here: {TRL_HINTS[key]}"
     close = difflib.get_close_matches(bad.split("=", 1)[0], options, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
     return (
@@ -272,24 +313,37 @@ def unknown_option_message(
 
 
 def apply_resume(overrides: dict[str, Any], toml: str | None) -> tuple[str | None, dict[str, Any]]:
-    """``--resume RUN_DIR``: read RUN_DIR/config.toml and continue in RUN_DIR. Returns the
-    config file to read and the overrides; a boolean ``--resume`` leaves both as they are."""
+    """``--resume RUN_DIR``: continue the run saved in RUN_DIR with the options it recorded.
+    Returns the config file to read and the overrides; a boolean ``--resume`` leaves both as
+    they are.
+
+    The options come from ``RUN_DIR/run.json`` (the lossless record: options set to none
+    stay none, paths are the absolute ones the run started with), else, for a folder of an
+    earlier version or of the demo, from ``RUN_DIR/config.toml``. Options typed with
+    ``--resume`` apply on top (the trainer refuses those that may not change)."""
+    import json
+
     value = overrides.get("resume")
     if value is None or str(value).strip().lower() in BOOL_WORDS:
         return toml, overrides
     folder = pathlib.Path(str(value))
-    saved = folder / "config.toml"
-    if not saved.is_file():
+    record, saved = folder / "run.json", folder / "config.toml"
+    if not record.is_file() and not saved.is_file():
         raise CLIError(
-            f"--resume {value}: expected true/false or a run folder holding config.toml "
-            f"({saved} does not exist)"
+            f"--resume {value}: expected true/false or a run folder holding run.json or "
+            f"config.toml ({record} does not exist)"
         )
     if toml is not None:
         raise CLIError(
-            f"--resume {value} reads {saved}; do not also pass --config (use options to change "
-            "single values)"
+            f"--resume {value} reads {record if record.is_file() else saved}; do not also "
+            "pass --config (use options to change single values)"
         )
-    out = dict(overrides)
-    out["resume"] = "true"
-    out.setdefault("run_dir", str(folder))
-    return str(saved), out
+    typed = {k: v for k, v in overrides.items() if k != "resume"}
+    if not record.is_file():
+        return str(saved), {"run_dir": str(folder), **typed, "resume": "true"}
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        options = dict(data["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"--resume {value}: {record} is not a run record ({exc})") from None
+    return None, {**options, "run_dir": str(folder), **typed, "resume": "true"}

@@ -29,6 +29,7 @@ __all__ = [
     "load_ensemble",
     "add_check_model",
     "split_for_check",
+    "new_check_model",
     "train_check_model",
 ]
 
@@ -87,18 +88,25 @@ def split_for_check(
     return proxy, check, held
 
 
+def new_check_model(cfg: Any, body_source: Any) -> RewardModel:
+    """The untrained check model: a fresh head on a copy of ``body_source``'s body (taken
+    before the proxy trains it)."""
+    model = RewardModel(copy.deepcopy(body_source.body), seed=cfg.seed + 1)
+    model.body.requires_grad_(True)
+    return model
+
+
 def train_check_model(
-    cfg: Any, tokenizer: Any, body_source: Any, pairs: list[Any], held: list[Any] | None
+    cfg: Any, tokenizer: Any, model: RewardModel, pairs: list[Any], held: list[Any] | None
 ) -> pathlib.Path:
-    """Train the check model (a single reward model on a copy of ``body_source``'s body,
-    before the proxy trains it) on ``pairs`` in ``RUN_DIR/check`` with the proxy's settings,
-    and save it to ``RUN_DIR/check_model``. A finished check run is not trained again."""
+    """Train the check model ``model`` (:func:`new_check_model`) on ``pairs`` in
+    ``RUN_DIR/check`` with the proxy's settings, after the proxy's trainer has made
+    ``RUN_DIR`` its run folder, and save it to ``RUN_DIR/check_model``. A finished check run
+    is not trained again."""
     from rlhf_core.checkpoint import latest_checkpoint
 
     run = pathlib.Path(cfg.run_dir)
     out = run / CHECK_MODEL_NAME
-    model = RewardModel(copy.deepcopy(body_source.body), seed=cfg.seed + 1)
-    model.body.requires_grad_(True)
     check_cfg = dataclasses.replace(
         cfg, run_dir=str(run / "check"), ensemble=1, check_fraction=0.0
     )

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from rlhf_core.cli.run_fields import (
+    DataFields,
+    LoraExportFields,
+    ModelFields,
     check_common,
+    check_required,
     check_rewards,
     dataset_field,
     dataset_size_field,
@@ -27,6 +32,7 @@ from rlhf_core.cli.run_fields import (
 from rlhf_core.errors import check_field
 from rlhf_core.trainers.best_of_n import BestOfNConfig
 from rlhf_core.trainers.dpo import DPOConfig
+from rlhf_core.trainers.generation_fields import GenerationFields
 from rlhf_core.trainers.grpo import GRPOConfig, ReinforcePPConfig, RLOOConfig
 from rlhf_core.trainers.ppo import PPOConfig
 from rlhf_core.trainers.reward import RewardConfig
@@ -50,36 +56,54 @@ __all__ = [
 
 
 @dataclass
-class SFTRunConfig(SFTConfig):
+class SFTRunConfig(LoraExportFields, DataFields, ModelFields, SFTConfig):
     """``rlhf-core sft``: :class:`~rlhf_core.trainers.SFTConfig` plus model and data."""
 
     run_dir: str = field(default="runs/sft", metadata={"help": "output folder of the run"})
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
-    dataset: str = dataset_field("prompt-completion data (columns prompt, completion)")
+    dataset: str = dataset_field(
+        "supervised data: conversations (column messages; the loss on the assistant turns), "
+        "prompt-completion pairs (prompt, completion) or plain text (text)"
+    )
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_required(self)
+
+
+def _eval_split_field() -> Any:
+    return field(
+        default=None,
+        metadata={
+            "help": "split of eval_dataset (or, without one, of dataset) held out for "
+            "evaluation (TRL: dataset_test_split); none = eval_fraction of dataset"
+        },
+    )
 
 
 @dataclass
-class RewardRunConfig(RewardConfig):
+class RewardRunConfig(DataFields, ModelFields, RewardConfig):
     """``rlhf-core reward``: :class:`~rlhf_core.trainers.RewardConfig` plus model and data."""
 
     run_dir: str = field(default="runs/reward", metadata={"help": "output folder of the run"})
     model: str = model_field(
         what="body of the reward model (a policy: a fresh head is added; or a reward model "
-        "folder to continue training)"
+        "to continue training)"
     )
     tokenizer: str | None = tokenizer_field()
     dataset: str = dataset_field("preference pairs (columns prompt, chosen, rejected)")
     eval_dataset: str | None = field(
         default=None,
-        metadata={"help": "held-out pairs file; none = eval_fraction of dataset is held out"},
+        metadata={
+            "help": "held-out pairs (file, folder or Hub id); none = eval_split of dataset, or "
+            "eval_fraction of it"
+        },
     )
+    eval_split: str | None = _eval_split_field()
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
     ensemble: int = field(
@@ -107,6 +131,7 @@ class RewardRunConfig(RewardConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_required(self)
         check_field(self.ensemble >= 1, "ensemble", self.ensemble, "expected >= 1 members")
         check_field(
             0 <= self.check_fraction < 1,
@@ -117,7 +142,7 @@ class RewardRunConfig(RewardConfig):
 
 
 @dataclass
-class DPORunConfig(DPOConfig):
+class DPORunConfig(LoraExportFields, DataFields, ModelFields, DPOConfig):
     """``rlhf-core dpo``: :class:`~rlhf_core.trainers.DPOConfig` plus model and data."""
 
     run_dir: str = field(default="runs/dpo", metadata={"help": "output folder of the run"})
@@ -127,18 +152,23 @@ class DPORunConfig(DPOConfig):
     dataset: str = dataset_field("preference pairs (columns prompt, chosen, rejected)")
     eval_dataset: str | None = field(
         default=None,
-        metadata={"help": "held-out pairs file; none = eval_fraction of dataset is held out"},
+        metadata={
+            "help": "held-out pairs (file, folder or Hub id); none = eval_split of dataset, or "
+            "eval_fraction of it"
+        },
     )
+    eval_split: str | None = _eval_split_field()
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
+        check_required(self)
 
 
 @dataclass
-class _PromptRunFields:
+class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
     """Model, prompt data and reward fields of the sampling commands (``ppo``, ``grpo``,
     ``rloo``, ``reinforce-pp``, ``best-of-n``); mixed in before the trainer's config, whose
     fields come first."""
@@ -146,8 +176,21 @@ class _PromptRunFields:
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
     reference: str | None = reference_field()
-    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset: str = dataset_field(
+        "prompts (column prompt, extra columns go to reward functions)"
+    )
     dataset_size: int = dataset_size_field()
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out prompts for the periodic evaluation (eval_steps; and at the end): "
+            "a file or folder as for dataset, or builtin:language / builtin:arithmetic "
+            "(generated with another seed than the training prompts); none = no evaluation"
+        },
+    )
+    eval_dataset_size: int = field(
+        default=64, metadata={"help": "prompts generated for a builtin:* eval_dataset (>= 1)"}
+    )
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "a longer prompt (in tokens) is a malformed row"}
     )
@@ -167,11 +210,24 @@ class _PromptRunFields:
         check_common(self)
         check_rewards(self)
         check_field(
+            self.eval_dataset_size >= 1,
+            "eval_dataset_size",
+            self.eval_dataset_size,
+            "expected >= 1 generated prompts",
+        )
+        check_field(
+            self.eval_dataset is not None or not self.eval_steps,  # type: ignore[attr-defined]
+            "eval_steps",
+            self.eval_steps,  # type: ignore[attr-defined]
+            "periodic evaluation needs held-out prompts: give --eval_dataset (or eval_steps 0)",
+        )
+        check_field(
             self.max_prompt_length is None or self.max_prompt_length >= 1,
             "max_prompt_length",
             self.max_prompt_length,
             "expected >= 1 or none",
         )
+        check_required(self)
 
 
 @dataclass
@@ -218,14 +274,17 @@ class BestOfNRunConfig(_PromptRunFields, BestOfNConfig):
 
 
 @dataclass
-class _SamplingFields:
-    """Fields shared by ``label`` and ``eval``."""
+class _SamplingFields(GenerationFields, DataFields, ModelFields):
+    """Fields shared by ``label`` and ``eval`` (and the rollout backend's, ``generation_backend``
+    with the ``vllm_*`` engine settings)."""
 
     run_dir: str = field(default="runs/out", metadata={"help": "output folder"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and builtin data"})
     model: str = model_field()
     tokenizer: str | None = tokenizer_field()
-    dataset: str = dataset_field("prompts (column prompt, extra columns go to reward functions)")
+    dataset: str = dataset_field(
+        "prompts (column prompt, extra columns go to reward functions)"
+    )
     dataset_size: int = dataset_size_field(256)
     num_prompts: int | None = field(
         default=None, metadata={"help": "use only the first this many prompts; none = all"}
@@ -251,6 +310,7 @@ class _SamplingFields:
 
     def _check_sampling(self) -> None:
         check_common(self)
+        self.check_generation_fields()
         check_field(
             self.num_prompts is None or self.num_prompts >= 1,
             "num_prompts",
@@ -291,10 +351,10 @@ class LabelConfig(_SamplingFields):
     run_dir: str = field(default="runs/label", metadata={"help": "output folder"})
     judge_model: str | None = field(
         default=None,
-        metadata={"help": "causal LM judge folder (or builtin:*) asked 'A or B?' (RLAIF)"},
+        metadata={"help": "causal LM judge (folder, Hub id or builtin:*) asked 'A or B?' (RLAIF)"},
     )
     judge_tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer of the judge; none = the judge folder's"}
+        default=None, metadata={"help": "tokenizer of the judge; none = the judge's own"}
     )
     judge_template: str | None = field(
         default=None,
@@ -339,6 +399,7 @@ class LabelConfig(_SamplingFields):
                     self.judge_template,
                     f"the template must contain {part}",
                 )
+        check_required(self)
 
 
 @dataclass
@@ -352,8 +413,8 @@ class EvalConfig(_SamplingFields):
     reference: str | None = field(
         default=None,
         metadata={
-            "help": "reference model folder (or builtin:*) for KL(policy || reference); none = "
-            "no KL"
+            "help": "reference model (folder, Hub id or builtin:*) for KL(policy || "
+            "reference); none = no KL"
         },
     )
 
@@ -361,3 +422,4 @@ class EvalConfig(_SamplingFields):
         self._check_sampling()
         check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1")
         check_rewards(self, required=self.reference is None)
+        check_required(self)

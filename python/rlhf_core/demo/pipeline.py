@@ -169,6 +169,7 @@ class Run:
         ``first`` is the record of step 0 (the starting policy), when known; otherwise step 0
         is evaluated too. ``name`` labels the progress bar.
         """
+        trainer.claim_run_dir()  # the folder is this trainer's before evals.jsonl goes in
         run_dir = pathlib.Path(trainer.config.run_dir)
         total = int(trainer.config.total_steps)
         done = latest_step(run_dir)

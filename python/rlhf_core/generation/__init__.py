@@ -30,7 +30,8 @@ rollout logprobs: for diagnosing and correcting sampler/trainer mismatch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import nn
@@ -58,6 +59,7 @@ __all__ = [
     "SamplingConfig",
     "generate",
     "make_backend",
+    "opened_backend",
 ]
 
 #: The values of ``generation_backend``.
@@ -92,6 +94,25 @@ def make_backend(
 
         return VLLMBackend(model, tokenizer, vllm if vllm is not None else VLLMConfig())
     raise ValueError(f"generation backend must be one of {BACKENDS}, got {name!r}")
+
+
+@contextlib.contextmanager
+def opened_backend(
+    name: str, model: nn.Module, tokenizer: Any, *, vllm: Any = None
+) -> Iterator[str | RolloutBackend]:
+    """What to pass as ``generate(..., generation_backend=...)`` for one-off sampling (the
+    CLI's ``label`` and ``eval``): a local backend's name as it is, or a vLLM engine started
+    from ``model`` (settings ``vllm``) and closed when the block ends."""
+    if name != "vllm":
+        if name not in LOCAL_BACKENDS:
+            raise ValueError(f"generation backend must be one of {BACKENDS}, got {name!r}")
+        yield name
+        return
+    backend = make_backend(name, model, tokenizer, vllm=vllm)
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def generate(

@@ -3,7 +3,9 @@
 One module per concern: :mod:`~rlhf_core.models.builtin` (tokenizer and built-in model),
 :mod:`~rlhf_core.models.loading`, :mod:`~rlhf_core.models.logprobs`,
 :mod:`~rlhf_core.models.heads` (reward / value models, text to ids),
-:mod:`~rlhf_core.models.reference`, :mod:`~rlhf_core.models.lora`, and
+:mod:`~rlhf_core.models.reference`, :mod:`~rlhf_core.models.lora`,
+:mod:`~rlhf_core.models.hub` (builtin / local folder / Hugging Face Hub id),
+:mod:`~rlhf_core.models.head_files` (reward- and value-model folder formats) and
 :mod:`~rlhf_core.models.common` (helpers they share). Every public name is importable from
 ``rlhf_core.models``.
 
@@ -11,13 +13,15 @@ Everything here is a plain ``transformers`` / ``torch.nn`` object, so the built-
 and a user's own checkpoint go through the same code paths.
 
 * :func:`load_tokenizer` - the built-in character-level tokenizer (shipped in
-  ``rlhf_core/assets/tokenizer``) or any tokenizer from a local folder.
+  ``rlhf_core/assets/tokenizer``) or any tokenizer from a local folder or Hub id.
 * :func:`tiny_config`, :func:`build_builtin_policy`, :func:`load_policy` - the built-in
-  ``LlamaForCausalLM`` built from a config (nothing downloaded) or any local
-  ``AutoModelForCausalLM`` checkpoint.
+  ``LlamaForCausalLM`` built from a config (nothing downloaded) or any
+  ``AutoModelForCausalLM`` checkpoint: a local folder or a Hub id through the Hugging Face
+  cache (``revision``, ``dtype`` - float32 by default -, ``attn_implementation``,
+  ``trust_remote_code``; :class:`ModelNotFoundError` says what was looked for and where).
 * :class:`RewardModel` / :class:`ValueModel` - a transformer body with a linear ``d -> 1`` head;
-  the reward model reads the hidden state of the last non-padding token, the value model
-  every position.
+  the reward model reads the hidden state of the last non-padding token (and is saved as an
+  ``AutoModelForSequenceClassification`` checkpoint), the value model every position.
 * :class:`RewardEnsemble` (:mod:`~rlhf_core.models.ensemble`) - K reward heads on one shared
   body, scored in one forward; :func:`load_reward_model` opens a saved reward model or
   ensemble.
@@ -27,7 +31,8 @@ and a user's own checkpoint go through the same code paths.
   each next token, chunked so that full-vocabulary float32 log-softmax is never materialised
   for the whole batch at once.
 * :func:`encode_prompt_completion` - the one way prompt and completion texts become token ids
-  (used by reward scoring and by trainers that start from text).
+  (used by reward scoring and by trainers that start from text); :func:`closes_turn` decides
+  whether a completion still needs its EOS token.
 """
 
 from rlhf_core.models.builtin import (
@@ -47,31 +52,43 @@ from rlhf_core.models.common import (
     seeded,
 )
 from rlhf_core.models.ensemble import RewardEnsemble, is_reward_ensemble, load_reward_model
-from rlhf_core.models.heads import RewardModel, ValueModel, encode_prompt_completion
-from rlhf_core.models.loading import load_policy, resolve_dtype
+from rlhf_core.models.heads import (
+    RewardModel,
+    ValueModel,
+    closes_turn,
+    encode_prompt_completion,
+)
+from rlhf_core.models.hub import ModelNotFoundError, is_builtin, is_hub_id, split_revision
+from rlhf_core.models.loading import DEFAULT_DTYPE, load_policy, pretrained_kwargs, resolve_dtype
 from rlhf_core.models.logprobs import (
     DEFAULT_CHUNK_ELEMENTS,
     token_logprobs,
     token_logprobs_and_entropy,
 )
-from rlhf_core.models.lora import apply_lora
+from rlhf_core.models.lora import DEFAULT_LORA_TARGETS, apply_lora, merged_copy, peft_model_of
 from rlhf_core.models.reference import ReferenceModel, make_reference
 
 __all__ = [
     "BUILTIN_SIZES",
     "BUILTIN_TOKENIZER_DIR",
     "DEFAULT_CHUNK_ELEMENTS",
+    "DEFAULT_DTYPE",
+    "DEFAULT_LORA_TARGETS",
+    "ModelNotFoundError",
     "ReferenceModel",
     "RewardEnsemble",
     "RewardModel",
     "ValueModel",
     "apply_lora",
     "build_builtin_policy",
+    "closes_turn",
     "default_position_ids",
     "device_of",
     "enable_activation_checkpointing",
     "encode_prompt_completion",
     "is_activation_checkpointing",
+    "is_builtin",
+    "is_hub_id",
     "is_peft",
     "is_reward_ensemble",
     "last_token_index",
@@ -79,8 +96,12 @@ __all__ = [
     "load_reward_model",
     "load_tokenizer",
     "make_reference",
+    "merged_copy",
+    "peft_model_of",
+    "pretrained_kwargs",
     "resolve_dtype",
     "seeded",
+    "split_revision",
     "tiny_config",
     "token_logprobs",
     "token_logprobs_and_entropy",

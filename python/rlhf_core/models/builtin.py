@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_core.models.common import seeded
+from rlhf_core.models.hub import is_builtin, pretrained, split_revision
 
 __all__ = [
     "BUILTIN_SIZES",
@@ -40,7 +41,13 @@ BUILTIN_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
+def load_tokenizer(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    what: str = "tokenizer",
+) -> Any:
     """Load a fast tokenizer.
 
     ``path=None`` (or ``"builtin"``) gives the built-in character-level tokenizer: one token per
@@ -49,21 +56,26 @@ def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
     template (``<bos><|user|>question\\n<|assistant|>answer<eos>``). Encoding with
     ``add_special_tokens=True`` (the default) prepends ``<bos>``.
 
-    Any other value is a local folder loaded with ``AutoTokenizer.from_pretrained`` (nothing is
-    downloaded). A tokenizer without a pad token gets its EOS token as pad.
+    Any other value is a local folder or a Hugging Face Hub id (``"org/name"``, optionally
+    ``"org/name@revision"``) loaded with ``AutoTokenizer.from_pretrained`` through the Hugging
+    Face cache (:class:`~rlhf_core.models.hub.ModelNotFoundError` when it is nowhere).
+    A tokenizer without a pad token gets its EOS token as pad. ``what`` is how error
+    messages name it (e.g. ``"model"`` when it is a model's own tokenizer).
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if path is None or str(path) in ("builtin", "builtin:tiny", "builtin:small"):
+    if path is None or is_builtin(str(path)):
         tok = PreTrainedTokenizerFast.from_pretrained(str(BUILTIN_TOKENIZER_DIR))
     else:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(
-                f"tokenizer path {str(path)!r} does not exist; pass a local folder holding "
-                "tokenizer.json / tokenizer_config.json, or None for the built-in tokenizer"
-            )
-        tok = AutoTokenizer.from_pretrained(str(p))
+        name, rev = split_revision(str(path))
+        kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
+        tok = pretrained(
+            AutoTokenizer.from_pretrained,
+            name,
+            what=what,
+            revision=rev or revision,
+            **kwargs,
+        )
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(

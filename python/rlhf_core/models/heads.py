@@ -6,16 +6,15 @@ prompt and completion texts become token ids.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rlhf_core._io import atomic_write_text
 from rlhf_core.models.common import (
     body_of,
     default_position_ids,
@@ -24,13 +23,11 @@ from rlhf_core.models.common import (
     last_token_index,
     seeded,
 )
-from rlhf_core.models.loading import resolve_dtype
+from rlhf_core.models.head_files import load_parts, save_head_format, save_seqcls
+from rlhf_core.models.loading import DEFAULT_DTYPE, pretrained_kwargs
 from rlhf_core.parallel import unwrap_model
 
-__all__ = ["RewardModel", "ValueModel", "encode_prompt_completion"]
-
-_HEAD_CONFIG = "rlhf_core_head.json"
-_HEAD_WEIGHTS = "rlhf_core_head.safetensors"
+__all__ = ["RewardModel", "ValueModel", "closes_turn", "encode_prompt_completion"]
 
 
 def _init_head(head: nn.Linear, hidden_size: int, seed: int | None) -> None:
@@ -106,81 +103,40 @@ class _ScalarHeadModel(nn.Module):
         """Turn on activation checkpointing in the body (HF bodies only; non-reentrant)."""
         enable_activation_checkpointing(self.body)
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
-        """Save to a folder: the body with its own ``save_pretrained`` (``config.json`` +
-        ``model.safetensors``), the head as ``rlhf_core_head.safetensors`` and a small
-        ``rlhf_core_head.json`` (kind, hidden size, bias). Reload with ``from_pretrained``."""
-        from safetensors.torch import save_file
-
+    def save_pretrained(
+        self, save_directory: str | os.PathLike[str], *, pad_token_id: int | None = None
+    ) -> None:
+        """Save to a folder. A :class:`RewardModel` is written as an
+        ``AutoModelForSequenceClassification`` checkpoint with ``num_labels=1`` (loadable by
+        transformers and TRL as it is; ``pad_token_id``, when given, goes into its config so
+        that batched inputs find their last token), a :class:`ValueModel` (or a body with no
+        sequence-classification class) in rlhf_core's own format; see
+        :mod:`rlhf_core.models.head_files`. Reload with ``from_pretrained``."""
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        self.body.save_pretrained(str(out))  # type: ignore[operator]
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
-        save_file(tensors, str(out / _HEAD_WEIGHTS))
-        meta = {
-            "format": "rlhf_core.scalar_head",
-            "version": 1,
-            "kind": self.kind,
-            "hidden_size": self.head.in_features,
-            "bias": self.head.bias is not None,
-        }
-        atomic_write_text(out / _HEAD_CONFIG, json.dumps(meta, indent=2) + "\n")
-
-    @classmethod
-    def _load_parts(
-        cls, path: str | os.PathLike[str], dtype: torch.dtype | None
-    ) -> tuple[nn.Module, nn.Linear]:
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-
-        p = Path(path)
-        if not p.is_dir():
-            raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
-        kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-        meta_file = p / _HEAD_CONFIG
-        if meta_file.exists():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("format") != "rlhf_core.scalar_head":
-                raise ValueError(f"{meta_file} is not an rlhf_core head config: {meta}")
-            body = AutoModel.from_pretrained(str(p), **kwargs)
-            head = nn.Linear(int(meta["hidden_size"]), 1, bias=bool(meta["bias"]))
-            head.load_state_dict(load_file(str(p / _HEAD_WEIGHTS)))
-            w = next(body.parameters())
-            return body, head.to(device=w.device, dtype=w.dtype)
-        config = AutoConfig.from_pretrained(str(p))
-        archs = list(getattr(config, "architectures", None) or [])
-        if any(a.endswith("ForSequenceClassification") for a in archs):
-            num_labels = getattr(config, "num_labels", None)
-            if num_labels != 1:
-                raise ValueError(
-                    f"{p}: a sequence-classification model must have num_labels=1 to be used "
-                    f"as a scalar model, got num_labels={num_labels}"
-                )
-            seq = AutoModelForSequenceClassification.from_pretrained(str(p), **kwargs)
-            body = seq.base_model
-            found = getattr(seq, "score", None)
-            if found is None:
-                found = getattr(seq, "classifier", None)
-            if not isinstance(found, nn.Linear):
-                raise ValueError(
-                    f"{p}: cannot find a linear score head on {type(seq).__name__} "
-                    "(expected attribute 'score' or 'classifier' of type nn.Linear)"
-                )
-            return body, found
-        raise ValueError(
-            f"{p} holds neither an rlhf_core reward/value model ({_HEAD_CONFIG} missing) nor an "
-            f"AutoModelForSequenceClassification checkpoint (architectures={archs})"
-        )
+        if self.kind == "reward" and save_seqcls(self, out, pad_token_id):
+            return
+        save_head_format(self, out)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike[str], *, dtype: str | torch.dtype | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dtype: str | torch.dtype | None = DEFAULT_DTYPE,
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
     ) -> Any:
-        """Load from a folder written by ``save_pretrained``, or from a local
-        ``AutoModelForSequenceClassification`` checkpoint with ``num_labels=1`` (its base model
-        becomes the body, its ``score`` layer the head; padding is then read from the
-        attention mask, not from ``pad_token_id``)."""
-        body, head = cls._load_parts(path, resolve_dtype(dtype))
+        """Load from a folder or Hub id (``"org/name"``, optionally ``"org/name@revision"``,
+        through the Hugging Face cache) written by ``save_pretrained`` in either format, or
+        any ``AutoModelForSequenceClassification`` checkpoint with ``num_labels=1`` (its base
+        model becomes the body, its ``score`` layer the head; padding is then read from the
+        attention mask, not from ``pad_token_id``). Weights are float32 unless ``dtype`` says
+        otherwise (``"auto"``: as saved)."""
+        kwargs = pretrained_kwargs(dtype, attn_implementation, trust_remote_code)
+        what = "reward model" if cls.kind == "reward" else "value model"
+        body, head = load_parts(path, kwargs, what=what, revision=revision)
         return cls(body, head)
 
     @classmethod
@@ -254,19 +210,40 @@ class ValueModel(_ScalarHeadModel):
         return cls(body, head)
 
 
+def closes_turn(tokenizer: Any, ids: Sequence[int]) -> bool:
+    """Whether token ids already end a turn: their last token that is not whitespace is the
+    EOS token or another special token (a chat template's end-of-turn such as ``<|im_end|>``,
+    which it writes after every assistant message, possibly followed by a newline)."""
+    special = {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    special |= {int(i) for i, tok in decoder.items() if getattr(tok, "special", False)}
+    if tokenizer.eos_token_id is not None:
+        special.add(int(tokenizer.eos_token_id))
+    for i in reversed(list(ids)):
+        if int(i) in special:
+            return True
+        if tokenizer.decode([int(i)]).strip():
+            return False
+    return False
+
+
 def encode_prompt_completion(
     tokenizer: Any, prompt: str, completion: str, *, add_eos: bool = True
 ) -> tuple[list[int], int]:
     """Token ids of ``prompt + completion`` and the prompt length in tokens.
 
     The prompt is encoded with the tokenizer's special tokens (``<bos>`` for the built-in
-    tokenizer), the completion without, and ``eos_token_id`` is appended when ``add_eos``
-    (the default; a sampled completion that stopped ends in EOS too). Encoding the two parts
-    separately keeps the boundary exact for any tokenizer. Returns (ids, prompt_len).
+    tokenizer), the completion without. With ``add_eos`` (the default) the completion ends in
+    the EOS token: it is appended (a sampled completion that stopped ends in EOS too) unless
+    the completion already closes its turn (:func:`closes_turn`: a completion rendered by a
+    chat template ends in the template's end-of-turn token, and a second one would be a
+    token the model never sees at generation). An empty completion is a valid one: it becomes
+    the EOS token alone. Encoding the two parts separately keeps the boundary exact for any
+    tokenizer. Returns (ids, prompt_len).
     """
     p_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
-    if add_eos:
+    if add_eos and not closes_turn(tokenizer, c_ids):
         if tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True but the tokenizer has no eos_token_id")
         c_ids.append(int(tokenizer.eos_token_id))

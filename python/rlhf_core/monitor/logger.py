@@ -1,8 +1,8 @@
 """The run's metrics file and timings: :class:`MetricsLogger` appends one JSON object per step
 to ``run_dir/metrics.jsonl`` (through :mod:`rlhf_core._io`, so the file follows the package's
-JSONL rules) and, when ``tensorboard`` is importable, writes the numeric metrics as TensorBoard
-scalars; :func:`read_metrics` reads a metrics file back; :class:`PhaseTimer` accumulates
-wall-clock time per named phase.
+JSONL rules) and hands the numbers to the experiment trackers of ``report_to``
+(:mod:`rlhf_core.monitor.tracking`: TensorBoard, W&B, trackio, MLflow); :func:`read_metrics`
+reads a metrics file back; :class:`PhaseTimer` accumulates wall-clock time per named phase.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import math
 import os
 import pathlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rlhf_core._io import append_jsonl, atomic_write_text, json_safe, read_jsonl
+from rlhf_core.monitor.tracking import TensorBoardTracker, Tracker
 
-__all__ = ["MetricsLogger", "PhaseTimer", "read_metrics"]
+__all__ = ["MetricsLogger", "PhaseTimer", "read_metrics", "truncate_jsonl_after"]
 
 logger = logging.getLogger("rlhf_core.monitor")
 _TB_NOTE_SHOWN = False
@@ -41,14 +42,37 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return read_jsonl(p, null_as_nan=True)
 
 
+def truncate_jsonl_after(path: pathlib.Path, step: int) -> None:
+    """Drop the lines of the JSONL file ``path`` whose ``"step"`` is larger than ``step`` (and
+    a torn line left by a crash), so a run resumed from the checkpoint at ``step`` continues
+    the file as if it had never stopped."""
+    kept: list[str] = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn line from a crash
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            continue
+        kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 class MetricsLogger:
-    """Append per-step metrics to ``run_dir/metrics.jsonl`` (+ TensorBoard scalars).
+    """Append per-step metrics to ``run_dir/metrics.jsonl`` and hand them to the trackers.
 
     Each line is ``{"step": int, "wall_time": unix seconds, **metrics}``; numpy/torch scalars
-    become plain numbers and non-finite values become ``null``. With ``tensorboard=True`` and
-    the ``tensorboard`` package importable, numeric metrics also go to a
-    ``torch.utils.tensorboard.SummaryWriter`` in ``run_dir/tensorboard``; when it is not
-    importable that part is skipped (a note is logged once per process).
+    become plain numbers and non-finite values become ``null``. The file is always written (it
+    is the source of truth); then the numeric metrics (booleans as 0/1, non-finite as NaN;
+    strings stay in the file only) go to every tracker of ``trackers``
+    (:mod:`rlhf_core.monitor.tracking`), and :meth:`log_table` sends tables to them.
+
+    ``tensorboard=True`` (the old switch) adds TensorBoard scalars in ``run_dir/tensorboard``
+    when the ``tensorboard`` package is importable and no TensorBoard tracker is among
+    ``trackers``; when it is not importable that part is skipped (a note is logged once per
+    process). Naming ``"tensorboard"`` in ``report_to`` instead makes it required.
 
     ``resume_step``: when continuing a run from a checkpoint at that step, lines with a larger
     step (written after the checkpoint by the interrupted process) are dropped first, so the
@@ -64,23 +88,27 @@ class MetricsLogger:
         tensorboard: bool = True,
         resume_step: int | None = None,
         filename: str = FILENAME,
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / filename
         if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
+            truncate_jsonl_after(self.path, resume_step)
         self.path.touch()
         self._closed = False
-        self._tb: Any = None
-        if tensorboard:
-            self._tb = self._open_tensorboard()
+        #: where the numbers go besides the file
+        self.trackers: list[Tracker] = list(trackers)
+        if tensorboard and not self.tensorboard_enabled:
+            tb = self._open_tensorboard()
+            if tb is not None:
+                self.trackers.append(tb)
 
-    def _open_tensorboard(self) -> Any:
+    def _open_tensorboard(self) -> TensorBoardTracker | None:
         global _TB_NOTE_SHOWN
         try:
             import tensorboard  # noqa: F401
-            from torch.utils.tensorboard import SummaryWriter
+            import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             if not _TB_NOTE_SHOWN:
                 logger.info(
@@ -90,29 +118,16 @@ class MetricsLogger:
                 )
                 _TB_NOTE_SHOWN = True
             return None
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return TensorBoardTracker(self.run_dir / "tensorboard")
 
     @property
     def tensorboard_enabled(self) -> bool:
-        return self._tb is not None
+        return any(t.name == "tensorboard" for t in self.trackers)
 
-    def _truncate_after(self, step: int) -> None:
-        kept: list[str] = []
-        for line in self.path.read_text(encoding="utf-8").split("\n"):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # torn line from a crash
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
-                continue
-            kept.append(line)
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Append one record. ``metrics`` maps names (``"reward/mean"``) to numbers or strings;
-        a name ``step`` or ``wall_time`` inside ``metrics`` is an error."""
+    def log(self, step: int, metrics: Mapping[str, Any], *, track: bool = True) -> None:
+        """Append one record and, with ``track``, send its numbers to the trackers.
+        ``metrics`` maps names (``"reward/mean"``) to numbers or strings; a name ``step`` or
+        ``wall_time`` inside ``metrics`` is an error."""
         if self._closed:
             raise ValueError("MetricsLogger.log called after close()")
         step = int(step)
@@ -123,28 +138,40 @@ class MetricsLogger:
         for k, v in metrics.items():
             row[str(k)] = json_safe(v)
         append_jsonl(self.path, [row])
-        if self._tb is not None:
+        if track and self.trackers:
+            numbers: dict[str, float] = {}
             for k, v in row.items():
                 if k in ("step", "wall_time"):
                     continue
-                value = v
-                if isinstance(value, bool):
-                    value = float(value)
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(k, value, global_step=step)
-                elif value is None:
-                    self._tb.add_scalar(k, math.nan, global_step=step)
+                if v is None:
+                    numbers[k] = math.nan
+                elif isinstance(v, (bool, int, float)):
+                    numbers[k] = float(v)
+            for t in self.trackers:
+                t.log(numbers, step)
+
+    def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        """Send a table (flat rows, the same keys in each) to every tracker at ``step``."""
+        if self._closed:
+            raise ValueError("MetricsLogger.log_table called after close()")
+        for t in self.trackers:
+            t.log_table(name, rows, int(step))
 
     def flush(self) -> None:
-        """Flush the TensorBoard writer (each JSONL record is flushed when written)."""
-        if self._tb is not None:
-            self._tb.flush()
+        """Flush the trackers that buffer (each JSONL record is flushed when written)."""
+        for t in self.trackers:
+            flush = getattr(t, "flush", None)
+            if flush is not None:
+                flush()
 
     def close(self) -> None:
+        """Finish every tracker (once); the file needs no closing."""
+        if self._closed:
+            return
         self._closed = True
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            t.finish()
 
     def read(self) -> list[dict[str, Any]]:
         """The records of this logger's file (see :func:`read_metrics`)."""

@@ -1,15 +1,16 @@
-"""What one step samples: the :class:`Rollout` container, and the prompt table it is drawn from."""
+"""What one step samples: the :class:`Rollout` container, the prompt table it is drawn from,
+and what a rollout is logged as (:meth:`Rollout.sample_rows`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Rollout", "prompt_table"]
+__all__ = ["Rollout", "concat_rollouts", "prompt_table"]
 
 
 def prompt_table(prompts: Any) -> tuple[list[str], dict[str, list[Any]]]:
@@ -69,7 +70,14 @@ class Rollout:
             (N, T) and ``loss_mask`` bool (N, T-1) marking response tokens.
         logprobs, ref_logprobs, values: float32 (R_i,) per sequence, aligned with the response
             tokens: the rollout policy's and the reference's logprobs, the value model's values
-            (empty until the no-grad forwards ran; ``values`` only with a value model).
+            (empty until the no-grad forwards ran; ``values`` only with a value model;
+            ``ref_logprobs`` only when the trainer has a reference).
+        rollout_logprobs: float32 (R_i,) per sequence: the sampling engine's own logprobs of
+            the response tokens, when an engine other than the trained model sampled them
+            (vLLM); empty otherwise. Beside ``logprobs`` (the trainer's recomputed ones) they
+            measure and correct the rollout/trainer mismatch (:mod:`rlhf_core.losses_correction`).
+        backend: the backend that sampled the rows (``Completions.backend``: ``"hf"``,
+            ``"decode_loop"``, ``"vllm"``), None when unknown.
     """
 
     prompt_ids: list[np.ndarray]
@@ -84,6 +92,8 @@ class Rollout:
     logprobs: list[np.ndarray] = field(default_factory=list)
     ref_logprobs: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
+    rollout_logprobs: list[np.ndarray] = field(default_factory=list)
+    backend: str | None = None
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -103,3 +113,62 @@ class Rollout:
         return [
             np.concatenate([p, r]) for p, r in zip(self.prompt_ids, self.response_ids, strict=True)
         ]
+
+    def sample_rows(
+        self, prompt_texts: Sequence[str], advantages: np.ndarray | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per completion, as ``samples.jsonl`` holds them (without ``step``):
+        ``group`` (the prompt's position in the step), ``prompt`` (from ``prompt_texts``, the
+        prompt table ``prompt_index`` points into), ``completion``, ``rewards`` (each source's
+        raw score), ``reward`` (the combined score), ``advantage`` (``advantages[i]``, float64
+        (N,), or None), ``length`` (response tokens) and ``truncated``. Unscorable scores are
+        None."""
+
+        def num(x: Any) -> float | None:
+            x = float(x)
+            return x if np.isfinite(x) else None
+
+        lengths = self.response_lengths
+        rows: list[dict[str, Any]] = []
+        for i in range(len(self)):
+            rows.append(
+                {
+                    "group": int(self.group_ids[i]),
+                    "prompt": prompt_texts[int(self.prompt_index[i])],
+                    "completion": self.texts[i],
+                    "rewards": {k: num(v[i]) for k, v in self.score_parts.items()},
+                    "reward": num(self.scores[i]) if len(self.scores) else None,
+                    "advantage": None if advantages is None else num(advantages[i]),
+                    "length": int(lengths[i]),
+                    "truncated": bool(self.truncated[i]),
+                }
+            )
+        return rows
+
+
+def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
+    """The rows of ``parts`` in order as one rollout (``padded`` left empty), e.g. the chunks
+    of an evaluation. Every part must have the same score sources and the same per-token
+    fields computed."""
+    if not parts:
+        raise ValueError("concat_rollouts: no rollouts given")
+
+    def cat(name: str) -> list[Any]:
+        return [x for p in parts for x in getattr(p, name)]
+
+    first = parts[0]
+    return Rollout(
+        prompt_ids=cat("prompt_ids"),
+        response_ids=cat("response_ids"),
+        group_ids=np.concatenate([p.group_ids for p in parts]),
+        truncated=np.concatenate([np.asarray(p.truncated, dtype=bool) for p in parts]),
+        texts=cat("texts"),
+        prompt_index=np.concatenate([p.prompt_index for p in parts]),
+        scores=np.concatenate([p.scores for p in parts]),
+        score_parts={k: np.concatenate([p.score_parts[k] for p in parts])
+                     for k in first.score_parts},  # fmt: skip
+        padded={},
+        logprobs=cat("logprobs"),
+        ref_logprobs=cat("ref_logprobs"),
+        values=cat("values"),
+    )

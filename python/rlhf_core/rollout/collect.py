@@ -3,15 +3,19 @@
 One step of a trainer that samples from its policy::
 
     sample    the step's prompts (drawn by the trainer's seeded sampler; this rank keeps its
-              block), num_samples completions of each (rlhf_core.generation.generate)
+              block), num_samples completions of each (rlhf_core.generation.generate with
+              the config's generation_backend, or the trainer's engine: then the engine's
+              logprobs of the sampled tokens come along as Rollout.rollout_logprobs)
     score     every reward source, combined by rlhf_core.rewards.combine_rewards (reward
               models score the exact sampled token ids); missing_eos_penalty
     forward   without grad, over the whole rollout in micro-batches: the rollout policy's and
-              the frozen reference's logprobs, and a value model's values when there is one
+              the frozen reference's logprobs (when there is a reference), and a value model's
+              values when there is one
 
-A different way of sampling (another generation backend such as vLLM, dynamic sampling that
-refills the batch) is a change here, behind :meth:`RolloutCollector.sample`; the trainers
-only see :class:`rlhf_core.rollout.Rollout`.
+A different way of sampling (dynamic sampling that refills the batch, another backend) is a
+change here, behind :meth:`RolloutCollector.sample`; the trainers only see
+:class:`rlhf_core.rollout.Rollout`. An engine (:attr:`RolloutCollector.backend`, e.g. vLLM) is
+the trainer's to create, sync and close; the collector only samples with it.
 
 Several processes: every rank draws the same global prompts and keeps a contiguous block of
 whole prompts (all G samples of a prompt on one rank, so group statistics stay local); group
@@ -31,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlhf_core import parallel as D
+from rlhf_core.generation import Completions, LocalBackend, RolloutBackend
 from rlhf_core.rewards import combine_rewards
 from rlhf_core.rollout.batch import Rollout
 from rlhf_core.rollout.inputs import iter_micro_batches, logprobs_of, pad_sequences
@@ -45,7 +50,7 @@ class RolloutCollector:
         config: a :class:`rlhf_core.trainers.RolloutConfig` (sampling fields,
             ``reward_weights``, ``missing_eos_penalty``, ``micro_batch_size``, ``seed``).
         policy: the policy being trained (wrapped as the trainer trains it).
-        reference: the frozen reference.
+        reference: the frozen reference; None = no reference logprobs (nothing needs them).
         tokenizer: the policy's tokenizer (its pad token pads the batches).
         prompt_texts, prompt_columns: the prompt table (:func:`rlhf_core.rollout.prompt_table`).
         reward_sources: reward functions (reward models already wrapped as
@@ -57,6 +62,11 @@ class RolloutCollector:
             keeps all ranks in step.
         step_seed: ``(seed, step, purpose[, index]) -> int``, the trainer's seed derivation.
         value_model: optional; its values (B, T-1) become ``Rollout.values``.
+
+    Attributes:
+        backend: None (sample from ``policy`` with ``config.generation_backend``) or a
+            :class:`rlhf_core.generation.RolloutBackend` to sample with (set by the trainer: a
+            vLLM engine, or a stand-in with its own weights in tests).
     """
 
     def __init__(
@@ -64,7 +74,7 @@ class RolloutCollector:
         config: Any,
         *,
         policy: nn.Module,
-        reference: nn.Module,
+        reference: nn.Module | None,
         tokenizer: Any,
         prompt_texts: list[str],
         prompt_columns: dict[str, list[Any]],
@@ -96,6 +106,13 @@ class RolloutCollector:
         self.lockstep = lockstep
         self.step_seed = step_seed
         self.value_model = value_model
+        self.backend: RolloutBackend | None = None
+
+    @property
+    def samples_from_engine(self) -> bool:
+        """True when an engine other than the trained model samples (its backend holds its
+        own weights): the rollout then carries the engine's logprobs."""
+        return self.backend is not None and not isinstance(self.backend, LocalBackend)
 
     # ---- sample -----------------------------------------------------------------------------
     def sample(self, step: int, prompt_indices: np.ndarray) -> Rollout:
@@ -107,23 +124,21 @@ class RolloutCollector:
         pidx = prompt_indices[mine]
         first = int(mine[0]) if len(mine) else 0
         if cfg.per_prompt_seeds:
-            # one call per prompt, seeded by its global position: the same samples whichever
-            # rank draws them and whatever else is sampled
-            parts = [
-                self._generate([i], self.step_seed(cfg.seed, step, 1, index=first + j))
-                for j, i in enumerate(pidx)
-            ]
-            prompt_ids = [p for c in parts for p in c.prompt_ids]
-            response_ids = [r for c in parts for r in c.response_ids]
-            truncated = np.concatenate([c.truncated for c in parts]).astype(bool)
-            group_ids = np.repeat(np.arange(len(parts), dtype=np.int64), cfg.num_samples)
-            texts = [t for c in parts for t in c.texts]
+            # seeded by each prompt's global position: the same samples whichever rank draws
+            # them and whatever else is sampled
+            seeds = [self.step_seed(cfg.seed, step, 1, index=first + j) for j in range(len(pidx))]
+            if self.samples_from_engine:  # one engine call, one seed per request
+                comp = self._generate(list(pidx), None, prompt_seeds=seeds)
+            else:  # one call per prompt
+                comp = Completions.concatenate(
+                    [self._generate([i], s) for i, s in zip(pidx, seeds, strict=True)]
+                )
         else:
             # rank 0 keeps the run's seed, other ranks draw independent streams
             seed = self.step_seed(D.rank_seed(cfg.seed, self.dist.rank), step, 1)
             comp = self._generate(list(pidx), seed)
-            prompt_ids, response_ids = comp.prompt_ids, comp.response_ids
-            truncated, group_ids, texts = comp.truncated, comp.group_ids, comp.texts
+        prompt_ids, response_ids = comp.prompt_ids, comp.response_ids
+        truncated, group_ids, texts = comp.truncated, comp.group_ids, comp.texts
         empty = [i for i, r in enumerate(response_ids) if len(r) == 0]
         if empty:
             raise RuntimeError(f"generation returned empty responses at rows {empty[:5]}")
@@ -137,13 +152,22 @@ class RolloutCollector:
             scores=np.zeros(0),
             score_parts={},
             padded={},
+            rollout_logprobs=list(comp.logprobs or []) if self.samples_from_engine else [],
+            backend=comp.backend,
         )
 
-    def _generate(self, prompts: list[int], seed: int) -> Any:
+    def _generate(
+        self, prompts: list[int], seed: int | None, prompt_seeds: list[int] | None = None
+    ) -> Completions:
         from rlhf_core.generation import generate
 
         cfg = self.config
         ids: list[Any] = [self.prompt_ids[i] for i in prompts]  # int64 (P,) arrays
+        backend: str | RolloutBackend = (
+            self.backend
+            if self.backend is not None
+            else getattr(cfg, "generation_backend", "auto")
+        )
         return generate(
             self.policy,
             self.tokenizer,
@@ -157,6 +181,9 @@ class RolloutCollector:
             batch_size=cfg.generation_batch_size,
             fast=cfg.fast_generation,
             synced_gpus=True if self.lockstep else None,
+            prompt_seeds=prompt_seeds,
+            return_logprobs=self.samples_from_engine,
+            generation_backend=backend,
         )
 
     # ---- score ------------------------------------------------------------------------------
@@ -184,8 +211,8 @@ class RolloutCollector:
     # ---- forward ----------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, roll: Rollout) -> None:
-        """``roll.padded`` and, for every response token, the rollout policy's and the
-        reference's logprobs (and the value model's values), without grad."""
+        """``roll.padded`` and, for every response token, the rollout policy's and (when there
+        is one) the reference's logprobs, and the value model's values, without grad."""
         cfg = self.config
         seqs = roll.sequences()
         roll.padded = pad_sequences(
@@ -209,16 +236,17 @@ class RolloutCollector:
                     lp = logprobs_of(
                         policy, mb["input_ids"], mb["attention_mask"], temperature=cfg.temperature
                     )
-                    with torch.inference_mode():
-                        rlp = logprobs_of(
-                            self.reference,
-                            mb["input_ids"],
-                            mb["attention_mask"],
-                            temperature=cfg.temperature,
-                        )
+                    if self.reference is not None:
+                        with torch.inference_mode():
+                            rlp = logprobs_of(
+                                self.reference,
+                                mb["input_ids"],
+                                mb["attention_mask"],
+                                temperature=cfg.temperature,
+                            )
+                        ref.append(rlp.float())  # an inference tensor: read-only use below
                     v = self._values(mb)
                 old.append(lp.float())
-                ref.append(rlp.float())  # an inference tensor: read-only use below
                 if v is not None:
                     val.append(v.float())
         finally:
@@ -235,7 +263,8 @@ class RolloutCollector:
             return cast(list[np.ndarray], np.split(full.cpu().numpy()[mask], split))
 
         roll.logprobs = response_tokens(old)
-        roll.ref_logprobs = response_tokens(ref)
+        if ref:
+            roll.ref_logprobs = response_tokens(ref)
         if val:
             roll.values = response_tokens(val)
 

@@ -26,7 +26,7 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
 
     ``reward/{mean,std,min,max}`` over scorable completions, ``reward/frac_unscorable``,
     ``reward/<source>`` (each source's mean raw score), ``response_length/{mean,min,max,
-    frac_truncated}``; once the rollout's logprobs are known, ``kl`` (the mean over completions
+    frac_truncated}``; once the rollout's and the reference's logprobs are known, ``kl`` (the mean over completions
     of Σ_t (log π − log π_ref), nats per sequence) and ``kl/k3_token_mean`` (the token mean of
     the k3 estimate), both from :func:`rlhf_core.ops.kl` and :func:`rlhf_core.ops.reduce_tokens`.
     """
@@ -51,7 +51,7 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
         part = gather(part, dist)
         ok = part[np.isfinite(part)]
         metrics[f"reward/{name}"] = float(ok.mean()) if ok.size else nan
-    if not roll.logprobs:
+    if not (roll.logprobs and roll.ref_logprobs):
         return metrics
     logp = np.concatenate(roll.logprobs).astype(np.float64)
     ref = np.concatenate(roll.ref_logprobs).astype(np.float64)

@@ -6,4 +6,7 @@
 - :mod:`~rlhf_core.testing.strategies`: hypothesis strategies of token batches in every layout
   the kernels accept, and the comparison helpers the kernel tests share (needs ``hypothesis``,
   a development dependency).
+- :mod:`~rlhf_core.testing.hf_cache`: a Hugging Face cache built on the spot (tiny Qwen2-shaped
+  models and tokenizers, datasets) so that Hub ids resolve offline, and the settings that
+  point a process at it.
 """

@@ -10,6 +10,11 @@ steps, metrics and checkpoints. Each trainer has a validated config dataclass
 - :class:`BestOfNTrainer` / :class:`BestOfNConfig`: rejection sampling + SFT.
 - :class:`DPOTrainer` / :class:`DPOConfig`: DPO and IPO.
 
+Every trainer takes ``callbacks=[...]`` (:mod:`.callbacks`: hooks on the step loop that read
+the metrics and can stop training; the NaN tripwire is the default one); the sampling trainers
+take ``eval_dataset=`` (periodic evaluation, ``eval_steps``) and log their completions with
+``log_completions``; every trainer reports to ``report_to`` (:mod:`rlhf_core.monitor`).
+
 A custom policy-gradient trainer is :class:`PolicyGradientTrainer` with an estimator of
 :mod:`rlhf_core.advantages` (``OnPolicyTrainer`` is its old name); a trainer that only samples
 and scores subclasses :class:`RolloutTrainer`. ``docs/architecture.md`` maps the modules.
@@ -50,6 +55,9 @@ _EXPORTS = {
     "BestOfNConfig": "best_of_n",
     "DPOTrainer": "dpo",
     "DPOConfig": "dpo",
+    "TrainerCallback": "callbacks",
+    "TrainerState": "callbacks",
+    "TrainerControl": "callbacks",
 }
 
 __all__ = sorted(_EXPORTS)

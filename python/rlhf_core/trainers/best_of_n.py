@@ -20,6 +20,7 @@ metrics are computed from every rank's scores.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,10 +51,6 @@ class BestOfNConfig(RolloutConfig):
     min_reward: float | None = field(
         default=None,
         metadata={"help": "keep a prompt's best completion only if it scores at least this"},
-    )
-    track_kl: bool = field(
-        default=True,
-        metadata={"help": "log the samples' KL to the reference (two extra forward passes)"},
     )
 
     def __post_init__(self) -> None:
@@ -96,18 +93,32 @@ def select_best(
 class BestOfNTrainer(RolloutTrainer):
     """Iterated best-of-N: sample, score, keep the best per prompt, SFT on it.
 
-    Arguments as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
+    Arguments as :class:`~rlhf_core.trainers.sampling.RolloutTrainer` (``eval_dataset``,
+    ``callbacks`` included); logged samples carry ``selected`` instead of an advantage.
     """
 
     name = "best_of_n"
     config: BestOfNConfig
+    #: rows of the latest rollout kept for the SFT update (int64)
+    selected: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    def local_sample_rows(self) -> list[dict[str, Any]]:
+        """The rows of the latest rollout, each with ``selected``: whether it won its group
+        (no advantage: best-of-N has none)."""
+        rows = super().local_sample_rows()
+        won = {int(i) for i in self.selected}
+        for i, r in enumerate(rows):
+            r["selected"] = i in won
+        return rows
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
         roll = self.collect(step, forward=cfg.track_kl)
         with self.timer.phase("bookkeeping"):
             metrics = rollout_metrics(roll, self.dist)
+            metrics.update(self.engine_metrics(roll))
             best = select_best(roll.scores, roll.group_ids, cfg.min_reward)
+            self.selected = best
             sel = gather(roll.scores[best], self.dist)  # the winners of every rank
             metrics["best_of_n/num_selected"] = float(len(sel))
             if len(sel):

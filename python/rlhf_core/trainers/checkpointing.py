@@ -64,9 +64,12 @@ def save_trainer_checkpoint(trainer: Trainer) -> Path:
     return Path(path)
 
 
-def load_trainer_checkpoint(trainer: Trainer, checkpoint: str | os.PathLike[str]) -> int:
+def load_trainer_checkpoint(
+    trainer: Trainer, checkpoint: str | os.PathLike[str], *, verify: bool = True
+) -> int:
     """Restore a checkpoint folder (or a run folder's latest) into ``trainer``: models,
-    optimizers, schedulers, RNG states and its ``extra_state``. Returns the step. A checkpoint
+    optimizers, schedulers, RNG states and its ``extra_state``. Returns the step. Its files are
+    checked against their SHA-256 first unless ``verify=False`` (already checked). A checkpoint
     written by another trainer is refused."""
     from rlhf_core.checkpoint import load_checkpoint, restore_rng_state
 
@@ -85,6 +88,7 @@ def load_trainer_checkpoint(trainer: Trainer, checkpoint: str | os.PathLike[str]
         models=models,
         optimizers=optimizers,
         schedulers=trainer.checkpoint_schedulers(),
+        verify=verify,
     )
     per_rank = extra.get("rng_per_rank")
     if dist.is_distributed:

@@ -2,10 +2,13 @@
 
 - :class:`TrainerConfig`: run folder, steps, optimiser, schedule, checkpoints, logging,
   device, parallelism, LoRA; every trainer's config subclasses it.
+- :class:`GenerationFields`: which rollout backend samples (``generation_backend``) and the
+  vLLM engine's settings; in every :class:`RolloutConfig` and in the CLI's ``label`` / ``eval``.
 - :class:`RolloutConfig`: what a trainer that samples from its policy adds (batch of
-  completions, sampling, reward weights); best-of-N and the policy-gradient trainers.
+  completions, sampling, reward weights, weight sync, the reference); best-of-N and the
+  policy-gradient trainers.
 - :class:`RLConfig`: the policy-gradient fields (epochs, minibatches, clipping, aggregation,
-  KL, entropy); PPO, GRPO, RLOO, REINFORCE++.
+  KL, entropy, rollout/trainer mismatch correction); PPO, GRPO, RLOO, REINFORCE++.
 
 Every field carries ``metadata["help"]`` (the CLI builds its flags from them) and every
 ``__post_init__`` rejects a bad value with a message naming the field, its value and the fix.
@@ -19,9 +22,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhf_core import losses as L
+from rlhf_core import losses_correction as LC
 from rlhf_core.errors import check_field
+from rlhf_core.monitor.tracking import REPORT_TO
+from rlhf_core.trainers.generation_fields import GenerationFields
 
-__all__ = ["TrainerConfig", "RolloutConfig", "RLConfig"]
+__all__ = ["GenerationFields", "TrainerConfig", "RolloutConfig", "RLConfig"]
 
 
 @dataclass
@@ -66,9 +72,41 @@ class TrainerConfig:
             "refuse a run_dir that already holds checkpoints)"
         },
     )
+    resume_last_good: bool = field(
+        default=False,
+        metadata={
+            "help": "when the latest checkpoint is damaged (a file truncated or changed: its "
+            "SHA-256 does not match), continue from the newest intact one instead of "
+            "stopping; the damaged one is moved aside as damaged_step_N"
+        },
+    )
     progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
     tensorboard: bool = field(
-        default=True, metadata={"help": "also write TensorBoard events (when installed)"}
+        default=True,
+        metadata={
+            "help": "also write TensorBoard events when the tensorboard package is installed "
+            "(an alias that adds 'tensorboard' to report_to without requiring the package; "
+            "report_to = ['none'] turns it off too)"
+        },
+    )
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "experiment trackers that get the metrics besides metrics.jsonl (always "
+            "written): any of " + ", ".join(REPORT_TO) + ", or ['none']; each an extra "
+            "(pip install 'rlhf-core[wandb]'). CLI: --report_to wandb trackio, or wandb,trackio"
+        },
+    )
+    run_name: str | None = field(
+        default=None,
+        metadata={"help": "the run's name in the trackers; none = the run_dir folder's name"},
+    )
+    logging_steps: int = field(
+        default=1,
+        metadata={
+            "help": "send metrics to the trackers, fire on_log and log completions every this "
+            "many steps (evaluations and the last step always); metrics.jsonl gets every step"
+        },
     )
     device: str = field(
         default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'"}
@@ -117,6 +155,18 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check_field(self.total_steps >= 1, "total_steps", self.total_steps, "expected >= 1")
+        if isinstance(self.report_to, str):  # report_to="wandb" or "wandb,trackio"
+            self.report_to = [p.strip() for p in self.report_to.split(",") if p.strip()]
+        check_field(
+            isinstance(self.report_to, (list, tuple))
+            and all(r in (*REPORT_TO, "none") for r in self.report_to)
+            and ("none" not in self.report_to or len(self.report_to) == 1),
+            "report_to",
+            self.report_to,
+            f"expected a list of {', '.join(REPORT_TO)}, or ['none'] alone "
+            "(e.g. ['wandb', 'tensorboard'])",
+        )
+        check_field(self.logging_steps >= 1, "logging_steps", self.logging_steps, "expected >= 1")
         check_field(
             self.learning_rate >= 0,
             "learning_rate",
@@ -175,7 +225,7 @@ class TrainerConfig:
 
 
 @dataclass
-class RolloutConfig(TrainerConfig):
+class RolloutConfig(GenerationFields, TrainerConfig):
     """Fields of every trainer that samples from its policy (on-policy RL, best-of-N)."""
 
     rollout_batch_size: int = field(
@@ -224,6 +274,14 @@ class RolloutConfig(TrainerConfig):
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "weight of each reward source; none = all 1"}
     )
+    allow_unscorable_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "a step whose samples are all unscorable (every one got None / NaN from a "
+            "reward source of non-zero weight) is an error; true: a warning with the counts, "
+            "and the step trains on zero advantages"
+        },
+    )
     missing_eos_penalty: float = field(
         default=0.0,
         metadata={
@@ -244,6 +302,49 @@ class RolloutConfig(TrainerConfig):
         default=1.0,
         metadata={"help": "lambda of mean_minus_std / mean_minus_var (>= 0)"},
     )
+    sync_every: int = field(
+        default=1,
+        metadata={
+            "help": "generation_backend 'vllm': load the policy's weights into the engine "
+            "before a step's generation when it is this many steps behind (1 = the latest "
+            "weights every step, TRL's and verl's default; k = up to k - 1 steps stale); 0 = "
+            "never (a diagnostic: the mismatch metrics then show the drift)"
+        },
+    )
+    track_kl: bool = field(
+        default=True,
+        metadata={
+            "help": "log the samples' KL to the reference ('kl', one more forward per step); "
+            "false with a KL coefficient of 0 builds no reference model at all (saves its "
+            "memory, as TRL does with beta = 0)"
+        },
+    )
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "every logging_steps, write the step's completions (prompt, completion, "
+            "each reward source's score, total reward, advantage) to run_dir/samples.jsonl "
+            "and to the trackers as the table 'completions', and print a few"
+        },
+    )
+    num_completions_to_print: int | None = field(
+        default=4,
+        metadata={
+            "help": "completions printed on the console at each logged step with "
+            "log_completions (0 = none; none = all)"
+        },
+    )
+    eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "evaluate on the eval prompts every this many steps, logged under eval/ "
+            "(0 = only at the end of training); needs an eval dataset"
+        },
+    )
+    num_generations_eval: int | None = field(
+        default=None,
+        metadata={"help": "completions per eval prompt; none = num_samples"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -261,11 +362,36 @@ class RolloutConfig(TrainerConfig):
             self.ensemble_lambda,
             "expected a finite value >= 0",
         )
+        self.check_generation_fields()
+        check_field(
+            self.sync_every >= 0, "sync_every", self.sync_every, "expected >= 1, or 0 = never"
+        )
+        check_field(
+            self.num_completions_to_print is None or self.num_completions_to_print >= 0,
+            "num_completions_to_print",
+            self.num_completions_to_print,
+            "expected >= 0 (0 = print none) or none (print all)",
+        )
+        check_field(
+            self.eval_steps >= 0, "eval_steps", self.eval_steps, "expected >= 0 (0 = at the end)"
+        )
+        check_field(
+            self.num_generations_eval is None or self.num_generations_eval >= 1,
+            "num_generations_eval",
+            self.num_generations_eval,
+            "expected >= 1 or none (= num_samples)",
+        )
         check_field(
             math.isfinite(self.missing_eos_penalty) and self.missing_eos_penalty >= 0,
             "missing_eos_penalty",
             self.missing_eos_penalty,
             "expected a finite value >= 0 (0 = off)",
+        )
+        check_field(
+            self.reward_weights is None or all(math.isfinite(w) for w in self.reward_weights),
+            "reward_weights",
+            self.reward_weights,
+            "every weight must be a finite number (0 tracks a source without optimising it)",
         )
         check_field(self.num_samples >= 1, "num_samples", self.num_samples, "expected >= 1 sample")
         check_field(
@@ -304,6 +430,17 @@ class RolloutConfig(TrainerConfig):
     @property
     def prompts_per_step(self) -> int:
         return self.rollout_batch_size // self.num_samples
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the trainer builds the frozen reference: for the KL it logs
+        (``track_kl``) or, in :class:`RLConfig`, optimises."""
+        return self.track_kl
+
+    @property
+    def eval_generations(self) -> int:
+        """Completions per eval prompt (``num_generations_eval``, else ``num_samples``)."""
+        return self.num_generations_eval or self.num_samples
 
 
 @dataclass
@@ -354,9 +491,70 @@ class RLConfig(RolloutConfig):
         default=False,
         metadata={"help": "leave completions without EOS out of the loss (DAPO overlong mask)"},
     )
+    vllm_importance_sampling_correction: bool = field(
+        default=True,
+        metadata={
+            "help": "when the rollout comes from an engine (generation_backend 'vllm'), weight "
+            "the clipped per-token loss by the detached ratio trainer / engine logprob, "
+            "truncated or masked by vllm_importance_sampling_mode (TRL's default: on; the "
+            "mismatch metrics are logged either way). No effect with the local backends"
+        },
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask",
+        metadata={
+            "help": f"one of {', '.join(LC.CORRECTION_MODES)}: token_truncate = TIS, token_mask "
+            "= IcePop (with both bounds), sequence_truncate / sequence_mask = the product ratio "
+            "of the sequence truncated / masked (MIS; TRL's default), geometric_mask = token "
+            "ratios of sequences whose geometric-mean ratio is within the bounds"
+        },
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=3.0, metadata={"help": "C_max of the weights (TRL: 3.0); none = no upper bound"}
+    )
+    vllm_importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "C_min of the weights (TRL: none = no lower bound)"}
+    )
+    vllm_importance_sampling_denominator: str = field(
+        default="original",
+        metadata={
+            "help": "tokens whose weight a mask mode set to 0: still counted in the loss's "
+            "token / sequence counts ('original', AReaL and slime) or left out of them "
+            "('kept', as verl's rejection sampling)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_field(
+            self.vllm_importance_sampling_mode in LC.CORRECTION_MODES,
+            "vllm_importance_sampling_mode",
+            self.vllm_importance_sampling_mode,
+            f"expected one of {LC.CORRECTION_MODES}",
+        )
+        check_field(
+            self.vllm_importance_sampling_denominator in LC.DENOMINATORS,
+            "vllm_importance_sampling_denominator",
+            self.vllm_importance_sampling_denominator,
+            f"expected one of {LC.DENOMINATORS}",
+        )
+        hi, lo = self.vllm_importance_sampling_clip_max, self.vllm_importance_sampling_clip_min
+        for name, v in (("vllm_importance_sampling_clip_max", hi),
+                        ("vllm_importance_sampling_clip_min", lo)):  # fmt: skip
+            check_field(v is None or (math.isfinite(v) and v >= 0), name, v,
+                        "expected a finite ratio >= 0, or none (no bound)")  # fmt: skip
+        check_field(
+            hi is not None or lo is not None,
+            "vllm_importance_sampling_clip_max",
+            hi,
+            "give at least one bound (clip_max, e.g. TRL's 3.0, and/or clip_min)",
+        )
+        check_field(
+            hi is None or lo is None or lo <= hi,
+            "vllm_importance_sampling_clip_min",
+            lo,
+            f"expected <= vllm_importance_sampling_clip_max={hi}",
+        )
         check_field(self.ppo_epochs >= 1, "ppo_epochs", self.ppo_epochs, "expected >= 1")
         if self.minibatch_size is not None:
             check_field(
@@ -410,3 +608,9 @@ class RLConfig(RolloutConfig):
             "expected > 0 (e.g. 10) or none",
         )
         check_field(self.entropy_coef >= 0, "entropy_coef", self.entropy_coef, "expected >= 0")
+
+    @property
+    def needs_reference(self) -> bool:
+        """The reference is built when the KL is optimised (``kl_coef`` > 0) or logged
+        (``track_kl``)."""
+        return self.kl_coef > 0 or self.track_kl

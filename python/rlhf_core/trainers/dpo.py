@@ -116,6 +116,7 @@ class DPOTrainer(PairTrainer):
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             the policy as passed (before any training).
         eval_pairs: held-out pairs (default: ``eval_fraction`` of ``pairs``, none when 0).
+        callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
     """
 
     name = "dpo"
@@ -130,10 +131,11 @@ class DPOTrainer(PairTrainer):
         *,
         reference: nn.Module | None = None,
         eval_pairs: Sequence[Pair] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         from rlhf_core.models import make_reference
 
-        super().__init__(config)
+        super().__init__(config, callbacks=callbacks)
         if len(pairs) == 0:
             raise ValueError("pairs is empty: DPO needs at least one pair")
         self.check_divisible("batch_size", config.batch_size)

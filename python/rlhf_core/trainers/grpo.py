@@ -213,7 +213,8 @@ class GRPOTrainer(PolicyGradientTrainer):
     policy-gradient trainer with the estimator of :func:`estimator_from_config`.
 
     Args: as :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer` (policy,
-    tokenizer, prompts, reward_funcs, reference), without ``estimator``.
+    tokenizer, prompts, reward_funcs, reference, eval_dataset, callbacks), without
+    ``estimator``.
     """
 
     name = "grpo"
@@ -228,9 +229,12 @@ class GRPOTrainer(PolicyGradientTrainer):
         reward_funcs: RewardSource | Sequence[RewardSource],
         *,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         super().__init__(config, policy, tokenizer, prompts, reward_funcs,
-                         estimator=estimator_from_config(config), reference=reference)  # fmt: skip
+                         estimator=estimator_from_config(config), reference=reference,
+                         eval_dataset=eval_dataset, callbacks=callbacks)  # fmt: skip
 
 
 class RLOOTrainer(GRPOTrainer):

@@ -2,12 +2,15 @@
 
 A trainer is orchestration only. :class:`Trainer` owns the loop::
 
-    resume from the latest checkpoint in run_dir (if any)
+    resume from the latest checkpoint in run_dir (if any); callbacks: on_train_begin
     for step in range(start, total_steps):
         metrics = trainer.train_step(step)      # rollout -> scoring -> buffer -> losses -> step
-        + per-phase timings, learning rate
-        log metrics (run_dir/metrics.jsonl, TensorBoard), progress bar
-        checkpoint every ``save_every`` steps and at the end
+        evaluation when due (trainer.evaluate(), logged under eval/); on_evaluate
+        + per-phase timings, learning rate; on_step_end
+        metrics.jsonl; every ``logging_steps`` the trackers of ``report_to``, the sampled
+        completions (``log_completions``) and on_log; progress bar
+        checkpoint every ``save_every`` steps, at the end and when a callback stops; on_save
+    on_train_end
 
 A trainer registers what it trains (:meth:`Trainer.add_trained`: a model with its AdamW and
 schedule) and what else it must checkpoint (:meth:`Trainer.add_state`: the data sampler, a
@@ -25,8 +28,9 @@ Several processes (``torchrun``): the trainer reads the process group from the e
 share of every batch; :func:`rlhf_core.trainers.step.accumulate_step` normalises losses by the
 counts of the global batch and reduces metrics over ranks, so a step equals the single-process
 step on the same global batch. Only rank 0 logs, shows progress and writes checkpoints; every
-rank takes part in gathering the state and loads it to resume. With one process none of this
-does anything (``docs/scaling.md``).
+rank takes part in gathering the state and loads it to resume. Callbacks
+(:mod:`rlhf_core.trainers.callbacks`) run on every rank; a stop on one rank stops all. With one
+process none of this does anything (``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -45,7 +49,14 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core.errors import check_field
+from rlhf_core.run_dir import RunDirError, RunFolder
 from rlhf_core.trainers import runtime
+from rlhf_core.trainers.callbacks import (
+    CallbackList,
+    NonFiniteGuard,
+    TrainerControl,
+    TrainerState,
+)
 from rlhf_core.trainers.checkpointing import load_trainer_checkpoint, save_trainer_checkpoint
 from rlhf_core.trainers.config import TrainerConfig
 from rlhf_core.trainers.optim import (
@@ -69,12 +80,16 @@ class TrainResult:
         metrics: metrics of the last step trained in this call (empty when none was).
         already_finished: True when the run had already reached ``total_steps`` at start.
         message: a human-readable summary (also logged).
+        stopped_early: True when a callback stopped training (a checkpoint was saved).
+        stop_reason: the callback's reason ("" when it did not stop).
     """
 
     step: int
     metrics: dict[str, float]
     already_finished: bool = False
     message: str = ""
+    stopped_early: bool = False
+    stop_reason: str = ""
 
 
 @dataclass
@@ -96,6 +111,11 @@ class Trainer:
     build their models in ``__init__``, call :meth:`setup_optimization` with the trained model
     (more with :meth:`add_trained`) and implement :meth:`train_step`. Checkpoints then save
     every trained model, optimizer and scheduler under its name and every registered state.
+    A trainer that evaluates implements :meth:`evaluation_due` and :meth:`evaluate`.
+
+    ``callbacks``: :class:`~rlhf_core.trainers.callbacks.TrainerCallback` instances, after the
+    default :class:`~rlhf_core.trainers.callbacks.NonFiniteGuard` (replaced when one of them
+    is a ``NonFiniteGuard``); see :meth:`add_callback` / :meth:`remove_callback`.
     """
 
     config: TrainerConfig
@@ -104,7 +124,7 @@ class Trainer:
     checkpoint_key: str = "policy"
     sampler: IndexSampler
 
-    def __init__(self, config: TrainerConfig) -> None:
+    def __init__(self, config: TrainerConfig, *, callbacks: Sequence[Any] | None = None) -> None:
         from rlhf_core.monitor import PhaseTimer
 
         self.config = config
@@ -125,6 +145,21 @@ class Trainer:
         self.trained: dict[str, TrainedModel] = {}
         #: other checkpointed state by name: objects with state_dict / load_state_dict
         self._states: dict[str, tuple[Any, bool]] = {}
+        #: the run folder once claimed (:meth:`claim_run_dir`; rank 0 only)
+        self.run_folder: RunFolder | None = None
+        self._claimed = False
+        #: what callbacks read (updated by :meth:`train`) and how they ask to stop
+        self.state = TrainerState(
+            total_steps=config.total_steps, run_dir=self.run_dir, trainer=self,
+            is_main_process=self.dist.is_main_process, world_size=self.dist.world_size,
+        )  # fmt: skip
+        self.control = TrainerControl()
+        self.callbacks = CallbackList()
+        given = list(callbacks or [])
+        if not any(isinstance(c, NonFiniteGuard) for c in given):
+            self.add_callback(NonFiniteGuard())
+        for cb in given:
+            self.add_callback(cb)
 
     # ---- what is trained and saved ----------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
@@ -155,6 +190,44 @@ class Trainer:
         """Checkpoint ``obj.state_dict()`` under ``name`` and restore it on resume (a
         checkpoint without it is an error unless ``optional``)."""
         self._states[name] = (obj, optional)
+
+    # ---- callbacks --------------------------------------------------------------------------
+    def add_callback(self, callback: Any) -> None:
+        """Append a callback. One with ``state_dict`` / ``load_state_dict`` is checkpointed
+        (as ``callback:<ClassName>``, numbered when repeated) and restored on resume."""
+        self.callbacks.add(callback)
+        if callable(getattr(callback, "state_dict", None)) and callable(
+            getattr(callback, "load_state_dict", None)
+        ):
+            base = f"callback:{type(callback).__name__}"
+            name, k = base, 1
+            while name in self._states:
+                k += 1
+                name = f"{base}:{k}"
+            self.add_state(name, callback, optional=True)
+
+    def remove_callback(self, callback: Any) -> list[Any]:
+        """Remove a callback instance, or every instance of a class (e.g.
+        ``remove_callback(NonFiniteGuard)`` turns the NaN tripwire off); returns them."""
+        gone = self.callbacks.remove(callback)
+        self._states = {
+            k: v for k, v in self._states.items() if all(v[0] is not g for g in gone)
+        }
+        return gone
+
+    # ---- evaluation (trainers that evaluate override both) -----------------------------------
+    def evaluation_due(self, step: int) -> bool:
+        """Whether to evaluate after global step ``step`` (1-based: steps done)."""
+        return False
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics (logged under ``eval/``)."""
+        raise NotImplementedError(f"the {self.name} trainer has no evaluation")
+
+    def sample_rows(self) -> list[dict[str, Any]]:
+        """The completions of the latest step as rows of ``samples.jsonl`` (trainers that
+        sample; a collective with several processes)."""
+        return []
 
     @property
     def trained_model(self) -> nn.Module:
@@ -254,11 +327,11 @@ class Trainer:
         return base / f"rank{self.dist.rank}" if self.dist.is_distributed else base
 
     def check_finite(self, metrics: Mapping[str, Any], batch: Mapping[str, Any] | None) -> None:
-        """:func:`rlhf_core.trainers.runtime.check_finite_everywhere` at the current step."""
-        runtime.check_finite_everywhere(
-            metrics, batch, self.dump_dir, step=self.global_step + 1, dist=self.dist,
-            run_dir=self.run_dir,
-        )  # fmt: skip
+        """The callbacks' ``on_pre_update``: ``metrics`` are about to be used for an update.
+        The default :class:`~rlhf_core.trainers.callbacks.NonFiniteGuard` stops on a
+        non-finite value (:func:`rlhf_core.trainers.runtime.check_finite_everywhere`)."""
+        self.callbacks.fire("on_pre_update", self.state, self.control, metrics=metrics,
+                            batch=batch)  # fmt: skip
 
     def clip_and_check(
         self, params: Sequence[nn.Parameter], metrics: Mapping[str, Any], *, prefix: str = ""
@@ -300,14 +373,46 @@ class Trainer:
         """See :func:`rlhf_core.trainers.checkpointing.save_trainer_checkpoint`."""
         return save_trainer_checkpoint(self)
 
-    def load(self, checkpoint: str | os.PathLike[str]) -> int:
+    def load(self, checkpoint: str | os.PathLike[str], *, verify: bool = True) -> int:
         """See :func:`rlhf_core.trainers.checkpointing.load_trainer_checkpoint`."""
-        return load_trainer_checkpoint(self, checkpoint)
+        return load_trainer_checkpoint(self, checkpoint, verify=verify)
+
+    # ---- the run folder ---------------------------------------------------------------------
+    def claim_run_dir(self) -> None:
+        """Make ``run_dir`` this run's (:meth:`rlhf_core.run_dir.RunFolder.claim`): the path is
+        allowed, this process holds its lock, it holds nothing but this run (with ``resume``,
+        a recorded config must match but for the options that may change). A new folder gets
+        the run's record (``run.json``, ``config.toml``) at once. :meth:`train` calls it first;
+        call it yourself before writing into the folder ahead of training. With several
+        processes rank 0 claims and every rank raises its :class:`~rlhf_core.run_dir.
+        RunDirError`. Idempotent."""
+        if self._claimed:
+            return
+        error: str | None = None
+        try:
+            if self.is_main_process:
+                folder = RunFolder.claim(
+                    self.config.run_dir, kind=self.name, config=self.config,
+                    resume=self.config.resume,
+                )  # fmt: skip
+                if folder.is_new:
+                    folder.write_record(self.config)
+                self.run_folder = folder
+        except RunDirError as exc:
+            if not self.dist.is_distributed:
+                raise
+            error = str(exc)
+        if self.dist.is_distributed:
+            errors = [e for e in D.all_gather_object(error, self.dist) if e]
+            if errors:
+                raise RunDirError(errors[0])
+        self._claimed = True
 
     # ---- the loop ---------------------------------------------------------------------------
     def train(self, *, stop_at_step: int | None = None) -> TrainResult:
         """Train until ``config.total_steps`` (or ``stop_at_step``, for time-sliced jobs; a
-        checkpoint is then saved so the next call continues exactly).
+        checkpoint is then saved so the next call continues exactly), or until a callback
+        stops it (``TrainResult.stopped_early``; a checkpoint is saved too).
 
         With ``config.resume`` the latest checkpoint in ``run_dir`` is loaded first; a run that
         already reached ``total_steps`` is reported (``TrainResult.already_finished``) instead
@@ -316,19 +421,30 @@ class Trainer:
         from tqdm.auto import tqdm
 
         from rlhf_core.checkpoint import latest_checkpoint, resume_or_start
-        from rlhf_core.monitor import MetricsLogger
+        from rlhf_core.trainers.reporting import RunReporter
 
         cfg = self.config
+        self.claim_run_dir()
         start = 0
         if not cfg.resume or latest_checkpoint(self.run_dir) is not None:
-            # raises when resume=false but run_dir already holds checkpoints
-            info = resume_or_start(self.run_dir, cfg.resume, cfg.total_steps)
-            if info.finished:
+            # raises when resume=false but run_dir already holds checkpoints, or when the latest
+            # checkpoint is damaged (unless resume_last_good)
+            info = resume_or_start(
+                self.run_dir, cfg.resume, cfg.total_steps, last_good=cfg.resume_last_good
+            )
+            if info.finished:  # reported, and nothing in the folder is rewritten
                 msg = f"{self.name}: {info.message}"
                 return TrainResult(step=info.step, metrics={}, already_finished=True, message=msg)
             if info.checkpoint is not None:
-                start = self.load(info.checkpoint)
-                log.info("%s: %s", self.name, info.message)
+                start = self.load(info.checkpoint, verify=False)  # verified when chosen
+                if self.is_main_process:
+                    log.info("%s: %s", self.name, info.message)
+                if info.damaged:
+                    D.barrier(self.dist)  # every rank has read what it resumes from
+                    if self.is_main_process:
+                        info.set_aside_damaged()
+        if self.run_folder is not None:  # every check passed: the record of this run
+            self.run_folder.write_record(cfg)
         end = cfg.total_steps if stop_at_step is None else min(int(stop_at_step), cfg.total_steps)
         if end <= start:
             raise ValueError(
@@ -336,38 +452,84 @@ class Trainer:
             )
         self.global_step = start
         main = self.is_main_process
-        logger = None
-        if main:  # only rank 0 writes metrics.jsonl / TensorBoard events
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_step=start)
+        state, control = self.state, self.control
+        state.step = state.start_step = start
+        state.total_steps, state.metrics, state.eval_metrics = cfg.total_steps, {}, {}
+        control.should_stop, control.reason = False, ""
+        reporter = RunReporter(self, start)  # only rank 0 writes metrics, samples, trackers
         last: dict[str, float] = {}
         bar = tqdm(total=cfg.total_steps, initial=start, disable=not (cfg.progress_bar and main),
                    desc=self.name, dynamic_ncols=True)  # fmt: skip
         try:
+            self.callbacks.fire("on_train_begin", state, control)
             for step in range(start, end):
-                self.timer.reset()
-                metrics = dict(self.train_step(step))
-                metrics.update(self.timer.summary())
-                metrics["lr"] = self.current_lr()
-                self.global_step = step + 1
-                if logger is not None:
-                    logger.log(self.global_step, metrics)
+                metrics, evaluated = self._run_step(step)
+                done = self.global_step
+                self.callbacks.fire("on_step_end", state, control)
+                stop = self._stop_requested()  # agreed by every rank before the logging branch
+                logging_step = stop or reporter.is_logging_step(
+                    done, evaluated=evaluated, last=done == end
+                )
+                reporter.log(done, metrics, track=logging_step)
+                if logging_step:
+                    if reporter.log_completions:
+                        reporter.log_samples(done, self.sample_rows(), bar)
+                    self.callbacks.fire("on_log", state, control, logs=metrics)
                 last = metrics
                 bar.update(1)
                 bar.set_postfix(self.progress_postfix(metrics), refresh=False)
-                periodic = cfg.save_every > 0 and self.global_step % cfg.save_every == 0
-                if periodic or self.global_step == end:
-                    self.save_checkpoint()
+                stop = stop or self._stop_requested()  # on_log may have asked
+                periodic = cfg.save_every > 0 and done % cfg.save_every == 0
+                if periodic or done == end or stop:
+                    path = self.save_checkpoint()
+                    self.callbacks.fire("on_save", state, control, checkpoint=path)
+                if stop:
+                    break
+            self.callbacks.fire("on_train_end", state, control)
         finally:
             bar.close()
-            if logger is not None:
-                logger.close()
-        msg = (
-            f"{self.name}: trained steps {start + 1}..{end} of {cfg.total_steps} in {self.run_dir}"
-        )
+            reporter.close()
+        if control.should_stop:
+            msg = (
+                f"{self.name}: stopped early at step {self.global_step} of {cfg.total_steps} "
+                f"({control.reason}); the checkpoint is in {self.run_dir}"
+            )
+        else:
+            msg = (f"{self.name}: trained steps {start + 1}..{end} of {cfg.total_steps} in "
+                   f"{self.run_dir}")  # fmt: skip
         if main:
             log.info(msg)
-        return TrainResult(step=self.global_step, metrics=last, message=msg)
+        return TrainResult(step=self.global_step, metrics=last, message=msg,
+                           stopped_early=control.should_stop, stop_reason=control.reason)  # fmt: skip
+
+    def _run_step(self, step: int) -> tuple[dict[str, float], bool]:
+        """Step ``step`` (0-based) and, when due, the evaluation after it (``eval/`` keys,
+        ``on_evaluate``); then the timings and the learning rate. Returns the metrics and
+        whether it evaluated."""
+        self.timer.reset()
+        metrics = dict(self.train_step(step))
+        evaluated: dict[str, float] = {}
+        if self.evaluation_due(step + 1):
+            with self.timer.phase("evaluation"):
+                evaluated = {f"eval/{k}": v for k, v in self.evaluate().items()}
+            metrics.update(evaluated)
+        metrics.update(self.timer.summary())
+        metrics["lr"] = self.current_lr()
+        self.global_step = step + 1
+        self.state.step, self.state.metrics = self.global_step, metrics
+        if evaluated:
+            self.state.eval_metrics = evaluated
+            self.callbacks.fire("on_evaluate", self.state, self.control, metrics=evaluated)
+        return metrics, bool(evaluated)
+
+    def _stop_requested(self) -> bool:
+        """Whether a callback asked to stop, on any rank (then on every rank)."""
+        if not self.dist.is_distributed:
+            return self.control.should_stop
+        ranks = D.flagged_ranks(self.control.should_stop, self.dist)
+        if ranks and not self.control.should_stop:
+            self.control.stop(f"a callback on rank(s) {ranks} stopped training")
+        return bool(ranks)
 
     def current_lr(self) -> float:
         """The main model's learning rate now (``config.learning_rate`` before any model)."""

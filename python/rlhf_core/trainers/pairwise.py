@@ -219,10 +219,12 @@ class PairTrainer(Trainer):
                 sum_loss=True,
             )
             self.step_schedulers()
-        done = step + 1
-        if self.eval_pairs is not None and (
-            done == cfg.total_steps or (cfg.eval_every and done % cfg.eval_every == 0)
-        ):
-            with self.timer.phase("evaluation"):
-                metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
         return metrics
+
+    def evaluation_due(self, step: int) -> bool:
+        """Every ``eval_every`` steps and at the last one, when there are held-out pairs (the
+        step loop then logs :meth:`evaluate` under ``eval/``)."""
+        cfg: Any = self.config
+        return self.eval_pairs is not None and (
+            step == cfg.total_steps or bool(cfg.eval_every and step % cfg.eval_every == 0)
+        )

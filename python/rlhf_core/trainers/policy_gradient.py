@@ -15,6 +15,12 @@ One training step::
                  in the loss, + entropy bonus), normalised by the
                  minibatch's global token / sequence counts
 
+A rollout sampled by an engine (``generation_backend="vllm"``) carries the engine's logprobs
+(``rollout_logprobs``, a per-token buffer field beside the trainer's ``logprobs``); the step
+then logs the mismatch metrics, and with ``vllm_importance_sampling_correction`` the clipped
+per-token loss is weighted by :func:`rlhf_core.losses_correction.correction_weights` (detached,
+after the clip, before the KL and entropy terms).
+
 The estimator (:mod:`rlhf_core.advantages`) owns how advantages are computed, over every rank;
 the KL coefficient β of this step (:attr:`PolicyGradientTrainer.kl_coef`) goes into the
 estimator's rewards (``kl_in_reward``) or into the loss.
@@ -42,6 +48,8 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
+from rlhf_core import losses_correction as LC
+from rlhf_core import ops
 from rlhf_core.advantages import Estimator
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
 from rlhf_core.trainers.config import RLConfig
@@ -61,6 +69,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
         estimator: the advantage estimator (:class:`rlhf_core.advantages.Estimator`); its β is
             replaced by :attr:`kl_coef` each step when ``config.kl_in_reward``.
+        eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
     """
 
     name = "policy_gradient"
@@ -80,10 +89,13 @@ class PolicyGradientTrainer(RolloutTrainer):
         *,
         estimator: Estimator,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
-        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference)
+        super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
+                         eval_dataset=eval_dataset, callbacks=callbacks)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
         self.estimator = estimator
@@ -105,6 +117,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             if self.config.kl_in_reward:
                 estimator = estimator.with_kl_coef(self.kl_coef)
             metrics.update(estimator.compute(self.buffer, self.dist).metrics())
+            metrics.update(self.engine_metrics(roll))
         with self.timer.phase("training"):
             metrics.update(self.update(step))
             self.step_schedulers()
@@ -121,12 +134,15 @@ class PolicyGradientTrainer(RolloutTrainer):
             prompt_ids=roll.prompt_ids,
             response_ids=roll.response_ids,
             logprobs=roll.logprobs,
-            ref_logprobs=roll.ref_logprobs,
             group_ids=roll.group_ids,
             truncated=roll.truncated,
         )
         if roll.values:
             fields["values"] = roll.values
+        if roll.ref_logprobs:  # none without a reference (nothing needs them)
+            fields["ref_logprobs"] = roll.ref_logprobs
+        if roll.rollout_logprobs:  # the engine's, beside the trainer's
+            fields["rollout_logprobs"] = roll.rollout_logprobs
         keep = np.ones(len(roll), dtype=bool)
         if cfg.mask_truncated:
             keep &= ~np.asarray(roll.truncated, dtype=bool)
@@ -138,6 +154,18 @@ class PolicyGradientTrainer(RolloutTrainer):
                 np.full(len(r), bool(k)) for r, k in zip(roll.response_ids, keep, strict=True)
             ]
         self.buffer.add(scores=scores, **fields)
+
+    def sequence_advantages(self) -> np.ndarray | None:
+        """float64 (N,): each completion's advantage in the buffer (the mean over its response
+        tokens for per-token estimators such as GAE), None before the first step."""
+        buf = self.buffer
+        info = buf.advantages_info if len(buf) else None
+        if info is None:
+            return None
+        adv = buf.field("advantages").astype(np.float64)
+        if info["level"] == "sequence":
+            return adv  # one per sequence
+        return np.asarray(ops.reduce_tokens(adv, offsets=buf.offsets(), how="mean"))
 
     # ---- the update -------------------------------------------------------------------------
     def update(self, step: int) -> dict[str, float]:
@@ -155,6 +183,7 @@ class PolicyGradientTrainer(RolloutTrainer):
         ):
             padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
             batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
+            self.correct_mismatch(batch)
             # counts of the global minibatch: the same on every rank, so is the skip below
             n_tok, n_seq = D.global_token_counts(batch["response_mask"], self.dist)
             if n_tok == 0:
@@ -177,9 +206,29 @@ class PolicyGradientTrainer(RolloutTrainer):
         out["optimizer_steps"] = float(average.count)
         return out
 
+    def correct_mismatch(self, batch: dict[str, torch.Tensor]) -> None:
+        """With rollout logprobs and ``vllm_importance_sampling_correction``: the minibatch's
+        correction weights as ``batch["is_weights"]`` (B, T-1); with the ``"kept"``
+        denominator, rejected tokens also leave ``response_mask`` (before the counts)."""
+        cfg = self.config
+        if not (cfg.vllm_importance_sampling_correction and "rollout_logprobs" in batch):
+            return
+        cw = LC.correction_weights(
+            batch["old_logprobs"],
+            batch["rollout_logprobs"],
+            batch["response_mask"],
+            mode=cfg.vllm_importance_sampling_mode,
+            clip_max=cfg.vllm_importance_sampling_clip_max,
+            clip_min=cfg.vllm_importance_sampling_clip_min,
+        )
+        batch["is_weights"] = cw.weights
+        if cfg.vllm_importance_sampling_denominator == "kept":
+            batch["response_mask"] = batch["response_mask"] & ~cw.rejected
+
     def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
-        """Clipped surrogate + (KL in the loss) + entropy bonus of one micro-batch, normalised
-        by the minibatch's global counts ``n_tok`` / ``n_seq``."""
+        """Clipped surrogate (times the mismatch weights, when there are some) + (KL in the
+        loss) + entropy bonus of one micro-batch, normalised by the minibatch's global counts
+        ``n_tok`` / ``n_seq``."""
         cfg = self.config
         with self.autocast():
             logp, ent = logprobs_and_entropy(
@@ -193,10 +242,13 @@ class PolicyGradientTrainer(RolloutTrainer):
             num_seqs=n_seq,
             max_len=cfg.max_new_tokens,
         )
+        advantages = micro["advantages"]
+        if "is_weights" in micro:  # w · clipped loss, as A·w (losses_correction)
+            advantages = LC.weighted_advantages(advantages, micro["is_weights"])
         out = L.ppo_policy_loss(
             logp,
             micro["old_logprobs"],
-            micro["advantages"],
+            advantages,
             mask,
             clip_low=cfg.clip_low,
             clip_high=cfg.clip_high,

@@ -182,6 +182,7 @@ class PPOTrainer(PolicyGradientTrainer):
         value_model: a :class:`rlhf_core.models.ValueModel`; default: a copy of the first
             reward model among ``reward_funcs`` (``value_init="reward_model"``) or of the
             policy's body with a fresh head.
+        eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
     """
 
     name = "ppo"
@@ -198,6 +199,8 @@ class PPOTrainer(PolicyGradientTrainer):
         *,
         value_model: nn.Module | None = None,
         reference: nn.Module | None = None,
+        eval_dataset: Any = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         from rlhf_core.models import ValueModel
 
@@ -217,7 +220,8 @@ class PPOTrainer(PolicyGradientTrainer):
             whiten=config.whiten_advantages,
         )
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, estimator=gae,
-                         reference=reference)  # fmt: skip
+                         reference=reference, eval_dataset=eval_dataset,
+                         callbacks=callbacks)  # fmt: skip
         self.value_model = self.wrap_trained(value_model)
         self.add_trained("value", self.value_model, lr=config.value_learning_rate)
         self.collector.value_model = self.value_model  # its values go into every rollout
@@ -242,7 +246,8 @@ class PPOTrainer(PolicyGradientTrainer):
         )
         # metrics["kl"] is the KL of the global rollout and rollout_batch_size its size, so
         # every rank moves β the same way
-        self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
+        if "kl" in metrics:  # no reference (kl_coef 0, track_kl off): β stays 0
+            self.kl_ctl.update(float(metrics["kl"]), self.config.rollout_batch_size)
         metrics["kl_coef"] = beta
         return metrics
 

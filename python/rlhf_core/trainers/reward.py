@@ -137,6 +137,7 @@ class RewardTrainer(PairTrainer):
         pairs: ``(prompt, chosen, rejected)`` tuples or mappings with those keys (and
             ``margin`` when ``use_margin``).
         eval_pairs: held-out pairs; default: ``eval_fraction`` of ``pairs`` is held out.
+        callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
     """
 
     name = "reward"
@@ -150,8 +151,10 @@ class RewardTrainer(PairTrainer):
         tokenizer: Any,
         pairs: Sequence[Pair],
         eval_pairs: Sequence[Pair] | None = None,
+        *,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, callbacks=callbacks)
         if len(pairs) == 0:
             raise ValueError("pairs is empty: reward training needs at least one pair")
         self.check_divisible("batch_size", config.batch_size)

@@ -190,15 +190,22 @@ class SFTTrainer(Trainer):
         tokenizer: its tokenizer.
         examples: strings (the whole text is the target), ``(prompt, completion)`` pairs, or
             mappings with ``prompt`` / ``completion`` (or ``text``).
+        callbacks: :class:`rlhf_core.trainers.callbacks.TrainerCallback` instances.
     """
 
     name = "sft"
     config: SFTConfig
 
     def __init__(
-        self, config: SFTConfig, model: nn.Module, tokenizer: Any, examples: Sequence[Example]
+        self,
+        config: SFTConfig,
+        model: nn.Module,
+        tokenizer: Any,
+        examples: Sequence[Example],
+        *,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, callbacks=callbacks)
         if len(examples) == 0:
             raise ValueError("examples is empty: SFT needs at least one example")
         self.check_divisible("batch_size", config.batch_size)

@@ -1,20 +1,22 @@
 //! Criterion benches of the advantage and statistics kernels on padded float32 batches
 //! (lengths uniform in [T/4, T]), plus a memcpy of the same bytes for scale.
 //!
-//! `cargo bench -p rlhf-core-kernels --bench kernels [-- <filter>]`. Sizes: 256×1024 and
+//! `cargo bench -p rlhf-core --bench kernels [-- <filter>]`. Sizes: 256×1024 and
 //! 1024×2048 (`RLHF_BENCH_FULL=1` adds 4096×1024). Threads follow `RAYON_NUM_THREADS`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rlhf_core_kernels::gae::{gae, GaeOptions, Masked};
-use rlhf_core_kernels::group::{group_advantages, GroupOptions, Groups};
-use rlhf_core_kernels::kl::{kl, shaped_rewards, Estimator};
-use rlhf_core_kernels::returns::discounted_returns;
-use rlhf_core_kernels::stats::{masked_mean, masked_whiten, Axis, WhitenOptions};
-use rlhf_core_kernels::tokens::{broadcast_to_tokens, reduce_tokens, Reduce};
-use rlhf_core_kernels::Layout;
+use rlhf_core::kernels::gae::{gae, GaeOptions, Masked};
+use rlhf_core::kernels::group::{
+    group_advantages, Baseline, GroupOptions, Groups, Scale, Singleton,
+};
+use rlhf_core::kernels::kl::{kl, shaped_rewards, Estimator};
+use rlhf_core::kernels::returns::discounted_returns;
+use rlhf_core::kernels::stats::{masked_mean, masked_whiten, Axis, WhitenOptions};
+use rlhf_core::kernels::tokens::{broadcast_to_tokens, reduce_tokens, Reduce};
+use rlhf_core::Layout;
 
 /// A small deterministic generator (xorshift), so the bench needs no extra crates.
 struct Rng(u64);
@@ -131,7 +133,7 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("reduce_tokens_mean", &id), |bn| {
             bn.iter(|| reduce_tokens(&l, &x.r, m, Reduce::Mean, &mut per_row).unwrap())
         });
-        let go = GroupOptions::parse("mean", "group", 1, 1e-6, "zero").unwrap();
+        let go = GroupOptions::new(Baseline::Mean, Scale::Group, 1, 1e-6, Singleton::Zero).unwrap();
         g.bench_function(
             BenchmarkId::new("group_advantages_then_broadcast_g8", &id),
             |bn| {

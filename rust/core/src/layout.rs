@@ -1,4 +1,4 @@
-//! Layouts, element traits and row iteration shared by every kernel.
+//! Layouts and element traits shared by every kernel, and the one check of ragged offsets.
 //!
 //! Two layouts describe how a flat buffer of per-token values splits into sequences (rows):
 //!
@@ -9,13 +9,11 @@
 //!   `values[offsets[i] .. offsets[i+1]]`. A mask of the same length is optional.
 //!
 //! Kernels take a [`Layout`], flat input slices and flat output slices. They split the outputs
-//! per row and run rows in parallel (rayon) only when there is enough work; every row is
-//! computed by the same code whatever the thread count, so results are bit-identical.
+//! per row ([`crate::parallel::split_rows`]) and run rows in parallel only when there is enough
+//! work; every row is computed by the same code whatever the thread count, so results are
+//! bit-identical.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
 
@@ -42,6 +40,8 @@ pub trait Float:
 {
     const ZERO: Self;
     const ONE: Self;
+    const INFINITY: Self;
+    const NEG_INFINITY: Self;
     /// "float32" or "float64", for messages.
     const NAME: &'static str;
     fn to_f64(self) -> f64;
@@ -50,11 +50,16 @@ pub trait Float:
     fn is_nan(self) -> bool;
     /// `self` when `on`, else +0.0, branch-free (vectorises; NaN never leaks through).
     fn keep(self, on: bool) -> Self;
+    /// IEEE minNum / maxNum: a NaN operand yields the other one.
+    fn fmin(self, other: Self) -> Self;
+    fn fmax(self, other: Self) -> Self;
 }
 
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const INFINITY: Self = f32::INFINITY;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
     const NAME: &'static str = "float32";
     #[inline(always)]
     fn to_f64(self) -> f64 {
@@ -76,11 +81,21 @@ impl Float for f32 {
     fn keep(self, on: bool) -> Self {
         f32::from_bits(self.to_bits() & (on as u32).wrapping_neg())
     }
+    #[inline(always)]
+    fn fmin(self, other: Self) -> Self {
+        f32::min(self, other)
+    }
+    #[inline(always)]
+    fn fmax(self, other: Self) -> Self {
+        f32::max(self, other)
+    }
 }
 
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const INFINITY: Self = f64::INFINITY;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
     const NAME: &'static str = "float64";
     #[inline(always)]
     fn to_f64(self) -> f64 {
@@ -101,6 +116,14 @@ impl Float for f64 {
     #[inline(always)]
     fn keep(self, on: bool) -> Self {
         f64::from_bits(self.to_bits() & (on as u64).wrapping_neg())
+    }
+    #[inline(always)]
+    fn fmin(self, other: Self) -> Self {
+        f64::min(self, other)
+    }
+    #[inline(always)]
+    fn fmax(self, other: Self) -> Self {
+        f64::max(self, other)
     }
 }
 
@@ -165,7 +188,7 @@ impl<'a> Layout<'a> {
     /// A ragged layout over `n_values` values. Checks that `offsets` has at least one entry,
     /// starts at 0, never decreases and ends at `n_values`.
     pub fn ragged(offsets: &'a [i64], n_values: usize) -> Result<Self> {
-        validate_offsets(offsets, n_values, "offsets")?;
+        validate_offsets(offsets, Some(n_values), "offsets")?;
         Ok(Layout::Ragged { offsets })
     }
 
@@ -254,8 +277,10 @@ impl<'a> Layout<'a> {
     }
 }
 
-/// Validate a ragged `offsets` array named `name` over `n_values` values.
-pub fn validate_offsets(offsets: &[i64], n_values: usize, name: &str) -> Result<()> {
+/// Validate a ragged `offsets` array named `name`: at least one entry, `offsets[0] == 0`,
+/// non-decreasing, and, when `n_values` is given, `offsets[N] == n_values`. The only offsets
+/// check of the core: kernel layouts and the buffer's saved state both go through it.
+pub fn validate_offsets(offsets: &[i64], n_values: Option<usize>, name: &str) -> Result<()> {
     let Some(&first) = offsets.first() else {
         return Err(CoreError::offsets(format!(
             "{name} must have N + 1 entries for N sequences (at least 1), got an empty array"
@@ -277,12 +302,12 @@ pub fn validate_offsets(offsets: &[i64], n_values: usize, name: &str) -> Result<
         }
     }
     let last = offsets[offsets.len() - 1];
-    if last != n_values as i64 {
-        return Err(CoreError::offsets(format!(
-            "{name}[-1] must equal the number of values ({n_values}), got {last}"
-        )));
+    match n_values {
+        Some(n) if last != n as i64 => Err(CoreError::offsets(format!(
+            "{name}[-1] must equal the number of values ({n}), got {last}"
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Fail with a `ShapeError` unless the two shapes are equal: "values has shape (4, 6), rewards
@@ -326,88 +351,6 @@ pub fn check_mask<M>(layout: &Layout, mask: Option<&[M]>) -> Result<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parallel execution
-// ---------------------------------------------------------------------------------------------
-
-/// Below this many slots a kernel runs serially on the calling thread: rayon's fork/join costs
-/// a few microseconds, more than small inputs take in total.
-pub const PAR_MIN_SLOTS: usize = 1 << 15;
-
-/// Target number of slots per parallel task.
-const PAR_GRAIN: usize = 1 << 14;
-
-static PARALLEL: AtomicBool = AtomicBool::new(true);
-static FORKED: AtomicBool = AtomicBool::new(false);
-
-/// Enable or disable rayon parallelism process-wide (results are the same either way).
-pub fn set_parallel(enabled: bool) {
-    PARALLEL.store(enabled, Ordering::SeqCst);
-}
-
-/// Mark this process as a forked child: rayon stays off for good, since the parent's worker
-/// threads do not exist here and the global pool would hang. Called by the Python glue's
-/// `os.register_at_fork(after_in_child=...)` hook.
-pub fn mark_forked_child() {
-    FORKED.store(true, Ordering::SeqCst);
-}
-
-/// Whether kernels may use rayon.
-pub fn parallel_enabled() -> bool {
-    PARALLEL.load(Ordering::Relaxed) && !FORKED.load(Ordering::Relaxed)
-}
-
-/// Whether `work` slots spread over `items` independent items are worth running in parallel.
-#[inline]
-pub(crate) fn go_parallel(work: usize, items: usize) -> bool {
-    items >= 2 && work >= PAR_MIN_SLOTS && parallel_enabled()
-}
-
-/// Run `f(i, item_i)` for every item, in parallel when `work` (slots touched) is large enough.
-/// Items are independent (one per row, group or fixed-size chunk), so the result never depends
-/// on the number of threads.
-pub(crate) fn for_each_item<X, Fun>(work: usize, items: Vec<X>, f: Fun)
-where
-    X: Send,
-    Fun: Fn(usize, X) + Sync + Send,
-{
-    let n = items.len();
-    if go_parallel(work, n) {
-        let min_len = (PAR_GRAIN * n / work.max(1)).max(1);
-        items
-            .into_par_iter()
-            .enumerate()
-            .with_min_len(min_len)
-            .for_each(|(i, x)| f(i, x));
-    } else {
-        items.into_iter().enumerate().for_each(|(i, x)| f(i, x));
-    }
-}
-
-/// Split a flat output buffer into one mutable slice per row.
-pub(crate) fn split_rows<'s, T>(layout: &Layout, out: &'s mut [T]) -> Vec<&'s mut [T]> {
-    debug_assert_eq!(out.len(), layout.n_slots());
-    match layout {
-        Layout::Padded { rows, cols } => {
-            if *cols == 0 {
-                (0..*rows).map(|_| <&mut [T]>::default()).collect()
-            } else {
-                out.chunks_mut(*cols).collect()
-            }
-        }
-        Layout::Ragged { offsets } => {
-            let mut rest = out;
-            let mut rows = Vec::with_capacity(offsets.len() - 1);
-            for w in offsets.windows(2) {
-                let (head, tail) = rest.split_at_mut((w[1] - w[0]) as usize);
-                rows.push(head);
-                rest = tail;
-            }
-            rows
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,22 +366,16 @@ mod tests {
         assert!(e.message().contains("non-decreasing"), "{e}");
         let e = Layout::ragged(&[0, 2, 4], 5).unwrap_err();
         assert!(e.message().contains("(5), got 4"), "{e}");
+        assert!(validate_offsets(&[0, 2, 4], None, "o").is_ok());
+        let e = validate_offsets(&[0, 3, 2], None, "o").unwrap_err();
+        assert_eq!(e.message(), "o must be non-decreasing: o[2] = 2 < o[1] = 3");
     }
 
     #[test]
-    fn rows_and_split() {
+    fn rows() {
         let l = Layout::ragged(&[0, 2, 2, 5], 5).unwrap();
         assert_eq!(l.n_rows(), 3);
         assert_eq!(l.row(2), 2..5);
-        let mut buf = [0u8; 5];
-        let rows = split_rows(&l, &mut buf);
-        assert_eq!(
-            rows.iter().map(|r| r.len()).collect::<Vec<_>>(),
-            vec![2, 0, 3]
-        );
-        let p = Layout::padded(3, 0);
-        let mut empty: [u8; 0] = [];
-        assert_eq!(split_rows(&p, &mut empty).len(), 3);
     }
 
     #[test]

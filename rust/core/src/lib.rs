@@ -1,28 +1,33 @@
-//! rlhf-core-kernels: the pure-Rust core of rlhf_core.
+//! rlhf-core: the pure-Rust core of rlhf_core.
 //!
-//! Pure functions over slices: advantage estimators (GAE, discounted returns, group
-//! baselines), masked statistics, KL estimators, token broadcast/reduce, running moments,
-//! the ragged rollout buffer and minibatch planning. No Python here: `cargo test` runs alone.
+//! Pure functions over slices and the ragged rollout buffer built on them. No Python here:
+//! `cargo test -p rlhf-core` runs alone.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`error`] | [`CoreError`], the one error type |
+//! | [`layout`] | padded and ragged layouts, element traits, the one offsets check |
+//! | [`parallel`] | the process-wide parallel switch and the row / block splitting helpers |
+//! | [`bools`] | the check that a bool array's bytes are 0 or 1 |
+//! | [`kernels`] | GAE, returns, group advantages, KL, statistics, broadcast / reduce, running moments |
+//! | [`buffer`] | the rollout buffer: storage, schema, estimators in place, summary, materialisation |
+//! | [`plan`] | samplers, balanced partition, packing |
+//!
+//! Imports point one way: `error` ← `layout` ← `parallel` ← `kernels` ← `buffer`, with `plan`
+//! beside `buffer` (it needs only `error`).
 //!
 //! Rules: one error enum ([`CoreError`]), no panics on user input, statistics accumulated in
 //! f64, rayon across rows or groups only so results are bit-identical for any thread count.
 
+pub mod bools;
 pub mod buffer;
-pub mod buffer_advantages;
-pub mod buffer_stats;
 pub mod error;
-pub mod gae;
-pub mod group;
-pub mod kl;
+pub mod kernels;
 pub mod layout;
-pub mod materialize;
-pub mod partition;
+pub mod parallel;
 pub mod plan;
-pub mod returns;
-pub mod running;
 mod simd;
-pub mod stats;
-pub mod tokens;
 
+pub use buffer::RolloutBuffer;
 pub use error::{CoreError, Result};
 pub use layout::{Float, Layout, MaskValue};

@@ -2,11 +2,10 @@
 //! statistics and materialisation against a plain construction.
 
 use proptest::prelude::*;
-use rlhf_core_kernels::buffer::{
-    AddBatch, Advantages, Column, DType, RolloutBuffer, Slice, TokenInput,
-};
-use rlhf_core_kernels::materialize::{packed, padded, MaterializeOptions};
-use rlhf_core_kernels::CoreError;
+use rlhf_core::buffer::materialize::{packed, padded, MaterializeOptions};
+use rlhf_core::buffer::summary::summary;
+use rlhf_core::buffer::{AddBatch, Advantages, Column, DType, RolloutBuffer, Slice, TokenInput};
+use rlhf_core::CoreError;
 
 /// Plain per-sequence data of a test batch.
 #[derive(Debug, Clone)]
@@ -448,7 +447,7 @@ fn parts_round_trip_is_bitwise_and_corrupt_parts_are_rejected() {
     expect_err(
         RolloutBuffer::from_parts(p),
         |e| matches!(e, CoreError::State(_)),
-        &["response_offsets decreases at index 2"],
+        &["response_offsets must be non-decreasing: response_offsets[2] = 1"],
     );
     let mut p = buf.to_parts();
     p.token_fields[1].1 = Column::F32(vec![0.0; 3]);
@@ -543,7 +542,7 @@ fn stats_report_lengths_scores_and_groups() {
     };
     let mut buf = RolloutBuffer::default();
     buf.add(&b).unwrap();
-    let st: std::collections::HashMap<String, f64> = buf.stats().into_iter().collect();
+    let st: std::collections::HashMap<String, f64> = summary(&buf).into_iter().collect();
     assert_eq!(st["num_sequences"], 5.0);
     assert_eq!(st["num_response_tokens"], 10.0);
     assert_eq!(st["response_length/mean"], 2.0);

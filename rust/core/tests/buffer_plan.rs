@@ -2,12 +2,12 @@
 //! balanced partition and first-fit-decreasing packing.
 
 use proptest::prelude::*;
-use rlhf_core_kernels::partition::{balanced_partition, pack, Method};
-use rlhf_core_kernels::plan::{
-    permutation, plan_epoch, token_budget_batches, Budget, PlanKind, Sampler, SamplerConfig,
-    SplitMix64,
+use rlhf_core::plan::sampler::plan_epoch;
+use rlhf_core::plan::{
+    balanced_partition, pack, permutation, token_budget_batches, Budget, Method, PlanKind, Sampler,
+    SamplerConfig, SplitMix64,
 };
-use rlhf_core_kernels::CoreError;
+use rlhf_core::CoreError;
 
 #[test]
 fn splitmix64_matches_the_published_sequence() {

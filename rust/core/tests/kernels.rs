@@ -5,14 +5,17 @@
 #![allow(clippy::needless_range_loop)] // index loops over several parallel arrays read clearer here
 
 use proptest::prelude::*;
-use rlhf_core_kernels::gae::{gae, GaeOptions, Masked};
-use rlhf_core_kernels::group::{group_advantages, GroupOptions, Groups};
-use rlhf_core_kernels::kl::{kl, shaped_rewards, Estimator};
-use rlhf_core_kernels::layout::{set_parallel, Layout};
-use rlhf_core_kernels::returns::discounted_returns;
-use rlhf_core_kernels::running::RunningMoments;
-use rlhf_core_kernels::stats::{masked_mean, masked_var, masked_whiten, Axis, WhitenOptions};
-use rlhf_core_kernels::tokens::{broadcast_to_tokens, reduce_tokens, Reduce};
+use rlhf_core::kernels::gae::{gae, GaeOptions, Masked};
+use rlhf_core::kernels::group::{
+    group_advantages, Baseline, GroupOptions, Groups, Scale, Singleton,
+};
+use rlhf_core::kernels::kl::{kl, shaped_rewards, Estimator};
+use rlhf_core::kernels::returns::discounted_returns;
+use rlhf_core::kernels::running::RunningMoments;
+use rlhf_core::kernels::stats::{masked_mean, masked_var, masked_whiten, Axis, WhitenOptions};
+use rlhf_core::kernels::tokens::{broadcast_to_tokens, reduce_tokens, Reduce};
+use rlhf_core::layout::Layout;
+use rlhf_core::parallel::set_parallel;
 
 /// A padded batch: values, right-padded lengths plus holes in the mask.
 #[derive(Debug, Clone)]
@@ -150,7 +153,7 @@ proptest! {
         seed in 0u64..1000,
     ) {
         let ids: Vec<i64> = (0..scores.len()).map(|i| ((i as u64 * 2654435761 + seed) % n_ids as u64) as i64).collect();
-        let o = GroupOptions::parse("mean", "group", 1, 1e-6, "zero").unwrap();
+        let o = GroupOptions::new(Baseline::Mean, Scale::Group, 1, 1e-6, Singleton::Zero).unwrap();
         let mut a = vec![9.0; scores.len()];
         let st = group_advantages(&scores, Groups::Ids(&ids), &o, &mut a).unwrap();
         prop_assert!(a.iter().all(|v| v.is_finite()));

@@ -9,10 +9,15 @@
 //!   ├── `CapacityError`       (also `ValueError`)
 //!   ├── `FieldError`          (also `KeyError`)
 //!   └── `StateError`          (also `ValueError`)
+//!
+//! [`EXCEPTIONS`] is the only list: registration walks it, and [`to_py`] finds a core error's
+//! class by the same row.
+
+use std::sync::OnceLock;
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
-use rlhf_core_kernels::CoreError;
+use pyo3::types::{PyDict, PyTuple};
+use rlhf_core::CoreError;
 
 pyo3::create_exception!(
     rlhf_core._core,
@@ -21,110 +26,102 @@ pyo3::create_exception!(
     "Base class of every error raised by rlhf_core's Rust core."
 );
 
-/// Create `name` as a subclass of both `RlhfCoreError` and `builtin`, so users can catch
-/// either the library's hierarchy or the familiar builtin.
-fn make_sub(
-    py: Python<'_>,
-    name: &str,
-    builtin: &Bound<'_, PyAny>,
-    doc: &str,
-) -> PyResult<Py<PyAny>> {
-    let base = py.get_type::<RlhfCoreError>();
-    let bases = PyTuple::new(py, [base.as_any(), builtin])?;
-    let dict = pyo3::types::PyDict::new(py);
-    dict.set_item("__doc__", doc)?;
-    dict.set_item("__module__", "rlhf_core._core")?;
-    let ty = py
-        .import("builtins")?
-        .getattr("type")?
-        .call1((name, bases, dict))?;
-    Ok(ty.unbind())
+/// One exception class: which core errors it takes, its name, the builtin it also subclasses,
+/// and its docstring.
+struct Exception {
+    matches: fn(&CoreError) -> bool,
+    name: &'static str,
+    builtin: &'static str,
+    doc: &'static str,
 }
 
-static SUBCLASSES: std::sync::OnceLock<[Py<PyAny>; 7]> = std::sync::OnceLock::new();
+const EXCEPTIONS: [Exception; 7] = [
+    Exception {
+        matches: |e| matches!(e, CoreError::Shape(_)),
+        name: "ShapeError",
+        builtin: "ValueError",
+        doc: "Array lengths or shapes disagree.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::Dtype(_)),
+        name: "DtypeError",
+        builtin: "TypeError",
+        doc: "An array has an unsupported element type.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::Offsets(_)),
+        name: "OffsetsError",
+        builtin: "ValueError",
+        doc: "offsets are not a valid ragged layout.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::InvalidOption(_)),
+        name: "InvalidOptionError",
+        builtin: "ValueError",
+        doc: "An option string or scalar is outside its allowed set or range.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::Capacity(_)),
+        name: "CapacityError",
+        builtin: "ValueError",
+        doc: "A sequence does not fit a token budget or pack capacity.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::Field(_)),
+        name: "FieldError",
+        builtin: "KeyError",
+        doc: "Unknown, missing or conflicting named field.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::State(_)),
+        name: "StateError",
+        builtin: "ValueError",
+        doc: "Serialized state cannot be restored.",
+    },
+];
+
+/// The classes made by [`register`], in the order of [`EXCEPTIONS`].
+static CLASSES: OnceLock<Vec<Py<PyAny>>> = OnceLock::new();
+
+/// Create `row.name` as a subclass of both `RlhfCoreError` and its builtin, so users can catch
+/// either the library's hierarchy or the familiar builtin.
+fn make_class(py: Python<'_>, row: &Exception) -> PyResult<Py<PyAny>> {
+    let builtins = py.import("builtins")?;
+    let base = py.get_type::<RlhfCoreError>();
+    let bases = PyTuple::new(py, [base.as_any(), &builtins.getattr(row.builtin)?])?;
+    let dict = PyDict::new(py);
+    dict.set_item("__doc__", row.doc)?;
+    dict.set_item("__module__", "rlhf_core._core")?;
+    Ok(builtins
+        .getattr("type")?
+        .call1((row.name, bases, dict))?
+        .unbind())
+}
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("RlhfCoreError", py.get_type::<RlhfCoreError>())?;
-    let b = py.import("builtins")?;
-    let ve = b.getattr("ValueError")?;
-    let te = b.getattr("TypeError")?;
-    let ke = b.getattr("KeyError")?;
-    let subs = [
-        make_sub(py, "ShapeError", &ve, "Array lengths or shapes disagree.")?,
-        make_sub(
-            py,
-            "DtypeError",
-            &te,
-            "An array has an unsupported element type.",
-        )?,
-        make_sub(
-            py,
-            "OffsetsError",
-            &ve,
-            "offsets are not a valid ragged layout.",
-        )?,
-        make_sub(
-            py,
-            "InvalidOptionError",
-            &ve,
-            "An option string or scalar is outside its allowed set or range.",
-        )?,
-        make_sub(
-            py,
-            "CapacityError",
-            &ve,
-            "A sequence does not fit a token budget or pack capacity.",
-        )?,
-        make_sub(
-            py,
-            "FieldError",
-            &ke,
-            "Unknown, missing or conflicting named field.",
-        )?,
-        make_sub(
-            py,
-            "StateError",
-            &ve,
-            "Serialized state cannot be restored.",
-        )?,
-    ];
-    for (name, s) in [
-        "ShapeError",
-        "DtypeError",
-        "OffsetsError",
-        "InvalidOptionError",
-        "CapacityError",
-        "FieldError",
-        "StateError",
-    ]
-    .iter()
-    .zip(subs.iter())
-    {
-        m.add(*name, s.clone_ref(py))?;
+    let classes = EXCEPTIONS
+        .iter()
+        .map(|row| make_class(py, row))
+        .collect::<PyResult<Vec<_>>>()?;
+    for (row, class) in EXCEPTIONS.iter().zip(&classes) {
+        m.add(row.name, class.clone_ref(py))?;
     }
-    let _ = SUBCLASSES.set(subs);
+    let _ = CLASSES.set(classes);
     Ok(())
 }
 
 /// Map a core error to its Python exception.
 pub fn to_py(e: CoreError) -> PyErr {
-    let idx = match &e {
-        CoreError::Shape(_) => 0,
-        CoreError::Dtype(_) => 1,
-        CoreError::Offsets(_) => 2,
-        CoreError::InvalidOption(_) => 3,
-        CoreError::Capacity(_) => 4,
-        CoreError::Field(_) => 5,
-        CoreError::State(_) => 6,
-    };
+    let row = EXCEPTIONS.iter().position(|row| (row.matches)(&e));
     let msg = e.message().to_string();
-    Python::attach(|py| match SUBCLASSES.get() {
-        Some(subs) => match subs[idx].bind(py).call1((msg.clone(),)) {
+    Python::attach(|py| match (row, CLASSES.get()) {
+        (Some(i), Some(classes)) => match classes[i].bind(py).call1((msg.clone(),)) {
             Ok(inst) => PyErr::from_value(inst),
             Err(err) => err,
         },
-        None => RlhfCoreError::new_err(msg),
+        _ => RlhfCoreError::new_err(msg),
     })
 }
 
@@ -133,7 +130,7 @@ pub fn internal_error(msg: String) -> PyErr {
     RlhfCoreError::new_err(msg)
 }
 
-/// `?`-friendly conversion: `core_fn(..).map_err(to_py)?` or `.py()?`.
+/// `?`-friendly conversion: `core_fn(..).py()?`.
 pub trait IntoPyResult<T> {
     fn py(self) -> PyResult<T>;
 }

@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::prelude::*;
-use rlhf_core_kernels::CoreError;
+use rlhf_core::CoreError;
 
 use crate::errors::{internal_error, to_py};
 

@@ -21,7 +21,7 @@ use numpy::ndarray::{ArrayD, ArrayViewD, IxDyn};
 use numpy::{Element, PyArrayDyn};
 use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
-use rlhf_core_kernels::Float;
+use rlhf_core::Float;
 
 use crate::errors::internal_error;
 
@@ -35,9 +35,9 @@ pub struct Block {
     bytes: usize,
 }
 
-// SAFETY: a Block is a uniquely owned heap allocation; moving it across threads is fine, and
-// a shared `&Block` exposes only the pointer value and size, never the memory behind it.
+// SAFETY: a Block is a uniquely owned heap allocation; moving it across threads is fine.
 unsafe impl Send for Block {}
+// SAFETY: a shared `&Block` exposes only the pointer value and size, never the memory behind it.
 unsafe impl Sync for Block {}
 
 impl Block {

@@ -22,6 +22,7 @@ from rlhf_core.cli.loading import (
 from rlhf_core.cli.outputs import write_json
 from rlhf_core.cli.run_configs import EvalConfig
 from rlhf_core.evaluation import PolicyEval, evaluate_policy
+from rlhf_core.generation import opened_backend
 from rlhf_core.rewards import combine_rewards
 
 __all__ = ["run_eval"]
@@ -56,26 +57,29 @@ def run_eval(cfg: EvalConfig) -> int:
     and KL), and prints the means."""
     device = device_for(cfg)
     run = pathlib.Path(cfg.run_dir)
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    policy = load_model(cfg.model, tok, seed=cfg.seed).to(device)
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg).to(device)
     prompts, columns = load_prompt_table(cfg, tok)
     fns, names = load_scorers(cfg, tok, device)
     ref = load_reference(cfg, tok)
-    ev = evaluate_policy(
-        policy,
-        tok,
-        prompts,
-        dict(zip(names, fns, strict=True)),
-        reference=None if ref is None else ref.to(device),
-        columns=columns,
-        num_samples=cfg.num_samples,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-    )
+    vllm = cfg.vllm_config(seed=cfg.seed) if cfg.generation_backend == "vllm" else None
+    with opened_backend(cfg.generation_backend, policy, tok, vllm=vllm) as backend:
+        ev = evaluate_policy(
+            policy,
+            tok,
+            prompts,
+            dict(zip(names, fns, strict=True)),
+            reference=None if ref is None else ref.to(device),
+            columns=columns,
+            num_samples=cfg.num_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            generation_backend=backend,
+        )
     summary = ev.summary()
     if len(names) > 1:
         summary["reward/combined"] = combined_reward(ev, cfg.reward_weights)

@@ -24,7 +24,7 @@ from rlhf_core.cli.loading import (
 )
 from rlhf_core.cli.outputs import write_json
 from rlhf_core.cli.run_configs import LabelConfig
-from rlhf_core.generation import generate
+from rlhf_core.generation import generate, opened_backend
 from rlhf_core.rewards import DEFAULT_JUDGE_TEMPLATE, JudgeLabeler, combine_rewards, label_pairs
 
 __all__ = ["run_label"]
@@ -33,8 +33,10 @@ __all__ = ["run_label"]
 def _judge(cfg: LabelConfig, tokenizer: Any, device: Any) -> tuple[Any, str]:
     """The judge ``label_pairs`` calls and its description for the summary."""
     if cfg.judge_model is not None:
-        jtok = load_tokenizer_for(cfg.judge_model, cfg.judge_tokenizer, field_name="judge_model")
-        jm = load_model(cfg.judge_model, jtok, seed=cfg.seed, field_name="judge_model")
+        jtok = load_tokenizer_for(
+            cfg.judge_model, cfg.judge_tokenizer, field_name="judge_model", cfg=cfg
+        )
+        jm = load_model(cfg.judge_model, jtok, seed=cfg.seed, field_name="judge_model", cfg=cfg)
         judge = JudgeLabeler(
             jm.to(device).eval(),
             jtok,
@@ -58,21 +60,24 @@ def run_label(cfg: LabelConfig) -> int:
     samples are identical dropped; and ``run_dir/label_summary.json`` with the counts."""
     device = device_for(cfg)
     run = pathlib.Path(cfg.run_dir)
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    policy = load_model(cfg.model, tok, seed=cfg.seed).to(device)
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg).to(device)
     prompts, columns = load_prompt_table(cfg, tok)
-    comp = generate(
-        policy,
-        tok,
-        prompts,
-        num_samples=2,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-    )
+    vllm = cfg.vllm_config(seed=cfg.seed) if cfg.generation_backend == "vllm" else None
+    with opened_backend(cfg.generation_backend, policy, tok, vllm=vllm) as backend:
+        comp = generate(
+            policy,
+            tok,
+            prompts,
+            num_samples=2,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            generation_backend=backend,
+        )
     a, b = comp.texts[0::2], comp.texts[1::2]
     judge, kind = _judge(cfg, tok, device)
     rows = label_pairs(

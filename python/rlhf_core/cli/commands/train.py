@@ -1,14 +1,25 @@
 """The training commands: ``sft``, ``reward``, ``dpo`` on fixed data; ``ppo``, ``grpo``,
 ``rloo``, ``reinforce-pp``, ``best-of-n`` on samples of the policy. Each loads what its config
-names, trains, saves the final model into the run folder and plots the main metrics."""
+names, trains, saves the final model with its model card (``README.md``) into the run folder
+and plots the main metrics.
+
+What a run leaves: ``RUN_DIR/model`` (the trained policy, a ``save_pretrained`` folder);
+with LoRA (``lora_r > 0``) instead ``RUN_DIR/adapter`` (a PEFT adapter folder, loadable with
+``PeftModel.from_pretrained``) and, with ``merge_lora``, ``RUN_DIR/model`` (the adapters merged
+into a full model); for ``reward``, ``RUN_DIR/reward_model`` (an
+``AutoModelForSequenceClassification`` checkpoint with one label)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
 from typing import Any
 
 from rlhf_core.cli.loading import (
     is_builtin,
+    load_eval_pairs,
+    load_eval_prompt_rows,
     load_model,
     load_pairs,
     load_prompt_rows,
@@ -18,10 +29,11 @@ from rlhf_core.cli.loading import (
     load_sft_data,
     load_tokenizer_for,
 )
-from rlhf_core.cli.outputs import already_finished, finish_training, save_model
+from rlhf_core.cli.outputs import already_finished, card_fields, finish_training, save_model
 from rlhf_core.cli.reward_models import (
     add_check_model,
     ensemble_reward_model,
+    new_check_model,
     split_for_check,
     train_check_model,
 )
@@ -35,7 +47,17 @@ from rlhf_core.cli.run_configs import (
     RLOORunConfig,
     SFTRunConfig,
 )
-from rlhf_core.models import RewardEnsemble, RewardModel, ValueModel
+from rlhf_core.models import (
+    RewardEnsemble,
+    RewardModel,
+    ValueModel,
+    apply_lora,
+    merged_copy,
+    peft_model_of,
+    seeded,
+)
+from rlhf_core.models.head_files import HEAD_CONFIG, SCORE_META
+from rlhf_core.models.hub import optional_file
 from rlhf_core.trainers.best_of_n import BestOfNTrainer
 from rlhf_core.trainers.dpo import DPOTrainer
 from rlhf_core.trainers.grpo import GRPOTrainer, ReinforcePPTrainer, RLOOTrainer
@@ -44,6 +66,7 @@ from rlhf_core.trainers.reward import RewardTrainer
 from rlhf_core.trainers.sft import SFTTrainer
 
 __all__ = [
+    "trainer_kind",
     "run_sft",
     "run_reward",
     "run_dpo",
@@ -55,45 +78,120 @@ __all__ = [
 ]
 
 
+def _with_lora(cfg: Any, model: Any) -> tuple[Any, Any]:
+    """The policy and the config the trainer gets. With LoRA options the trainer's own setup
+    does not take (``use_rslora``, ``use_dora``, ``lora_modules_to_save``), the adapters are
+    added here, seeded by ``cfg.seed`` and targeted as the trainer would, and the trainer gets
+    the config with ``lora_r = 0`` (it trains the adapters the policy brings). Otherwise both
+    are returned as they are and the trainer adds the adapters itself."""
+    if cfg.lora_r <= 0 or not cfg.lora_extras():
+        return model, cfg
+    targets = cfg.lora_target_modules
+    target: list[str] | str | None = (
+        "all-linear" if targets == ["all-linear"] else (list(targets) if targets else None)
+    )
+    with seeded(cfg.seed):
+        model = apply_lora(
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            target_modules=target,
+            dropout=cfg.lora_dropout,
+            use_rslora=cfg.use_rslora,
+            use_dora=cfg.use_dora,
+            modules_to_save=cfg.lora_modules_to_save,
+        )
+    return model, dataclasses.replace(cfg, lora_r=0)
+
+
+def _save_policy(
+    cfg: Any, trained: Any, model: Any, tok: Any, card: dict[str, Any]
+) -> dict[str, pathlib.Path]:
+    """Save the trained policy with its model card: ``RUN_DIR/model``, or for a LoRA run
+    ``RUN_DIR/adapter`` (and with ``merge_lora`` the merged ``RUN_DIR/model``)."""
+    run = pathlib.Path(cfg.run_dir)
+    peft = peft_model_of(trained)
+    if peft is None:
+        return {"model": save_model(model, tok, run / "model", card)}
+    saved = {"LoRA adapter (PEFT)": save_model(peft, tok, run / "adapter", card)}
+    if cfg.merge_lora:
+        saved["merged model"] = save_model(merged_copy(peft), tok, run / "model", card)
+    return saved
+
+
+def _is_scalar_model(name: str, revision: str | None) -> bool:
+    """Whether ``name`` (folder or Hub id) holds a reward / value model rather than an LM."""
+    if optional_file(name, HEAD_CONFIG, revision) or optional_file(name, SCORE_META, revision):
+        return True
+    config = optional_file(name, "config.json", revision)
+    if config is None:
+        return False
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+#: the trainer each training command runs
+_TRAINERS: dict[str, Any] = {
+    "sft": SFTTrainer,
+    "reward": RewardTrainer,
+    "dpo": DPOTrainer,
+    "ppo": PPOTrainer,
+    "grpo": GRPOTrainer,
+    "rloo": RLOOTrainer,
+    "reinforce-pp": ReinforcePPTrainer,
+    "best-of-n": BestOfNTrainer,
+}
+
+
+def trainer_kind(command: str) -> str:
+    """The name under which the trainer of ``command`` records its runs (``run.json``)."""
+    return str(_TRAINERS[command].name)
+
+
 def run_sft(cfg: SFTRunConfig) -> int:
-    """``rlhf-core sft``: the final model goes to ``run_dir/model``."""
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    model = load_model(cfg.model, tok, seed=cfg.seed)
-    trainer = SFTTrainer(cfg, model, tok, load_sft_data(cfg, tok))
+    """``rlhf-core sft``: the final model goes to ``run_dir/model`` (LoRA: ``run_dir/adapter``)."""
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    model = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
+    model, tcfg = _with_lora(cfg, model)
+    trainer = SFTTrainer(tcfg, model, tok, load_sft_data(cfg, tok))
     res = trainer.train()
     if res.already_finished:
         return already_finished("sft", res)
-    saved = {"model": save_model(model, tok, pathlib.Path(cfg.run_dir) / "model")}
+    card = card_fields("sft", cfg, res, [cfg.dataset])
+    saved = _save_policy(cfg, trainer.model, model, tok, card)
     return finish_training("sft", cfg, res, ["loss", "grad_norm", "lr"], saved)
 
 
 def run_reward(cfg: RewardRunConfig) -> int:
-    """``rlhf-core reward``: a fresh head on ``cfg.model``'s body (or a reward model folder,
-    continued; ``--ensemble K``: K heads); the reward model goes to ``run_dir/reward_model``,
-    a check model (``--check_fraction``) to ``run_dir/check_model``."""
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    rm: Any = ensemble_reward_model(cfg, lambda: load_model(cfg.model, tok, seed=cfg.seed))
-    if rm is None and not is_builtin(cfg.model) and (
-        pathlib.Path(cfg.model) / "rlhf_core_head.json"
-    ).is_file():
-        rm = load_scalar_model(RewardModel, cfg.model, "model")
+    """``rlhf-core reward``: a fresh head on ``cfg.model``'s body (or a reward model, continued;
+    ``--ensemble K``: K heads); the reward model goes to ``run_dir/reward_model`` (a single one
+    as an ``AutoModelForSequenceClassification`` checkpoint), a check model
+    (``--check_fraction``) to ``run_dir/check_model``."""
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    rm: Any = ensemble_reward_model(
+        cfg, lambda: load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
+    )
+    if rm is None and not is_builtin(cfg.model) and _is_scalar_model(cfg.model, cfg.revision):
+        rm = load_scalar_model(RewardModel, cfg.model, "model", cfg)
     elif rm is None:
-        rm = RewardModel.from_policy(load_model(cfg.model, tok, seed=cfg.seed), seed=cfg.seed)
+        policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
+        rm = RewardModel.from_policy(policy, seed=cfg.seed)
     pairs = load_pairs(cfg.dataset, cfg, tok)
-    held = load_pairs(cfg.eval_dataset, cfg, tok) if cfg.eval_dataset else None
-    pairs, check, held = split_for_check(cfg, pairs, held)
-    saved: dict[str, pathlib.Path] = {}
-    if check is not None:  # before the proxy trains the body it copies
-        saved["check model"] = train_check_model(cfg, tok, rm, check, held)
+    pairs, check, held = split_for_check(cfg, pairs, load_eval_pairs(cfg, tok))
+    checker = new_check_model(cfg, rm) if check is not None else None  # the untrained body
     trainer = RewardTrainer(cfg, rm, tok, pairs, eval_pairs=held)
     res = trainer.train()
+    saved: dict[str, pathlib.Path] = {}
+    if checker is not None and check is not None:  # in RUN_DIR/check, once RUN_DIR is a run's
+        saved["check model"] = train_check_model(cfg, tok, checker, check, held)
     if res.already_finished:
         return already_finished("reward", res)
     out = pathlib.Path(cfg.run_dir) / "reward_model"
-    if isinstance(rm, RewardEnsemble) and cfg.save_members:
-        save_model(_WithMembers(rm), tok, out)
+    if isinstance(rm, RewardEnsemble):
+        save_model(_WithMembers(rm) if cfg.save_members else rm, tok, out)
     else:
-        save_model(rm, tok, out)
+        card = card_fields("reward", cfg, res, [cfg.dataset, cfg.eval_dataset])
+        save_model(rm, tok, out, card)
     saved = {"reward model": out, **saved}
     keys = ["loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "grad_norm"]
     return finish_training("reward", cfg, res, keys, saved)
@@ -110,17 +208,19 @@ class _WithMembers:
 
 
 def run_dpo(cfg: DPORunConfig) -> int:
-    """``rlhf-core dpo``: the final model goes to ``run_dir/model``."""
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    policy = load_model(cfg.model, tok, seed=cfg.seed)
+    """``rlhf-core dpo``: the final model goes to ``run_dir/model`` (LoRA: ``run_dir/adapter``)."""
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
     pairs = load_pairs(cfg.dataset, cfg, tok)
-    held = load_pairs(cfg.eval_dataset, cfg, tok) if cfg.eval_dataset else None
+    held = load_eval_pairs(cfg, tok)
     reference = load_reference(cfg, tok)
-    trainer = DPOTrainer(cfg, policy, tok, pairs, reference=reference, eval_pairs=held)
+    policy, tcfg = _with_lora(cfg, policy)
+    trainer = DPOTrainer(tcfg, policy, tok, pairs, reference=reference, eval_pairs=held)
     res = trainer.train()
     if res.already_finished:
         return already_finished("dpo", res)
-    saved = {"model": save_model(policy, tok, pathlib.Path(cfg.run_dir) / "model")}
+    card = card_fields("dpo", cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = _save_policy(cfg, trainer.policy, policy, tok, card)
     keys = ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
     return finish_training("dpo", cfg, res, keys, saved)
 
@@ -136,22 +236,29 @@ _RL_KEYS = [
     "value_loss",
     "best_of_n/selected_reward",
     "loss",
+    "eval/reward/mean",
+    "eval/kl",
 ]
 
 
 def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
-    tok = load_tokenizer_for(cfg.model, cfg.tokenizer)
-    policy = load_model(cfg.model, tok, seed=cfg.seed)
+    tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
+    policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
     prompts = load_prompt_rows(cfg, tok)
     sources = add_check_model(cfg, load_reward_sources(cfg), tok)
-    kwargs: dict[str, Any] = {"reference": load_reference(cfg, tok)}
+    kwargs: dict[str, Any] = {
+        "reference": load_reference(cfg, tok),
+        "eval_dataset": load_eval_prompt_rows(cfg, tok),
+    }
     if getattr(cfg, "value_model", None):
-        kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model")
-    trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
+        kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model", cfg)
+    policy, tcfg = _with_lora(cfg, policy)
+    trainer = trainer_cls(tcfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
     if res.already_finished:
         return already_finished(name, res)
-    saved = {"model": save_model(policy, tok, pathlib.Path(cfg.run_dir) / "model")}
+    card = card_fields(name, cfg, res, [cfg.dataset, cfg.eval_dataset])
+    saved = _save_policy(cfg, trainer.policy, policy, tok, card)
     keys = list(_RL_KEYS) + [
         k for k in res.metrics if k.startswith("reward/") and k not in _RL_KEYS
     ]

@@ -1,0 +1,273 @@
+//! The checkpoint dicts of the core's stateful objects, key by key: [`BufferParts`],
+//! [`SamplerState`] and [`RunningMoments`] ⇄ `dict`. Reading a dict checks every key's
+//! presence and type (a `StateError` naming the key); the core then checks the values'
+//! invariants (`RolloutBuffer::from_parts`, `Sampler::restore`,
+//! `RunningMoments::from_parts`).
+//!
+//! Buffer (`_RolloutBuffer.state_parts()`): `float_dtype` (str), `prompt_offsets` and
+//! `response_offsets` (int64 arrays), `prompt_ids` (array or None), `token_fields` and
+//! `seq_fields` (lists of `(name, array)`), `computed` (None or a dict of `estimator`,
+//! `level` ("token" / "sequence"), `advantages`, `returns` (array or None)).
+//!
+//! Sampler (`_Sampler.state_dict()`): `kind` ("minibatches" with `batch_size`, `drop_last`;
+//! "micro_batches" with `token_budget`, `packed`, `pad_to_multiple_of`, `bucket`), `epochs`,
+//! `seed`, `shuffle`, `num_sequences`, `fingerprint`, `epoch`, `step`.
+//!
+//! Running moments: `count`, `mean`, `m2`, `ddof`.
+
+use numpy::PyArray1;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use rlhf_core::buffer::{Advantages, BufferParts, Column, Computed, DType, Level, RolloutBuffer};
+use rlhf_core::kernels::running::RunningMoments;
+use rlhf_core::plan::{Budget, PlanKind, SamplerConfig, SamplerState};
+use rlhf_core::CoreError;
+
+use crate::arrays::any_array;
+use crate::convert::column_copy;
+use crate::errors::{to_py, IntoPyResult};
+
+fn state_err(msg: String) -> PyErr {
+    to_py(CoreError::state(msg))
+}
+
+/// A 1-D numpy array (any buffer dtype) copied into a column.
+pub fn column_from(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Column> {
+    let a = any_array(obj, name)?;
+    a.ndim_is(name, 1, "1-D")?;
+    Ok(Column::from_slice(a.slice(name)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffer
+// ---------------------------------------------------------------------------------------------
+
+/// Every piece of a buffer as numpy copies (the dict `BufferParts` is read back from).
+pub fn buffer_to_dict<'py>(py: Python<'py>, b: &RolloutBuffer) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("float_dtype", b.float_dtype().name())?;
+    d.set_item(
+        "prompt_offsets",
+        PyArray1::from_slice(py, b.prompt_offsets()),
+    )?;
+    d.set_item(
+        "response_offsets",
+        PyArray1::from_slice(py, b.response_offsets()),
+    )?;
+    d.set_item("prompt_ids", b.prompt_ids().map(|c| column_copy(py, c)))?;
+    let named = |fields: &[(String, Column)]| {
+        PyList::new(
+            py,
+            fields.iter().map(|(n, c)| (n.clone(), column_copy(py, c))),
+        )
+    };
+    d.set_item("token_fields", named(b.token_fields())?)?;
+    d.set_item("seq_fields", named(b.seq_fields())?)?;
+    match b.computed() {
+        None => d.set_item("computed", py.None())?,
+        Some(c) => {
+            let cd = PyDict::new(py);
+            cd.set_item("estimator", &c.estimator)?;
+            cd.set_item("level", c.advantages.level().name())?;
+            cd.set_item("advantages", column_copy(py, c.advantages.column()))?;
+            cd.set_item("returns", c.returns.as_ref().map(|r| column_copy(py, r)))?;
+            d.set_item("computed", cd)?;
+        }
+    }
+    Ok(d)
+}
+
+/// The pieces of a buffer from `buffer_to_dict` output (checked by `RolloutBuffer::from_parts`).
+pub fn parts_from_dict(parts: &Bound<'_, PyDict>) -> PyResult<BufferParts> {
+    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+        parts
+            .get_item(k)?
+            .ok_or_else(|| state_err(format!("buffer state lacks the key {k:?}")))
+    };
+    let float_dtype = DType::parse(&get("float_dtype")?.extract::<String>()?)
+        .map_err(|e| state_err(e.message().into()))?;
+    let offsets = |k: &str| -> PyResult<Vec<i64>> {
+        match column_from(&get(k)?, k)? {
+            Column::I64(v) => Ok(v),
+            other => Err(state_err(format!(
+                "{k} must be int64, got {}",
+                other.dtype().name()
+            ))),
+        }
+    };
+    let optional = |obj: Bound<'_, PyAny>, name: &str| -> PyResult<Option<Column>> {
+        if obj.is_none() {
+            Ok(None)
+        } else {
+            column_from(&obj, name).map(Some)
+        }
+    };
+    let named = |k: &str| -> PyResult<Vec<(String, Column)>> {
+        let items: Vec<(String, Bound<'_, PyAny>)> = get(k)?.extract()?;
+        items
+            .into_iter()
+            .map(|(n, a)| Ok((n.clone(), column_from(&a, &n)?)))
+            .collect()
+    };
+    let prompt_offsets = offsets("prompt_offsets")?;
+    let response_offsets = offsets("response_offsets")?;
+    let prompt_ids = optional(get("prompt_ids")?, "prompt_ids")?;
+    let token_fields = named("token_fields")?;
+    let seq_fields = named("seq_fields")?;
+    let c = get("computed")?;
+    let computed = if c.is_none() {
+        None
+    } else {
+        let c = c
+            .cast::<PyDict>()
+            .map_err(|_| state_err("computed must be a dict or None".into()))?;
+        let cget = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+            c.get_item(k)?
+                .ok_or_else(|| state_err(format!("computed state lacks the key {k:?}")))
+        };
+        let advantages = column_from(&cget("advantages")?, "advantages")?;
+        let level: Level = cget("level")?
+            .extract::<String>()?
+            .parse()
+            .map_err(|e: CoreError| state_err(format!("computed {}", e.message())))?;
+        Some(Computed {
+            advantages: Advantages::new(level, advantages),
+            returns: optional(cget("returns")?, "returns")?,
+            estimator: cget("estimator")?.extract()?,
+        })
+    };
+    Ok(BufferParts {
+        float_dtype,
+        prompt_offsets,
+        response_offsets,
+        prompt_ids,
+        token_fields,
+        seq_fields,
+        computed,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampler
+// ---------------------------------------------------------------------------------------------
+
+/// The budget of a micro-batch plan from its three Python arguments.
+pub fn budget_of(token_budget: u64, packed: bool, pad_to_multiple_of: u64) -> Budget {
+    if packed {
+        Budget::Packed {
+            tokens: token_budget,
+        }
+    } else {
+        Budget::Padded {
+            tokens: token_budget,
+            pad_to_multiple_of,
+        }
+    }
+}
+
+pub fn sampler_to_dict<'py>(py: Python<'py>, s: &SamplerState) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match s.config.kind {
+        PlanKind::Minibatches {
+            batch_size,
+            drop_last,
+        } => {
+            d.set_item("kind", "minibatches")?;
+            d.set_item("batch_size", batch_size)?;
+            d.set_item("drop_last", drop_last)?;
+        }
+        PlanKind::MicroBatches { budget, bucket } => {
+            d.set_item("kind", "micro_batches")?;
+            d.set_item("token_budget", budget.tokens())?;
+            let (packed, multiple) = match budget {
+                Budget::Packed { .. } => (true, 1),
+                Budget::Padded {
+                    pad_to_multiple_of, ..
+                } => (false, pad_to_multiple_of),
+            };
+            d.set_item("packed", packed)?;
+            d.set_item("pad_to_multiple_of", multiple)?;
+            d.set_item("bucket", bucket)?;
+        }
+    }
+    d.set_item("epochs", s.config.epochs)?;
+    d.set_item("seed", s.config.seed)?;
+    d.set_item("shuffle", s.config.shuffle)?;
+    d.set_item("num_sequences", s.num_sequences)?;
+    d.set_item("fingerprint", s.fingerprint)?;
+    d.set_item("epoch", s.epoch)?;
+    d.set_item("step", s.step)?;
+    Ok(d)
+}
+
+pub fn sampler_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SamplerState> {
+    fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, k: &str) -> PyResult<T> {
+        let v = d
+            .get_item(k)?
+            .ok_or_else(|| state_err(format!("sampler state lacks the key {k:?}")))?;
+        v.extract::<T>()
+            .map_err(|_| state_err(format!("sampler state key {k:?} has the wrong type")))
+    }
+    let kind: String = get(d, "kind")?;
+    let kind = match kind.as_str() {
+        "minibatches" => PlanKind::Minibatches {
+            batch_size: get(d, "batch_size")?,
+            drop_last: get(d, "drop_last")?,
+        },
+        "micro_batches" => PlanKind::MicroBatches {
+            budget: budget_of(
+                get(d, "token_budget")?,
+                get(d, "packed")?,
+                get(d, "pad_to_multiple_of")?,
+            ),
+            bucket: get(d, "bucket")?,
+        },
+        other => {
+            return Err(state_err(format!(
+                "sampler kind must be 'minibatches' or 'micro_batches', got {other:?}"
+            )))
+        }
+    };
+    Ok(SamplerState {
+        config: SamplerConfig {
+            kind,
+            epochs: get(d, "epochs")?,
+            seed: get(d, "seed")?,
+            shuffle: get(d, "shuffle")?,
+        },
+        num_sequences: get(d, "num_sequences")?,
+        fingerprint: get(d, "fingerprint")?,
+        epoch: get(d, "epoch")?,
+        step: get(d, "step")?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running moments
+// ---------------------------------------------------------------------------------------------
+
+/// `{"count": int, "mean": float, "m2": float, "ddof": int}`.
+pub fn running_to_dict<'py>(py: Python<'py>, r: &RunningMoments) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("count", r.count())?;
+    d.set_item("mean", r.mean())?;
+    d.set_item("m2", r.moments.m2)?;
+    d.set_item("ddof", r.ddof)?;
+    Ok(d)
+}
+
+pub fn running_from_dict(state: &Bound<'_, PyAny>) -> PyResult<RunningMoments> {
+    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+        state.get_item(k).map_err(|_| {
+            state_err(format!(
+                "RunningMoments state is missing '{k}'; expected keys count, mean, m2, ddof"
+            ))
+        })
+    };
+    let bad = |k: &str, e: PyErr| state_err(format!("RunningMoments state['{k}'] is invalid: {e}"));
+    let count: u64 = get("count")?.extract().map_err(|e| bad("count", e))?;
+    let mean: f64 = get("mean")?.extract().map_err(|e| bad("mean", e))?;
+    let m2: f64 = get("m2")?.extract().map_err(|e| bad("m2", e))?;
+    let ddof: i64 = get("ddof")?.extract().map_err(|e| bad("ddof", e))?;
+    RunningMoments::from_parts(count, mean, m2, ddof).py()
+}
