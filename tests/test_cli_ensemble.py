@@ -1,9 +1,11 @@
 """Reward ensembles and check models from the command line: ``rlhf-core reward --ensemble K
 --check_fraction F`` writes an ensemble (and its members) and a check model; the RL commands
-optimise the ensemble with ``--ensemble_reduce`` and log ``--check_model`` beside it."""
+optimise the ensemble with ``--ensemble_reduce``, log ``--check_model`` beside it and stop on
+the gold-free signals with ``--gold_free_stop``."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
@@ -77,6 +79,29 @@ def test_reward_ensemble_and_check_model(
         row["reward/reward_ensemble"] + row["reward/gold_reward"], rel=1e-9
     )
 
+    # the gold-free stop from the command line: a sqrt(KL) budget of 1e-6 stops the run once
+    # the policy has moved (every step: no eval dataset), the kept model is saved
+    gf = tmp_path / "grpo-gf"
+    rc, out, err = run_cli(
+        [
+            "grpo", "--config", str(CONFIGS / "grpo.toml"), "--run-dir", str(gf),
+            "--total_steps", "8", "--rollout_batch_size", "8", "--max_new_tokens", "12", *QUIET,
+            "--learning_rate", "3e-3", "--reward_funcs", "",
+            "--reward_model", str(run / "reward_model"), "--check_model", str(run / "check_model"),
+            "--gold_free_stop", "--gold_free_max_sqrt_kl", "1e-6", "--gold_free_patience", "1",
+            "--gold_free_max_disagreement_ratio", "none", "--gold_free_max_check_gap", "none",
+            "--gold_free_max_check_drop", "none",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads((gf / "gold_free.json").read_text())
+    steps = [r["step"] for r in read_metrics(gf)]
+    assert summary["stop_step"] == steps[-1] < 8 and summary["reasons"] == ["sqrt_kl"]
+    kept = json.loads((gf / "gold_free_best" / "gold_free_step.json").read_text())
+    assert kept["step"] == summary["best_step"] < summary["stop_step"]
+    assert "model kept by the gold-free stop saved to" in out
+
 
 def test_bad_ensemble_options(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_cli(_reward(tmp_path / "a", "--ensemble", "0"), capsys)
@@ -93,3 +118,9 @@ def test_bad_ensemble_options(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
         ["grpo", "--config", str(CONFIGS / "grpo.toml"), "--ensemble_reduce", "max"], capsys
     )
     assert rc == 2 and "ensemble_reduce" in err
+    rc, _, err = run_cli(
+        ["grpo", "--config", str(CONFIGS / "grpo.toml"), "--gold_free_stop",
+         "--gold_free_patience", "0", *QUIET],
+        capsys,
+    )  # fmt: skip
+    assert rc == 2 and "gold_free_patience" in err

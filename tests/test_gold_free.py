@@ -1,15 +1,24 @@
 """The gold-free stopping rule (rlhf_core.monitor.GoldFreeStop) on synthetic metric curves: it
 stops where a signal takes off and keeps the right evaluation, not on noise, a single spike
-needs patience, smoothing, the KL budget, NaN inputs, resume, bad arguments."""
+needs patience, smoothing, the KL budget, NaN inputs, resume, bad arguments; and the trainer
+callback (rlhf_core.trainers.callbacks.GoldFreeEarlyStop) on tiny GRPO runs."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from rlhf_core.models import RewardEnsemble, RewardModel
 from rlhf_core.monitor import GoldFreeStop
+from rlhf_core.rewards import RewardModelScorer
+from rlhf_core.testing.trainers import FAST, policy, tokenizer
+from rlhf_core.trainers import GRPOConfig, GRPOTrainer
+from rlhf_core.trainers.callbacks import GoldFreeEarlyStop
 
 
 def test_stops_where_the_disagreement_takes_off() -> None:
@@ -65,8 +74,10 @@ def _curve(overoptimises: bool, n: int = 24) -> list[dict[str, float]]:
         out.append(
             {
                 "proxy": 0.15 * i + 0.02 * rng.standard_normal(),
-                "check": 0.15 * min(i, 8) + (0.15 * (i - 8) if i > 8 and not overoptimises else 0)
-                - 0.12 * late + 0.02 * rng.standard_normal(),
+                "check": 0.15 * min(i, 8)
+                + (0.15 * (i - 8) if i > 8 and not overoptimises else 0)
+                - 0.12 * late
+                + 0.02 * rng.standard_normal(),
                 "disagreement": 0.2 * (1 + 0.1 * late) * (1 + 0.02 * rng.standard_normal()),
                 "kl": 0.3 * i,
             }
@@ -201,3 +212,81 @@ def test_resume_equals_an_uninterrupted_run() -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         GoldFreeStop(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer callback
+
+
+def _grpo(tmp_path: Path, callback: Any, steps: int = 6, **kw: Any) -> tuple[Any, Any]:
+    """A tiny GRPO run optimising a 3-member ensemble with a check model of weight 0."""
+    ens = RewardEnsemble.from_policy(policy(1), 3, seed=1)
+    check = RewardModelScorer(RewardModel.from_policy(policy(2)), tokenizer(), name="check_model")
+    cfg = GRPOConfig(
+        run_dir=str(tmp_path), total_steps=steps, rollout_batch_size=8, num_samples=4,
+        learning_rate=3e-3, max_new_tokens=6, reward_weights=[1.0, 0.0], save_every=1, **FAST,
+        **kw,
+    )  # fmt: skip
+    t = GRPOTrainer(cfg, policy(), tokenizer(), ["Q:", "A:"], [ens, check], callbacks=[callback])
+    return t, t.train()
+
+
+def test_callback_stops_a_run_and_keeps_the_candidate(tmp_path: Path) -> None:
+    """A sqrt(KL) budget of 1e-6 trips at the first rollout of a policy that moved from the
+    reference (patience 1): the run stops there, before its 6 steps, reports it, keeps the
+    calm update with the best check reward on disk and writes the rule's summary. The
+    ensemble and check inputs are read from the rollout metrics."""
+    cb = GoldFreeEarlyStop(on="step", max_disagreement_ratio=None, max_check_gap=None,
+                           max_check_drop=None, max_sqrt_kl=1e-6, patience=1)  # fmt: skip
+    t, res = _grpo(tmp_path, cb)
+    hist = cb.rule.history
+    moved = next(p.step for p in hist if p.kl is not None and p.kl > 1e-12)
+    calm = [p for p in hist if p.step < moved]
+    assert calm and all(p.kl is not None and p.kl <= 1e-12 for p in calm)  # k1 can be < 0
+    assert res.stopped_early and res.step == moved == t.global_step == cb.rule.stop_step < 6
+    best = max(calm, key=lambda p: p.check).step  # type: ignore[arg-type,return-value]
+    assert cb.rule.best_step == best
+    assert f"at step {moved}); kept step {best}" in res.stop_reason
+    assert "gold-free stop (sqrt_kl" in res.stop_reason
+    assert cb.source == "reward_ensemble"
+    first = hist[0]
+    assert first.disagreement is not None and first.disagreement > 0 and first.check is not None
+    assert cb._scales is not None and cb._scales["proxy_scale"] > 0  # noqa: SLF001
+    summary = json.loads((tmp_path / "gold_free.json").read_text())
+    assert summary["stop_step"] == moved and summary["best_step"] == best
+    assert summary["reasons"] == ["sqrt_kl"]
+    kept = json.loads((tmp_path / "gold_free_best" / "gold_free_step.json").read_text())
+    assert kept == {"step": best}
+
+
+def test_callback_saves_each_candidate_and_resumes(tmp_path: Path) -> None:
+    """Thresholds no run reaches: no stop; every calm update with a better check reward is
+    saved to gold_free_best (its step recorded); the rule's state is in the checkpoints, so a
+    resumed run continues the same history."""
+    rule = dict(max_disagreement_ratio=1e6, max_check_gap=None, max_check_drop=None)
+    cb = GoldFreeEarlyStop(on="step", **rule)
+    _, res = _grpo(tmp_path, cb, steps=3)
+    assert not res.stopped_early and len(cb.rule.history) == 3
+    kept = json.loads((tmp_path / "gold_free_best" / "gold_free_step.json").read_text())
+    assert kept["step"] == cb.rule.candidate_step
+    assert (tmp_path / "gold_free_best" / "config.json").is_file()
+    again = GoldFreeEarlyStop(on="step", **rule)
+    _grpo(tmp_path, again, steps=4, resume=True)
+    assert [p.step for p in again.rule.history] == [1, 2, 3, 4]
+    assert [p.proxy for p in again.rule.history[:3]] == [p.proxy for p in cb.rule.history]
+
+
+def test_callback_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="on='later'"):
+        GoldFreeEarlyStop(on="later")
+    with pytest.raises(ValueError, match="patience"):
+        GoldFreeEarlyStop(patience=0)
+    with pytest.raises(ValueError, match="eval_dataset"):
+        _grpo(tmp_path / "a", GoldFreeEarlyStop())  # on="eval" without evaluations
+    # only the disagreement has a threshold, but the reward source is no ensemble
+    cb = GoldFreeEarlyStop(on="step", source="check_model", max_check_gap=None,
+                           max_check_drop=None)  # fmt: skip
+    with pytest.raises(ValueError, match="reward/check_model/std"):
+        _grpo(tmp_path / "b", cb)
+    with pytest.raises(KeyError, match="reward/nothing"):
+        _grpo(tmp_path / "c", GoldFreeEarlyStop(on="step", source="nothing"))

@@ -231,7 +231,73 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
 
 
 @dataclass
-class PPORunConfig(_PromptRunFields, PPOConfig):
+class _GoldFreeFields:
+    """The gold-free early stop of the RL commands
+    (:class:`~rlhf_core.trainers.callbacks.GoldFreeEarlyStop`)."""
+
+    gold_free_stop: bool = field(
+        default=False,
+        metadata={
+            "help": "stop when over-optimisation shows without a gold reward "
+            "(rlhf_core.monitor.GoldFreeStop: the --reward_model ensemble's disagreement, the "
+            "--check_model's reward, the KL), read at each evaluation when eval_steps > 0, "
+            "else each step; the model it keeps goes to RUN_DIR/gold_free_best"
+        },
+    )
+    gold_free_max_disagreement_ratio: float | None = field(
+        default=1.5,
+        metadata={"help": "gold-free stop: ensemble disagreement over its start (none = off)"},
+    )
+    gold_free_max_check_gap: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "gold-free stop: proxy gain minus check-model gain, in starting spreads "
+            "(none = off)"
+        },
+    )
+    gold_free_max_check_drop: float | None = field(
+        default=0.25,
+        metadata={
+            "help": "gold-free stop: check reward below its best, in starting spreads "
+            "(none = off)"
+        },
+    )
+    gold_free_max_sqrt_kl: float | None = field(
+        default=None, metadata={"help": "gold-free stop: a sqrt(KL) budget (none = off)"}
+    )
+    gold_free_patience: int = field(
+        default=2,
+        metadata={"help": "gold-free stop: updates in a row with a signal over its threshold"},
+    )
+    gold_free_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "gold-free stop: EMA weight on the past of each signal in [0, 1) (per-step "
+            "use is noisy: e.g. 0.8)"
+        },
+    )
+
+    def gold_free_rule(self) -> dict[str, Any]:
+        """The :class:`~rlhf_core.monitor.GoldFreeStop` parameters."""
+        return {
+            name: getattr(self, f"gold_free_{name}")
+            for name in ("max_disagreement_ratio", "max_check_gap", "max_check_drop",
+                         "max_sqrt_kl", "patience", "smoothing")
+        }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+        if self.gold_free_stop:
+            from rlhf_core.monitor import GoldFreeStop
+
+            try:
+                GoldFreeStop(**self.gold_free_rule())
+            except ValueError as exc:
+                raise ValueError(f"gold_free_{exc}") from None
+
+
+@dataclass
+class PPORunConfig(_GoldFreeFields, _PromptRunFields, PPOConfig):
     """``rlhf-core ppo``: :class:`~rlhf_core.trainers.PPOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/ppo", metadata={"help": "output folder of the run"})
@@ -244,21 +310,21 @@ class PPORunConfig(_PromptRunFields, PPOConfig):
 
 
 @dataclass
-class GRPORunConfig(_PromptRunFields, GRPOConfig):
+class GRPORunConfig(_GoldFreeFields, _PromptRunFields, GRPOConfig):
     """``rlhf-core grpo``: :class:`~rlhf_core.trainers.GRPOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/grpo", metadata={"help": "output folder of the run"})
 
 
 @dataclass
-class RLOORunConfig(_PromptRunFields, RLOOConfig):
+class RLOORunConfig(_GoldFreeFields, _PromptRunFields, RLOOConfig):
     """``rlhf-core rloo``: :class:`~rlhf_core.trainers.RLOOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/rloo", metadata={"help": "output folder of the run"})
 
 
 @dataclass
-class ReinforcePPRunConfig(_PromptRunFields, ReinforcePPConfig):
+class ReinforcePPRunConfig(_GoldFreeFields, _PromptRunFields, ReinforcePPConfig):
     """``rlhf-core reinforce-pp``: :class:`~rlhf_core.trainers.ReinforcePPConfig` plus model,
     data, rewards."""
 

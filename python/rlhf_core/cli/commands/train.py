@@ -59,6 +59,7 @@ from rlhf_core.models import (
 from rlhf_core.models.head_files import HEAD_CONFIG, SCORE_META
 from rlhf_core.models.hub import optional_file
 from rlhf_core.trainers.best_of_n import BestOfNTrainer
+from rlhf_core.trainers.callbacks import GoldFreeEarlyStop
 from rlhf_core.trainers.dpo import DPOTrainer
 from rlhf_core.trainers.grpo import GRPOTrainer, ReinforcePPTrainer, RLOOTrainer
 from rlhf_core.trainers.ppo import PPOTrainer
@@ -252,6 +253,9 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     }
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model", cfg)
+    if getattr(cfg, "gold_free_stop", False):
+        on = "eval" if cfg.eval_dataset and cfg.eval_steps else "step"
+        kwargs["callbacks"] = [GoldFreeEarlyStop(on=on, **cfg.gold_free_rule())]
     policy, tcfg = _with_lora(cfg, policy)
     trainer = trainer_cls(tcfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
@@ -259,6 +263,8 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
         return already_finished(name, res)
     card = card_fields(name, cfg, res, [cfg.dataset, cfg.eval_dataset])
     saved = _save_policy(cfg, trainer.policy, policy, tok, card)
+    if res.stopped_early and (pathlib.Path(cfg.run_dir) / "gold_free_best").is_dir():
+        saved["model kept by the gold-free stop"] = pathlib.Path(cfg.run_dir) / "gold_free_best"
     keys = list(_RL_KEYS) + [
         k for k in res.metrics if k.startswith("reward/") and k not in _RL_KEYS
     ]
