@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from rlhf_core.checkpoint.state_files import load_state
 from rlhf_core.monitor import NonFiniteError, read_metrics
 from rlhf_core.testing.trainers import (
     FAST,
@@ -195,8 +196,7 @@ class Counter(TrainerCallback):
 def test_callback_state_is_checkpointed_and_restored(tmp_path: Path) -> None:
     first = make_grpo(tmp_path, callbacks=[Counter(), Counter()], save_every=2)
     first.train(stop_at_step=2)
-    extra = torch.load(tmp_path / "checkpoints" / "step_000002" / "extra_state.pt",
-                       weights_only=False)  # fmt: skip
+    extra = load_state(tmp_path / "checkpoints" / "step_000002", "extra_state")
     assert extra["callback:Counter"] == {"seen": 2} and extra["callback:Counter:2"] == {"seen": 2}
     counter = Counter()
     make_grpo(tmp_path, callbacks=[counter], save_every=2).train()
@@ -234,8 +234,7 @@ def test_overoptimization_early_stop_from_periodic_evaluations(tmp_path: Path) -
     assert "eval/reward/constant_gold did not improve" in res.stop_reason
     assert "best 0.5 at step 1" in res.stop_reason
     assert [p.step for p in stop.monitor.history] == [1, 2, 3]
-    extra = torch.load(tmp_path / "checkpoints" / "step_000003" / "extra_state.pt",
-                       weights_only=False)  # fmt: skip
+    extra = load_state(tmp_path / "checkpoints" / "step_000003", "extra_state")
     assert extra["callback:OveroptimizationEarlyStop"]["stop_step"] == 3
 
     missing = OveroptimizationEarlyStop("eval/reward/nothing")

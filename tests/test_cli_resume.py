@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from rlhf_core import cli
 from rlhf_core.monitor import read_metrics
 
-RL = ["--rollout_batch_size", "4", "--num_samples", "2", "--max_new_tokens", "6",
+RL = ["--model", "builtin:tiny", "--dataset", "builtin:language", "--rollout_batch_size", "4", "--num_samples", "2", "--max_new_tokens", "6",
       "--learning_rate", "0.05", "--progress_bar", "false", "--tensorboard", "false",
       "--dataset_size", "16", "--device", "cpu", "--reward_funcs", "gold"]  # fmt: skip
 
@@ -88,7 +88,8 @@ def test_a_refused_resume_leaves_the_run_as_it_was(
     rc, out = run(["grpo", *RL, "--run_dir", str(run_dir), "--total_steps", "1"], capsys)
     assert rc == 0, out
     other_model = tmp_path / "other_model"
-    rc, out = run(["sft", "--run_dir", str(tmp_path / "sft"), "--total_steps", "1",
+    rc, out = run(["sft", "--model", "builtin:tiny", "--dataset", "builtin:language",
+                   "--run_dir", str(tmp_path / "sft"), "--total_steps", "1",
                    "--batch_size", "2", "--dataset_size", "8", "--progress_bar", "false",
                    "--tensorboard", "false"], capsys)  # fmt: skip
     assert rc == 0, out

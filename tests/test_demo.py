@@ -162,8 +162,10 @@ def test_rerun_of_a_finished_demo_trains_nothing(
     before = (run / "report.json").read_text()
     from rlhf_core import cli
 
-    # what a rerun may rewrite: the saved config and the report; nothing a stage wrote
-    rewritten = {run / "config.toml", run / "report.md", run / "report.json", run / "plots"}
+    # what a rerun may rewrite: the saved config, the report and the folder's lock; nothing a
+    # stage wrote
+    rewritten = {run / "config.toml", run / "report.md", run / "report.json", run / "plots",
+                 run / "run.lock"}  # fmt: skip
 
     def stage_files() -> dict[pathlib.Path, int]:
         files = (p for p in run.rglob("*") if p.is_file())

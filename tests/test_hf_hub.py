@@ -338,7 +338,7 @@ def test_yaml_recipe_with_trl_spellings(
     rc, out, _ = run_cli(
         ["grpo", "--config", str(recipe), "--num_generations", "2", "--print-config"], capsys
     )
-    assert rc == 0 and "num_samples = 2" in out and "num_generations" not in out
+    assert rc == 0 and "num_samples = 2" in out and "\nnum_generations =" not in out
 
 
 def test_aliases_conflicts_and_hints(
@@ -390,6 +390,7 @@ def test_subprocess_with_the_environment_only(hub: TinyHub, tmp_path: pathlib.Pa
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     args[args.index(hub.policy)] = "tiny-org/absent"
+    args[args.index("run")] = "run2"  # a new run: "run" holds the first one's options
     res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 2
     assert "model='tiny-org/absent'" in res.stderr and "HF_HUB_OFFLINE=1" in res.stderr

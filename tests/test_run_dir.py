@@ -38,7 +38,8 @@ def make_sft(run: pathlib.Path | str, **kw: Any) -> SFTTrainer:
 
 
 def sft_args(run: pathlib.Path | str, *extra: str) -> list[str]:
-    return ["sft", "--run_dir", str(run), "--total_steps", "1", "--batch_size", "4",
+    return ["sft", "--model", "builtin:tiny", "--dataset", "builtin:language",
+            "--run_dir", str(run), "--total_steps", "1", "--batch_size", "4",
             "--dataset_size", "40", "--progress_bar", "false", "--tensorboard", "false",
             *extra]  # fmt: skip
 

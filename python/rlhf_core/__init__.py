@@ -23,6 +23,7 @@ from typing import Any
 
 from rlhf_core._core import __version__
 from rlhf_core.errors import (
+    AllocationError,
     CapacityError,
     DtypeError,
     FieldError,
@@ -67,6 +68,7 @@ __all__ = [
     "CapacityError",
     "FieldError",
     "StateError",
+    "AllocationError",
     *sorted(_SUBMODULES),
 ]
 

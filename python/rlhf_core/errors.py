@@ -10,6 +10,9 @@ familiar builtin it refines, so ``except ValueError`` keeps working:
 - :class:`CapacityError` (``ValueError``): a sequence does not fit a budget or pack row.
 - :class:`FieldError` (``KeyError``): unknown, missing or conflicting named field.
 - :class:`StateError` (``ValueError``): serialized state that cannot be restored.
+- :class:`AllocationError` (``MemoryError``): an array too large to allocate, named by the
+  argument whose size asked for it (``reserve(sequences=2**62)``,
+  ``to_padded(pad_to_multiple_of=2**40)``, ``balanced_partition(k=2**50)``).
 
 Configuration dataclasses validate their fields with :func:`check_field`, whose message names
 the field, the value it got and the fix.
@@ -18,6 +21,7 @@ the field, the value it got and the fix.
 from typing import Any
 
 from rlhf_core._core import (
+    AllocationError,
     CapacityError,
     DtypeError,
     FieldError,
@@ -37,6 +41,7 @@ __all__ = [
     "CapacityError",
     "FieldError",
     "StateError",
+    "AllocationError",
     "check_field",
 ]
 

@@ -24,13 +24,15 @@ inputs held there (NaN and inf included).
 
 **Errors** are typed (:mod:`rlhf_core.errors`): ``ShapeError``, ``DtypeError``,
 ``OffsetsError``, ``InvalidOptionError``; each names the argument and what was expected.
+Scalar options are checked by :mod:`rlhf_core._options` (the checks the buffer's options share:
+no ``bool`` as an integer, no rounding, no string parsing, integers within int64); an output
+too large to allocate is an ``AllocationError`` (a ``MemoryError``).
 
 See ``docs/kernels.md`` for the exact semantics and which framework each default matches.
 """
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +40,11 @@ import numpy as np
 
 from rlhf_core import _core
 from rlhf_core._arrays import is_tensor, tensor_to_numpy
-from rlhf_core.errors import DtypeError, InvalidOptionError
+from rlhf_core._options import bool_option as _bool_opt
+from rlhf_core._options import int_option as _int_opt
+from rlhf_core._options import real_option as _float_opt
+from rlhf_core._options import str_option as _str_opt
+from rlhf_core.errors import DtypeError
 
 __all__ = [
     "gae",
@@ -115,42 +121,6 @@ def _index(x: Any, name: str) -> Any:
     if a.dtype.kind in "iu":
         return a.astype(np.int64)
     raise DtypeError(f"{name} has dtype {a.dtype}; expected an integer dtype (int64)")
-
-
-def _desc(v: Any) -> str:
-    return f"{v!r} ({type(v).__name__})"
-
-
-def _int_opt(v: Any, name: str, *, optional: bool = False) -> Any:
-    """An integer scalar option (Python or numpy integer; ``bool`` is refused)."""
-    if v is None and optional:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-        none = " or None" if optional else ""
-        raise InvalidOptionError(f"{name} must be an integer{none}, got {_desc(v)}")
-    return int(v)
-
-
-def _float_opt(v: Any, name: str, *, optional: bool = False) -> Any:
-    """A real scalar option (int or float, Python or numpy; ``bool`` is refused)."""
-    if v is None and optional:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        none = " or None" if optional else ""
-        raise InvalidOptionError(f"{name} must be a real number{none}, got {_desc(v)}")
-    return float(v)
-
-
-def _str_opt(v: Any, name: str) -> str:
-    if not isinstance(v, str):
-        raise InvalidOptionError(f"{name} must be a string, got {_desc(v)}")
-    return v
-
-
-def _bool_opt(v: Any, name: str) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise InvalidOptionError(f"{name} must be True or False, got {_desc(v)}")
-    return bool(v)
 
 
 def _out(a: np.ndarray, torch_out: bool) -> Any:

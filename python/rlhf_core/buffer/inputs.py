@@ -1,7 +1,7 @@
 """Input conversion of the rollout buffer: the accepted forms of a per-token field (lists of
 1-D arrays, :class:`Ragged`, :class:`Padded`, a padded array with a shared mask), per-sequence
-arrays, lengths and the scalar options of the planners, each checked with an error that names
-the field.
+arrays and lengths, each checked with an error that names the field (scalar options are
+checked by :mod:`rlhf_core._options`, shared with the kernels).
 
 Arrays are read under the package's one interop policy (:mod:`rlhf_core._arrays`): strict by
 default, with the explicit ``cast=True`` of :meth:`RolloutBuffer.add` /
@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rlhf_core._arrays import is_tensor, to_numpy
-from rlhf_core.errors import DtypeError, InvalidOptionError, OffsetsError, ShapeError
+from rlhf_core._options import INT64_MAX
+from rlhf_core.errors import DtypeError, OffsetsError, ShapeError
 
 __all__ = [
     "CAST_HINT",
@@ -26,8 +27,6 @@ __all__ = [
     "Ragged",
     "field_to_numpy",
     "index_array",
-    "positive_option",
-    "seed_option",
     "sequence_input",
     "token_input",
 ]
@@ -215,21 +214,7 @@ def index_array(lengths: Any, name: str = "lengths") -> np.ndarray:
         raise ShapeError(f"{name} must be 1-D, got shape {a.shape}")
     if a.dtype.kind not in "iu":
         raise DtypeError(f"{name} must be integers, got {a.dtype}")
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) > INT64_MAX:
+        i = int(np.argmax(a > INT64_MAX))
+        raise ShapeError(f"{name}[{i}] is {int(a[i])}, beyond int64 (at most 2**63 - 1)")
     return np.ascontiguousarray(a, dtype=np.int64)
-
-
-def seed_option(seed: int) -> int:
-    """A shuffle seed: an integer in ``[0, 2**64)`` (``bool`` refused)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InvalidOptionError(f"seed must be an int, got {type(seed).__name__}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise InvalidOptionError(f"seed must be in [0, 2**64), got {seed}")
-    return seed
-
-
-def positive_option(name: str, value: int) -> int:
-    """An integer option ``>= 1`` (``bool`` refused); the error names ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidOptionError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rlhf_core import _core
-from rlhf_core.buffer.inputs import positive_option
+from rlhf_core._options import bool_option, int_option, positive_option, uint64_option
 from rlhf_core.buffer.planning import balanced_partition, pack_sequences
 from rlhf_core.errors import InvalidOptionError, StateError
 
@@ -89,7 +89,9 @@ class Minibatch:
         """
         self._check()
         arrays, _ = self.buffer._core.padded(
-            self.indices, int(pad_token_id), positive_option("pad_to_multiple_of", pad_to_multiple_of)
+            self.indices,
+            int_option(pad_token_id, "pad_token_id"),
+            positive_option("pad_to_multiple_of", pad_to_multiple_of),
         )
         return _wrap(arrays, return_tensors, device)
 
@@ -103,7 +105,9 @@ class Minibatch:
         attention) or ``seq_ids`` (``seq_ids[..., :, None] == seq_ids[..., None, :]`` is the
         block-diagonal mask)."""
         self._check()
-        arrays, max_seqlen = self.buffer._core.packed(self.indices, int(pad_token_id))
+        arrays, max_seqlen = self.buffer._core.packed(
+            self.indices, int_option(pad_token_id, "pad_token_id")
+        )
         out = _wrap(arrays, return_tensors, device)
         out["max_seqlen"] = int(max_seqlen)
         return out
@@ -124,8 +128,8 @@ class Minibatch:
             self.indices,
             self.buffer._core.total_lengths(),
             positive_option("token_budget", token_budget),
-            bool(packed),
-            bool(bucket),
+            bool_option(packed, "packed"),
+            bool_option(bucket, "bucket"),
             positive_option("pad_to_multiple_of", pad_to_multiple_of),
         )
         return [Minibatch(self.buffer, p, epoch=self.epoch, step=self.step) for p in parts]
@@ -213,7 +217,7 @@ class MinibatchSampler:
     def batches_in_epoch(self, epoch: int) -> int:
         """Number of batches of ``epoch`` (fixed for minibatches; for token-budget plans it
         may vary between epochs when ``bucket=False``)."""
-        return int(self._core.batches_in_epoch(int(epoch)))
+        return int(self._core.batches_in_epoch(uint64_option(epoch, "epoch")))
 
     def __len__(self) -> int:
         """Total number of batches over all epochs."""

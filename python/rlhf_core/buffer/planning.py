@@ -11,8 +11,15 @@ from typing import Any
 import numpy as np
 
 from rlhf_core import _core
-from rlhf_core.buffer.inputs import index_array, positive_option, seed_option
-from rlhf_core.errors import InvalidOptionError
+from rlhf_core._options import (
+    bool_option,
+    positive_option,
+    seed_option,
+    size_option,
+    str_option,
+    uint64_option,
+)
+from rlhf_core.buffer.inputs import index_array
 
 __all__ = [
     "PackPlan",
@@ -64,7 +71,10 @@ def balanced_partition(
         ``imbalance``. Deterministic; ties broken by index.
     """
     order, offsets, loads = _core.balanced_partition(
-        index_array(lengths), positive_option("k", k), bool(equal_size), method
+        index_array(lengths),
+        positive_option("k", k),
+        bool_option(equal_size, "equal_size"),
+        str_option(method, "method"),
     )
     off = offsets.tolist()
     parts = [order[off[p] : off[p + 1]] for p in range(len(off) - 1)]
@@ -114,8 +124,6 @@ def pack_sequences(lengths: Any, capacity: int) -> PackPlan:
 
 def permutation(n: int, seed: int, epoch: int = 0) -> np.ndarray:
     """The permutation of ``0..n`` that epoch ``epoch`` of ``seed`` uses (int64)."""
-    if n < 0:
-        raise InvalidOptionError(f"n must be >= 0, got {n}")
-    if epoch < 0:
-        raise InvalidOptionError(f"epoch must be >= 0, got {epoch}")
-    return _core.permutation(int(n), seed_option(seed), int(epoch))
+    return _core.permutation(
+        size_option(n, "n"), seed_option(seed), uint64_option(epoch, "epoch")
+    )

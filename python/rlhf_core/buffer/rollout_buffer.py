@@ -12,14 +12,21 @@ import numpy as np
 
 from rlhf_core import _core
 from rlhf_core._arrays import to_numpy
+from rlhf_core._options import (
+    bool_option,
+    int_option,
+    positive_option,
+    real_option,
+    seed_option,
+    size_option,
+    str_option,
+)
 from rlhf_core.buffer.inputs import (
     ID_DTYPES,
     Padded,
     Ragged,
     field_to_numpy,
     index_array,
-    positive_option,
-    seed_option,
     sequence_input,
     token_input,
 )
@@ -47,6 +54,11 @@ class RolloutBuffer:
     the add passes ``cast=True`` (see :mod:`rlhf_core._arrays`). A rejected add raises a typed
     error naming the field and the sequence and leaves the buffer unchanged.
 
+    Threads may share a buffer: reads (batches, statistics, copies) run together, writes
+    (add, clear, :meth:`compute_advantages`, loads) one at a time, all with the GIL released.
+    A size too large to allocate is an :class:`~rlhf_core.errors.AllocationError` (a
+    ``MemoryError``) naming the argument.
+
     Example::
 
         buf = RolloutBuffer()
@@ -58,7 +70,7 @@ class RolloutBuffer:
     """
 
     def __init__(self, *, float_dtype: str = "float32") -> None:
-        self._core = _core._RolloutBuffer(float_dtype)
+        self._core = _core._RolloutBuffer(str_option(float_dtype, "float_dtype"))
 
     # -- size and schema ------------------------------------------------------------------
 
@@ -220,8 +232,14 @@ class RolloutBuffer:
         self._core.add(prompt, token, seq)
 
     def reserve(self, sequences: int, prompt_tokens: int, response_tokens: int) -> None:
-        """Pre-allocate room for more sequences / tokens (avoids regrowth; schema needed)."""
-        self._core.reserve(int(sequences), int(prompt_tokens), int(response_tokens))
+        """Pre-allocate room for more sequences / tokens (avoids regrowth; the token columns
+        need the schema of a first add). Each size is an integer in ``[0, 2**63)``; one that
+        cannot be allocated raises ``AllocationError`` (a ``MemoryError``) naming it."""
+        self._core.reserve(
+            size_option(sequences, "sequences"),
+            size_option(prompt_tokens, "prompt_tokens"),
+            size_option(response_tokens, "response_tokens"),
+        )
 
     def shrink_to_fit(self) -> None:
         """Release allocated but unused memory."""
@@ -240,7 +258,7 @@ class RolloutBuffer:
     def offsets(self, which: str = "response") -> np.ndarray:
         """int64 ``(N + 1,)`` offsets of the ``"response"`` (per-token fields) or ``"prompt"``
         tokens (a copy)."""
-        return self._core.offsets(which)
+        return self._core.offsets(str_option(which, "which"))
 
     def lengths(self, which: str = "total") -> np.ndarray:
         """int64 ``(N,)`` lengths: ``"prompt"``, ``"response"`` or ``"total"`` (both)."""
@@ -264,12 +282,13 @@ class RolloutBuffer:
         """A copy of a stored field, flat: per-token fields have ``num_response_tokens``
         values (split with :meth:`offsets`), ``prompt_ids`` ``num_prompt_tokens``, per-sequence
         fields ``N``; ``"advantages"`` / ``"returns"`` once computed."""
-        return self._core.field(name)
+        return self._core.field(str_option(name, "name"))
 
     def sequence(self, i: int) -> dict[str, Any]:
         """Every field of sequence ``i`` (copies): 1-D arrays for per-token fields, scalars for
         per-sequence fields. For inspection: each call copies whole fields; read many sequences
         with :meth:`field` and :meth:`offsets` instead."""
+        i = int_option(i, "i")
         n = len(self)
         if not -n <= i < n:
             raise ShapeError(f"sequence index {i} is out of range for {n} sequences")
@@ -342,6 +361,11 @@ class RolloutBuffer:
         (default for the GRPO family); ``(x − μ)/sqrt(σ² + whiten_eps)``. ``True`` means the
         estimator's default mode if it whitens, else ``"token"``; ``False`` means ``"none"``.
 
+        Options are checked as :mod:`rlhf_core.ops` checks its own (:mod:`rlhf_core._options`):
+        an integer option takes an integer (``group_size=1.9`` and ``ddof=True`` are refused,
+        not rounded), a real option a number (not a string), a string option a string; each
+        refusal is an ``InvalidOptionError`` naming the option.
+
         Returns:
             ``mean``, ``std``, ``min``, ``max`` of the advantages over what is trained on (valid
             tokens, or sequences with a valid token), and for group estimators ``num_groups``,
@@ -349,25 +373,23 @@ class RolloutBuffer:
         """
         if estimator not in ESTIMATORS:
             raise InvalidOptionError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if whiten is True:
-            whiten = "token"
-        elif whiten is False:
-            whiten = "none"
+        if isinstance(whiten, (bool, np.bool_)):
+            whiten = "token" if whiten else "none"
         stats = self._core.compute_advantages(
             estimator,
-            gamma=float(gamma),
-            lam=float(lam),
-            masked=masked,
-            kl_coef=float(kl_coef),
-            kl_estimator=kl_estimator,
-            kl_clamp=None if kl_clamp is None else float(kl_clamp),
-            ddof=int(ddof),
-            eps=float(eps),
-            singleton=singleton,
-            scale=scale,
-            whiten=whiten,
-            whiten_eps=float(whiten_eps),
-            group_size=None if group_size is None else int(group_size),
+            gamma=real_option(gamma, "gamma"),
+            lam=real_option(lam, "lam"),
+            masked=str_option(masked, "masked"),
+            kl_coef=real_option(kl_coef, "kl_coef"),
+            kl_estimator=str_option(kl_estimator, "kl_estimator"),
+            kl_clamp=real_option(kl_clamp, "kl_clamp", optional=True),
+            ddof=int_option(ddof, "ddof"),
+            eps=real_option(eps, "eps"),
+            singleton=str_option(singleton, "singleton"),
+            scale=str_option(scale, "scale", optional=True),
+            whiten=str_option(whiten, "whiten", optional=True),
+            whiten_eps=real_option(whiten_eps, "whiten_eps"),
+            group_size=int_option(group_size, "group_size", optional=True),
         )
         out: dict[str, float] = {}
         moments = self._core.advantage_moments()
@@ -440,10 +462,10 @@ class RolloutBuffer:
         s = _core._Sampler.minibatches(
             self._core.total_lengths(),
             positive_option("batch_size", batch_size),
-            bool(drop_last),
+            bool_option(drop_last, "drop_last"),
             positive_option("epochs", epochs),
             seed_option(seed),
-            bool(shuffle),
+            bool_option(shuffle, "shuffle"),
         )
         return MinibatchSampler(self, s)
 
@@ -472,12 +494,12 @@ class RolloutBuffer:
         s = _core._Sampler.micro_batches(
             self._core.total_lengths(),
             positive_option("token_budget", token_budget),
-            bool(packed),
-            bool(bucket),
+            bool_option(packed, "packed"),
+            bool_option(bucket, "bucket"),
             positive_option("pad_to_multiple_of", pad_to_multiple_of),
             positive_option("epochs", epochs),
             seed_option(seed),
-            bool(shuffle),
+            bool_option(shuffle, "shuffle"),
         )
         return MinibatchSampler(self, s)
 

@@ -22,6 +22,9 @@ pub enum CoreError {
     Field(String),
     /// Serialized state that cannot be restored (`StateError`).
     State(String),
+    /// A size computed from the arguments that cannot be allocated or does not fit the
+    /// address space (`AllocationError`, also `MemoryError`); see [`crate::memory`].
+    Memory(String),
 }
 
 impl CoreError {
@@ -46,6 +49,9 @@ impl CoreError {
     pub fn state(msg: impl Into<String>) -> Self {
         CoreError::State(msg.into())
     }
+    pub fn memory(msg: impl Into<String>) -> Self {
+        CoreError::Memory(msg.into())
+    }
 
     /// The message without the variant name.
     pub fn message(&self) -> &str {
@@ -56,7 +62,8 @@ impl CoreError {
             | CoreError::InvalidOption(m)
             | CoreError::Capacity(m)
             | CoreError::Field(m)
-            | CoreError::State(m) => m,
+            | CoreError::State(m)
+            | CoreError::Memory(m) => m,
         }
     }
 }

@@ -5,6 +5,16 @@
 //! the work, calls the core and wraps fresh outputs without a copy; stored fields come back as
 //! copies (snapshots must not alias the buffer's memory). Checkpoint dicts are built in
 //! [`crate::state`]. No arithmetic here.
+//!
+//! **Threads.** One buffer may be used from several Python threads: the core buffer sits in a
+//! read-write lock, so reads (materialising batches, statistics, copies of fields) run
+//! together and writes (add, clear, compute_advantages, load) one at a time, each with the GIL
+//! released for its work. A thread never waits for the lock while holding the GIL, and never
+//! holds the lock while taking the GIL back ([`PyRolloutBuffer::read`], [`PyRolloutBuffer::write`]),
+//! so the two locks cannot deadlock. Methods that only look at sizes take the lock without
+//! releasing the GIL when it is free.
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -19,16 +29,58 @@ use rlhf_core::kernels::kl::Estimator as KlEstimator;
 use rlhf_core::CoreError;
 
 use crate::arrays::{any_array, indices, AnyArray};
-use crate::convert::{column_copy, column_to_numpy, int64_numpy, parse, vec_to_numpy, Wrap};
+use crate::convert::{column_to_numpy, int64_numpy, parse, vec_to_numpy, Wrap};
 use crate::errors::{to_py, IntoPyResult};
-use crate::gil::run_kernel;
-use crate::state::{buffer_to_dict, column_from, parts_from_dict};
+use crate::gil::{run_kernel, without_gil};
+use crate::state::{column_from, parts_from_dict, parts_to_dict};
 use crate::tokens::{token_arg, TokenArg};
 
 /// The core rollout buffer; use `rlhf_core.buffer.RolloutBuffer`.
-#[pyclass(name = "_RolloutBuffer", module = "rlhf_core._core")]
+#[pyclass(name = "_RolloutBuffer", module = "rlhf_core._core", frozen)]
 pub struct PyRolloutBuffer {
-    inner: RolloutBuffer,
+    inner: RwLock<RolloutBuffer>,
+}
+
+// A panic inside the core (a bug, reported as `RlhfCoreError` by `run_kernel`) poisons the
+// lock; the buffer stays usable, as it would be without the lock.
+fn shared(lock: &RwLock<RolloutBuffer>) -> RwLockReadGuard<'_, RolloutBuffer> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn exclusive(lock: &RwLock<RolloutBuffer>) -> RwLockWriteGuard<'_, RolloutBuffer> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PyRolloutBuffer {
+    /// `f` on the buffer under the shared lock: at once (GIL held) when the lock is free, else
+    /// waiting for it with the GIL released. For quick looks; work goes through [`Self::read`].
+    fn peek<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&RolloutBuffer) -> T + Send) -> T {
+        match self.inner.try_read() {
+            Ok(b) => f(&b),
+            Err(TryLockError::Poisoned(p)) => f(&p.into_inner()),
+            Err(TryLockError::WouldBlock) => without_gil(py, || f(&shared(&self.inner))),
+        }
+    }
+
+    /// The core call `f` on the buffer under the shared lock, with the GIL released.
+    fn read<T: Send>(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        f: impl FnOnce(&RolloutBuffer) -> Result<T, CoreError> + Send,
+    ) -> PyResult<T> {
+        run_kernel(py, what, || f(&shared(&self.inner)))
+    }
+
+    /// The core call `f` on the buffer under the exclusive lock, with the GIL released.
+    fn write<T: Send>(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        f: impl FnOnce(&mut RolloutBuffer) -> Result<T, CoreError> + Send,
+    ) -> PyResult<T> {
+        run_kernel(py, what, || f(&mut exclusive(&self.inner)))
+    }
 }
 
 /// A materialised batch as `(dict of arrays, max_seqlen)` (arrays moved, not copied).
@@ -47,80 +99,84 @@ impl PyRolloutBuffer {
     fn new(float_dtype: &str) -> PyResult<Self> {
         let dt: DType = parse(float_dtype)?;
         Ok(PyRolloutBuffer {
-            inner: RolloutBuffer::new(dt).py()?,
+            inner: RwLock::new(RolloutBuffer::new(dt).py()?),
         })
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.peek(py, |b| b.len())
     }
 
     #[getter]
-    fn num_response_tokens(&self) -> usize {
-        self.inner.num_response_tokens()
+    fn num_response_tokens(&self, py: Python<'_>) -> usize {
+        self.peek(py, |b| b.num_response_tokens())
     }
 
     #[getter]
-    fn num_prompt_tokens(&self) -> usize {
-        self.inner.num_prompt_tokens()
+    fn num_prompt_tokens(&self, py: Python<'_>) -> usize {
+        self.peek(py, |b| b.num_prompt_tokens())
     }
 
     #[getter]
-    fn version(&self) -> u64 {
-        self.inner.version()
+    fn version(&self, py: Python<'_>) -> u64 {
+        self.peek(py, |b| b.version())
     }
 
     #[getter]
-    fn float_dtype(&self) -> &'static str {
-        self.inner.float_dtype().name()
+    fn float_dtype(&self, py: Python<'_>) -> &'static str {
+        self.peek(py, |b| b.float_dtype().name())
     }
 
     #[getter]
-    fn has_schema(&self) -> bool {
-        self.inner.has_schema()
+    fn has_schema(&self, py: Python<'_>) -> bool {
+        self.peek(py, |b| b.has_schema())
     }
 
     #[getter]
-    fn nbytes(&self) -> usize {
-        self.inner.nbytes()
+    fn nbytes(&self, py: Python<'_>) -> usize {
+        self.peek(py, |b| b.nbytes())
     }
 
     #[getter]
-    fn capacity_bytes(&self) -> usize {
-        self.inner.capacity_bytes()
+    fn capacity_bytes(&self, py: Python<'_>) -> usize {
+        self.peek(py, |b| b.capacity_bytes())
     }
 
     /// `{name: dtype}` of the per-token fields (response_ids first), in storage order.
-    fn token_field_dtypes(&self) -> Vec<(String, &'static str)> {
-        self.inner
-            .token_fields()
-            .iter()
-            .map(|(n, c)| (n.clone(), c.dtype().name()))
-            .collect()
+    fn token_field_dtypes(&self, py: Python<'_>) -> Vec<(String, &'static str)> {
+        self.peek(py, |b| {
+            b.token_fields()
+                .iter()
+                .map(|(n, c)| (n.clone(), c.dtype().name()))
+                .collect()
+        })
     }
 
     /// `{name: dtype}` of the per-sequence fields, in storage order.
-    fn seq_field_dtypes(&self) -> Vec<(String, &'static str)> {
-        self.inner
-            .seq_fields()
-            .iter()
-            .map(|(n, c)| (n.clone(), c.dtype().name()))
-            .collect()
+    fn seq_field_dtypes(&self, py: Python<'_>) -> Vec<(String, &'static str)> {
+        self.peek(py, |b| {
+            b.seq_fields()
+                .iter()
+                .map(|(n, c)| (n.clone(), c.dtype().name()))
+                .collect()
+        })
     }
 
     /// dtype of prompt_ids (None before the first add).
-    fn prompt_dtype(&self) -> Option<&'static str> {
-        self.inner.prompt_ids().map(|c| c.dtype().name())
+    fn prompt_dtype(&self, py: Python<'_>) -> Option<&'static str> {
+        self.peek(py, |b| b.prompt_ids().map(|c| c.dtype().name()))
     }
 
     /// `(estimator, "token" | "sequence", has_returns)` of the computed advantages, or None.
-    fn computed_info(&self) -> Option<(String, &'static str, bool)> {
-        self.inner.computed().map(|c| {
-            (
-                c.estimator.clone(),
-                c.advantages.level().name(),
-                c.returns.is_some(),
-            )
+    fn computed_info(&self, py: Python<'_>) -> Option<(String, &'static str, bool)> {
+        self.peek(py, |b| {
+            b.computed().map(|c| {
+                (
+                    c.estimator.clone(),
+                    c.advantages.level().name(),
+                    c.returns.is_some(),
+                )
+            })
         })
     }
 
@@ -128,7 +184,7 @@ impl PyRolloutBuffer {
     /// `("pieces", arrays, None)` or `("padded", values, mask)`; `seq_fields` maps names to
     /// 1-D arrays.
     fn add<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         prompt: &Bound<'py, PyAny>,
         token_fields: Vec<(String, Bound<'py, PyAny>)>,
@@ -158,58 +214,83 @@ impl PyRolloutBuffer {
                 .map(|(n, a)| Ok((n.clone(), a.slice(n)?)))
                 .collect::<PyResult<_>>()?,
         };
-        let inner = &mut self.inner;
-        run_kernel(py, "RolloutBuffer.add", || inner.add(&batch))
+        self.write(py, "RolloutBuffer.add", |b| b.add(&batch))
     }
 
-    fn clear(&mut self) {
-        self.inner.clear();
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.write(py, "RolloutBuffer.clear", |b| {
+            b.clear();
+            Ok(())
+        })
     }
 
-    fn reset(&mut self) {
-        self.inner.reset();
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        self.write(py, "RolloutBuffer.reset", |b| {
+            b.reset();
+            Ok(())
+        })
     }
 
-    fn shrink_to_fit(&mut self) {
-        self.inner.shrink_to_fit();
+    fn shrink_to_fit(&self, py: Python<'_>) -> PyResult<()> {
+        self.write(py, "RolloutBuffer.shrink_to_fit", |b| {
+            b.shrink_to_fit();
+            Ok(())
+        })
     }
 
-    fn reserve(&mut self, sequences: usize, prompt_tokens: usize, response_tokens: usize) {
-        self.inner
-            .reserve(sequences, prompt_tokens, response_tokens);
+    fn reserve(
+        &self,
+        py: Python<'_>,
+        sequences: usize,
+        prompt_tokens: usize,
+        response_tokens: usize,
+    ) -> PyResult<()> {
+        self.write(py, "RolloutBuffer.reserve", |b| {
+            b.reserve(sequences, prompt_tokens, response_tokens)
+        })
     }
 
     /// Offsets (int64, N+1) of `"prompt"` or `"response"` tokens (a copy).
     fn offsets<'py>(&self, py: Python<'py>, which: &str) -> PyResult<Bound<'py, PyAny>> {
-        let offsets = match which {
-            "prompt" => self.inner.prompt_offsets(),
-            "response" => self.inner.response_offsets(),
+        let prompt = match which {
+            "prompt" => true,
+            "response" => false,
             other => {
                 return Err(to_py(CoreError::option(format!(
                     "which must be 'prompt' or 'response', got {other:?}"
                 ))))
             }
         };
-        Ok(numpy::PyArray1::from_slice(py, offsets).into_any())
+        let offsets = self.read(py, "RolloutBuffer.offsets", |b| {
+            Ok(if prompt {
+                b.prompt_offsets().to_vec()
+            } else {
+                b.response_offsets().to_vec()
+            })
+        })?;
+        let n = offsets.len();
+        vec_to_numpy(py, offsets, &[n])
     }
 
     /// Prompt + response length of every sequence (int64, N).
     fn total_lengths<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        int64_numpy(py, self.inner.total_lengths())
+        let lengths = self.read(py, "RolloutBuffer.total_lengths", |b| Ok(b.total_lengths()))?;
+        int64_numpy(py, lengths)
     }
 
     /// A copy of a stored field: `prompt_ids`, a per-token field, a per-sequence field,
     /// `advantages` or `returns` (in that order of precedence).
     fn field<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        Ok(column_copy(py, self.inner.column(name).py()?))
+        let col = self.read(py, "RolloutBuffer.field", |b| b.column(name).cloned())?;
+        let n = col.len();
+        column_to_numpy(py, col, &[n])
     }
 
     /// Which response tokens count (bool, one per response token, in the buffer's order):
     /// `loss_mask` true (when held) and the sequence's score not NaN (when held).
     fn valid_tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = &self.inner;
-        let v = run_kernel(py, "RolloutBuffer.valid_tokens", || {
-            Ok(inner.valid_tokens().to_vec())
+        let v = self.read(py, "RolloutBuffer.valid_tokens", |b| {
+            Ok(b.valid_tokens().to_vec())
         })?;
         let n = v.len();
         vec_to_numpy(py, v, &[n])
@@ -217,23 +298,22 @@ impl PyRolloutBuffer {
 
     /// Number of valid response tokens of every sequence (int64, N).
     fn valid_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = &self.inner;
-        let counts = run_kernel(py, "RolloutBuffer.valid_counts", || {
-            Ok(inner.valid_tokens().counts())
+        let counts = self.read(py, "RolloutBuffer.valid_counts", |b| {
+            Ok(b.valid_tokens().counts())
         })?;
         int64_numpy(py, counts)
     }
 
     /// Summary statistics as a list of (name, value).
     fn stats(&self, py: Python<'_>) -> PyResult<Vec<(String, f64)>> {
-        let inner = &self.inner;
-        run_kernel(py, "RolloutBuffer.stats", || Ok(summary(inner)))
+        self.read(py, "RolloutBuffer.stats", |b| Ok(summary(b)))
     }
 
     /// Store advantages computed elsewhere: `level` is "token" or "sequence".
     #[pyo3(signature = (estimator, level, advantages, returns=None))]
     fn set_advantages(
-        &mut self,
+        &self,
+        py: Python<'_>,
         estimator: &str,
         level: Wrap<Level>,
         advantages: &Bound<'_, PyAny>,
@@ -241,16 +321,23 @@ impl PyRolloutBuffer {
     ) -> PyResult<()> {
         let a = Advantages::new(level.0, column_from(advantages, "advantages")?);
         let r = returns.map(|r| column_from(r, "returns")).transpose()?;
-        self.inner.set_advantages(estimator, a, r).py()
+        self.write(py, "RolloutBuffer.set_advantages", |b| {
+            b.set_advantages(estimator, a, r)
+        })
     }
 
     /// `(mean, std, min, max)` of the advantages over valid tokens / sequences, or None.
-    fn advantage_moments(&self) -> Option<(f64, f64, f64, f64)> {
-        advantage_moments(&self.inner).map(|d| (d.mean(), d.std(), d.min, d.max))
+    fn advantage_moments(&self, py: Python<'_>) -> PyResult<Option<(f64, f64, f64, f64)>> {
+        self.read(py, "RolloutBuffer.advantage_moments", |b| {
+            Ok(advantage_moments(b).map(|d| (d.mean(), d.std(), d.min, d.max)))
+        })
     }
 
-    fn clear_advantages(&mut self) {
-        self.inner.clear_advantages();
+    fn clear_advantages(&self, py: Python<'_>) -> PyResult<()> {
+        self.write(py, "RolloutBuffer.clear_advantages", |b| {
+            b.clear_advantages();
+            Ok(())
+        })
     }
 
     /// Run an advantage estimator on the stored fields, in place (see
@@ -261,7 +348,7 @@ impl PyRolloutBuffer {
                         whiten_eps=1e-8, group_size=None))]
     #[allow(clippy::too_many_arguments)]
     fn compute_advantages(
-        &mut self,
+        &self,
         py: Python<'_>,
         estimator: Wrap<Estimator>,
         gamma: f64,
@@ -296,9 +383,8 @@ impl PyRolloutBuffer {
         let whiten = whiten.map(|w| w.0);
         let opts =
             AdvantageOptions::new(estimator.0, discount, kl, group, whiten, whiten_eps).py()?;
-        let inner = &mut self.inner;
-        let stats = run_kernel(py, "RolloutBuffer.compute_advantages", || {
-            compute(inner, &opts)
+        let stats = self.write(py, "RolloutBuffer.compute_advantages", |b| {
+            compute(b, &opts)
         })?;
         Ok(stats.map(|s| (s.num_groups, s.num_nan, s.num_singleton, s.num_zero_std)))
     }
@@ -317,9 +403,8 @@ impl PyRolloutBuffer {
             pad_token_id,
             pad_to_multiple_of,
         };
-        let inner = &self.inner;
-        let batch = run_kernel(py, "Minibatch.to_padded", || {
-            materialize::padded(inner, &idx, &opts)
+        let batch = self.read(py, "Minibatch.to_padded", |b| {
+            materialize::padded(b, &idx, &opts)
         })?;
         batch_to_dict(py, batch)
     }
@@ -337,23 +422,28 @@ impl PyRolloutBuffer {
             pad_token_id,
             pad_to_multiple_of: 1,
         };
-        let inner = &self.inner;
-        let batch = run_kernel(py, "Minibatch.to_packed", || {
-            materialize::packed(inner, &idx, &opts)
+        let batch = self.read(py, "Minibatch.to_packed", |b| {
+            materialize::packed(b, &idx, &opts)
         })?;
         batch_to_dict(py, batch)
     }
 
     /// Every piece of the buffer as numpy copies (see `RolloutBuffer.state_dict`).
     fn state_parts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        buffer_to_dict(py, &self.inner)
+        let parts = self.read(py, "RolloutBuffer.state_dict", |b| Ok(b.to_parts()))?;
+        parts_to_dict(py, parts)
     }
 
     /// Replace the contents with saved pieces (checked; on error nothing changes).
-    fn load_state_parts(&mut self, parts: &Bound<'_, PyDict>) -> PyResult<()> {
-        let fresh = RolloutBuffer::from_parts(parts_from_dict(parts)?).py()?;
-        self.inner.replace_with(fresh);
-        Ok(())
+    fn load_state_parts(&self, py: Python<'_>, parts: &Bound<'_, PyDict>) -> PyResult<()> {
+        let parts = parts_from_dict(parts)?;
+        let fresh = run_kernel(py, "RolloutBuffer.load_state_dict", || {
+            RolloutBuffer::from_parts(parts)
+        })?;
+        self.write(py, "RolloutBuffer.load_state_dict", |b| {
+            b.replace_with(fresh);
+            Ok(())
+        })
     }
 }
 

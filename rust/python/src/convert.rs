@@ -10,12 +10,12 @@
 use std::str::FromStr;
 
 use numpy::ndarray::{ArrayD, IxDyn};
-use numpy::{Element, PyArray1, PyArrayDyn};
+use numpy::{Element, PyArrayDyn};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyList;
 use rlhf_core::buffer::Column;
-use rlhf_core::CoreError;
+use rlhf_core::{memory, CoreError};
 
 use crate::errors::{internal_error, to_py};
 
@@ -57,13 +57,15 @@ where
     I: IntoIterator,
     I::Item: TryInto<i64>,
 {
-    let v = values
-        .into_iter()
-        .map(|x| {
+    let values = values.into_iter();
+    let mut v: Vec<i64> = Vec::new();
+    memory::reserve_exact(&mut v, values.size_hint().0, "an int64 output").map_err(to_py)?;
+    for x in values {
+        v.push(
             x.try_into()
-                .map_err(|_| internal_error("an index does not fit in int64".into()))
-        })
-        .collect::<PyResult<Vec<i64>>>()?;
+                .map_err(|_| internal_error("an index does not fit in int64".into()))?,
+        );
+    }
     let n = v.len();
     vec_to_numpy(py, v, &[n])
 }
@@ -89,16 +91,5 @@ pub fn column_to_numpy<'py>(
         Column::F32(v) => vec_to_numpy(py, v, shape),
         Column::F64(v) => vec_to_numpy(py, v, shape),
         Column::Bool(v) => vec_to_numpy(py, v, shape),
-    }
-}
-
-/// A numpy copy of a stored column (snapshots must not alias the buffer's memory).
-pub fn column_copy<'py>(py: Python<'py>, col: &Column) -> Bound<'py, PyAny> {
-    match col {
-        Column::I32(v) => PyArray1::from_slice(py, v).into_any(),
-        Column::I64(v) => PyArray1::from_slice(py, v).into_any(),
-        Column::F32(v) => PyArray1::from_slice(py, v).into_any(),
-        Column::F64(v) => PyArray1::from_slice(py, v).into_any(),
-        Column::Bool(v) => PyArray1::from_slice(py, v).into_any(),
     }
 }

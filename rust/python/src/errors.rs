@@ -8,7 +8,8 @@
 //!   ├── `InvalidOptionError`  (also `ValueError`)
 //!   ├── `CapacityError`       (also `ValueError`)
 //!   ├── `FieldError`          (also `KeyError`)
-//!   └── `StateError`          (also `ValueError`)
+//!   ├── `StateError`          (also `ValueError`)
+//!   └── `AllocationError`     (also `MemoryError`)
 //!
 //! [`EXCEPTIONS`] is the only list: registration walks it, and [`to_py`] finds a core error's
 //! class by the same row.
@@ -35,7 +36,7 @@ struct Exception {
     doc: &'static str,
 }
 
-const EXCEPTIONS: [Exception; 7] = [
+const EXCEPTIONS: [Exception; 8] = [
     Exception {
         matches: |e| matches!(e, CoreError::Shape(_)),
         name: "ShapeError",
@@ -77,6 +78,12 @@ const EXCEPTIONS: [Exception; 7] = [
         name: "StateError",
         builtin: "ValueError",
         doc: "Serialized state cannot be restored.",
+    },
+    Exception {
+        matches: |e| matches!(e, CoreError::Memory(_)),
+        name: "AllocationError",
+        builtin: "MemoryError",
+        doc: "An array too large to allocate, its size named by the argument that asked for it.",
     },
 ];
 

@@ -1,6 +1,12 @@
 //! Bindings of minibatch planning: `rlhf_core._core._Sampler` and the free functions
 //! `balanced_partition`, `pack_sequences`, `token_budget_batches`, `permutation`, wrapped for
 //! users by `rlhf_core.buffer`. Lengths and indices are int64 arrays in and out.
+//!
+//! A sampler may be shared by threads: its state sits in a mutex, taken with the GIL released
+//! when another thread holds it (and never held while taking the GIL back), so each
+//! `next_batch` hands out a different batch.
+
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -9,13 +15,36 @@ use rlhf_core::plan::{self, Method, PlanKind, Sampler, SamplerConfig};
 use crate::arrays::{indices, lengths};
 use crate::convert::{int64_numpy, int64_rows, parse};
 use crate::errors::IntoPyResult;
-use crate::gil::run_kernel;
+use crate::gil::{run_kernel, without_gil};
 use crate::state::{budget_of, sampler_from_dict, sampler_to_dict};
 
 /// A resumable minibatch / micro-batch plan; use `rlhf_core.buffer` samplers.
-#[pyclass(name = "_Sampler", module = "rlhf_core._core")]
+#[pyclass(name = "_Sampler", module = "rlhf_core._core", frozen)]
 pub struct PySampler {
-    inner: Sampler,
+    inner: Mutex<Sampler>,
+}
+
+impl PySampler {
+    fn wrap(inner: Sampler) -> Self {
+        PySampler {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    /// `f` on the sampler under its mutex: at once when it is free, else waiting with the GIL
+    /// released. A sampler's work is small (one epoch's plan at most), so it runs under the
+    /// GIL.
+    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Sampler) -> T + Send) -> T {
+        match self.inner.try_lock() {
+            Ok(mut s) => f(&mut s),
+            Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+            Err(TryLockError::WouldBlock) => without_gil(py, || f(&mut lock(&self.inner))),
+        }
+    }
+}
+
+fn lock(m: &Mutex<Sampler>) -> MutexGuard<'_, Sampler> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[pymethods]
@@ -40,9 +69,7 @@ impl PySampler {
             seed,
             shuffle,
         };
-        Ok(PySampler {
-            inner: Sampler::new(config, lengths).py()?,
-        })
+        Ok(PySampler::wrap(Sampler::new(config, lengths).py()?))
     }
 
     /// A token-budget micro-batch plan over sequences of the given lengths (int64).
@@ -66,9 +93,7 @@ impl PySampler {
             seed,
             shuffle,
         };
-        Ok(PySampler {
-            inner: Sampler::new(config, lengths).py()?,
-        })
+        Ok(PySampler::wrap(Sampler::new(config, lengths).py()?))
     }
 
     /// Resume from `state` (a dict from `state_dict()`) against these lengths.
@@ -76,17 +101,12 @@ impl PySampler {
     fn restore(state: &Bound<'_, PyDict>, lengths: &Bound<'_, PyAny>) -> PyResult<Self> {
         let st = sampler_from_dict(state)?;
         let lengths = self::lengths(lengths, "lengths")?;
-        Ok(PySampler {
-            inner: Sampler::restore(st, lengths).py()?,
-        })
+        Ok(PySampler::wrap(Sampler::restore(st, lengths).py()?))
     }
 
     /// `(epoch, step, indices int64)` of the next batch, or None when exhausted.
-    fn next_batch<'py>(
-        &mut self,
-        py: Python<'py>,
-    ) -> PyResult<Option<(u64, u64, Bound<'py, PyAny>)>> {
-        match self.inner.next_batch().py()? {
+    fn next_batch<'py>(&self, py: Python<'py>) -> PyResult<Option<(u64, u64, Bound<'py, PyAny>)>> {
+        match self.with(py, |s| s.next_batch()).py()? {
             None => Ok(None),
             Some((e, s, idx)) => Ok(Some((e, s, int64_numpy(py, idx)?))),
         }
@@ -94,25 +114,26 @@ impl PySampler {
 
     /// `(epoch, step)` of the next batch.
     #[getter]
-    fn position(&self) -> (u64, u64) {
-        self.inner.position()
+    fn position(&self, py: Python<'_>) -> (u64, u64) {
+        self.with(py, |s| s.position())
     }
 
-    fn set_position(&mut self, epoch: u64, step: u64) -> PyResult<()> {
-        self.inner.set_position(epoch, step).py()
+    fn set_position(&self, py: Python<'_>, epoch: u64, step: u64) -> PyResult<()> {
+        self.with(py, |s| s.set_position(epoch, step)).py()
     }
 
-    fn batches_in_epoch(&mut self, epoch: u64) -> PyResult<usize> {
-        self.inner.batches_in_epoch(epoch).py()
+    fn batches_in_epoch(&self, py: Python<'_>, epoch: u64) -> PyResult<usize> {
+        self.with(py, |s| s.batches_in_epoch(epoch)).py()
     }
 
     #[getter]
-    fn epochs(&self) -> u64 {
-        self.inner.config().epochs
+    fn epochs(&self, py: Python<'_>) -> u64 {
+        self.with(py, |s| s.config().epochs)
     }
 
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        sampler_to_dict(py, &self.inner.state())
+        let state = self.with(py, |s| s.state());
+        sampler_to_dict(py, &state)
     }
 }
 
@@ -181,7 +202,8 @@ fn permutation<'py>(
     seed: u64,
     epoch: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    int64_numpy(py, plan::permutation(n, seed, epoch))
+    let p = run_kernel(py, "permutation", || plan::permutation(n, seed, epoch))?;
+    int64_numpy(py, p)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

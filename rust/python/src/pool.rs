@@ -19,11 +19,10 @@ use std::sync::Mutex;
 
 use numpy::ndarray::{ArrayD, ArrayViewD, IxDyn};
 use numpy::{Element, PyArrayDyn};
-use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use rlhf_core::Float;
 
-use crate::errors::internal_error;
+use crate::errors::{internal_error, to_py};
 
 /// Outputs smaller than this use a plain `Vec` (the allocator serves them without faults).
 pub const MIN_CACHED: usize = 1 << 20;
@@ -154,10 +153,11 @@ pub enum OutBuf<F> {
     },
 }
 
+/// The core's allocation error (`AllocationError`, a `MemoryError`) for an output of `n` values.
 fn too_big<F: Float>(n: usize) -> PyErr {
-    PyMemoryError::new_err(format!(
-        "cannot allocate an output of {n} {} values",
-        F::NAME
+    to_py(rlhf_core::memory::too_big::<F>(
+        &format!("an output of {} values", F::NAME),
+        n,
     ))
 }
 

@@ -15,16 +15,15 @@
 //!
 //! Running moments: `count`, `mean`, `m2`, `ddof`.
 
-use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rlhf_core::buffer::{Advantages, BufferParts, Column, Computed, DType, Level, RolloutBuffer};
+use rlhf_core::buffer::{Advantages, BufferParts, Column, Computed, DType, Level};
 use rlhf_core::kernels::running::RunningMoments;
 use rlhf_core::plan::{Budget, PlanKind, SamplerConfig, SamplerState};
 use rlhf_core::CoreError;
 
 use crate::arrays::any_array;
-use crate::convert::column_copy;
+use crate::convert::{column_to_numpy, vec_to_numpy};
 use crate::errors::{to_py, IntoPyResult};
 
 fn state_err(msg: String) -> PyErr {
@@ -42,42 +41,54 @@ pub fn column_from(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Column> {
 // Buffer
 // ---------------------------------------------------------------------------------------------
 
-/// Every piece of a buffer as numpy copies (the dict `BufferParts` is read back from).
-pub fn buffer_to_dict<'py>(py: Python<'py>, b: &RolloutBuffer) -> PyResult<Bound<'py, PyDict>> {
+/// Every piece of a buffer (a copy made by `RolloutBuffer::to_parts`) as a dict of numpy
+/// arrays, moved without a further copy (the dict `BufferParts` is read back from).
+pub fn parts_to_dict(py: Python<'_>, parts: BufferParts) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("float_dtype", b.float_dtype().name())?;
-    d.set_item(
-        "prompt_offsets",
-        PyArray1::from_slice(py, b.prompt_offsets()),
-    )?;
-    d.set_item(
-        "response_offsets",
-        PyArray1::from_slice(py, b.response_offsets()),
-    )?;
-    d.set_item("prompt_ids", b.prompt_ids().map(|c| column_copy(py, c)))?;
-    let named = |fields: &[(String, Column)]| {
-        PyList::new(
-            py,
-            fields.iter().map(|(n, c)| (n.clone(), column_copy(py, c))),
-        )
+    let array = |c: Column| {
+        let n = c.len();
+        column_to_numpy(py, c, &[n])
     };
-    d.set_item("token_fields", named(b.token_fields())?)?;
-    d.set_item("seq_fields", named(b.seq_fields())?)?;
-    match b.computed() {
+    let offsets = |v: Vec<i64>| {
+        let n = v.len();
+        vec_to_numpy(py, v, &[n])
+    };
+    d.set_item("float_dtype", parts.float_dtype.name())?;
+    d.set_item("prompt_offsets", offsets(parts.prompt_offsets)?)?;
+    d.set_item("response_offsets", offsets(parts.response_offsets)?)?;
+    d.set_item("prompt_ids", parts.prompt_ids.map(array).transpose()?)?;
+    let named = |fields: Vec<(String, Column)>| -> PyResult<Bound<'_, PyList>> {
+        let items = fields
+            .into_iter()
+            .map(|(n, c)| Ok((n, array(c)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    };
+    d.set_item("token_fields", named(parts.token_fields)?)?;
+    d.set_item("seq_fields", named(parts.seq_fields)?)?;
+    match parts.computed {
         None => d.set_item("computed", py.None())?,
         Some(c) => {
             let cd = PyDict::new(py);
             cd.set_item("estimator", &c.estimator)?;
             cd.set_item("level", c.advantages.level().name())?;
-            cd.set_item("advantages", column_copy(py, c.advantages.column()))?;
-            cd.set_item("returns", c.returns.as_ref().map(|r| column_copy(py, r)))?;
+            let Computed {
+                advantages,
+                returns,
+                ..
+            } = c;
+            let adv = match advantages {
+                Advantages::Token(col) | Advantages::Sequence(col) => col,
+            };
+            cd.set_item("advantages", array(adv)?)?;
+            cd.set_item("returns", returns.map(array).transpose()?)?;
             d.set_item("computed", cd)?;
         }
     }
     Ok(d)
 }
 
-/// The pieces of a buffer from `buffer_to_dict` output (checked by `RolloutBuffer::from_parts`).
+/// The pieces of a buffer from `parts_to_dict` output (checked by `RolloutBuffer::from_parts`).
 pub fn parts_from_dict(parts: &Bound<'_, PyDict>) -> PyResult<BufferParts> {
     let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
         parts

@@ -7,6 +7,7 @@
 use std::str::FromStr;
 
 use crate::error::{CoreError, Result};
+use crate::memory;
 
 /// Element type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,13 +159,18 @@ pub enum Column {
     Bool(Vec<bool>),
 }
 
-/// Reserve room for `additional` more elements, growing by at most 1/8 beyond the need.
-pub(crate) fn grow<T>(v: &mut Vec<T>, additional: usize) {
-    let need = v.len() + additional;
+/// Reserve room for `additional` more elements, growing by at most 1/8 beyond the need (only
+/// the need when the slack cannot be had); [`CoreError::Memory`] naming `what` when even the
+/// need cannot be allocated.
+pub(crate) fn grow<T>(v: &mut Vec<T>, additional: usize, what: &str) -> Result<()> {
+    let need = memory::checked_add(v.len(), additional, what)?;
     if need > v.capacity() {
         let target = need.max(v.capacity() + v.capacity() / 8);
-        v.reserve_exact(target - v.len());
+        if v.try_reserve_exact(target - v.len()).is_err() {
+            memory::reserve_exact(v, need - v.len(), what)?;
+        }
     }
+    Ok(())
 }
 
 impl Column {
@@ -229,8 +235,9 @@ impl Column {
         each_column!(self, v => v.shrink_to_fit())
     }
 
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        each_column!(self, v => grow(v, additional))
+    /// Room for `additional` more values (`what` names them in the error).
+    pub(crate) fn reserve(&mut self, additional: usize, what: &str) -> Result<()> {
+        each_column!(self, v => grow(v, additional, what))
     }
 
     /// Append `segments` (start, len) of `src` in order. `src` must have this column's dtype
@@ -244,11 +251,11 @@ impl Column {
         macro_rules! ext {
             ($dst:ident, $s:ident) => {{
                 if contiguous {
-                    grow($dst, $s.len());
+                    grow($dst, $s.len(), "a buffer column")?;
                     $dst.extend_from_slice($s);
                 } else {
                     let total: usize = segments.iter().map(|&(_, l)| l).sum();
-                    grow($dst, total);
+                    grow($dst, total, "a buffer column")?;
                     for &(start, len) in segments {
                         $dst.extend_from_slice(&$s[start..start + len]);
                     }
@@ -273,7 +280,7 @@ impl Column {
     /// Append every piece in order (all of this column's dtype, checked by validation).
     pub(crate) fn extend_pieces(&mut self, pieces: &[Slice<'_>]) -> Result<()> {
         let total: usize = pieces.iter().map(Slice::len).sum();
-        self.reserve(total);
+        self.reserve(total, "a buffer column")?;
         for p in pieces {
             self.extend_segments(*p, &[(0, p.len())], true)?;
         }

@@ -104,7 +104,11 @@ fn resolve(name: &str, input: &TokenInput<'_>, scans: &mut MaskScans) -> Result<
                     )));
                 }
                 segments.push((start, l as usize));
-                start += l as usize;
+                start = start.checked_add(l as usize).ok_or_else(|| {
+                    CoreError::shape(format!(
+                        "{name}: the per-sequence lengths add up to more than 2^64 (at sequence {i})"
+                    ))
+                })?;
             }
             if start != values.len() {
                 return Err(CoreError::shape(format!(
@@ -124,14 +128,13 @@ fn resolve(name: &str, input: &TokenInput<'_>, scans: &mut MaskScans) -> Result<
             mask,
             mask_shape,
         } => {
-            if values.len() != rows * cols {
+            if rows.checked_mul(cols) != Some(values.len()) {
                 return Err(CoreError::shape(format!(
-                    "{name}: a ({rows}, {cols}) array needs {} values, got {}",
-                    rows * cols,
+                    "{name}: a ({rows}, {cols}) array needs {rows} × {cols} values, got {}",
                     values.len()
                 )));
             }
-            if mask_shape != (rows, cols) || mask.len() != rows * cols {
+            if mask_shape != (rows, cols) || mask.len() != values.len() {
                 return Err(CoreError::shape(format!(
                     "{name}: mask has shape {mask_shape:?} but the values have shape ({rows}, {cols})"
                 )));
@@ -326,11 +329,15 @@ impl Held<'_> {
             }
             token_resolved.push(r);
         }
+        // Each input's segments lie inside its values, so these sums fit; the totals with
+        // what is held are checked (offsets are int64).
         let total_p: usize = prompt.segments.iter().map(|&(_, l)| l).sum();
         let total_r: usize = response_lengths.iter().sum();
-        if self.prompt_tokens + total_p > i64::MAX as usize
-            || self.response_tokens + total_r > i64::MAX as usize
-        {
+        let fits = |held: usize, add: usize| {
+            held.checked_add(add)
+                .is_some_and(|t| t <= i64::MAX as usize)
+        };
+        if !fits(self.prompt_tokens, total_p) || !fits(self.response_tokens, total_r) {
             return Err(CoreError::capacity(
                 "the buffer would hold more than 2^63 tokens",
             ));

@@ -39,6 +39,7 @@ use rayon::prelude::*;
 use super::column::Column;
 use super::store::{Advantages, RolloutBuffer};
 use crate::error::{CoreError, Result};
+use crate::memory;
 use crate::parallel::parallel_enabled;
 
 /// One output array: name, shape (C order) and data.
@@ -92,15 +93,22 @@ pub fn output_name(field: &str) -> &str {
 /// Work (elements written) below which scatters run on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 16;
 
-/// A new array of `out_len` elements set to `fill`, then `f(r, segment_r)` for every segment
-/// `(start, len)` (sorted by start, disjoint), in parallel when there is enough work. Each
-/// segment is written by one call, so the result does not depend on the thread count.
-fn scatter<T, F>(out_len: usize, fill: T, segs: &[(usize, usize)], f: F) -> Vec<T>
+/// A new array of `out_len` elements set to `fill` (allocated fallibly; `what` names it in the
+/// error), then `f(r, segment_r)` for every segment `(start, len)` (sorted by start, disjoint),
+/// in parallel when there is enough work. Each segment is written by one call, so the result
+/// does not depend on the thread count.
+fn scatter<T, F>(
+    what: &str,
+    out_len: usize,
+    fill: T,
+    segs: &[(usize, usize)],
+    f: F,
+) -> Result<Vec<T>>
 where
     T: Copy + Send + Sync,
     F: Fn(usize, &mut [T]) + Sync + Send,
 {
-    let mut out = vec![fill; out_len];
+    let mut out = memory::filled(out_len, fill, what)?;
     let mut pieces: Vec<&mut [T]> = Vec::with_capacity(segs.len());
     let mut rest: &mut [T] = &mut out;
     let mut pos = 0usize;
@@ -124,7 +132,7 @@ where
     } else {
         pieces.into_iter().enumerate().for_each(|(r, p)| f(r, p));
     }
-    out
+    Ok(out)
 }
 
 /// Where each sequence of a batch goes.
@@ -141,9 +149,16 @@ struct Placement {
     shape: Vec<usize>,
     next_shape: Vec<usize>,
     max_seqlen: usize,
+    /// The batch in words, for allocation errors ("3 rows × 64 columns, pad_to_multiple_of=64").
+    desc: String,
 }
 
 impl Placement {
+    /// What the output array `name` is, for an allocation error.
+    fn what(&self, name: &str) -> String {
+        format!("{name} of a batch of {}", self.desc)
+    }
+
     fn token_segs(&self) -> Vec<(usize, usize)> {
         (0..self.seqs.len())
             .map(|r| (self.token_start[r], self.prompt[r] + self.response[r]))
@@ -186,7 +201,8 @@ fn place(buf: &RolloutBuffer, idx: &[usize], packed: bool, multiple: usize) -> R
         let mut acc = 0usize;
         for r in 0..b {
             token_start.push(acc);
-            acc += prompt[r] + response[r];
+            // Saturating: a repeated index can make the total exceed usize; it is refused below.
+            acc = acc.saturating_add(prompt[r] + response[r]);
         }
         if acc > i32::MAX as usize {
             return Err(CoreError::capacity(format!(
@@ -205,9 +221,21 @@ fn place(buf: &RolloutBuffer, idx: &[usize], packed: bool, multiple: usize) -> R
             shape: vec![1, acc],
             next_shape: vec![1, acc - 1],
             max_seqlen,
+            desc: format!("{b} sequences packed into {acc} tokens"),
         })
     } else {
-        let t = max_seqlen.div_ceil(multiple) * multiple;
+        // The width and the sizes checked: `pad_to_multiple_of` and repeated indices are the
+        // caller's, so `b × t` may not fit (then nothing is allocated).
+        let t = memory::checked_mul(
+            max_seqlen.div_ceil(multiple),
+            multiple,
+            &format!(
+                "a padded batch whose longest sequence ({max_seqlen}) is rounded up to \
+                 pad_to_multiple_of={multiple}"
+            ),
+        )?;
+        let desc = format!("{b} rows × {t} columns (pad_to_multiple_of={multiple})");
+        let tokens_len = memory::checked_mul(b, t, &format!("a batch of {desc}"))?;
         let token_start = (0..b).map(|r| r * t).collect();
         let next_start = (0..b).map(|r| r * (t - 1) + prompt[r] - 1).collect();
         Ok(Placement {
@@ -216,11 +244,12 @@ fn place(buf: &RolloutBuffer, idx: &[usize], packed: bool, multiple: usize) -> R
             response,
             token_start,
             next_start,
-            tokens_len: b * t,
+            tokens_len,
             next_len: b * (t - 1),
             shape: vec![b, t],
             next_shape: vec![b, t - 1],
             max_seqlen,
+            desc,
         })
     }
 }
@@ -236,24 +265,25 @@ fn ids_as_i64(col: &Column, start: usize, dst: &mut [i64]) {
     }
 }
 
-/// Copy a per-token column into next-token position.
-fn scatter_field(col: &Column, offsets: &[i64], pl: &Placement) -> Column {
+/// Copy a per-token column into next-token position (the output array `name`).
+fn scatter_field(name: &str, col: &Column, offsets: &[i64], pl: &Placement) -> Result<Column> {
     let segs = pl.next_segs();
+    let what = pl.what(name);
     macro_rules! go {
         ($v:ident, $zero:expr) => {
-            scatter(pl.next_len, $zero, &segs, |r, d| {
+            scatter(&what, pl.next_len, $zero, &segs, |r, d| {
                 let a = offsets[pl.seqs[r]] as usize;
                 d.copy_from_slice(&$v[a..a + d.len()]);
-            })
+            })?
         };
     }
-    match col {
+    Ok(match col {
         Column::I32(v) => Column::I32(go!(v, 0)),
         Column::I64(v) => Column::I64(go!(v, 0)),
         Column::F32(v) => Column::F32(go!(v, 0.0)),
         Column::F64(v) => Column::F64(go!(v, 0.0)),
         Column::Bool(v) => Column::Bool(go!(v, false)),
-    }
+    })
 }
 
 /// Broadcast one value per sequence over its response positions where the loss mask allows.
@@ -262,11 +292,12 @@ fn broadcast_field(
     loss_mask: Option<&[bool]>,
     offsets: &[i64],
     pl: &Placement,
-) -> Column {
+) -> Result<Column> {
     let segs = pl.next_segs();
+    let what = pl.what("advantages");
     macro_rules! go {
         ($v:ident, $zero:expr) => {
-            scatter(pl.next_len, $zero, &segs, |r, d| {
+            scatter(&what, pl.next_len, $zero, &segs, |r, d| {
                 let s = pl.seqs[r];
                 let x = $v[s];
                 match loss_mask {
@@ -278,16 +309,16 @@ fn broadcast_field(
                         }
                     }
                 }
-            })
+            })?
         };
     }
-    match col {
+    Ok(match col {
         Column::F32(v) => Column::F32(go!(v, 0.0)),
         Column::F64(v) => Column::F64(go!(v, 0.0)),
         Column::I32(v) => Column::I32(go!(v, 0)),
         Column::I64(v) => Column::I64(go!(v, 0)),
         Column::Bool(v) => Column::Bool(go!(v, false)),
-    }
+    })
 }
 
 fn materialize(
@@ -320,25 +351,45 @@ fn materialize(
         });
     };
 
-    let input_ids = scatter(pl.tokens_len, opts.pad_token_id, &tsegs, |r, d| {
-        let s = pl.seqs[r];
-        let (dp, dr) = d.split_at_mut(pl.prompt[r]);
-        ids_as_i64(prompt_ids, p_off[s] as usize, dp);
-        ids_as_i64(response_ids, r_off[s] as usize, dr);
-    });
+    let input_ids = scatter(
+        &pl.what("input_ids"),
+        pl.tokens_len,
+        opts.pad_token_id,
+        &tsegs,
+        |r, d| {
+            let s = pl.seqs[r];
+            let (dp, dr) = d.split_at_mut(pl.prompt[r]);
+            ids_as_i64(prompt_ids, p_off[s] as usize, dp);
+            ids_as_i64(response_ids, r_off[s] as usize, dr);
+        },
+    )?;
     push("input_ids", pl.shape.clone(), Column::I64(input_ids));
     if !packed {
-        let am = scatter(pl.tokens_len, 0i64, &tsegs, |_, d| d.fill(1));
+        let am = scatter(
+            &pl.what("attention_mask"),
+            pl.tokens_len,
+            0i64,
+            &tsegs,
+            |_, d| d.fill(1),
+        )?;
         push("attention_mask", pl.shape.clone(), Column::I64(am));
     }
-    let pos = scatter(pl.tokens_len, 0i64, &tsegs, |_, d| {
-        for (j, x) in d.iter_mut().enumerate() {
-            *x = j as i64;
-        }
-    });
+    let pos = scatter(
+        &pl.what("position_ids"),
+        pl.tokens_len,
+        0i64,
+        &tsegs,
+        |_, d| {
+            for (j, x) in d.iter_mut().enumerate() {
+                *x = j as i64;
+            }
+        },
+    )?;
     push("position_ids", pl.shape.clone(), Column::I64(pos));
     if packed {
-        let seq_ids = scatter(pl.tokens_len, 0i64, &tsegs, |r, d| d.fill(r as i64));
+        let seq_ids = scatter(&pl.what("seq_ids"), pl.tokens_len, 0i64, &tsegs, |r, d| {
+            d.fill(r as i64)
+        })?;
         push("seq_ids", pl.shape.clone(), Column::I64(seq_ids));
         let mut cu = Vec::with_capacity(b + 1);
         cu.extend(pl.token_start.iter().map(|&x| x as i32));
@@ -351,6 +402,7 @@ fn materialize(
         _ => None,
     };
     let rm = scatter(
+        &pl.what("response_mask"),
         pl.next_len,
         false,
         &pl.next_segs(),
@@ -361,17 +413,18 @@ fn materialize(
                 d.copy_from_slice(&m[a..a + d.len()]);
             }
         },
-    );
+    )?;
     push("response_mask", pl.next_shape.clone(), Column::Bool(rm));
 
     for (name, col) in buf.token_fields() {
         if name == "response_ids" || name == "loss_mask" {
             continue;
         }
+        let out = output_name(name);
         push(
-            output_name(name),
+            out,
             pl.next_shape.clone(),
-            scatter_field(col, r_off, &pl),
+            scatter_field(out, col, r_off, &pl)?,
         );
     }
     if let Some(c) = buf.computed() {
@@ -379,13 +432,13 @@ fn materialize(
             Advantages::Token(col) => push(
                 "advantages",
                 pl.next_shape.clone(),
-                scatter_field(col, r_off, &pl),
+                scatter_field("advantages", col, r_off, &pl)?,
             ),
             Advantages::Sequence(col) => {
                 push(
                     "advantages",
                     pl.next_shape.clone(),
-                    broadcast_field(col, loss_mask, r_off, &pl),
+                    broadcast_field(col, loss_mask, r_off, &pl)?,
                 );
                 push("seq_advantages", vec![b], col.take(&pl.seqs));
             }
@@ -394,7 +447,7 @@ fn materialize(
             push(
                 "returns",
                 pl.next_shape.clone(),
-                scatter_field(r, r_off, &pl),
+                scatter_field("returns", r, r_off, &pl)?,
             );
         }
     }

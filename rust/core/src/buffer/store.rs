@@ -234,19 +234,37 @@ impl RolloutBuffer {
     }
 
     /// Reserve room for `sequences` more sequences and `response_tokens` / `prompt_tokens`
-    /// more tokens in every column (avoids regrowth when the final size is known).
-    pub fn reserve(&mut self, sequences: usize, prompt_tokens: usize, response_tokens: usize) {
-        grow(&mut self.prompt_offsets, sequences);
-        grow(&mut self.response_offsets, sequences);
+    /// more tokens in every column (avoids regrowth when the final size is known). A size that
+    /// cannot be allocated is [`CoreError::Memory`] naming the argument; the values held never
+    /// change (columns reserved before the failure keep their extra capacity).
+    pub fn reserve(
+        &mut self,
+        sequences: usize,
+        prompt_tokens: usize,
+        response_tokens: usize,
+    ) -> Result<()> {
+        let seqs = format!("the offsets of sequences={sequences} more sequences");
+        grow(&mut self.prompt_offsets, sequences, &seqs)?;
+        grow(&mut self.response_offsets, sequences, &seqs)?;
         if let Some(p) = &mut self.prompt_ids {
-            p.reserve(prompt_tokens);
+            p.reserve(
+                prompt_tokens,
+                &format!("prompt_tokens={prompt_tokens} more prompt_ids"),
+            )?;
         }
-        for (_, c) in &mut self.token_fields {
-            c.reserve(response_tokens);
+        for (name, c) in &mut self.token_fields {
+            c.reserve(
+                response_tokens,
+                &format!("response_tokens={response_tokens} more values of {name}"),
+            )?;
         }
-        for (_, c) in &mut self.seq_fields {
-            c.reserve(sequences);
+        for (name, c) in &mut self.seq_fields {
+            c.reserve(
+                sequences,
+                &format!("sequences={sequences} more values of {name}"),
+            )?;
         }
+        Ok(())
     }
 
     /// Release unused capacity (and the spare storage kept for the estimators).
@@ -334,9 +352,36 @@ impl RolloutBuffer {
         self.append(batch, plan)
     }
 
-    /// Write a batch that [`Held::plan_add`] accepted.
+    /// Room for everything `batch` adds, in every column (fallible; the values held do not
+    /// change). Allocating here, on the calling thread, also keeps the parallel copy below from
+    /// growing columns on rayon's workers, whose allocations would come from per-thread malloc
+    /// arenas and fragment the heap.
+    fn reserve_for(&mut self, plan: &AddPlan) -> Result<usize> {
+        let total = |res: &Resolved| res.segments.iter().map(|&(_, l)| l).sum::<usize>();
+        grow(&mut self.prompt_offsets, plan.n, "the offsets of an add")?;
+        grow(&mut self.response_offsets, plan.n, "the offsets of an add")?;
+        let mut work = 0usize;
+        if let Some(col) = &mut self.prompt_ids {
+            let add = total(&plan.prompt);
+            col.reserve(add, "the prompt_ids of an add")?;
+            work += add;
+        }
+        for ((name, col), res) in self.token_fields.iter_mut().zip(&plan.token_resolved) {
+            let add = total(res);
+            col.reserve(add, &format!("the {name} of an add"))?;
+            work += add;
+        }
+        for (name, col) in &mut self.seq_fields {
+            col.reserve(plan.n, &format!("the {name} of an add"))?;
+        }
+        Ok(work)
+    }
+
+    /// Write a batch that [`Held::plan_add`] accepted. Memory is reserved first; when it cannot
+    /// be had, the buffer is left as it was (a first add forgets the schema it was fixing).
     fn append(&mut self, batch: &AddBatch<'_>, plan: AddPlan) -> Result<()> {
-        if self.prompt_ids.is_none() {
+        let had_schema = self.prompt_ids.is_some();
+        if !had_schema {
             self.prompt_ids = Some(Column::empty(batch.prompt_ids.dtype()));
             self.token_fields = plan
                 .token_order
@@ -359,8 +404,18 @@ impl RolloutBuffer {
                 })
                 .collect();
         }
-        grow(&mut self.prompt_offsets, plan.n);
-        grow(&mut self.response_offsets, plan.n);
+        let work = match self.reserve_for(&plan) {
+            Ok(work) => work,
+            Err(e) => {
+                if !had_schema {
+                    self.prompt_ids = None;
+                    self.token_fields = Vec::new();
+                    self.seq_fields = Vec::new();
+                }
+                return Err(e);
+            }
+        };
+        // Every column has room now: nothing below allocates.
         let mut p = *self.prompt_offsets.last().unwrap_or(&0);
         for &(_, l) in &plan.prompt.segments {
             p += l as i64;
@@ -384,14 +439,6 @@ impl RolloutBuffer {
             .zip(&plan.token_resolved)
         {
             jobs.push((&mut slot.1, &batch.token_fields[j].1, res));
-        }
-        // Grow every column here, on the calling thread: an allocation made on a worker
-        // thread would come from that thread's malloc arena and fragment the heap.
-        let mut work = 0usize;
-        for (col, _, res) in jobs.iter_mut() {
-            let add: usize = res.segments.iter().map(|&(_, l)| l).sum();
-            col.reserve(add);
-            work += add;
         }
         let mut results: Vec<Result<()>> = jobs.iter().map(|_| Ok(())).collect();
         let items: Vec<_> = jobs.into_iter().zip(results.iter_mut()).collect();

@@ -34,12 +34,14 @@ impl Budget {
         }
     }
 
+    /// The width a sequence of `len` tokens takes (saturating: a width past `u64::MAX` is
+    /// over every budget anyway).
     fn width(&self, len: u64) -> u64 {
         match *self {
             Budget::Padded {
                 pad_to_multiple_of: m,
                 ..
-            } if m > 1 => len.div_ceil(m) * m,
+            } if m > 1 => len.div_ceil(m).saturating_mul(m),
             _ => len,
         }
     }
@@ -115,7 +117,7 @@ pub fn token_budget_batches(
             let mut cur_w = 0u64;
             for &i in order {
                 let w = cur_w.max(budget.width(lengths[i]));
-                if !cur.is_empty() && (cur.len() as u64 + 1) * w > cap {
+                if !cur.is_empty() && (cur.len() as u64 + 1).saturating_mul(w) > cap {
                     batches.push(std::mem::take(&mut cur));
                     cur_w = budget.width(lengths[i]);
                 } else {
@@ -140,7 +142,7 @@ pub fn token_budget_batches(
             let mut cur: Vec<usize> = Vec::new();
             let mut load = 0u64;
             for &i in order {
-                if !cur.is_empty() && load + lengths[i] > cap {
+                if !cur.is_empty() && load.saturating_add(lengths[i]) > cap {
                     batches.push(std::mem::take(&mut cur));
                     load = 0;
                 }

@@ -26,6 +26,7 @@ use std::str::FromStr;
 
 use super::lengths::sorted_desc_with_max;
 use crate::error::{CoreError, Result};
+use crate::memory;
 
 /// Above this many sequences `Method::Best` skips its Karmarkar–Karp candidate (a heap
 /// operation per sequence, about 1 ms at 8,192 sequences); for that many sequences LPT with the
@@ -100,9 +101,9 @@ impl Partition {
         }
     }
 
-    fn from_assignment(assign: &[u32], lengths: &[u64], k: usize) -> Partition {
-        let mut offsets = vec![0usize; k + 1];
-        let mut loads = vec![0u64; k];
+    fn from_assignment(assign: &[u32], lengths: &[u64], k: usize) -> Result<Partition> {
+        let mut offsets = parts_of(k.saturating_add(1), 0usize, "offsets", k)?;
+        let mut loads = parts_of(k, 0u64, "loads", k)?;
         for (i, &p) in assign.iter().enumerate() {
             offsets[p as usize + 1] += 1;
             loads[p as usize] += lengths[i];
@@ -116,12 +117,18 @@ impl Partition {
             order[next[p as usize]] = i;
             next[p as usize] += 1;
         }
-        Partition {
+        Ok(Partition {
             order,
             offsets,
             loads,
-        }
+        })
     }
+}
+
+/// `n` copies of `fill` for the `what` of `k` parts, allocated fallibly: `k` is the caller's,
+/// so a huge one is a [`CoreError::Memory`] naming it, never an abort.
+fn parts_of<T: Clone>(n: usize, fill: T, what: &str, k: usize) -> Result<Vec<T>> {
+    memory::filled(n, fill, &format!("the {what} of k={k} parts"))
 }
 
 /// Split `lengths` into `k` parts with balanced sums. See the module docs.
@@ -143,11 +150,14 @@ pub fn balanced_partition(
         )));
     }
     // One pass for the total (u128: no overflow possible) and the largest length.
+    // Loads are returned as int64: the total must fit it.
     let (total, max) = lengths
         .iter()
         .fold((0u128, 0u64), |(t, m), &l| (t + l as u128, m.max(l)));
-    if total > u64::MAX as u128 {
-        return Err(CoreError::capacity("the lengths add up to more than 2^64"));
+    if total > i64::MAX as u128 {
+        return Err(CoreError::capacity(format!(
+            "the lengths add up to {total}, more than 2^63 - 1"
+        )));
     }
     let total = total as u64;
     if n > u32::MAX as usize {
@@ -157,25 +167,25 @@ pub fn balanced_partition(
     }
     let (order, sorted) = sorted_desc_with_max(lengths, max);
     let rank_part = match method {
-        Method::Kk => karmarkar_karp(&sorted, k, equal_size),
-        Method::Lpt => lpt(&sorted, k, equal_size),
+        Method::Kk => karmarkar_karp(&sorted, k, equal_size)?,
+        Method::Lpt => lpt(&sorted, k, equal_size)?,
         Method::Best => {
             // Cheapest first: a serpentine start repaired by the local search usually reaches
             // the ceiling of the mean (optimal). Otherwise LPT, then (up to KK_FALLBACK_MAX
             // sequences) Karmarkar–Karp, each with the same search, keeping the best. LPT is
             // among the candidates, so the result is never worse than LPT.
             let ceil = total.div_ceil(k as u64);
-            let (mut best, mut best_max) = snake_refine(&sorted, k, equal_size);
+            let (mut best, mut best_max) = snake_refine(&sorted, k, equal_size)?;
             if best_max > ceil {
-                let mut a = lpt(&sorted, k, equal_size);
-                let a_max = refine(&sorted, &mut a, k, equal_size);
+                let mut a = lpt(&sorted, k, equal_size)?;
+                let a_max = refine(&sorted, &mut a, k, equal_size)?;
                 if a_max <= best_max {
                     (best, best_max) = (a, a_max);
                 }
             }
             if best_max > ceil && n <= KK_FALLBACK_MAX {
-                let mut b = karmarkar_karp(&sorted, k, equal_size);
-                let b_max = refine(&sorted, &mut b, k, equal_size);
+                let mut b = karmarkar_karp(&sorted, k, equal_size)?;
+                let b_max = refine(&sorted, &mut b, k, equal_size)?;
                 if b_max < best_max {
                     best = b;
                 }
@@ -187,7 +197,7 @@ pub fn balanced_partition(
     for (&i, &p) in order.iter().zip(&rank_part) {
         assign[i as usize] = p;
     }
-    Ok(Partition::from_assignment(&assign, lengths, k))
+    Partition::from_assignment(&assign, lengths, k)
 }
 
 fn max_of(loads: &[u64]) -> u64 {
@@ -195,11 +205,11 @@ fn max_of(loads: &[u64]) -> u64 {
 }
 
 /// LPT over lengths sorted in decreasing order: the part of each rank.
-fn lpt(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
+fn lpt(sorted: &[u64], k: usize, equal_size: bool) -> Result<Vec<u32>> {
     let n = sorted.len();
     let cap = if equal_size { n / k } else { usize::MAX };
     let mut part = vec![0u32; n];
-    let mut counts = vec![0usize; k];
+    let mut counts = parts_of(k, 0usize, "sizes", k)?;
     if k <= 8 && !equal_size {
         // Few parts: an unrolled scan over a fixed array (unused slots hold u64::MAX).
         let mut loads = [u64::MAX; 8];
@@ -216,7 +226,7 @@ fn lpt(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
             *slot = best as u32;
             loads[best] = best_load + l;
         }
-        return part;
+        return Ok(part);
     }
     if k <= 32 {
         // A linear scan over few parts beats a heap. Full parts (equal_size) read as u64::MAX.
@@ -239,10 +249,15 @@ fn lpt(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
                 }
             }
         }
-        return part;
+        return Ok(part);
     }
     // Min-heap of (load, part): the lightest part, ties to the lowest index.
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..k).map(|p| Reverse((0u64, p))).collect();
+    let heap = memory::collect(
+        k,
+        (0..k).map(|p| Reverse((0u64, p))),
+        &format!("the loads of k={k} parts"),
+    )?;
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::from(heap);
     for (slot, &l) in part.iter_mut().zip(sorted) {
         let Reverse((load, p)) = heap
             .pop()
@@ -253,25 +268,28 @@ fn lpt(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
             heap.push(Reverse((load + l, p)));
         }
     }
-    part
+    Ok(part)
 }
 
 const NONE: u32 = u32::MAX;
 
 /// Karmarkar–Karp largest differencing over lengths sorted in decreasing order: the part of
 /// each rank.
-fn karmarkar_karp(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
+fn karmarkar_karp(sorted: &[u64], k: usize, equal_size: bool) -> Result<Vec<u32>> {
     let n = sorted.len();
     let mut assign = vec![0u32; n];
     if n == 0 || k == 1 {
-        return assign;
+        return Ok(assign);
     }
     // Items are linked lists (next pointers) so that merging two subsets is O(1).
     let mut next = vec![NONE; n];
-    // State s owns slots s*k .. s*k+k, kept sorted by decreasing sum.
-    let mut sum: Vec<u64> = Vec::new();
-    let mut head: Vec<u32> = Vec::new();
-    let mut tail: Vec<u32> = Vec::new();
+    // State s owns slots s*k .. s*k+k, kept sorted by decreasing sum: n × k slots (n / k × k
+    // with equal_size), allocated up front.
+    let what = format!("the Karmarkar–Karp states of {n} sequences × k={k} parts");
+    let slots = memory::checked_mul(if equal_size { n / k } else { n }, k, &what)?;
+    let mut sum: Vec<u64> = memory::with_capacity(slots, &what)?;
+    let mut head: Vec<u32> = memory::with_capacity(slots, &what)?;
+    let mut tail: Vec<u32> = memory::with_capacity(slots, &what)?;
     let push_state =
         |items: &[u32], sum: &mut Vec<u64>, head: &mut Vec<u32>, tail: &mut Vec<u32>| {
             for j in 0..k {
@@ -304,10 +322,10 @@ fn karmarkar_karp(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
     let mut heap: BinaryHeap<(u64, u32)> = (0..states)
         .map(|s| (sum[s * k] - sum[s * k + k - 1], s as u32))
         .collect();
-    let mut new_sum = vec![0u64; k];
-    let mut new_head = vec![NONE; k];
-    let mut new_tail = vec![NONE; k];
-    let mut perm: Vec<usize> = (0..k).collect();
+    let mut new_sum = parts_of(k, 0u64, "loads", k)?;
+    let mut new_head = parts_of(k, NONE, "lists", k)?;
+    let mut new_tail = parts_of(k, NONE, "lists", k)?;
+    let mut perm: Vec<usize> = memory::collect(k, 0..k, &format!("the order of k={k} parts"))?;
     while heap.len() > 1 {
         let (_, a) = heap.pop().expect("len > 1");
         let (_, b) = heap.pop().expect("len > 1");
@@ -355,7 +373,7 @@ fn karmarkar_karp(sorted: &[u64], k: usize, equal_size: bool) -> Vec<u32> {
             it = next[it as usize];
         }
     }
-    assign
+    Ok(assign)
 }
 
 /// A sequence in the local search: `length << 32 | index`, so items order by length, then
@@ -387,9 +405,9 @@ fn idx(x: Item) -> usize {
 /// Every applied change lowers the number of parts above `C`, or the heaviest load, or the
 /// number of parts at it; rounds are bounded, so the search always ends. Returns the largest
 /// load. Lengths above 2^32 (never token counts) skip the search.
-fn refine(sorted: &[u64], assign: &mut [u32], k: usize, equal_size: bool) -> u64 {
-    let mut loads = vec![0u64; k];
-    let mut sizes = vec![0usize; k];
+fn refine(sorted: &[u64], assign: &mut [u32], k: usize, equal_size: bool) -> Result<u64> {
+    let mut loads = parts_of(k, 0u64, "loads", k)?;
+    let mut sizes = parts_of(k, 0usize, "sizes", k)?;
     for (&l, &p) in sorted.iter().zip(assign.iter()) {
         loads[p as usize] += l;
         sizes[p as usize] += 1;
@@ -398,35 +416,39 @@ fn refine(sorted: &[u64], assign: &mut [u32], k: usize, equal_size: bool) -> u64
     let ceil = total.div_ceil(k as u64);
     // Items are packed as `len << 32 | index`: lengths must fit 32 bits (token counts do).
     if max_of(&loads) <= ceil || k < 2 || sorted.len() < 2 || sorted[0] > u32::MAX as u64 {
-        return max_of(&loads); // optimal already, or nothing to search
+        return Ok(max_of(&loads)); // optimal already, or nothing to search
     }
     // Items of each part by increasing length: ranks in reverse.
-    let mut parts: Vec<Vec<Item>> = sizes.iter().map(|&c| Vec::with_capacity(c + 1)).collect();
+    let mut parts: Vec<Vec<Item>> = memory::collect(
+        k,
+        sizes.iter().map(|&c| Vec::with_capacity(c + 1)),
+        &format!("the lists of k={k} parts"),
+    )?;
     for r in (0..sorted.len()).rev() {
         parts[assign[r] as usize].push(item(sorted[r], r as u32));
     }
-    let max = search(&mut parts, &mut loads, ceil, equal_size);
+    let max = search(&mut parts, &mut loads, ceil, equal_size)?;
     for (p, part) in parts.iter().enumerate() {
         for &x in part {
             assign[idx(x)] = p as u32;
         }
     }
-    max
+    Ok(max)
 }
 
 /// [`snake`] followed by [`refine`], building each part straight from its ranks (the parts of a
 /// serpentine deal are known in closed form). Returns the part of each rank and the largest
 /// load.
-fn snake_refine(sorted: &[u64], k: usize, equal_size: bool) -> (Vec<u32>, u64) {
+fn snake_refine(sorted: &[u64], k: usize, equal_size: bool) -> Result<(Vec<u32>, u64)> {
     let n = sorted.len();
     if k < 2 || n < 2 || sorted[0] > u32::MAX as u64 {
         let mut a = snake(n, k);
-        let m = refine(sorted, &mut a, k, equal_size);
-        return (a, m);
+        let m = refine(sorted, &mut a, k, equal_size)?;
+        return Ok((a, m));
     }
     let rounds = n.div_ceil(k);
-    let mut loads = vec![0u64; k];
-    let mut parts: Vec<Vec<Item>> = Vec::with_capacity(k);
+    let mut loads = parts_of(k, 0u64, "loads", k)?;
+    let mut parts: Vec<Vec<Item>> = memory::with_capacity(k, &format!("the lists of k={k} parts"))?;
     for (p, load) in loads.iter_mut().enumerate() {
         // Part p holds rank round*k + p in even rounds and round*k + k-1-p in odd ones;
         // walking the rounds backwards lists its items by increasing length.
@@ -441,22 +463,22 @@ fn snake_refine(sorted: &[u64], k: usize, equal_size: bool) -> (Vec<u32>, u64) {
         parts.push(v);
     }
     let total: u64 = loads.iter().sum();
-    let max = search(&mut parts, &mut loads, total.div_ceil(k as u64), equal_size);
+    let max = search(&mut parts, &mut loads, total.div_ceil(k as u64), equal_size)?;
     let mut assign = vec![0u32; n];
     for (p, part) in parts.iter().enumerate() {
         for &x in part {
             assign[idx(x)] = p as u32;
         }
     }
-    (assign, max)
+    Ok((assign, max))
 }
 
 /// The rounds of the local search over parts of items sorted by increasing length; returns
 /// the largest load.
-fn search(parts: &mut [Vec<Item>], loads: &mut [u64], ceil: u64, equal_size: bool) -> u64 {
+fn search(parts: &mut [Vec<Item>], loads: &mut [u64], ceil: u64, equal_size: bool) -> Result<u64> {
     let k = parts.len();
     let max_rounds = 8 * k + 64;
-    let mut lighter: Vec<usize> = Vec::with_capacity(k);
+    let mut lighter: Vec<usize> = memory::with_capacity(k, &format!("the order of k={k} parts"))?;
     for _ in 0..max_rounds {
         let (hp, hmax) = loads
             .iter()
@@ -486,7 +508,7 @@ fn search(parts: &mut [Vec<Item>], loads: &mut [u64], ceil: u64, equal_size: boo
         parts[q].insert(pos, a);
         loads[q] += len(a);
     }
-    max_of(loads)
+    Ok(max_of(loads))
 }
 
 /// A change `(q, position in h, position in q or usize::MAX for a move)` with length change

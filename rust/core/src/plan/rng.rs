@@ -4,6 +4,9 @@
 //! the same seed gives the same order on every machine and for any thread count, and the
 //! permutation of epoch `e` depends only on `(seed, e)`.
 
+use crate::error::Result;
+use crate::memory;
+
 /// Weyl increment of SplitMix64 (2^64 / golden ratio, odd).
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -65,11 +68,12 @@ pub fn shuffle<T>(v: &mut [T], rng: &mut SplitMix64) {
     }
 }
 
-/// The permutation of `0..n` for `(seed, epoch)`.
-pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
+/// The permutation of `0..n` for `(seed, epoch)`; [`crate::CoreError::Memory`] naming `n` when it
+/// cannot be allocated.
+pub fn permutation(n: usize, seed: u64, epoch: u64) -> Result<Vec<usize>> {
+    let mut v = memory::collect(n, 0..n, &format!("a permutation of n={n} indices"))?;
     shuffle(&mut v, &mut stream(seed, epoch, 0));
-    v
+    Ok(v)
 }
 
 /// A fingerprint of a list of lengths (its count and values), stored in sampler states so that

@@ -36,7 +36,7 @@ pub struct SamplerConfig {
 pub fn plan_epoch(config: &SamplerConfig, lengths: &[u64], epoch: u64) -> Result<Vec<Vec<usize>>> {
     let n = lengths.len();
     let order = if config.shuffle {
-        permutation(n, config.seed, epoch)
+        permutation(n, config.seed, epoch)?
     } else {
         (0..n).collect()
     };
