@@ -7,7 +7,9 @@ evaluation records, and prints per run and method: the gold peak, the gold-free 
 the evaluation it kept (the last one when it did not stop), the regret (gold at the peak minus gold at the kept evaluation), how
 many evaluations the kept one is from the peak, the gold-based early stop
 (:class:`rlhf_core.monitor.OveroptimizationMonitor`, the run's ``early_stop_*`` settings) and
-the final gold reward (no stop); then the means over runs per method. The gold reward is only
+the final gold reward (no stop); then the means over runs per method. A stage still training
+is read from its ``evals.jsonl`` so far (``partial`` in the rows, ``last_step`` its last
+evaluation). The gold reward is only
 read to judge the stop, never by it.
 
 Usage::
@@ -42,10 +44,16 @@ def measure(run: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     cfg = load_demo_config(run / "config.toml", {**overrides, "run_dir": str(run)})
     rows = []
     for method in ("ppo", "grpo"):
-        stage = run / method / "stage.json"
-        if not stage.is_file():
+        stage, evals = run / method / "stage.json", run / method / "evals.jsonl"
+        if stage.is_file():
+            records, partial = json.loads(stage.read_text())["records"], False
+        elif evals.is_file():  # a stage still training: the evaluations so far
+            records = [json.loads(line) for line in evals.read_text().splitlines() if line]
+            records, partial = sorted(records, key=lambda r: r["step"]), True
+        else:
             continue
-        records = json.loads(stage.read_text())["records"]
+        if len(records) < 2:
+            continue
         mon = OveroptimizationMonitor(
             patience=cfg.early_stop_patience, min_delta=cfg.early_stop_min_delta
         )
@@ -65,6 +73,8 @@ def measure(run: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
                 "run": run.name,
                 "seed": cfg.seed,
                 "method": method,
+                "partial": partial,
+                "last_step": int(records[-1]["step"]),
                 "peak_step": peak.step,
                 "peak_gold": peak.gold,
                 "stop_step": stopper.stop_step,
@@ -112,7 +122,7 @@ def main() -> None:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = _value(value)
     rows = [r for run in args.runs for r in measure(run, overrides)]
-    cols = ["run", "method", "peak_step", "peak_gold", "stop_step", "kept_step", "kept_gold",
+    cols = ["run", "method", "last_step", "partial", "peak_step", "peak_gold", "stop_step", "kept_step", "kept_gold",
             "regret", "evals_from_peak", "gold_stop_step", "gold_stop_gold", "final_gold"]  # fmt: skip
     print("  ".join(cols + ["reasons"]))
     for r in rows:
