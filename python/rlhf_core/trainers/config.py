@@ -394,6 +394,18 @@ class RolloutConfig(GenerationFields, TrainerConfig):
         default=1.0,
         metadata={"help": "α of the soft overlong punishment (its reward weight; >= 0)"},
     )
+    ensemble_reduce: Literal["mean", "min", "mean_minus_std", "mean_minus_var"] = field(
+        default="mean",
+        metadata={
+            "help": "how a reward ensemble's members make one reward: 'mean', 'min' (worst "
+            "case, WCO), 'mean_minus_std' (mean - lambda * std) or 'mean_minus_var' (mean - "
+            "lambda * variance, UWO); every member and the std across them are logged"
+        },
+    )
+    ensemble_lambda: float = field(
+        default=1.0,
+        metadata={"help": "lambda of mean_minus_std / mean_minus_var (>= 0)"},
+    )
     sync_every: int = field(
         default=1,
         metadata={
@@ -440,6 +452,20 @@ class RolloutConfig(GenerationFields, TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from rlhf_core.reward_ensemble import ENSEMBLE_REDUCTIONS
+
+        check_field(
+            self.ensemble_reduce in ENSEMBLE_REDUCTIONS,
+            "ensemble_reduce",
+            self.ensemble_reduce,
+            f"expected one of {ENSEMBLE_REDUCTIONS}",
+        )
+        check_field(
+            math.isfinite(self.ensemble_lambda) and self.ensemble_lambda >= 0,
+            "ensemble_lambda",
+            self.ensemble_lambda,
+            "expected a finite value >= 0",
+        )
         self.check_generation_fields()
         check_field(
             self.sync_every >= 0, "sync_every", self.sync_every, "expected >= 1, or 0 = never"

@@ -94,10 +94,11 @@ class RolloutTrainer(Trainer):
         reward_funcs: one reward source or a list: functions called as TRL calls them
             (``fn(completions, **kwargs) -> list[float | None]``, see
             :mod:`rlhf_core.rewards.functions`), :class:`rlhf_core.models.RewardModel`
-            instances (frozen; scored on the sampled token ids when their tokenizer is the
-            policy's, on the re-encoded texts otherwise) and/or ready
-            :class:`rlhf_core.rewards.RewardModelScorer` objects, weighted by
-            ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
+            / :class:`rlhf_core.models.RewardEnsemble` instances (frozen; scored on the
+            sampled token ids when their tokenizer is the policy's, on the re-encoded texts
+            otherwise) and/or ready :class:`rlhf_core.rewards.RewardModelScorer` objects,
+            weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`;
+            weight 0 = logged, not optimised).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             ``policy`` as passed (so pass the same starting policy when resuming). None and no
             need for one (``config.needs_reference`` false: no KL optimised or logged): no
@@ -280,8 +281,12 @@ class RolloutTrainer(Trainer):
     ) -> list[Callable[..., Any]]:
         """Reward functions as given; reward models frozen, placed like the other frozen models
         and wrapped as :class:`rlhf_core.rewards.RewardModelScorer` with their tokenizer
-        (``processing_classes``) and the policy's. Empty only when ``may_be_empty`` (a
-        distillation teacher gives the signal)."""
+        (``processing_classes``) and the policy's (a reward ensemble as a
+        :class:`rlhf_core.reward_ensemble.RewardEnsembleScorer` reduced by
+        ``config.ensemble_reduce``); a scorer given ready-made (e.g. a check model named
+        ``"check_model"``) has its model frozen and placed the same way. Empty only when
+        ``may_be_empty`` (a distillation teacher gives the signal)."""
+        from rlhf_core.reward_ensemble import RewardEnsembleScorer
         from rlhf_core.rewards import RewardModelScorer
 
         if reward_funcs is None:
@@ -301,14 +306,30 @@ class RolloutTrainer(Trainer):
                 f"{len(items)} reward sources: give one tokenizer (or None) per source"
             )
         out: list[Callable[..., Any]] = []
+        cfg = self.config
         for i, (src, tok) in enumerate(zip(items, processing_classes, strict=True)):
-            if isinstance(src, nn.Module):
+            if isinstance(src, nn.Module) and getattr(src, "num_members", None) is not None:
+                src.to(self.device).eval().requires_grad_(False)
+                out.append(
+                    RewardEnsembleScorer(
+                        self.wrap_frozen(src),
+                        tok if tok is not None else self.tokenizer,
+                        reduce=cfg.ensemble_reduce,
+                        lam=cfg.ensemble_lambda,
+                    )
+                )
+            elif isinstance(src, nn.Module):
                 src.to(self.device).eval().requires_grad_(False)
                 out.append(RewardModelScorer(
                     self.wrap_frozen(src), tok if tok is not None else self.tokenizer,
                     policy_tokenizer=self.tokenizer,
-                    chat_template_kwargs=self.config.chat_template_kwargs,
+                    chat_template_kwargs=cfg.chat_template_kwargs,
                 ))  # fmt: skip
+            elif isinstance(src, RewardModelScorer):
+                model = src.reward_model
+                model.to(self.device).eval().requires_grad_(False)
+                src.reward_model = self.wrap_frozen(model)
+                out.append(src)
             elif callable(src):
                 out.append(src)
             else:
@@ -364,9 +385,11 @@ class RolloutTrainer(Trainer):
         """:func:`rlhf_core.rewards.check_scorable_step` over every rank's samples: a step in
         which all are unscorable stops (every rank, with the same counts) unless
         ``allow_unscorable_steps``."""
-        # the collector's weights: reward_weights plus the overlong punishment's factor
-        weights = self.collector.reward_weights or [1.0] * len(roll.score_parts)
-        names = list(roll.score_parts)
+        # one part per reward source; "<source>/<sub>" parts (an ensemble's members and
+        # disagreement) belong to their source. The collector's weights: reward_weights plus
+        # the overlong punishment's factor
+        names = [k for k in roll.score_parts if "/" not in k]
+        weights = self.collector.reward_weights or [1.0] * len(names)
         counts = [len(roll.scores), int(np.isnan(roll.scores).sum())] + [
             int(np.isnan(roll.score_parts[k]).sum()) if w != 0 else 0
             for k, w in zip(names, weights, strict=True)
