@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "_io", "_arrays", "_options"},
     {"tasks", "config", "monitor", "run_dir", "model_card", "parallel", "ops"},
     {"buffer"},
-    {"advantages", "losses", "losses_correction", "models", "checkpoint"},
+    {"advantages", "losses", "models", "checkpoint"},
     {"generation", "data", "distributed"},
     {"rewards"},
     {"reward_ensemble", "rollout"},

@@ -41,6 +41,8 @@ Modules (every public name is importable from ``rlhf_core.losses``)
 :mod:`.kl`             KL estimators and the KL term
 :mod:`.entropy`        the entropy bonus; Clip-Cov and KL-Cov
 :mod:`.preference`     Bradley–Terry, DPO / IPO
+:mod:`.correction`     rollout/trainer mismatch weights (TIS, MIS, IcePop, geometric mask) and
+                       metrics (``from rlhf_core.losses import correction``)
 =====================  =====================================================================
 
 Sources of the formulas (read from each project's code, see DESIGN.md and the research notes):

@@ -149,7 +149,7 @@ class Rollout:
         rollout_logprobs: float32 (R_i,) per sequence: the sampling engine's own logprobs of
             the response tokens, when an engine other than the trained model sampled them
             (vLLM); empty otherwise. Beside ``logprobs`` (the trainer's recomputed ones) they
-            measure and correct the rollout/trainer mismatch (:mod:`rlhf_core.losses_correction`).
+            measure and correct the rollout/trainer mismatch (:mod:`rlhf_core.losses.correction`).
         backend: the backend that sampled the rows (``Completions.backend``: ``"hf"``,
             ``"decode_loop"``, ``"vllm"``), None when unknown.
     """

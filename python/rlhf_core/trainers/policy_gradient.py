@@ -18,7 +18,7 @@ One training step::
 A rollout sampled by an engine (``generation_backend="vllm"``) carries the engine's logprobs
 (``rollout_logprobs``, a per-token buffer field beside the trainer's ``logprobs``); the step
 then logs the mismatch metrics, and with ``vllm_importance_sampling_correction`` the clipped
-per-token loss is weighted by :func:`rlhf_core.losses_correction.correction_weights` (detached,
+per-token loss is weighted by :func:`rlhf_core.losses.correction.correction_weights` (detached,
 after the clip, before the KL and entropy terms).
 
 The estimator (:mod:`rlhf_core.advantages`) owns how advantages are computed, over every rank;
@@ -48,9 +48,9 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core import losses_correction as LC
 from rlhf_core import ops
 from rlhf_core.advantages import Estimator, TeacherKL, token_masks
+from rlhf_core.losses import correction as LC
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
 from rlhf_core.rollout.dynamic import DynamicSampler
 from rlhf_core.trainers.config import RLConfig
@@ -330,7 +330,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             max_len=cfg.max_new_tokens,
         )
         advantages = micro["advantages"]
-        if "is_weights" in micro:  # w · per-token loss, as A·w (losses_correction)
+        if "is_weights" in micro:  # w · per-token loss, as A·w (losses.correction)
             advantages = LC.weighted_advantages(advantages, micro["is_weights"])
         weights = micro.get("token_weights")
         out = self.policy_loss(logp, micro, advantages, mask, weights, kw)

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_core import losses_correction as LC
 from rlhf_core import parallel as P
 from rlhf_core.generation import RolloutBackend
+from rlhf_core.losses import correction as LC
 from rlhf_core.rewards import (
     RewardModelScorer,
     TrainerState,
@@ -466,7 +466,7 @@ class RolloutTrainer(Trainer):
     def engine_metrics(self, roll: Rollout) -> dict[str, float]:
         """What a rollout sampled by an engine logs: ``weight_sync/lag_steps`` (steps between
         the policy's weights and the engine's) and, once the trainer's logprobs are known, the
-        mismatch metrics of :func:`rlhf_core.losses_correction.mismatch_metrics` over the
+        mismatch metrics of :func:`rlhf_core.losses.correction.mismatch_metrics` over the
         global rollout (the correction options of the config, TRL's defaults where it has
         none). Empty when the policy sampled itself."""
         out = dict(self._engine_metrics)
@@ -475,7 +475,7 @@ class RolloutTrainer(Trainer):
         return out
 
     def mismatch_metrics(self, roll: Rollout) -> dict[str, float]:
-        """:func:`rlhf_core.losses_correction.mismatch_metrics` of the global rollout: the
+        """:func:`rlhf_core.losses.correction.mismatch_metrics` of the global rollout: the
         trainer's logprobs against the engine's, every response token."""
         lengths = gather(roll.response_lengths, self.dist)
         ours = gather(np.concatenate(roll.logprobs), self.dist)

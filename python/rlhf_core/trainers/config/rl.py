@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 from rlhf_core import losses as L
-from rlhf_core import losses_correction as LC
 from rlhf_core.errors import check_field
+from rlhf_core.losses import correction as LC
 from rlhf_core.trainers.config.rollout import RolloutConfig
 
 __all__ = ["RLConfig"]
