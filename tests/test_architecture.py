@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"advantages", "losses", "models", "checkpoint"},
     {"generation", "data", "distributed"},
     {"rewards"},
-    {"reward_ensemble", "rollout"},
+    {"rollout"},
     {"evaluation", "testing"},
     {"trainers"},
     {"demo"},

@@ -16,13 +16,13 @@ import torch
 
 from rlhf_core.models import RewardEnsemble, RewardModel, is_reward_ensemble, load_reward_model
 from rlhf_core.monitor import read_metrics
-from rlhf_core.reward_ensemble import (
+from rlhf_core.rewards import RewardModelScorer, combine_rewards
+from rlhf_core.rewards.ensemble import (
     ENSEMBLE_REDUCTIONS,
     RewardEnsembleScorer,
     ensemble_std,
     reduce_ensemble,
 )
-from rlhf_core.rewards import RewardModelScorer, combine_rewards
 from rlhf_core.testing.trainers import (
     FAST,
     assert_grads_close,

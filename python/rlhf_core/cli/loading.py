@@ -40,8 +40,8 @@ from rlhf_core.models import (
     load_tokenizer,
     make_reference,
 )
-from rlhf_core.reward_ensemble import RewardEnsembleScorer
 from rlhf_core.rewards import RewardModelScorer, label_pairs, reward_function_name
+from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 from rlhf_core.rollout import prompt_table
 from rlhf_core.trainers.runtime import resolve_device
 

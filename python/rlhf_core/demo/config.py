@@ -58,13 +58,13 @@ def _positive(cfg: Any, prefix: str, *names: str) -> None:
 
 _REDUCE_HELP = (
     "what is optimised of the proxy ensemble: 'mean', 'min' (worst case), 'mean_minus_std' "
-    "or 'mean_minus_var' (uncertainty-weighted), see rlhf_core.reward_ensemble"
+    "or 'mean_minus_var' (uncertainty-weighted), see rlhf_core.rewards.ensemble"
 )
 _LAMBDA_HELP = "λ of mean_minus_std / mean_minus_var"
 
 
 def _reduction(value: str, name: str) -> None:
-    from rlhf_core.reward_ensemble import ENSEMBLE_REDUCTIONS
+    from rlhf_core.rewards.ensemble import ENSEMBLE_REDUCTIONS
 
     ok = value in ENSEMBLE_REDUCTIONS
     check_field(ok, name, value, f"expected one of {ENSEMBLE_REDUCTIONS}")

@@ -39,7 +39,7 @@ class LanguageEval:
     Args:
         run: the demo run (config and tokenizer).
         scorer: the proxy, a :class:`~rlhf_core.rewards.RewardModelScorer` (or a
-            :class:`~rlhf_core.reward_ensemble.RewardEnsembleScorer`).
+            :class:`~rlhf_core.rewards.ensemble.RewardEnsembleScorer`).
         reference: the frozen SFT policy the KL is measured from.
         check: the check model's scorer, or None.
 

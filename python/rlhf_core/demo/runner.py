@@ -70,8 +70,8 @@ def run_demo(config: DemoConfig | None = None, *, out: Any = None) -> DemoResult
 
 def _run(run: Run) -> DemoResult:
     from rlhf_core.models import make_reference
-    from rlhf_core.reward_ensemble import RewardEnsembleScorer
     from rlhf_core.rewards import RewardModelScorer
+    from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 
     cfg = run.cfg
     t_start = time.time()

@@ -34,6 +34,9 @@ One module per concern:
   reading the next-token logits of "A" and "B" in both orders to cancel position bias.
 * :mod:`.labels`: :func:`label_pairs` turns pairs of completions into ``{prompt, chosen,
   rejected}`` preference rows with any judge, deterministically or with Bradley-Terry noise.
+* :mod:`.ensemble`: :class:`RewardEnsembleScorer` scores with a reward-model ensemble reduced
+  by :func:`reduce_ensemble` (mean, min, mean − λ·std, mean − λ·var), logging each member and
+  :func:`ensemble_std`.
 * :mod:`.shaping`: :func:`overlong_penalty` and :func:`soft_overlong_punishment` (DAPO's soft
   overlong punishment, TRL's reward-function form) penalise completions that run into the
   length limit.
@@ -47,6 +50,12 @@ from rlhf_core.rewards.combine import (
     UnscorableStepError,
     check_scorable_step,
     combine_rewards,
+)
+from rlhf_core.rewards.ensemble import (
+    ENSEMBLE_REDUCTIONS,
+    RewardEnsembleScorer,
+    ensemble_std,
+    reduce_ensemble,
 )
 from rlhf_core.rewards.functions import (
     RESERVED_KEYWORDS,
@@ -69,6 +78,10 @@ from rlhf_core.rewards.verifiable import completion_text, exact_match_reward, ex
 
 __all__ = [
     "DEFAULT_JUDGE_TEMPLATE",
+    "ENSEMBLE_REDUCTIONS",
+    "RewardEnsembleScorer",
+    "ensemble_std",
+    "reduce_ensemble",
     "JudgeLabeler",
     "NONE_POLICIES",
     "NonePolicy",

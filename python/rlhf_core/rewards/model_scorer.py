@@ -130,7 +130,7 @@ class RewardModelScorer:
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """:meth:`score_ids` and the named per-sequence parts logged beside it (none for one
         reward model; an ensemble's members and disagreement for
-        :class:`~rlhf_core.reward_ensemble.RewardEnsembleScorer`)."""
+        :class:`~rlhf_core.rewards.ensemble.RewardEnsembleScorer`)."""
         return self.score_ids(sequences), {}
 
     def raw_scores(

@@ -289,9 +289,9 @@ def _eval_metrics(rc: torch.Tensor, rr: torch.Tensor, num_pairs: int) -> dict[st
     """Held-out metrics of a batch of pairs normalised by the global ``num_pairs``: those of
     :func:`rlhf_core.losses.bradley_terry_loss`; for ensemble scores (P, K) those of the
     members' mean score plus ``member_accuracy`` and ``margin_std`` (the std across members
-    of each pair's margin r_c - r_r, :func:`rlhf_core.reward_ensemble.ensemble_std`, summed
+    of each pair's margin r_c - r_r, :func:`rlhf_core.rewards.ensemble.ensemble_std`, summed
     / N: the members' disagreement on held-out pairs, blind to their constants)."""
-    from rlhf_core.reward_ensemble import ensemble_std
+    from rlhf_core.rewards.ensemble import ensemble_std
 
     if rc.dim() == 1:
         return L.bradley_terry_loss(rc, rr, num_pairs=num_pairs).metrics

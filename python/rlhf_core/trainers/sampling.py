@@ -282,12 +282,12 @@ class RolloutTrainer(Trainer):
         """Reward functions as given; reward models frozen, placed like the other frozen models
         and wrapped as :class:`rlhf_core.rewards.RewardModelScorer` with their tokenizer
         (``processing_classes``) and the policy's (a reward ensemble as a
-        :class:`rlhf_core.reward_ensemble.RewardEnsembleScorer` reduced by
+        :class:`rlhf_core.rewards.ensemble.RewardEnsembleScorer` reduced by
         ``config.ensemble_reduce``); a scorer given ready-made (e.g. a check model named
         ``"check_model"``) has its model frozen and placed the same way. Empty only when
         ``may_be_empty`` (a distillation teacher gives the signal)."""
-        from rlhf_core.reward_ensemble import RewardEnsembleScorer
         from rlhf_core.rewards import RewardModelScorer
+        from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 
         if reward_funcs is None:
             reward_funcs = []

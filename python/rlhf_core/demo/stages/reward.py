@@ -30,8 +30,8 @@ def train_reward_model(
     when ``check_fraction`` is 0) and the stage's results."""
     from rlhf_core.models import load_reward_model
     from rlhf_core.monitor import read_metrics
-    from rlhf_core.reward_ensemble import RewardEnsembleScorer
     from rlhf_core.rewards import RewardModelScorer
+    from rlhf_core.rewards.ensemble import RewardEnsembleScorer
     from rlhf_core.trainers.reward import split_check_pairs
 
     c = run.cfg.reward

@@ -63,7 +63,7 @@ def _rewards(run: Run, lang: LanguageEval, rm: Any, c: Any) -> tuple[list[Any], 
     reduced by ``c.ensemble_reduce``), the check model (0) when there is one, the gold reward
     (0). The proxy is logged as ``reward/reward_model`` either way."""
     from rlhf_core import tasks
-    from rlhf_core.reward_ensemble import RewardEnsembleScorer
+    from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 
     proxy: Any = rm
     if getattr(rm, "num_members", None) is not None:

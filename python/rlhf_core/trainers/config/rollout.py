@@ -159,7 +159,7 @@ class RolloutConfig(GenerationFields, TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from rlhf_core.reward_ensemble import ENSEMBLE_REDUCTIONS
+        from rlhf_core.rewards.ensemble import ENSEMBLE_REDUCTIONS
 
         check_field(
             self.ensemble_reduce in ENSEMBLE_REDUCTIONS,

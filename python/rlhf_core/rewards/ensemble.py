@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_core.rewards import RewardModelScorer
+from rlhf_core.rewards.model_scorer import RewardModelScorer
 
 __all__ = ["ENSEMBLE_REDUCTIONS", "RewardEnsembleScorer", "ensemble_std", "reduce_ensemble"]
 
