@@ -1,4 +1,4 @@
-"""Tests of rlhf_core.losses_correction against float64 re-typings of the anchors' formulas on
+"""Tests of rlhf_core.losses.correction against float64 re-typings of the anchors' formulas on
 the same random inputs: TRL ``GRPOTrainer._generate_and_score_completions`` (the four
 ``vllm_importance_sampling_mode`` weights and the ``sampling/*`` metrics), verl
 ``rollout_corr_helper`` (``compute_rollout_correction_weights``, ``compute_is_metrics``,
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from rlhf_core import losses as L
-from rlhf_core import losses_correction as C
+from rlhf_core.losses import correction as C
 
 BOUND = 20.0
 

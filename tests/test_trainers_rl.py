@@ -497,6 +497,58 @@ def test_grpo_raises_exact_match_accuracy(tmp_path):
     assert late > early
 
 
+#: the 2026 options against plain GRPO on the same warm start (GRPO's DAPO loss as above)
+LEARNING_OPTIONS: dict[str, dict[str, Any]] = {
+    "grpo": {},
+    "gspo": dict(importance_sampling_level="sequence", clip_low=3e-4, clip_high=4e-4,
+                 loss_type="grpo"),
+    "cispo": dict(loss_type="cispo", cispo_ratio_max=5.0),
+    "dynamic_sampling": dict(dynamic_sampling=True, max_num_gen_batches=4),
+}  # fmt: skip
+
+
+def test_gspo_cispo_and_dynamic_sampling_raise_accuracy_like_grpo(tmp_path):
+    """The setting of ``test_grpo_raises_exact_match_accuracy`` (one warm start, copied; one
+    optimizer step per rollout), held-out accuracy every 15 of 60 steps: GSPO and CISPO lift
+    it as GRPO does, and dynamic sampling reaches accuracy + 0.3 in no more optimizer steps
+    than GRPO. (With one update per rollout the ratio is 1, where CISPO's gradient is the
+    clipped surrogate's: CISPO and GRPO then train alike.)"""
+    import copy
+
+    tok = tokenizer()
+    warm = policy()
+    sft = SFTConfig(run_dir=str(tmp_path / "sft"), total_steps=150, learning_rate=3e-3,
+                    batch_size=32, **FAST)  # fmt: skip
+    corpus = tasks.arithmetic_sft_corpus(2000, max_operand=4, error_rate=0.5)
+    SFTTrainer(sft, warm, tok, corpus).train()
+    held_out = tasks.arithmetic_dataset(64, seed=5, max_operand=4)
+    before = _accuracy(warm, held_out)
+    prompts = tasks.arithmetic_dataset(256, seed=1, max_operand=4)
+    checkpoints = (15, 30, 45, 60)
+    curve: dict[str, list[float]] = {}
+    for name, options in LEARNING_OPTIONS.items():
+        model = copy.deepcopy(warm)
+        kw: dict[str, Any] = dict(total_steps=60, learning_rate=2e-3, rollout_batch_size=64,
+                                  num_samples=8, max_new_tokens=3, loss_type="dapo", **FAST)
+        cfg = GRPOConfig(run_dir=str(tmp_path / name), **{**kw, **options})  # fmt: skip
+        trainer = GRPOTrainer(cfg, model, tok, prompts, tasks.arithmetic_reward)
+        curve[name] = []
+        for stop in checkpoints:  # each call continues exactly from the last
+            trainer.train(stop_at_step=stop)
+            curve[name].append(_accuracy(model, held_out))
+    # the measured values, for docs/trainers.md (shown by pytest -s)
+    print(f"accuracy before {before:.3f}; at steps {checkpoints}: " +
+          "; ".join(f"{k} " + " ".join(f"{a:.3f}" for a in v) for k, v in curve.items()))
+
+    def steps_to(name: str, target: float) -> float:
+        return next((s for s, a in zip(checkpoints, curve[name], strict=True) if a >= target),
+                    float("inf"))
+
+    for name in ("grpo", "gspo", "cispo", "dynamic_sampling"):
+        assert curve[name][-1] >= before + 0.2, (name, before, curve)
+    assert steps_to("dynamic_sampling", before + 0.3) <= steps_to("grpo", before + 0.3), curve
+
+
 def test_ppo_raises_reward_model_score_with_bounded_kl(tmp_path):
     tok = tokenizer()
     rcfg = RewardConfig(run_dir=str(tmp_path / "rm"), total_steps=60, learning_rate=3e-3,

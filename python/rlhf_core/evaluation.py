@@ -94,7 +94,8 @@ def evaluate_policy(
         prompts: P prompt texts.
         scorers: reward sources by name: reward functions ``fn(prompts, completions,
             **columns)`` or :class:`~rlhf_core.rewards.RewardModelScorer` (scored on the
-            sampled token ids, as the trainers do).
+            sampled token ids, as the trainers do; a reward ensemble's members and
+            disagreement come as ``<name>/member_<k>`` and ``<name>/std``).
         reference: a frozen reference model for the KL (None: no KL).
         columns: extra per-prompt columns (P entries each) for the reward functions.
         num_samples, max_new_tokens, temperature, top_p, top_k: sampling (temperature 0 is
@@ -137,7 +138,10 @@ def evaluate_policy(
     scores: dict[str, np.ndarray] = {}
     for name, fn in scorers.items():
         if isinstance(fn, RewardModelScorer):
-            scores[name] = np.asarray(fn.score_ids(seqs), dtype=np.float64)
+            main, extra = fn.score_ids_parts(seqs)
+            scores[name] = np.asarray(main, dtype=np.float64)
+            for sub, part in extra.items():  # an ensemble's members and disagreement
+                scores[f"{name}/{sub}"] = np.asarray(part, dtype=np.float64)
         else:
             scores[name] = call_reward_function(fn, row_prompts, comp.texts, **row_cols)
     kl = None

@@ -43,6 +43,7 @@ from rlhf_core._arrays import is_tensor, tensor_to_numpy
 from rlhf_core._options import bool_option as _bool_opt
 from rlhf_core._options import int_option as _int_opt
 from rlhf_core._options import real_option as _float_opt
+from rlhf_core._options import size_option
 from rlhf_core._options import str_option as _str_opt
 from rlhf_core.errors import DtypeError
 
@@ -58,6 +59,10 @@ __all__ = [
     "shaped_rewards",
     "broadcast_to_tokens",
     "reduce_tokens",
+    "informative_groups",
+    "GroupFilterStats",
+    "quantile",
+    "top_k_mask",
     "RunningMoments",
     "set_parallelism",
     "get_parallelism",
@@ -510,6 +515,71 @@ def reduce_tokens(
         _arr(x, "x"), _arr(mask, "mask"), _index(offsets, "offsets"), _str_opt(how, "how")
     )
     return _out(out, is_tensor(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Selections (dynamic sampling, entropy-aware updates)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupFilterStats:
+    """Counts of one :func:`informative_groups` call."""
+
+    num_groups: int
+    kept_groups: int
+    kept_rows: int
+
+    @property
+    def dropped_groups(self) -> int:
+        return self.num_groups - self.kept_groups
+
+
+def _f64_vector(x: Any, name: str) -> np.ndarray:
+    a = _arr(x, name)
+    if a.dtype.kind != "f":
+        raise DtypeError(f"{name} has dtype {a.dtype}; expected float32 or float64")
+    return a.astype(np.float64, copy=False)
+
+
+def informative_groups(
+    scores: ArrayLike, group_ids: ArrayLike, *, min_std: float = 0.0
+) -> tuple[np.ndarray, GroupFilterStats]:
+    """Which rows belong to a group worth training on (DAPO's dynamic-sampling filter).
+
+    A group (rows with equal ``group_ids``, any order, any sizes) is kept when it has one row
+    (verl keeps those), or when it has at least two finite scores that are not all equal and
+    whose population standard deviation (float64, two passes) is above ``min_std``. NaN scores
+    (unscorable rows) are left out of the statistics. "All equal" is exact, so a group of
+    equal scores is dropped even where rounding would give it a std a hair above 0.
+
+    Args:
+        scores: float32/float64 ``(N,)``.
+        group_ids: integer ``(N,)``.
+        min_std: finite threshold ``>= 0``.
+
+    Returns:
+        bool ``(N,)`` numpy keep flags and the :class:`GroupFilterStats`.
+    """
+    keep, counts = _core.informative_groups(
+        _f64_vector(scores, "scores"),
+        _index(group_ids, "group_ids"),
+        _float_opt(min_std, "min_std"),
+    )
+    return keep, GroupFilterStats(*counts)
+
+
+def quantile(values: ArrayLike, q: float) -> float:
+    """The ``q`` quantile (``0 <= q <= 1``) of finite ``values`` (any shape, flattened) with
+    linear interpolation, numpy's and torch's default (``np.quantile(values, q)``)."""
+    v = _f64_vector(values, "values").reshape(-1)
+    return float(_core.quantile(np.ascontiguousarray(v), _float_opt(q, "q")))
+
+
+def top_k_mask(values: ArrayLike, k: int) -> np.ndarray:
+    """bool ``(N,)``: the ``k`` largest of the finite 1-D ``values`` (ties: the earlier index,
+    as ``np.argsort(-values, kind="stable")[:k]``)."""
+    return _core.top_k_mask(_f64_vector(values, "values"), size_option(k, "k"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ estimator                          module                  trainer preset
 Dr.GRPO, RLOO)
 :class:`ReinforcePPBaseline`       :mod:`.group`           ``reinforce++_baseline``
 :class:`ReinforcePP`               :mod:`.reinforce`       REINFORCE++
+:class:`TeacherKL` (on-policy      :mod:`.distill`         any, with a
+distillation: −λ·KL to a teacher                           ``teacher_model``
+per token, on top of a base)
 =================================  ======================  ========================
+
+:mod:`.token_masks` chooses per-token selections over a whole minibatch (every rank): the
+top-entropy tokens and the Clip-Cov / KL-Cov tokens of the entropy-aware losses.
 
 :mod:`.distributed` holds the several-process statistics every estimator shares (group
 advantages over gathered scores, moments and whitening over ranks, the advantage summary).
@@ -35,7 +41,9 @@ Example::
 
 from __future__ import annotations
 
+from rlhf_core.advantages import token_masks
 from rlhf_core.advantages.base import AdvantageStats, Estimator, RewardKL
+from rlhf_core.advantages.distill import TeacherKL, teacher_reverse_kl
 from rlhf_core.advantages.gae import GAE
 from rlhf_core.advantages.group import GroupRelative, ReinforcePPBaseline, sequence_kl
 from rlhf_core.advantages.reinforce import ReinforcePP
@@ -48,5 +56,8 @@ __all__ = [
     "ReinforcePP",
     "ReinforcePPBaseline",
     "RewardKL",
+    "TeacherKL",
     "sequence_kl",
+    "teacher_reverse_kl",
+    "token_masks",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_core import _core
+from rlhf_core import ops as _ops
 from rlhf_core._arrays import to_numpy
 from rlhf_core._options import (
     bool_option,
@@ -252,6 +253,42 @@ class RolloutBuffer:
     def reset(self) -> None:
         """Drop every sequence, the schema and the memory."""
         self._core.reset()
+
+    # -- keeping a subset in place --------------------------------------------------------
+
+    def retain(self, keep: Any) -> int:
+        """Keep the sequences whose flag in ``keep`` (bool ``(N,)``, numpy or torch) is True,
+        in their order, and drop the rest. Every field is compacted where it lies: no second
+        buffer, no copy out, the allocated memory kept for the next add. Advantages computed
+        before are dropped and :attr:`version` moves on (a sampler planned on the old rows
+        refuses to continue). Returns the number of sequences kept.
+
+        Raises:
+            DtypeError: ``keep`` is not a bool array.
+            ShapeError: ``keep`` is not 1-D with one flag per sequence.
+        """
+        return int(self._core.retain(field_to_numpy(keep, "keep")))
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` sequences (all of them when ``n`` is larger), in place, as
+        :meth:`retain` does."""
+        self._core.truncate(size_option(n, "n"))
+
+    def filter_groups(self, min_std: float = 0.0) -> tuple[np.ndarray, _ops.GroupFilterStats]:
+        """DAPO's dynamic-sampling filter, in place: drop the groups (``group_ids``) whose
+        ``scores`` are all equal or whose population std is at most ``min_std``; groups of one
+        sequence stay (the rule of :func:`rlhf_core.ops.informative_groups`). The kept
+        sequences are compacted as by :meth:`retain`.
+
+        Returns:
+            bool ``(N,)`` keep flag of each former sequence, and the counts.
+
+        Raises:
+            FieldError: the buffer holds no ``scores`` or no ``group_ids``.
+            InvalidOptionError: ``min_std`` negative or not finite.
+        """
+        keep, counts = self._core.filter_groups(real_option(min_std, "min_std"))
+        return keep, _ops.GroupFilterStats(*counts)
 
     # -- reading --------------------------------------------------------------------------
 

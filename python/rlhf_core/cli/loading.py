@@ -21,6 +21,7 @@ import torch
 
 from rlhf_core import tasks
 from rlhf_core.cli.parser import CLIError
+from rlhf_core.cli.reward_models import load_ensemble
 from rlhf_core.cli.run_fields import BUILTIN_DATASETS, REWARD_SHORTCUTS
 from rlhf_core.data import (
     DataError,
@@ -31,13 +32,16 @@ from rlhf_core.data import (
 )
 from rlhf_core.models import (
     ModelNotFoundError,
+    RewardEnsemble,
     RewardModel,
     is_builtin,
+    is_reward_ensemble,
     load_policy,
     load_tokenizer,
     make_reference,
 )
 from rlhf_core.rewards import RewardModelScorer, label_pairs, reward_function_name
+from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 from rlhf_core.rollout import prompt_table
 from rlhf_core.trainers.runtime import resolve_device
 
@@ -254,9 +258,12 @@ def resolve_reward_function(spec: str, *, field_name: str = "reward_funcs") -> C
 
 
 def load_reward_sources(cfg: Any) -> list[Any]:
-    """[RewardModel (if any), *functions], in the order ``reward_weights`` refers to."""
+    """[RewardModel or RewardEnsemble (if any), *functions], in the order ``reward_weights``
+    refers to."""
     out: list[Any] = []
-    if cfg.reward_model:
+    if cfg.reward_model and is_reward_ensemble(cfg.reward_model):
+        out.append(load_ensemble(cfg.reward_model, "reward_model"))
+    elif cfg.reward_model:
         out.append(load_scalar_model(RewardModel, cfg.reward_model, "reward_model", cfg))
     out += [
         resolve_reward_function(s, field_name=f"reward_funcs[{i}]")
@@ -286,7 +293,15 @@ def load_scorers(cfg: Any, tokenizer: Any, device: Any) -> tuple[list[Any], list
     fns: list[Any] = []
     names: list[str] = []
     for src in load_reward_sources(cfg):
-        if isinstance(src, RewardModel):
+        if isinstance(src, RewardEnsemble):
+            src = RewardEnsembleScorer(
+                src.to(device).eval(),
+                load_reward_tokenizer(cfg, tokenizer),
+                reduce=getattr(cfg, "ensemble_reduce", "mean"),
+                lam=getattr(cfg, "ensemble_lambda", 1.0),
+                batch_size=cfg.batch_size,
+            )
+        elif isinstance(src, RewardModel):
             src = RewardModelScorer(
                 src.to(device).eval(), load_reward_tokenizer(cfg, tokenizer),
                 policy_tokenizer=tokenizer, chat_template_kwargs=cfg.chat_template_kwargs,

@@ -106,11 +106,39 @@ class RewardRunConfig(LoraExportFields, DataFields, ModelFields, RewardConfig):
     eval_split: str | None = _eval_split_field()
     dataset_size: int = dataset_size_field()
     data_on_error: str = on_error_field()
+    ensemble: int = field(
+        default=1,
+        metadata={
+            "help": "K reward heads on one shared body, trained jointly, each on its own "
+            "bootstrap resample of the pairs (a reward ensemble; 1 = one reward model)"
+        },
+    )
+    save_members: bool = field(
+        default=False,
+        metadata={
+            "help": "with --ensemble: also save each member as a single reward-model folder "
+            "(reward_model/members/member_<k>; the body is written K more times)"
+        },
+    )
+    check_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "hold out this share of the training pairs and train an independent check "
+            "model on it (RUN_DIR/check_model, for the RL commands' --check_model); 0 = none"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_common(self)
         check_required(self)
+        check_field(self.ensemble >= 1, "ensemble", self.ensemble, "expected >= 1 members")
+        check_field(
+            0 <= self.check_fraction < 1,
+            "check_fraction",
+            self.check_fraction,
+            "expected in [0, 1) (e.g. 0.5: half the pairs train the check model)",
+        )
 
 
 @dataclass
@@ -167,11 +195,19 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
     data_on_error: str = on_error_field()
     reward_model: str | None = reward_model_field()
     reward_funcs: list[str] = reward_funcs_field()
+    check_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "check model folder (rlhf-core reward --check_fraction): scored on every "
+            "rollout with weight 0, logged as reward/check_model beside the optimised reward"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]  # the trainer config's checks
         check_common(self)
-        check_rewards(self)
+        # with a distillation teacher the rewards are optional (the teacher's KL is the signal)
+        check_rewards(self, required=getattr(self, "teacher_model", None) is None)
         check_field(
             self.eval_dataset_size >= 1,
             "eval_dataset_size",
@@ -194,7 +230,73 @@ class _PromptRunFields(LoraExportFields, DataFields, ModelFields):
 
 
 @dataclass
-class PPORunConfig(_PromptRunFields, PPOConfig):
+class _GoldFreeFields:
+    """The gold-free early stop of the RL commands
+    (:class:`~rlhf_core.trainers.callbacks.GoldFreeEarlyStop`)."""
+
+    gold_free_stop: bool = field(
+        default=False,
+        metadata={
+            "help": "stop when over-optimisation shows without a gold reward "
+            "(rlhf_core.monitor.GoldFreeStop: the --reward_model ensemble's disagreement, the "
+            "--check_model's reward, the KL), read at each evaluation when eval_steps > 0, "
+            "else each step; the model it keeps goes to RUN_DIR/gold_free_best"
+        },
+    )
+    gold_free_max_disagreement_ratio: float | None = field(
+        default=1.5,
+        metadata={"help": "gold-free stop: ensemble disagreement over its start (none = off)"},
+    )
+    gold_free_max_check_gap: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "gold-free stop: proxy gain minus check-model gain, in starting spreads "
+            "(none = off)"
+        },
+    )
+    gold_free_max_check_drop: float | None = field(
+        default=0.25,
+        metadata={
+            "help": "gold-free stop: check reward below its best, in starting spreads "
+            "(none = off)"
+        },
+    )
+    gold_free_max_sqrt_kl: float | None = field(
+        default=None, metadata={"help": "gold-free stop: a sqrt(KL) budget (none = off)"}
+    )
+    gold_free_patience: int = field(
+        default=2,
+        metadata={"help": "gold-free stop: updates in a row with a signal over its threshold"},
+    )
+    gold_free_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "gold-free stop: EMA weight on the past of each signal in [0, 1) (per-step "
+            "use is noisy: e.g. 0.8)"
+        },
+    )
+
+    def gold_free_rule(self) -> dict[str, Any]:
+        """The :class:`~rlhf_core.monitor.GoldFreeStop` parameters."""
+        return {
+            name: getattr(self, f"gold_free_{name}")
+            for name in ("max_disagreement_ratio", "max_check_gap", "max_check_drop",
+                         "max_sqrt_kl", "patience", "smoothing")
+        }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+        if self.gold_free_stop:
+            from rlhf_core.monitor import GoldFreeStop
+
+            try:
+                GoldFreeStop(**self.gold_free_rule())
+            except ValueError as exc:
+                raise ValueError(f"gold_free_{exc}") from None
+
+
+@dataclass
+class PPORunConfig(_GoldFreeFields, _PromptRunFields, PPOConfig):
     """``rlhf-core ppo``: :class:`~rlhf_core.trainers.PPOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/ppo", metadata={"help": "output folder of the run"})
@@ -207,21 +309,37 @@ class PPORunConfig(_PromptRunFields, PPOConfig):
 
 
 @dataclass
-class GRPORunConfig(_PromptRunFields, GRPOConfig):
+class _TeacherField:
+    """The distillation teacher of the policy-gradient commands (``grpo``, ``rloo``,
+    ``reinforce-pp``)."""
+
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "on-policy distillation: a teacher causal LM (a folder, or 'builtin:small') "
+            "sharing the policy's tokenizer, frozen; its per-token reverse KL to the policy on "
+            "the policy's samples enters the advantages with weight teacher_kl_coef; the "
+            "reward sources become optional"
+        },
+    )
+
+
+@dataclass
+class GRPORunConfig(_GoldFreeFields, _TeacherField, _PromptRunFields, GRPOConfig):
     """``rlhf-core grpo``: :class:`~rlhf_core.trainers.GRPOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/grpo", metadata={"help": "output folder of the run"})
 
 
 @dataclass
-class RLOORunConfig(_PromptRunFields, RLOOConfig):
+class RLOORunConfig(_GoldFreeFields, _TeacherField, _PromptRunFields, RLOOConfig):
     """``rlhf-core rloo``: :class:`~rlhf_core.trainers.RLOOConfig` plus model, data, rewards."""
 
     run_dir: str = field(default="runs/rloo", metadata={"help": "output folder of the run"})
 
 
 @dataclass
-class ReinforcePPRunConfig(_PromptRunFields, ReinforcePPConfig):
+class ReinforcePPRunConfig(_GoldFreeFields, _TeacherField, _PromptRunFields, ReinforcePPConfig):
     """``rlhf-core reinforce-pp``: :class:`~rlhf_core.trainers.ReinforcePPConfig` plus model,
     data, rewards."""
 

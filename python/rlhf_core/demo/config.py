@@ -32,6 +32,7 @@ __all__ = [
     "DemoGRPO",
     "DemoDPO",
     "DemoArithmetic",
+    "DemoGoldFree",
     "DemoConfig",
     "QUICK",
     "load_demo_config",
@@ -53,6 +54,20 @@ def _positive(cfg: Any, prefix: str, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         check_field(value > 0, f"{prefix}{name}", value, "expected > 0")
+
+
+_REDUCE_HELP = (
+    "what is optimised of the proxy ensemble: 'mean', 'min' (worst case), 'mean_minus_std' "
+    "or 'mean_minus_var' (uncertainty-weighted), see rlhf_core.rewards.ensemble"
+)
+_LAMBDA_HELP = "λ of mean_minus_std / mean_minus_var"
+
+
+def _reduction(value: str, name: str) -> None:
+    from rlhf_core.rewards.ensemble import ENSEMBLE_REDUCTIONS
+
+    ok = value in ENSEMBLE_REDUCTIONS
+    check_field(ok, name, value, f"expected one of {ENSEMBLE_REDUCTIONS}")
 
 
 def _builtin_size(value: str, name: str) -> None:
@@ -115,18 +130,37 @@ class DemoPreferences:
 
 @dataclass
 class DemoReward:
-    """Stage 3: the proxy reward model."""
+    """Stage 3: the proxy reward model (an ensemble) and the check model."""
 
-    steps: int = field(default=300, metadata={"help": "reward-model optimizer steps"})
+    steps: int = field(
+        default=150, metadata={"help": "optimizer steps of the proxy, and of the check model"}
+    )
     batch_size: int = field(default=16, metadata={"help": "pairs per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     eval_every: int = field(
-        default=50, metadata={"help": "held-out accuracy every this many steps (for the plot)"}
+        default=25, metadata={"help": "held-out accuracy every this many steps (for the plot)"}
+    )
+    ensemble: int = field(
+        default=5,
+        metadata={
+            "help": "K: the proxy is K reward heads on the SFT body, each trained on its own "
+            "bootstrap resample of the proxy's pairs; RL optimises their reduction and logs "
+            "their disagreement (1 = one reward model)"
+        },
+    )
+    check_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of the training pairs that train the check model instead of the "
+            "proxy (0 = no check model)"
+        },
     )
 
     def __post_init__(self) -> None:
-        _at_least(self, "reward.", 1, "steps", "batch_size", "eval_every")
+        _at_least(self, "reward.", 1, "steps", "batch_size", "eval_every", "ensemble")
         _positive(self, "reward.", "learning_rate")
+        ok = 0 <= self.check_fraction < 1
+        check_field(ok, "reward.check_fraction", self.check_fraction, "expected in [0, 1)")
 
 
 @dataclass
@@ -160,10 +194,13 @@ class DemoPPO:
         default=0.01, metadata={"help": "β of the per-token KL penalty (small: let it overfit)"}
     )
     eval_every: int = field(default=5, metadata={"help": "evaluate every this many steps"})
+    ensemble_reduce: str = field(default="mean", metadata={"help": _REDUCE_HELP})
+    ensemble_lambda: float = field(default=1.0, metadata={"help": _LAMBDA_HELP})
 
     def __post_init__(self) -> None:
         _at_least(self, "ppo.", 1, "steps", "eval_every")
-        _at_least(self, "ppo.", 0, "kl_coef")
+        _at_least(self, "ppo.", 0, "kl_coef", "ensemble_lambda")
+        _reduction(self.ensemble_reduce, "ppo.ensemble_reduce")
 
 
 @dataclass
@@ -176,12 +213,15 @@ class DemoGRPO:
     learning_rate: float = field(default=2e-4, metadata={"help": "policy learning rate"})
     kl_coef: float = field(default=0.0, metadata={"help": "β of the k3 KL term in the loss"})
     eval_every: int = field(default=5, metadata={"help": "evaluate every this many steps"})
+    ensemble_reduce: str = field(default="mean", metadata={"help": _REDUCE_HELP})
+    ensemble_lambda: float = field(default=1.0, metadata={"help": _LAMBDA_HELP})
 
     def __post_init__(self) -> None:
         _at_least(self, "grpo.", 1, "steps", "prompts_per_step")
         _at_least(self, "grpo.", 2, "num_samples")
         _at_least(self, "grpo.", 1, "eval_every")
-        _at_least(self, "grpo.", 0, "kl_coef")
+        _at_least(self, "grpo.", 0, "kl_coef", "ensemble_lambda")
+        _reduction(self.ensemble_reduce, "grpo.ensemble_reduce")
 
 
 @dataclass
@@ -236,6 +276,65 @@ class DemoArithmetic:
         _at_least(self, "arithmetic.", 1, "grpo_steps", "prompts_per_step")
         _at_least(self, "arithmetic.", 1, "eval_prompts", "eval_samples", "eval_every")
         _at_least(self, "arithmetic.", 2, "num_samples")
+
+
+@dataclass
+class DemoGoldFree:
+    """The gold-free early stop of PPO and GRPO (:class:`rlhf_core.monitor.GoldFreeStop`),
+    applied at every evaluation; training goes on past it so the fall stays visible."""
+
+    max_disagreement_ratio: float | None = field(
+        default=1.5,
+        metadata={
+            "help": "stop signal: ensemble disagreement over its starting value (none = off)"
+        },
+    )
+    max_check_gap: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "stop signal: proxy gain minus check-model gain, in starting spreads "
+            "(none = off)"
+        },
+    )
+    max_check_drop: float | None = field(
+        default=0.25,
+        metadata={"help": "stop signal: check reward below its best, in starting spreads"},
+    )
+    max_sqrt_kl: float | None = field(
+        default=None, metadata={"help": "stop signal: a sqrt(KL) budget (none = off)"}
+    )
+    patience: int = field(
+        default=2, metadata={"help": "evaluations in a row with a signal over its threshold"}
+    )
+    smoothing: float = field(
+        default=0.0, metadata={"help": "EMA weight on the past of each signal, in [0, 1)"}
+    )
+    keep: str = field(
+        default="check_peak",
+        metadata={
+            "help": "the evaluation kept: 'check_peak' (best check reward before the alarms) "
+            "or 'last_safe' (the last one before them)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from rlhf_core.monitor import GoldFreeStop
+
+        try:
+            GoldFreeStop(**{f: getattr(self, f) for f in _GOLD_FREE_FIELDS})
+        except ValueError as exc:
+            raise ValueError(f"gold_free.{exc}") from None
+
+
+_GOLD_FREE_FIELDS = (
+    "max_disagreement_ratio",
+    "max_check_gap",
+    "max_check_drop",
+    "max_sqrt_kl",
+    "patience",
+    "smoothing",
+    "keep",
+)
 
 
 @dataclass
@@ -315,6 +414,9 @@ class DemoConfig:
     ppo: DemoPPO = field(default_factory=DemoPPO, metadata={"help": "PPO"})
     grpo: DemoGRPO = field(default_factory=DemoGRPO, metadata={"help": "GRPO"})
     dpo: DemoDPO = field(default_factory=DemoDPO, metadata={"help": "DPO"})
+    gold_free: DemoGoldFree = field(
+        default_factory=DemoGoldFree, metadata={"help": "the gold-free early stop of PPO / GRPO"}
+    )
     arithmetic: DemoArithmetic = field(
         default_factory=DemoArithmetic, metadata={"help": "part two: verifiable reward"}
     )
@@ -350,10 +452,10 @@ QUICK: dict[str, Any] = {
     "sft.corpus_size": 4000,
     "preferences.num_pairs": 1600,
     "preferences.heldout_pairs": 400,
-    "reward.steps": 100,
+    "reward.steps": 50,
     "reward.batch_size": 32,
     "reward.learning_rate": 3e-3,
-    "reward.eval_every": 20,
+    "reward.eval_every": 10,
     "best_of_n.ns": [1, 2, 4, 8, 16],
     "ppo.steps": 8,
     "ppo.rollout_batch_size": 32,

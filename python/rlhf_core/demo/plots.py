@@ -3,6 +3,8 @@ global backend change):
 
 - :func:`plot_overoptimization`: proxy and gold reward against sqrt(KL), one panel per method
   (the over-optimisation curve of Gao et al. 2022), gold peak and early stop marked;
+- :func:`plot_gold_free`: per RL method, proxy / check / gold reward and the ensemble's
+  disagreement against sqrt(KL), with the gold peak, the gold-free stop and the kept point;
 - :func:`plot_reward_model`: held-out accuracy next to chance and the noise ceiling;
 - :func:`plot_verifiable`: accuracy during RL on the task with exact answers.
 """
@@ -17,7 +19,13 @@ from typing import Any
 
 from rlhf_core.demo.results import MethodCurve, RewardModelSummary, VerifiableSummary, sqrt_kl
 
-__all__ = ["kl_trend", "plot_overoptimization", "plot_reward_model", "plot_verifiable"]
+__all__ = [
+    "kl_trend",
+    "plot_gold_free",
+    "plot_overoptimization",
+    "plot_reward_model",
+    "plot_verifiable",
+]
 
 
 def _figure(width: float, height: float) -> Any:
@@ -110,6 +118,65 @@ def plot_overoptimization(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("proxy vs gold reward (over-optimisation)")
+    return _save(fig, path)
+
+
+def plot_gold_free(curves: Sequence[MethodCurve], path: str | os.PathLike[str]) -> pathlib.Path:
+    """One row per method that has a gold-free stop (``curve.gold_free``): left, the proxy
+    (dashed), check (dash-dot) and gold (solid) reward against sqrt(KL), in step order; right,
+    the ensemble's disagreement over its starting value and the check gap (in starting
+    spreads) against sqrt(KL), with their thresholds. A star marks the gold peak, a dotted
+    line the gold-free stop, a circle the evaluation it kept."""
+    rows = [c for c in curves if c.gold_free is not None]
+    if not rows:
+        raise ValueError("plot_gold_free needs a MethodCurve with gold_free set")
+    fig = _figure(9.0, 3.4 * len(rows))
+    for i, curve in enumerate(rows):
+        g = curve.gold_free
+        assert g is not None
+        x = [sqrt_kl(p.kl) for p in curve.points]
+        ax = fig.add_subplot(len(rows), 2, 2 * i + 1)
+        series = [("proxy", "tab:blue", "--"), ("gold", "tab:orange", "-")]
+        if any(p.check is not None for p in curve.points):
+            series.insert(1, ("check", "tab:green", "-."))
+        for attr, color, style in series:
+            y = [math.nan if getattr(p, attr) is None else getattr(p, attr) for p in curve.points]
+            ax.plot(x, y, style, marker="o", ms=3, lw=1.2, color=color, label=attr)
+        peak, kept = curve.peak, curve.kept
+        if peak is not None:
+            ax.plot([sqrt_kl(peak.kl)], [peak.gold], "*", ms=13, color="tab:red",
+                    label=f"gold peak ({peak.where})")  # fmt: skip
+        if kept is not None:
+            ax.plot([sqrt_kl(kept.kl)], [kept.gold], "o", ms=10, mfc="none", mew=2,
+                    color="black", label=f"kept ({kept.where})")  # fmt: skip
+        stop = curve.point_at(g.stop_step)
+        if stop is not None and g.stop_step is not None:
+            ax.axvline(sqrt_kl(stop.kl), ls=":", color="tab:gray",
+                       label=f"gold-free stop ({stop.where})")  # fmt: skip
+        ax.set_title(f"{curve.method}: rewards")
+        ax.set_xlabel("sqrt(KL to reference)")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+        ax2 = fig.add_subplot(len(rows), 2, 2 * i + 2)
+        for name, color, label in (
+            ("disagreement", "tab:purple", "disagreement / start"),
+            ("check_gap", "tab:green", "check gap (spreads)"),
+        ):
+            y = [s.get(name, math.nan) for s in g.signals]
+            if all(math.isnan(v) for v in y):
+                continue
+            ax2.plot(x[: len(y)], y, "-o", ms=3, color=color, label=label)
+            th = g.thresholds.get(name)
+            if th is not None:
+                ax2.axhline(th, ls="--", lw=0.8, color=color)
+        if stop is not None and g.stop_step is not None:
+            ax2.axvline(sqrt_kl(stop.kl), ls=":", color="tab:gray")
+        ax2.set_title(f"{curve.method}: gold-free signals")
+        ax2.set_xlabel("sqrt(KL to reference)")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=6, loc="best")
+    fig.suptitle("over-optimisation without gold: what the run can see")
     return _save(fig, path)
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from rlhf_core._io import atomic_write_text, json_safe
 from rlhf_core.demo.plots import (
     kl_trend,
+    plot_gold_free,
     plot_overoptimization,
     plot_reward_model,
     plot_verifiable,
@@ -31,6 +32,7 @@ from rlhf_core.demo.plots import (
 from rlhf_core.demo.results import (
     CurvePoint,
     DemoReport,
+    GoldFreeSummary,
     MethodCurve,
     RewardModelSummary,
     SampleComparison,
@@ -40,6 +42,7 @@ from rlhf_core.demo.results import (
 
 __all__ = [
     "CurvePoint",
+    "GoldFreeSummary",
     "MethodCurve",
     "RewardModelSummary",
     "SampleComparison",
@@ -47,6 +50,7 @@ __all__ = [
     "DemoReport",
     "sqrt_kl",
     "kl_trend",
+    "plot_gold_free",
     "plot_overoptimization",
     "plot_reward_model",
     "plot_verifiable",
@@ -59,6 +63,18 @@ def _f(v: float | None, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.{digits}f}"
+
+
+def _gold_free_cell(c: MethodCurve) -> str:
+    g = c.gold_free
+    if g is None:
+        return "-"
+    if g.stop_step is None:
+        return "no stop"
+    kept = c.kept
+    return f"step {g.stop_step}, kept {kept.where} (gold {_f(kept.gold)})" if kept else (
+        f"step {g.stop_step}, nothing kept"
+    )  # fmt: skip
 
 
 def _curve_rows(report: DemoReport) -> list[list[str]]:
@@ -74,6 +90,7 @@ def _curve_rows(report: DemoReport) -> list[list[str]]:
                 _f(last.gold if last else None),
                 f"{_f(peak.gold)} @ {peak.where}" if peak else "-",
                 f"{stop.where} (gold {_f(stop.gold)})" if stop else "-",
+                _gold_free_cell(c),
                 _f(sqrt_kl(last.kl) if last else None),
             ]
         )
@@ -85,8 +102,50 @@ _CURVE_HEAD = [
     "final proxy",
     "final gold",
     "gold peak @ step",
-    "early stop",
+    "early stop (gold)",
+    "gold-free stop",
     "final sqrt(KL)",
+]
+
+
+def _gold_free_rows(report: DemoReport) -> list[list[str]]:
+    rows = []
+    for c in report.curves:
+        g = c.gold_free
+        if g is None:
+            continue
+        peak, kept, stop = c.peak, c.kept, c.stop
+        regret = c.regret
+        away = "-"
+        if peak is not None and kept is not None:
+            steps = [p.step for p in c.points]
+            away = str(steps.index(kept.step) - steps.index(peak.step))
+        rows.append(
+            [
+                c.method,
+                f"{_f(peak.gold)} @ {peak.where}" if peak else "-",
+                f"step {g.stop_step}" if g.stop_step is not None else "no stop",
+                f"{kept.where} (gold {_f(kept.gold)})" if kept else "-",
+                _f(regret),
+                away,
+                ", ".join(g.reasons) or "-",
+                f"{stop.where} (gold {_f(stop.gold)})" if stop else "-",
+                _f(c.points[-1].gold) if c.points else "-",
+            ]
+        )
+    return rows
+
+
+_GOLD_FREE_HEAD = [
+    "method",
+    "gold peak",
+    "gold-free stop",
+    "kept (gold)",
+    "regret",
+    "evals from peak",
+    "signals",
+    "gold-based stop",
+    "no stop: final gold",
 ]
 
 
@@ -149,6 +208,23 @@ def write_report(run_dir: str | os.PathLike[str], report: DemoReport) -> pathlib
             "![proxy vs gold reward](plots/overoptimization.png)",
             "",
             *_md_table(_CURVE_HEAD, _curve_rows(report)),
+            "",
+        ]
+    if any(c.gold_free is not None for c in report.curves):
+        plot_gold_free(report.curves, run / "plots" / "gold_free.png")
+        plots["gold_free"] = "plots/gold_free.png"
+        md += [
+            "## Over-optimisation without a gold reward",
+            "",
+            "What a real run can see: the proxy ensemble's disagreement (std across members, "
+            "over its starting value), the check model trained on other preference pairs, and "
+            "the KL. The gold-free stop (rlhf_core.monitor.GoldFreeStop) reads only those; "
+            "the gold reward is shown to judge it. Regret = gold at the gold peak - gold at "
+            "the evaluation the gold-free stop kept.",
+            "",
+            "![gold-free signals](plots/gold_free.png)",
+            "",
+            *_md_table(_GOLD_FREE_HEAD, _gold_free_rows(report)),
             "",
         ]
     rm = report.reward_model

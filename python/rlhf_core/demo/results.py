@@ -1,8 +1,10 @@
 """What the demo's report is made of: plain dataclasses, filled by whoever ran the experiment.
 
 - :class:`MethodCurve` per optimisation method: evaluations (:class:`CurvePoint`: step, KL,
-  proxy, gold), the gold peak and the step where early stopping cut (from an
-  :class:`~rlhf_core.monitor.OveroptimizationMonitor` or given).
+  proxy, gold; check reward and ensemble disagreement when measured), the gold peak and the
+  step where early stopping cut (from an :class:`~rlhf_core.monitor.OveroptimizationMonitor`
+  or given), and where the gold-free stop cut and what it kept (:class:`GoldFreeSummary`, from
+  a :class:`~rlhf_core.monitor.GoldFreeStop`).
 - :class:`RewardModelSummary`: held-out accuracy of the proxy reward model next to the best
   accuracy possible under the label noise and chance.
 - :class:`SampleComparison`: completions of the same prompt before and after optimisation.
@@ -21,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "CurvePoint",
+    "GoldFreeSummary",
     "MethodCurve",
     "RewardModelSummary",
     "SampleComparison",
@@ -45,6 +48,8 @@ class CurvePoint:
     proxy: float
     gold: float
     label: str | None = None
+    check: float | None = None
+    disagreement: float | None = None
 
     @property
     def where(self) -> str:
@@ -53,14 +58,40 @@ class CurvePoint:
 
 
 @dataclass
+class GoldFreeSummary:
+    """Where a :class:`~rlhf_core.monitor.GoldFreeStop` cut a method's run: ``stop_step`` (None:
+    it did not), ``best_step`` (the evaluation it kept), the signals that tripped
+    (``reasons``), the thresholds, and each evaluation's normalised signals (``signals``, one
+    mapping per point of the curve)."""
+
+    stop_step: int | None = None
+    best_step: int | None = None
+    reasons: list[str] = field(default_factory=list)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    signals: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_stopper(cls, stopper: Any) -> GoldFreeSummary:
+        return cls(
+            stopper.stop_step,
+            stopper.best_step,
+            list(stopper.reasons),
+            dict(stopper.thresholds),
+            [dict(p.signals) for p in stopper.history],
+        )
+
+
+@dataclass
 class MethodCurve:
     """The evaluations of one method, in order. ``best_step``: the gold peak (computed from
-    the points when None); ``stop_step``: where early stopping cut (None: it did not)."""
+    the points when None); ``stop_step``: where early stopping cut (None: it did not);
+    ``gold_free``: where the gold-free stop cut and what it kept."""
 
     method: str
     points: list[CurvePoint] = field(default_factory=list)
     best_step: int | None = None
     stop_step: int | None = None
+    gold_free: GoldFreeSummary | None = None
 
     def __post_init__(self) -> None:
         if self.best_step is None and self.points:
@@ -82,6 +113,18 @@ class MethodCurve:
     @property
     def stop(self) -> CurvePoint | None:
         return self.point_at(self.stop_step)
+
+    @property
+    def kept(self) -> CurvePoint | None:
+        """The evaluation the gold-free stop kept (None: it did not stop)."""
+        g = self.gold_free
+        return None if g is None or g.stop_step is None else self.point_at(g.best_step)
+
+    @property
+    def regret(self) -> float | None:
+        """Gold at the peak minus gold at the kept evaluation (None: no gold-free stop)."""
+        peak, kept = self.peak, self.kept
+        return None if peak is None or kept is None else peak.gold - kept.gold
 
     @classmethod
     def from_metrics(

@@ -23,6 +23,7 @@ from rlhf_core.demo.stages.preferences import label_preferences
 from rlhf_core.demo.stages.reward import train_reward_model
 from rlhf_core.demo.stages.rl import train_rl
 from rlhf_core.demo.stages.sft import train_sft
+from rlhf_core.demo.stopping import gold_free_stop
 from rlhf_core.demo.workers import run_in_workers
 
 __all__ = ["DemoResult", "run_demo", "build_report"]
@@ -71,6 +72,7 @@ def run_demo(config: DemoConfig | None = None, *, out: Any = None) -> DemoResult
 def _run(run: Run) -> DemoResult:
     from rlhf_core.models import make_reference
     from rlhf_core.rewards import RewardModelScorer
+    from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 
     cfg = run.cfg
     t_start = time.time()
@@ -83,9 +85,18 @@ def _run(run: Run) -> DemoResult:
     )
     sft = train_sft(run)
     train, held, prefs = label_preferences(run, sft)
-    rm, rm_data = train_reward_model(run, sft, train, held, prefs)
-    scorer = RewardModelScorer(rm, run.tok, batch_size=128)
-    lang = LanguageEval(run, scorer, make_reference(sft))
+    rm, check, rm_data = train_reward_model(run, sft, train, held, prefs)
+    scorer: Any = (
+        RewardEnsembleScorer(rm, run.tok, batch_size=128)  # evaluated: the members' mean
+        if getattr(rm, "num_members", None) is not None
+        else RewardModelScorer(rm, run.tok, batch_size=128)
+    )
+    checker = (
+        RewardModelScorer(check, run.tok, batch_size=128, name="check_model")
+        if check is not None
+        else None
+    )
+    lang = LanguageEval(run, scorer, make_reference(sft), checker)
     baseline = evaluate_baseline(run, lang, sft)
     run_in_workers(run)  # workers > 1: the next stages run side by side first, then are read back
     results: dict[str, dict[str, Any]] = {}
@@ -146,6 +157,10 @@ def build_report(
         curve = R.MethodCurve.from_monitor(_NAMES[m], mon)
         for p, r in zip(curve.points, data["records"], strict=True):
             p.label = r.get("label")
+            p.check = r.get("check")
+            p.disagreement = r.get("disagreement")
+        if m in ("ppo", "grpo"):
+            curve.gold_free = R.GoldFreeSummary.from_stopper(gold_free_stop(cfg, data["records"]))
         curves.append(curve)
         note = _curve_note(run, m, curve)
         if note:

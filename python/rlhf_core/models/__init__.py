@@ -23,6 +23,9 @@ and a user's own checkpoint go through the same code paths.
 * :class:`RewardModel` / :class:`ValueModel` - a transformer body with a linear ``d -> 1`` head;
   the reward model reads the hidden state of the last non-padding token (and is saved as an
   ``AutoModelForSequenceClassification`` checkpoint), the value model every position.
+* :class:`RewardEnsemble` (:mod:`~rlhf_core.models.ensemble`) - K reward heads on one shared
+  body, scored in one forward; :func:`load_reward_model` opens a saved reward model or
+  ensemble.
 * :func:`make_reference` - frozen deep copy of the policy, or the adapter-disabled base when
   the policy carries LoRA adapters (:func:`apply_lora`).
 * :func:`token_logprobs` / :func:`token_logprobs_and_entropy` - logprobs (and entropies) of
@@ -51,6 +54,7 @@ from rlhf_core.models.common import (
     last_token_index,
     seeded,
 )
+from rlhf_core.models.ensemble import RewardEnsemble, is_reward_ensemble, load_reward_model
 from rlhf_core.models.heads import RewardModel, ValueModel
 from rlhf_core.models.hub import ModelNotFoundError, is_builtin, is_hub_id, split_revision
 from rlhf_core.models.loading import DEFAULT_DTYPE, load_policy, pretrained_kwargs, resolve_dtype
@@ -83,6 +87,7 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "ModelNotFoundError",
     "ReferenceModel",
+    "RewardEnsemble",
     "RewardModel",
     "ValueModel",
     "apply_lora",
@@ -98,8 +103,10 @@ __all__ = [
     "is_builtin",
     "is_hub_id",
     "is_peft",
+    "is_reward_ensemble",
     "last_token_index",
     "load_policy",
+    "load_reward_model",
     "load_tokenizer",
     "make_reference",
     "merged_copy",

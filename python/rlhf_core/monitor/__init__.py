@@ -18,11 +18,14 @@ callbacks (:mod:`rlhf_core.trainers.callbacks`).
   after saving the offending batch to ``dump_dir/nonfinite_step{N}.pt``.
 - :class:`OveroptimizationMonitor` tracks the optimised (proxy) reward against a gold or
   held-out reward, remembers the gold peak and says when to stop (Goodhart early stopping).
+- :class:`GoldFreeStop` says when to stop without a gold reward, from a reward ensemble's
+  disagreement, a check model's reward and the KL, and which evaluation to keep.
 - :func:`distinct_n`, :func:`repetition_rate` and :class:`InstabilityDetector` turn mode
   collapse, degenerate repetition, KL spikes and entropy collapse into numbers and warnings.
 """
 
 from rlhf_core.monitor.failure_modes import InstabilityDetector, distinct_n, repetition_rate
+from rlhf_core.monitor.gold_free import GoldFreePoint, GoldFreeStop
 from rlhf_core.monitor.guards import NonFiniteError, check_finite
 from rlhf_core.monitor.logger import MetricsLogger, PhaseTimer, read_metrics
 from rlhf_core.monitor.overoptimization import EvalPoint, OveroptimizationMonitor
@@ -49,6 +52,8 @@ __all__ = [
     "check_finite",
     "OveroptimizationMonitor",
     "EvalPoint",
+    "GoldFreeStop",
+    "GoldFreePoint",
     "distinct_n",
     "repetition_rate",
     "InstabilityDetector",

@@ -34,6 +34,12 @@ One module per concern:
   reading the next-token logits of "A" and "B" in both orders to cancel position bias.
 * :mod:`.labels`: :func:`label_pairs` turns pairs of completions into ``{prompt, chosen,
   rejected}`` preference rows with any judge, deterministically or with Bradley-Terry noise.
+* :mod:`.ensemble`: :class:`RewardEnsembleScorer` scores with a reward-model ensemble reduced
+  by :func:`reduce_ensemble` (mean, min, mean − λ·std, mean − λ·var), logging each member and
+  :func:`ensemble_std`.
+* :mod:`.shaping`: :func:`overlong_penalty` and :func:`soft_overlong_punishment` (DAPO's soft
+  overlong punishment, TRL's reward-function form) penalise completions that run into the
+  length limit.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ from rlhf_core.rewards.combine import (
     UnscorableStepError,
     check_scorable_step,
     combine_rewards,
+)
+from rlhf_core.rewards.ensemble import (
+    ENSEMBLE_REDUCTIONS,
+    RewardEnsembleScorer,
+    ensemble_std,
+    reduce_ensemble,
 )
 from rlhf_core.rewards.functions import (
     RESERVED_KEYWORDS,
@@ -61,10 +73,15 @@ from rlhf_core.rewards.functions import (
 from rlhf_core.rewards.judge import DEFAULT_JUDGE_TEMPLATE, JudgeLabeler
 from rlhf_core.rewards.labels import label_pairs
 from rlhf_core.rewards.model_scorer import RewardModelScorer
+from rlhf_core.rewards.shaping import overlong_penalty, soft_overlong_punishment
 from rlhf_core.rewards.verifiable import completion_text, exact_match_reward, extract_answer
 
 __all__ = [
     "DEFAULT_JUDGE_TEMPLATE",
+    "ENSEMBLE_REDUCTIONS",
+    "RewardEnsembleScorer",
+    "ensemble_std",
+    "reduce_ensemble",
     "JudgeLabeler",
     "NONE_POLICIES",
     "NonePolicy",
@@ -86,5 +103,7 @@ __all__ = [
     "exact_match_reward",
     "extract_answer",
     "label_pairs",
+    "overlong_penalty",
     "reward_function_name",
+    "soft_overlong_punishment",
 ]

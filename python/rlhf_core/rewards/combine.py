@@ -60,6 +60,9 @@ def combine_rewards(
             messages for conversational data).
         return_components: also return ``{name: float64 (B,)}`` with each function's raw
             (unweighted) scores, for logging. Repeated names get a suffix ``_1``, ``_2``, ...
+            A scorer scored on token ids adds what its ``score_ids_parts`` returns besides the
+            score as ``name/<part>`` (a reward ensemble: ``name/member_<k>``, ``name/std``);
+            those are logged only, never added to the total.
         sequences: the B sampled token-id sequences (prompt + completion, int (L_i,) each); a
             :class:`RewardModelScorer` that reads the policy's ids
             (:attr:`RewardModelScorer.reads_policy_ids`) scores these exact tokens; one with
@@ -105,11 +108,14 @@ def combine_rewards(
     call = RewardCall(prompts, completions, columns, completion_ids, trainer_state, log_metric)
     n = len(call)
     scores: list[np.ndarray | None] = [None] * len(fn_list)
+    extras: list[dict[str, np.ndarray]] = [{} for _ in fn_list]
     for k, fn in enumerate(fn_list):  # reward models first, inside the model context
         if isinstance(fn, RewardModelScorer):
             with model_context() if model_context is not None else nullcontext():
                 if sequences is not None and fn.reads_policy_ids:
-                    out: Any = fn.score_ids(sequences)  # the exact sampled tokens
+                    # the exact sampled tokens; an ensemble also hands its members' scores
+                    out: Any
+                    out, extras[k] = fn.score_ids_parts(sequences)
                 else:
                     out = call_reward_functions([fn], call)[0]
             scores[k] = check_reward_scores(out, n, reward_function_name(fn))
@@ -120,7 +126,7 @@ def combine_rewards(
     scored = np.zeros(n, dtype=bool)
     optimised = False
     parts: dict[str, np.ndarray] = {}
-    for fn, wk, maybe in zip(fn_list, w, scores, strict=True):
+    for fn, wk, maybe, extra in zip(fn_list, w, scores, extras, strict=True):
         assert maybe is not None
         s = maybe
         if wk != 0:  # weight 0: tracked (in the components), never in the total
@@ -137,6 +143,8 @@ def combine_rewards(
             i += 1
             key = f"{base}_{i}"
         parts[key] = s
+        for sub, v in extra.items():  # e.g. an ensemble's members and disagreement: logged only
+            parts[f"{key}/{sub}"] = v
     if none_policy == "skip_function" and optimised:
         total[~scored] = np.nan  # every source of non-zero weight gave None
     return (total, parts) if return_components else total

@@ -36,6 +36,8 @@ class RewardModelScorer:
         max_length: longer sequences keep their last ``max_length`` tokens (the reward is
             read at the end).
         add_eos: end each completion with EOS (unless it already closes its turn).
+        name: what logs call its scores (``reward/<name>``; default ``"reward_model"``), e.g.
+            ``"check_model"`` for a held-out check model tracked beside the optimised one.
 
     Called on texts, each (prompt, completion) is encoded as reward-model training encodes it:
     plain text with :func:`rlhf_core.models.encode_prompt_completions` (prompt with special
@@ -58,6 +60,7 @@ class RewardModelScorer:
         batch_size: int = 32,
         max_length: int | None = None,
         add_eos: bool = True,
+        name: str | None = None,
     ) -> None:
         from rlhf_core.models import same_tokenizer
 
@@ -65,6 +68,10 @@ class RewardModelScorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+        if name is not None:
+            if not name or "/" in name:
+                raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+            self.__name__ = name
         self.reward_model = reward_model
         self.tokenizer = tokenizer
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
@@ -116,6 +123,21 @@ class RewardModelScorer:
         self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
     ) -> np.ndarray:
         """Scores of token-id sequences (prompt + response, no padding): float64 (B,)."""
+        return self.raw_scores(sequences)
+
+    def score_ids_parts(
+        self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`score_ids` and the named per-sequence parts logged beside it (none for one
+        reward model; an ensemble's members and disagreement for
+        :class:`~rlhf_core.rewards.ensemble.RewardEnsembleScorer`)."""
+        return self.score_ids(sequences), {}
+
+    def raw_scores(
+        self, sequences: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
+    ) -> np.ndarray:
+        """What the model returns for token-id sequences, in float64: (B,) for a reward
+        model, (B, K) for a model with K outputs (a reward ensemble)."""
         rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
         for i, r in enumerate(rows):
             if r.size == 0:
@@ -125,7 +147,7 @@ class RewardModelScorer:
         model = self.reward_model
         device = _device_of(model)
         order = np.argsort([len(r) for r in rows], kind="stable")
-        out = np.empty(len(rows), dtype=np.float64)
+        out: np.ndarray | None = None
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = model.training
         model.eval()
@@ -139,8 +161,11 @@ class RewardModelScorer:
                     for j, i in enumerate(idx):
                         ids[j, : len(rows[i])] = torch.from_numpy(rows[i])
                         mask[j, : len(rows[i])] = 1
-                    scores = model(ids.to(device), mask.to(device))  # (b,)
-                    out[idx] = scores.double().cpu().numpy()
+                    scores = model(ids.to(device), mask.to(device))  # (b,) or (b, K)
+                    got = scores.double().cpu().numpy()
+                    if out is None:
+                        out = np.empty((len(rows), *got.shape[1:]), dtype=np.float64)
+                    out[idx] = got
         finally:
             model.train(was_training)
-        return out
+        return out if out is not None else np.empty(0, dtype=np.float64)

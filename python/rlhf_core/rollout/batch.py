@@ -142,10 +142,14 @@ class Rollout:
             tokens: the rollout policy's and the reference's logprobs, the value model's values
             (empty until the no-grad forwards ran; ``values`` only with a value model;
             ``ref_logprobs`` only when the trainer has a reference).
+        entropies: float32 (R_i,) per sequence, the rollout policy's next-token entropies
+            (only when the collector is asked for them: ``top_entropy_quantile``).
+        teacher_logprobs: float32 (R_i,) per sequence, a distillation teacher's logprobs of the
+            sampled tokens (only with a teacher).
         rollout_logprobs: float32 (R_i,) per sequence: the sampling engine's own logprobs of
             the response tokens, when an engine other than the trained model sampled them
             (vLLM); empty otherwise. Beside ``logprobs`` (the trainer's recomputed ones) they
-            measure and correct the rollout/trainer mismatch (:mod:`rlhf_core.losses_correction`).
+            measure and correct the rollout/trainer mismatch (:mod:`rlhf_core.losses.correction`).
         backend: the backend that sampled the rows (``Completions.backend``: ``"hf"``,
             ``"decode_loop"``, ``"vllm"``), None when unknown.
     """
@@ -163,6 +167,8 @@ class Rollout:
     logprobs: list[np.ndarray] = field(default_factory=list)
     ref_logprobs: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
+    entropies: list[np.ndarray] = field(default_factory=list)
+    teacher_logprobs: list[np.ndarray] = field(default_factory=list)
     rollout_logprobs: list[np.ndarray] = field(default_factory=list)
     backend: str | None = None
 
@@ -178,6 +184,53 @@ class Rollout:
     def response_offsets(self) -> np.ndarray:
         """int64 (N + 1,): the ragged layout of the per-token fields concatenated."""
         return np.concatenate([[0], np.cumsum(self.response_lengths)]).astype(np.int64)
+
+    def select(self, rows: np.ndarray | list[int]) -> Rollout:
+        """The rows ``rows`` (int indices, in that order, or a bool (N,) mask) of a rollout
+        that has not been through the forwards yet (``padded`` is empty)."""
+        if self.padded or self.logprobs:
+            raise ValueError("select() takes a rollout before its forwards (no padded inputs)")
+        idx = np.asarray(rows)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"rows mask has shape {idx.shape}, expected ({len(self)},)")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64)
+        return Rollout(
+            prompt_ids=[self.prompt_ids[i] for i in idx],
+            response_ids=[self.response_ids[i] for i in idx],
+            group_ids=np.asarray(self.group_ids)[idx],
+            truncated=np.asarray(self.truncated)[idx],
+            texts=[self.texts[i] for i in idx],
+            prompt_index=np.asarray(self.prompt_index)[idx],
+            scores=np.asarray(self.scores)[idx],
+            score_parts={k: np.asarray(v)[idx] for k, v in self.score_parts.items()},
+            padded={},
+            rollout_logprobs=[self.rollout_logprobs[i] for i in idx] if self.rollout_logprobs
+            else [],
+            backend=self.backend,
+        )
+
+    @staticmethod
+    def concat(parts: list[Rollout]) -> Rollout:
+        """Scored rollouts before their forwards, one after the other (rows in order)."""
+        if not parts:
+            raise ValueError("concat() needs at least one rollout")
+        keys = list(parts[0].score_parts)
+        return Rollout(
+            prompt_ids=[p for r in parts for p in r.prompt_ids],
+            response_ids=[x for r in parts for x in r.response_ids],
+            group_ids=np.concatenate([np.asarray(r.group_ids, dtype=np.int64) for r in parts]),
+            truncated=np.concatenate([np.asarray(r.truncated, dtype=bool) for r in parts]),
+            texts=[t for r in parts for t in r.texts],
+            prompt_index=np.concatenate([np.asarray(r.prompt_index, np.int64) for r in parts]),
+            scores=np.concatenate([np.asarray(r.scores, dtype=np.float64) for r in parts]),
+            score_parts={k: np.concatenate([np.asarray(r.score_parts[k]) for r in parts])
+                         for k in keys},  # fmt: skip
+            padded={},
+            rollout_logprobs=[x for r in parts for x in r.rollout_logprobs],
+            backend=parts[0].backend,
+        )
 
     def sequences(self) -> list[np.ndarray]:
         """int64 (P_i + R_i,) prompt + response ids per sequence."""
@@ -247,4 +300,8 @@ def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
         logprobs=cat("logprobs"),
         ref_logprobs=cat("ref_logprobs"),
         values=cat("values"),
+        entropies=cat("entropies"),
+        teacher_logprobs=cat("teacher_logprobs"),
+        rollout_logprobs=cat("rollout_logprobs"),
+        backend=first.backend,
     )

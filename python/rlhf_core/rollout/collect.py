@@ -41,7 +41,12 @@ from rlhf_core import parallel as D
 from rlhf_core.generation import Completions, LocalBackend, RolloutBackend
 from rlhf_core.rewards import combine_rewards
 from rlhf_core.rollout.batch import PromptTable, Rollout
-from rlhf_core.rollout.inputs import iter_micro_batches, logprobs_of, pad_sequences
+from rlhf_core.rollout.inputs import (
+    iter_micro_batches,
+    logprobs_and_entropy,
+    logprobs_of,
+    pad_sequences,
+)
 
 __all__ = ["RolloutCollector"]
 
@@ -61,8 +66,9 @@ class RolloutCollector:
             Reward functions receive a conversational prompt as its messages and its
             completions as ``[{"role": "assistant", "content": text}]``.
         reward_sources: reward functions (reward models already wrapped as
-            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``config.reward_weights``
+            :class:`rlhf_core.rewards.RewardModelScorer`), weighted by ``reward_weights``
             and combined by ``config.reward_none_policy``.
+        reward_weights: one weight per source; None = ``config.reward_weights``.
         dist: the process group (:class:`rlhf_core.parallel.DistContext`).
         device: where the forwards run.
         autocast: a context for every forward (the trainer's bf16 autocast on CUDA).
@@ -70,6 +76,10 @@ class RolloutCollector:
             keeps all ranks in step.
         step_seed: ``(seed, step, purpose[, index]) -> int``, the trainer's seed derivation.
         value_model: optional; its values (B, T-1) become ``Rollout.values``.
+        entropies: also keep the rollout policy's next-token entropies
+            (``Rollout.entropies``; the top-entropy token selection reads them).
+        teacher: a frozen distillation teacher (same tokenizer); its logprobs of the sampled
+            tokens become ``Rollout.teacher_logprobs``.
 
     Attributes:
         backend: None (sample from ``policy`` with ``config.generation_backend``) or a
@@ -88,14 +98,19 @@ class RolloutCollector:
         prompt_columns: dict[str, list[Any]],
         reward_sources: Sequence[Callable[..., Any]],
         dist: D.DistContext,
+        reward_weights: Sequence[float] | None = None,
         device: torch.device,
         autocast: Callable[[], AbstractContextManager[Any]],
         lockstep: bool,
         step_seed: Callable[..., int],
         value_model: nn.Module | None = None,
         prompt_messages: Sequence[Any] | None = None,
+        entropies: bool = False,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.config = config
+        self.entropies = entropies
+        self.teacher = teacher
         self.policy = policy
         self.reference = reference
         self.tokenizer = tokenizer
@@ -118,7 +133,13 @@ class RolloutCollector:
         for i, ids in enumerate(self.prompt_ids):
             if ids.size == 0:
                 raise ValueError(f"prompts[{i}] encodes to no tokens")
+        if "completion_ids" in prompt_columns:
+            raise ValueError(
+                "the prompts have a column named 'completion_ids': that name is reserved for "
+                "the sampled token ids handed to reward functions; rename the column"
+            )
         self.reward_sources = list(reward_sources)
+        self.reward_weights = config.reward_weights if reward_weights is None else reward_weights
         self.dist = dist
         self.device = device
         self.autocast = autocast
@@ -134,14 +155,20 @@ class RolloutCollector:
         return self.backend is not None and not isinstance(self.backend, LocalBackend)
 
     # ---- sample -----------------------------------------------------------------------------
-    def sample(self, step: int, prompt_indices: np.ndarray) -> Rollout:
+    def sample(self, step: int, prompt_indices: np.ndarray, *, gen_round: int = 0) -> Rollout:
         """``num_samples`` completions of each prompt of this rank's block of the step's global
         prompt list ``prompt_indices`` (int64, the same on every rank). Group ids are positions
-        in that list."""
+        in that list.
+
+        ``gen_round``: the generation round of the step (dynamic sampling draws several): round
+        ``r`` continues the step's prompt list, so its group ids and per-prompt seeds are
+        those of positions ``r·P + j`` (P prompts per round), and its sampling seed is its
+        own. Round 0 is what a step without rounds samples."""
         cfg = self.config
         mine = D.shard_indices(len(prompt_indices), self.dist.rank, self.dist.world_size)
         pidx = prompt_indices[mine]
         first = int(mine[0]) if len(mine) else 0
+        first += gen_round * len(prompt_indices)
         if cfg.per_prompt_seeds:
             # seeded by each prompt's global position: the same samples whichever rank draws
             # them and whatever else is sampled
@@ -154,7 +181,8 @@ class RolloutCollector:
                 )
         else:
             # rank 0 keeps the run's seed, other ranks draw independent streams
-            seed = self.step_seed(D.rank_seed(cfg.seed, self.dist.rank), step, 1)
+            base = D.rank_seed(cfg.seed, self.dist.rank)
+            seed = self.step_seed(base, step, 1, index=gen_round if gen_round else None)
             comp = self._generate(list(pidx), seed)
         prompt_ids, response_ids = comp.prompt_ids, comp.response_ids
         truncated, group_ids, texts = comp.truncated, comp.group_ids, comp.texts
@@ -211,7 +239,11 @@ class RolloutCollector:
         unscorable, minus ``missing_eos_penalty`` for truncated completions),
         ``roll.score_parts`` (each source's raw scores) and ``roll.reward_metrics`` (what the
         functions logged). ``trainer_state`` is handed to the reward functions
-        (:class:`rlhf_core.rewards.TrainerState`)."""
+        (:class:`rlhf_core.rewards.TrainerState`). Without reward sources (distillation
+        alone: the teacher's KL is the signal) every score is 0."""
+        if not self.reward_sources:
+            roll.scores, roll.score_parts, roll.reward_metrics = np.zeros(len(roll)), {}, {}
+            return
         idx = roll.prompt_index
         columns = {k: [v[i] for i in idx] for k, v in self.prompt_columns.items()}
         prompts = [self.prompts.reward_prompt(i) for i in idx]
@@ -226,7 +258,7 @@ class RolloutCollector:
 
         total, parts = combine_rewards(
             self.reward_sources,
-            self.config.reward_weights,
+            self.reward_weights,
             prompts,
             completions,
             return_components=True,
@@ -258,6 +290,8 @@ class RolloutCollector:
         old: list[torch.Tensor] = []
         ref: list[torch.Tensor] = []
         val: list[torch.Tensor] = []
+        ent: list[torch.Tensor] = []
+        tea: list[torch.Tensor] = []
         # no gradient: DDP's wrapper (and its collectives) is not needed; FSDP2 runs the
         # sharded model itself, the same number of micro-batches on every rank
         policy = D.unwrap_model(self.policy)
@@ -269,9 +303,17 @@ class RolloutCollector:
                 roll.padded, cfg.micro_batch_size, lengths=[len(x) for x in seqs]
             ):
                 with self.autocast():
-                    lp = logprobs_of(
-                        policy, mb["input_ids"], mb["attention_mask"], temperature=cfg.temperature
-                    )
+                    if self.entropies:
+                        lp, h = logprobs_and_entropy(
+                            policy, mb["input_ids"], mb["attention_mask"],
+                            temperature=cfg.temperature,
+                        )  # fmt: skip
+                        ent.append(h.float())
+                    else:
+                        lp = logprobs_of(
+                            policy, mb["input_ids"], mb["attention_mask"],
+                            temperature=cfg.temperature,
+                        )  # fmt: skip
                     if self.reference is not None:
                         with torch.inference_mode():
                             rlp = logprobs_of(
@@ -281,6 +323,14 @@ class RolloutCollector:
                                 temperature=cfg.temperature,
                             )
                         ref.append(rlp.float())  # an inference tensor: read-only use below
+                    if self.teacher is not None:
+                        with torch.inference_mode():
+                            tea.append(
+                                logprobs_of(
+                                    self.teacher, mb["input_ids"], mb["attention_mask"],
+                                    temperature=cfg.temperature,
+                                ).float()
+                            )  # fmt: skip
                     v = self._values(mb)
                 old.append(lp.float())
                 if v is not None:
@@ -303,6 +353,10 @@ class RolloutCollector:
             roll.ref_logprobs = response_tokens(ref)
         if val:
             roll.values = response_tokens(val)
+        if ent:
+            roll.entropies = response_tokens(ent)
+        if tea:
+            roll.teacher_logprobs = response_tokens(tea)
 
     def _values(self, micro: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The value model's values (B, T-1), aligned with the logprobs: the value of the state

@@ -30,7 +30,9 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
     ``response_length/{mean,min,max,frac_truncated}``; once the rollout's and the
     reference's logprobs are known, ``kl`` (the mean over completions
     of Σ_t (log π − log π_ref), nats per sequence) and ``kl/k3_token_mean`` (the token mean of
-    the k3 estimate), both from :func:`rlhf_core.ops.kl` and :func:`rlhf_core.ops.reduce_tokens`.
+    the k3 estimate), both from :func:`rlhf_core.ops.kl` and :func:`rlhf_core.ops.reduce_tokens`;
+    with a distillation teacher, ``teacher_kl`` and ``teacher_kl/token_mean``, the same
+    reverse-KL estimate (k1) against the teacher.
     """
     s = gather(roll.scores, dist)
     finite = s[np.isfinite(s)]
@@ -63,6 +65,13 @@ def rollout_metrics(roll: Rollout, dist: D.DistContext | None = None) -> dict[st
     k3 = ops.kl(logp, ref, estimator="k3", clamp=None)
     metrics["kl"] = float(gather(seq_kl, dist).mean())
     metrics["kl/k3_token_mean"] = float(gather(k3, dist).mean())
+    if roll.teacher_logprobs:
+        tea = np.concatenate(roll.teacher_logprobs).astype(np.float64)
+        d = ops.kl(logp, tea, estimator="k1", clamp=None)  # log π − log π_teacher per token
+        metrics["teacher_kl"] = float(
+            gather(ops.reduce_tokens(d, offsets=roll.response_offsets, how="sum"), dist).mean()
+        )
+        metrics["teacher_kl/token_mean"] = float(gather(d, dist).mean())
     return metrics
 
 

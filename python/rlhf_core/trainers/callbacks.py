@@ -32,20 +32,23 @@ The defaults: every trainer starts with :class:`NonFiniteGuard` (the NaN tripwir
 :class:`rlhf_core.monitor.NonFiniteError` on a non-finite loss, gradient norm or reward, after
 saving the batch). Replace it by passing an instance of a subclass in ``callbacks=[...]``, or
 remove it with ``trainer.remove_callback(NonFiniteGuard)``. :class:`OveroptimizationEarlyStop`
-(gold-peak early stopping, :class:`rlhf_core.monitor.OveroptimizationMonitor`) and
+(gold-peak early stopping, :class:`rlhf_core.monitor.OveroptimizationMonitor`),
+:class:`GoldFreeEarlyStop` (the same without a gold reward: a reward ensemble's disagreement, a
+check model's reward and the KL, :class:`rlhf_core.monitor.GoldFreeStop`) and
 :class:`InstabilityWarnings` (KL spikes, entropy collapse,
 :class:`rlhf_core.monitor.InstabilityDetector`) are opt-in.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_core.monitor import InstabilityDetector, OveroptimizationMonitor
+from rlhf_core.monitor import GoldFreeStop, InstabilityDetector, OveroptimizationMonitor
 
 __all__ = [
     "TrainerState",
@@ -54,6 +57,7 @@ __all__ = [
     "CallbackList",
     "NonFiniteGuard",
     "OveroptimizationEarlyStop",
+    "GoldFreeEarlyStop",
     "InstabilityWarnings",
     "EVENTS",
 ]
@@ -272,6 +276,179 @@ class OveroptimizationEarlyStop(TrainerCallback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.monitor.load_state_dict(state)
+
+
+class GoldFreeEarlyStop(TrainerCallback):
+    """Stop a policy-gradient run when over-optimisation shows in what a run can compute,
+    without a gold reward (:class:`rlhf_core.monitor.GoldFreeStop`), and keep the best model.
+
+    Reads, at each evaluation (``on="eval"``, needs ``eval_steps`` and an eval dataset) or each
+    step (``on="step"``, the rollout's own numbers: noisier, smooth them), the optimised reward
+    ``reward/<source>`` (a reward model or :class:`~rlhf_core.models.RewardEnsemble` named
+    ``source``), the ensemble's disagreement ``reward/<source>/std``, the check model's reward
+    ``reward/<check>`` (a weight-0 reward source, e.g. the CLI's ``--check_model``) and ``kl``
+    (``eval/`` in front for evaluations). Signals whose inputs are not logged are left out; at
+    least one signal with a threshold must have its input. The spreads the check signals are
+    measured in are the std over the first rollout's completions of the proxy's and the check's
+    scores.
+
+    With ``save_best`` each new kept candidate (:attr:`GoldFreeStop.candidate_step`) is saved
+    to ``run_dir/gold_free_best`` (``save_pretrained`` of the policy and the tokenizer), so the
+    model the rule keeps is on disk when it stops; ``run_dir/gold_free.json`` holds the rule's
+    :meth:`~rlhf_core.monitor.GoldFreeStop.summary` after each update.
+
+    Args:
+        source: name of the optimised reward source; None: ``reward_model`` (a reward model)
+            or else ``reward_ensemble`` (an ensemble given as a model), whichever is logged.
+        check: name of the check model's source (``"check_model"``: the CLI's).
+        on: ``"eval"`` or ``"step"``.
+        save_best: save each new candidate's policy.
+        **rule: :class:`~rlhf_core.monitor.GoldFreeStop` parameters (thresholds, ``patience``,
+            ``smoothing``, ``keep``).
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str | None = None,
+        check: str = "check_model",
+        on: str = "eval",
+        save_best: bool = True,
+        **rule: Any,
+    ) -> None:
+        if on not in ("eval", "step"):
+            raise ValueError(f"GoldFreeEarlyStop: on={on!r}, expected 'eval' or 'step'")
+        self.source, self.check, self.on, self.save_best = source, check, on, save_best
+        self.rule = GoldFreeStop(**rule)
+        self._scales: dict[str, float | None] | None = None
+
+    def _keys(self, metrics: Mapping[str, float]) -> dict[str, str]:
+        pre = "eval/" if self.on == "eval" else ""
+        if self.source is None:
+            names = ("reward_model", "reward_ensemble")
+            found = [s for s in names if f"{pre}reward/{s}" in metrics]
+            self.source = found[0] if found else "reward_model"
+        return {
+            "proxy": f"{pre}reward/{self.source}",
+            "disagreement": f"{pre}reward/{self.source}/std",
+            "check": f"{pre}reward/{self.check}",
+            "kl": f"{pre}kl",
+        }
+
+    def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        from rlhf_core import parallel as P
+
+        model = state.trainer.trained_model
+        if self.save_best and P.is_fsdp2(model):
+            raise ValueError("GoldFreeEarlyStop: save_best cannot save an FSDP2-sharded policy "
+                             "at every candidate; pass save_best=False")  # fmt: skip
+        if self.on == "eval" and not getattr(state.trainer, "eval_collector", None):
+            raise ValueError(
+                "GoldFreeEarlyStop(on='eval') reads the periodic evaluations: give the trainer "
+                "an eval_dataset and eval_steps > 0, or use on='step'"
+            )
+
+    def on_evaluate(
+        self, state: TrainerState, control: TrainerControl, metrics: Mapping[str, float]
+    ) -> None:
+        if self.on == "eval":
+            self._update(state, control, metrics)
+
+    def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
+        if self.on == "step":
+            self._update(state, control, state.metrics)
+
+    def _first_scales(self, trainer: Any) -> dict[str, float | None]:
+        """The std over the latest rollout's completions of the proxy's and the check's
+        scores (every rank's, gathered)."""
+        import numpy as np
+
+        from rlhf_core.rollout.metrics import gather
+
+        parts = getattr(getattr(trainer, "last_rollout", None), "score_parts", None) or {}
+        out: dict[str, float | None] = {}
+        for what, name in (("proxy_scale", str(self.source)), ("check_scale", self.check)):
+            if name not in parts:
+                out[what] = None
+                continue
+            x = gather(np.asarray(parts[name], dtype=np.float64), trainer.dist)
+            x = x[np.isfinite(x)]
+            out[what] = float(x.std()) if x.size > 1 else None
+        return out
+
+    def _update(
+        self, state: TrainerState, control: TrainerControl, metrics: Mapping[str, float]
+    ) -> None:
+        keys = self._keys(metrics)
+        if keys["proxy"] not in metrics:
+            raise KeyError(
+                f"GoldFreeEarlyStop: no metric {keys['proxy']!r} (source={self.source!r}); the "
+                f"metrics hold {sorted(k for k in metrics if 'reward/' in k)}"
+            )
+        if self._scales is None:
+            self._scales = self._first_scales(state.trainer)
+            inputs = {"disagreement": "disagreement", "check_gap": "check",
+                      "check_drop": "check", "sqrt_kl": "kl"}  # fmt: skip
+            usable = [s for s, th in self.rule.thresholds.items()
+                      if th is not None and keys[inputs[s]] in metrics]  # fmt: skip
+            if not usable:
+                raise ValueError(
+                    "GoldFreeEarlyStop: none of the signals with a threshold has its input "
+                    f"logged (looked for {keys['disagreement']!r}: a reward ensemble as "
+                    f"{self.source!r}; {keys['check']!r}: a weight-0 check model; "
+                    f"{keys['kl']!r} with max_sqrt_kl)"
+                )
+        stopped = self.rule.should_stop
+        self.rule.update(
+            state.step,
+            float(metrics[keys["proxy"]]),
+            disagreement=metrics.get(keys["disagreement"]),
+            check=metrics.get(keys["check"]),
+            kl=metrics.get(keys["kl"]),
+            **self._scales,
+        )
+        if state.is_main_process:
+            if self.rule.improved and self.save_best:
+                self._save_best(state)
+            from rlhf_core._io import atomic_write_text, json_safe
+
+            atomic_write_text(
+                state.run_dir / "gold_free.json",
+                json.dumps(json_safe(self.rule.summary()), indent=2) + "\n",
+            )
+        if self.rule.should_stop:
+            r = self.rule
+            if not stopped and state.is_main_process:
+                log.warning("gold-free stop at step %s (%s); kept step %s", r.stop_step,
+                            ", ".join(r.reasons), r.best_step)  # fmt: skip
+            control.stop(
+                f"gold-free stop ({', '.join(r.reasons)} over the threshold for {r.patience} "
+                f"updates at step {r.stop_step}); kept step {r.best_step}"
+                + (f" in {state.run_dir / 'gold_free_best'}" if self.save_best else "")
+            )
+
+    def _save_best(self, state: TrainerState) -> None:
+        import shutil
+
+        out = state.run_dir / "gold_free_best"
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        t = state.trainer
+        t.trained_model.save_pretrained(str(tmp))
+        tok = getattr(t, "tokenizer", None)
+        if tok is not None and hasattr(tok, "save_pretrained"):
+            tok.save_pretrained(str(tmp))
+        (tmp / "gold_free_step.json").write_text(json.dumps({"step": state.step}) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.state_dict(), "scales": self._scales, "source": self.source}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rule.load_state_dict(state["rule"])
+        self._scales = state["scales"]
+        self.source = state["source"]
 
 
 class InstabilityWarnings(TrainerCallback):

@@ -76,7 +76,11 @@ LOSS_TYPES = {
     "grpo": "seq-mean-token-mean",
     "dr_grpo": "seq-mean-token-sum-norm",
     "dapo": "token-mean",
+    "cispo": "token-mean",
+    "sapo": "seq-mean-token-mean",
 }
+#: the loss types whose objective is not the clipped surrogate (TRL's names)
+OBJECTIVES = {"cispo": "cispo", "sapo": "sapo"}
 SCALES = ("group", "batch", "none")
 
 
@@ -96,7 +100,9 @@ class GRPOConfig(RLConfig):
         default="grpo",
         metadata={
             "help": "grpo (seq-mean-token-mean), dr_grpo (seq-mean-token-sum-norm, no std "
-            "scaling), dapo (token-mean); sets aggregation / scale_rewards left at 'auto'"
+            "scaling), dapo (token-mean): the clipped surrogate; cispo (clipped detached "
+            "ratio on a REINFORCE term, token-mean), sapo (soft gate, seq-mean-token-mean); "
+            "sets aggregation / scale_rewards left at 'auto'"
         },
     )
     aggregation: str = field(
@@ -151,6 +157,21 @@ class GRPOConfig(RLConfig):
                 "one has no baseline); use G >= 2, or estimator 'reinforce++' for G = 1",
             )
         check_field(self.std_eps > 0, "std_eps", self.std_eps, "expected > 0 (e.g. 1e-4)")
+        if self.loss_type == "cispo" and self.cispo_ratio_max is None:
+            # TRL spells CISPO's cap epsilon_high as an absolute ratio (e.g. 5.0); here
+            # clip_high is verl's ε of 1 + ε: refuse what only makes sense the TRL way
+            check_field(
+                self.clip_high is None or self.clip_high < 1,
+                "clip_high",
+                self.clip_high,
+                "with loss_type='cispo' CISPO's cap is 1 + clip_high (verl's convention); for "
+                "TRL's absolute cap (its epsilon_high, e.g. 5.0) set cispo_ratio_max instead",
+            )
+
+    @property
+    def policy_objective(self) -> str:
+        """``"cispo"`` / ``"sapo"`` for those loss types, else ``"ppo"``."""
+        return OBJECTIVES.get(self.loss_type, "ppo")
         check_field(0 <= self.gamma <= 1, "gamma", self.gamma, "expected in [0, 1]")
 
 
@@ -213,8 +234,8 @@ class GRPOTrainer(PolicyGradientTrainer):
     policy-gradient trainer with the estimator of :func:`estimator_from_config`.
 
     Args: as :class:`~rlhf_core.trainers.policy_gradient.PolicyGradientTrainer` (policy,
-    tokenizer, prompts, reward_funcs, reference, eval_dataset, callbacks), without
-    ``estimator``.
+    tokenizer, prompts, reward_funcs, reference, eval_dataset, callbacks, teacher_model),
+    without ``estimator``.
     """
 
     name = "grpo"
@@ -226,17 +247,19 @@ class GRPOTrainer(PolicyGradientTrainer):
         policy: nn.Module,
         tokenizer: Any,
         prompts: Any,
-        reward_funcs: RewardSource | Sequence[RewardSource],
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
         reward_processing_classes: Any = None,
+        teacher_model: nn.Module | str | None = None,
     ) -> None:
         super().__init__(config, policy, tokenizer, prompts, reward_funcs,
                          estimator=estimator_from_config(config), reference=reference,
                          eval_dataset=eval_dataset, callbacks=callbacks,
-                         reward_processing_classes=reward_processing_classes)  # fmt: skip
+                         reward_processing_classes=reward_processing_classes,
+                         teacher_model=teacher_model)  # fmt: skip
 
 
 class RLOOTrainer(GRPOTrainer):

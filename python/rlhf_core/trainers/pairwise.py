@@ -42,24 +42,28 @@ Pair = tuple[str, str, str] | Mapping[str, Any]
 class EncodedPairs:
     """Token ids of preference pairs: ``chosen[i]`` / ``rejected[i]`` are prompt + completion
     (+ EOS) int64 arrays; ``*_start[i]`` the index of the first completion token; ``margin``
-    float64 (P,) (zeros when the data has none)."""
+    float64 (P,) (zeros when the data has none); ``weights`` optional int64 (P, K), how many
+    times each of K ensemble members counts each pair (its bootstrap resample)."""
 
     chosen: list[np.ndarray]
     rejected: list[np.ndarray]
     chosen_start: list[int]
     rejected_start: list[int]
     margin: np.ndarray
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.chosen)
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> EncodedPairs:
+        rows = np.asarray(idx, dtype=np.int64)
         return EncodedPairs(
             [self.chosen[i] for i in idx],
             [self.rejected[i] for i in idx],
             [self.chosen_start[i] for i in idx],
             [self.rejected_start[i] for i in idx],
-            self.margin[np.asarray(idx, dtype=np.int64)],
+            self.margin[rows],
+            None if self.weights is None else self.weights[rows],
         )
 
 

@@ -18,7 +18,7 @@ One training step::
 A rollout sampled by an engine (``generation_backend="vllm"``) carries the engine's logprobs
 (``rollout_logprobs``, a per-token buffer field beside the trainer's ``logprobs``); the step
 then logs the mismatch metrics, and with ``vllm_importance_sampling_correction`` the clipped
-per-token loss is weighted by :func:`rlhf_core.losses_correction.correction_weights` (detached,
+per-token loss is weighted by :func:`rlhf_core.losses.correction.correction_weights` (detached,
 after the clip, before the KL and entropy terms).
 
 The estimator (:mod:`rlhf_core.advantages`) owns how advantages are computed, over every rank;
@@ -48,10 +48,11 @@ from torch import nn
 
 from rlhf_core import distributed as D
 from rlhf_core import losses as L
-from rlhf_core import losses_correction as LC
 from rlhf_core import ops
-from rlhf_core.advantages import Estimator
+from rlhf_core.advantages import Estimator, TeacherKL, token_masks
+from rlhf_core.losses import correction as LC
 from rlhf_core.rollout import Rollout, iter_micro_batches, logprobs_and_entropy, rollout_metrics
+from rlhf_core.rollout.dynamic import DynamicSampler
 from rlhf_core.trainers.config import RLConfig
 from rlhf_core.trainers.optim import step_seed
 from rlhf_core.trainers.sampling import RewardSource, RolloutTrainer
@@ -70,6 +71,10 @@ class PolicyGradientTrainer(RolloutTrainer):
         estimator: the advantage estimator (:class:`rlhf_core.advantages.Estimator`); its β is
             replaced by :attr:`kl_coef` each step when ``config.kl_in_reward``.
         eval_dataset, callbacks: as :class:`~rlhf_core.trainers.sampling.RolloutTrainer`.
+        teacher_model: on-policy distillation: a frozen teacher (module or name) whose
+            per-token reverse KL to the policy on its samples enters the advantages
+            (:class:`rlhf_core.advantages.TeacherKL`, ``teacher_kl_coef``); ``reward_funcs``
+            may then be empty.
     """
 
     name = "policy_gradient"
@@ -85,24 +90,44 @@ class PolicyGradientTrainer(RolloutTrainer):
         policy: nn.Module,
         tokenizer: Any,
         prompts: Any,
-        reward_funcs: RewardSource | Sequence[RewardSource],
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         estimator: Estimator,
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
         reward_processing_classes: Any = None,
+        teacher_model: nn.Module | str | None = None,
     ) -> None:
         from rlhf_core.buffer import RolloutBuffer
 
         super().__init__(config, policy, tokenizer, prompts, reward_funcs, reference=reference,
                          eval_dataset=eval_dataset, callbacks=callbacks,
-                         reward_processing_classes=reward_processing_classes)  # fmt: skip
+                         reward_processing_classes=reward_processing_classes,
+                         teacher_model=teacher_model)  # fmt: skip
         if config.minibatch_size is not None:
             self.check_divisible("minibatch_size", config.minibatch_size)
+        if self.teacher is not None:
+            estimator = TeacherKL(
+                base=estimator, coef=config.teacher_kl_coef, clamp=config.teacher_kl_clamp
+            )
         self.estimator = estimator
+        # the top-entropy selection reads the rollout policy's entropies
+        self.collector.entropies = config.top_entropy_quantile < 1
         self.buffer = RolloutBuffer()
         self.add_state("buffer", self.buffer, optional=True)
+        self.sampling_metrics: dict[str, float] = {}
+        self.dynamic_sampler: DynamicSampler | None = None
+        if config.dynamic_sampling:
+            self.dynamic_sampler = DynamicSampler(
+                self.collector,
+                batch_rows=config.rollout_batch_size // self.world_size,
+                group_size=config.num_samples,
+                max_rounds=config.max_num_gen_batches,
+                min_std=config.dynamic_sampling_min_std,
+                dist=self.dist,
+            )
+            self.add_state("dynamic_sampling", self.dynamic_sampler.state, optional=True)
 
     @property
     def kl_coef(self) -> float:
@@ -110,10 +135,34 @@ class PolicyGradientTrainer(RolloutTrainer):
         return self.config.kl_coef
 
     # ---- the step ---------------------------------------------------------------------------
+    def collect(self, step: int, *, forward: bool = True) -> Rollout:
+        """The step's rollout; with ``dynamic_sampling``, rounds of prompts until the batch
+        holds informative groups only (:class:`rlhf_core.rollout.dynamic.DynamicSampler`; its
+        metrics go to :attr:`sampling_metrics`)."""
+        self.sampling_metrics = {}
+        if self.dynamic_sampler is None:
+            return super().collect(step, forward=forward)
+        self.last_rollout = None  # freed before the next one is sampled
+        engine = self._prepare_engine(step)  # once for every round of the step
+        per_round = self.config.prompts_per_step
+        with self.timer.phase("generation"):  # every round: sampled and scored
+            roll, self.sampling_metrics = self.dynamic_sampler.collect(
+                step, lambda: self.sampler.next(per_round), self.check_scores
+            )
+        if engine is not None and hasattr(engine, "sleep"):
+            engine.sleep()
+        self.last_rollout = roll
+        with self.timer.phase("scoring"):
+            self.check_scorable(roll, step)
+            if forward:
+                self.collector.forward(roll)
+        return roll
+
     def train_step(self, step: int) -> dict[str, float]:
         roll = self.collect(step)
         with self.timer.phase("bookkeeping"):
             metrics = rollout_metrics(roll, self.dist)
+            metrics.update(self.sampling_metrics)
             self.fill_buffer(roll)
             estimator = self.estimator
             if self.config.kl_in_reward:
@@ -145,6 +194,10 @@ class PolicyGradientTrainer(RolloutTrainer):
             fields["ref_logprobs"] = roll.ref_logprobs
         if roll.rollout_logprobs:  # the engine's, beside the trainer's
             fields["rollout_logprobs"] = roll.rollout_logprobs
+        if roll.entropies:
+            fields["entropies"] = roll.entropies
+        if roll.teacher_logprobs:
+            fields["teacher_logprobs"] = roll.teacher_logprobs
         keep = np.ones(len(roll), dtype=bool)
         if cfg.mask_truncated:
             keep &= ~np.asarray(roll.truncated, dtype=bool)
@@ -180,8 +233,10 @@ class PolicyGradientTrainer(RolloutTrainer):
         average = StepAverage()
         for model in self.synced_models():
             model.train()
-        for mb in self.buffer.minibatches(
-            batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
+        for index, mb in enumerate(
+            self.buffer.minibatches(
+                batch_size=mbs, epochs=cfg.ppo_epochs, seed=step_seed(cfg.seed, step, 2)
+            )
         ):
             padded = mb.to_padded(pad_token_id=self.tokenizer.pad_token_id, device=self.device)
             batch = {k: v for k, v in padded.items() if isinstance(v, torch.Tensor)}
@@ -190,6 +245,7 @@ class PolicyGradientTrainer(RolloutTrainer):
             n_tok, n_seq = D.global_token_counts(batch["response_mask"], self.dist)
             if n_tok == 0:
                 continue  # every sequence masked out (e.g. all truncated)
+            batch.update(self.token_selection(batch, step_seed(cfg.seed, step, 5, index=index)))
             # dumped on a non-finite loss; scores may be NaN by design (unscorable), so they
             # ride along unchecked
             self.batch_to_dump = {k: v for k, v in batch.items() if k != "scores"}
@@ -227,10 +283,39 @@ class PolicyGradientTrainer(RolloutTrainer):
         if cfg.vllm_importance_sampling_denominator == "kept":
             batch["response_mask"] = batch["response_mask"] & ~cw.rejected
 
+    def token_selection(self, batch: Mapping[str, torch.Tensor], seed: int) -> dict[str, Any]:
+        """Per-token masks of one minibatch, chosen over every rank's rows before its
+        micro-batches (:mod:`rlhf_core.advantages.token_masks`): ``token_weights`` (the
+        top-entropy tokens, from the rollout policy's entropies) and ``cov_selected``
+        (Clip-Cov / KL-Cov, from the rollout's log-probabilities and the advantages). Empty
+        when no such option is on."""
+        cfg = self.config
+        mask = batch["response_mask"]
+        out: dict[str, Any] = {}
+        if cfg.top_entropy_quantile < 1:
+            keep = token_masks.top_entropy_mask(
+                batch["entropies"], mask, cfg.top_entropy_quantile, self.dist
+            )
+            out["token_weights"] = keep.to(torch.float32)
+        if cfg.clip_cov_ratio > 0 or cfg.kl_cov_ratio > 0:
+            cov = token_masks.covariance_of_batch(
+                batch["old_logprobs"], batch["advantages"], mask, self.dist
+            )
+            if cfg.clip_cov_ratio > 0:
+                out["cov_selected"] = token_masks.clip_cov_mask(
+                    cov, mask, ratio=cfg.clip_cov_ratio, lb=cfg.clip_cov_lb,
+                    ub=cfg.clip_cov_ub, seed=seed, dist=self.dist,
+                )  # fmt: skip
+            else:
+                out["cov_selected"] = token_masks.kl_cov_mask(
+                    cov, mask, ratio=cfg.kl_cov_ratio, dist=self.dist
+                )
+        return out
+
     def loss(self, micro: Mapping[str, torch.Tensor], n_tok: int, n_seq: int) -> L.LossOutput:
-        """Clipped surrogate (times the mismatch weights, when there are some) + (KL in the
-        loss) + entropy bonus of one micro-batch, normalised by the minibatch's global counts
-        ``n_tok`` / ``n_seq``."""
+        """The config's policy loss (times the mismatch weights, when there are some) + (KL in
+        the loss) + entropy bonus of one micro-batch, normalised by the minibatch's global
+        counts ``n_tok`` / ``n_seq``."""
         cfg = self.config
         with self.autocast():
             logp, ent = logprobs_and_entropy(
@@ -245,26 +330,56 @@ class PolicyGradientTrainer(RolloutTrainer):
             max_len=cfg.max_new_tokens,
         )
         advantages = micro["advantages"]
-        if "is_weights" in micro:  # w · clipped loss, as A·w (losses_correction)
+        if "is_weights" in micro:  # w · per-token loss, as A·w (losses.correction)
             advantages = LC.weighted_advantages(advantages, micro["is_weights"])
-        out = L.ppo_policy_loss(
-            logp,
-            micro["old_logprobs"],
-            advantages,
-            mask,
-            clip_low=cfg.clip_low,
-            clip_high=cfg.clip_high,
-            dual_clip=cfg.dual_clip,
-            log_ratio_clamp=cfg.log_ratio_clamp,
-            **kw,
-        )
+        weights = micro.get("token_weights")
+        out = self.policy_loss(logp, micro, advantages, mask, weights, kw)
         beta = self.kl_coef
         if beta > 0 and not cfg.kl_in_reward:
             out = out + L.kl_penalty(
                 logp, micro["ref_logprobs"], mask, coef=beta, estimator=cfg.kl_estimator,
                 clamp=cfg.kl_clamp, **kw,
             )  # fmt: skip
-        return out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, **kw)
+        return out + L.entropy_bonus(ent, mask, coef=cfg.entropy_coef, token_weights=weights, **kw)
+
+    def policy_loss(
+        self,
+        logp: torch.Tensor,
+        micro: Mapping[str, torch.Tensor],
+        adv: torch.Tensor,
+        mask: torch.Tensor,
+        weights: torch.Tensor | None,
+        kw: dict[str, Any],
+    ) -> L.LossOutput:
+        """The config's policy loss on the advantages ``adv``: the clipped surrogate at
+        ``importance_sampling_level`` (GSPO at the sequence level), its Clip-Cov / KL-Cov
+        variants, CISPO or SAPO. Each is linear in A for w ≥ 0, so the mismatch weights enter
+        as A·w (KL-Cov's |log r| penalty stays unweighted)."""
+        cfg = self.config
+        old = micro["old_logprobs"]
+        common: dict[str, Any] = dict(
+            log_ratio_clamp=cfg.log_ratio_clamp, token_weights=weights, **kw
+        )
+        if cfg.kl_cov_ratio > 0:
+            return L.kl_cov_loss(logp, old, adv, mask, selected=micro["cov_selected"],
+                                 ppo_kl_coef=cfg.ppo_kl_coef, **common)  # fmt: skip
+        if cfg.clip_cov_ratio > 0:
+            return L.clip_cov_loss(logp, old, adv, mask, selected=micro["cov_selected"],
+                                   clip_low=cfg.clip_low, clip_high=cfg.clip_high, **common)  # fmt: skip
+        level = cfg.importance_sampling_level
+        if cfg.policy_objective == "cispo":
+            lo, hi = cfg.cispo_bounds()
+            return L.cispo_loss(logp, old, adv, mask, ratio_min=lo, ratio_max=hi,
+                                importance_sampling_level=level, **common)  # fmt: skip
+        if cfg.policy_objective == "sapo":
+            return L.sapo_loss(
+                logp, old, adv, mask, temperature_pos=cfg.sapo_temperature_pos,
+                temperature_neg=cfg.sapo_temperature_neg, importance_sampling_level=level,
+                **common,
+            )  # fmt: skip
+        return L.ppo_policy_loss(logp, old, adv, mask, clip_low=cfg.clip_low,
+                                 clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                                 importance_sampling_level=level, **common)  # fmt: skip
 
 
 #: The name of :class:`PolicyGradientTrainer` before the estimator layer existed.

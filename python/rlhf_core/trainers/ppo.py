@@ -122,7 +122,8 @@ class PPOConfig(RLConfig):
         default="reward_model",
         metadata={
             "help": "initialise the value model from the reward model ('reward_model', when "
-            "one is among the reward sources) or from the policy ('policy')"
+            "one is among the reward sources; an ensemble's first member) or from the policy "
+            "('policy')"
         },
     )
 
@@ -158,6 +159,22 @@ class PPOConfig(RLConfig):
         )
 
 
+def _reward_model_of(source: Any) -> Any:
+    """The reward model a value model can start from: a ``RewardModel`` itself, a reward
+    ensemble's first member, or either inside a ``RewardModelScorer``; None otherwise."""
+    from rlhf_core.models import RewardModel
+    from rlhf_core.rewards import RewardModelScorer
+
+    if isinstance(source, RewardModelScorer):
+        source = source.reward_model
+    if isinstance(source, RewardModel):
+        return source
+    if isinstance(source, nn.Module) and getattr(source, "num_members", None) is not None:
+        member: nn.Module = source.member(0)  # type: ignore[operator]
+        return member
+    return None
+
+
 class PPOTrainer(PolicyGradientTrainer):
     """PPO with a value model, GAE and a KL penalty to a frozen reference.
 
@@ -191,7 +208,7 @@ class PPOTrainer(PolicyGradientTrainer):
         callbacks: Sequence[Any] | None = None,
         reward_processing_classes: Any = None,
     ) -> None:
-        from rlhf_core.models import RewardModel, ValueModel, same_tokenizer
+        from rlhf_core.models import ValueModel, same_tokenizer
 
         if value_model is None:
             # from the models as passed, before the base class wraps (or shards) them
@@ -199,15 +216,17 @@ class PPOTrainer(PolicyGradientTrainer):
             toks = reward_processing_classes
             if toks is None or not isinstance(toks, (list, tuple)):
                 toks = [toks] * len(items)
+            # a reward model (an ensemble's first member, a scorer's model) that reads the
+            # policy's tokens
             rms = [
-                r for r, t in zip(items, toks, strict=False)
-                if isinstance(r, RewardModel) and (t is None or same_tokenizer(t, tokenizer))
+                m for m, t in zip(map(_reward_model_of, items), toks, strict=False)
+                if m is not None and (t is None or same_tokenizer(t, tokenizer))
             ]  # fmt: skip
             if config.value_init == "reward_model" and rms:
                 value_model = ValueModel.from_reward_model(rms[0])
             else:
                 if config.value_init == "reward_model" and any(
-                    isinstance(r, RewardModel) for r in items
+                    _reward_model_of(r) is not None for r in items
                 ):
                     log.warning("ppo: the reward model reads another tokenizer than the "
                                 "policy's, so the value model starts from the policy")  # fmt: skip

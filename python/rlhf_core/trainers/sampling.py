@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_core import losses_correction as LC
 from rlhf_core import parallel as P
 from rlhf_core.generation import RolloutBackend
+from rlhf_core.losses import correction as LC
 from rlhf_core.rewards import (
     RewardModelScorer,
     TrainerState,
@@ -94,10 +94,11 @@ class RolloutTrainer(Trainer):
         reward_funcs: one reward source or a list: functions called as TRL calls them
             (``fn(completions, **kwargs) -> list[float | None]``, see
             :mod:`rlhf_core.rewards.functions`), :class:`rlhf_core.models.RewardModel`
-            instances (frozen; scored on the sampled token ids when their tokenizer is the
-            policy's, on the re-encoded texts otherwise) and/or ready
-            :class:`rlhf_core.rewards.RewardModelScorer` objects, weighted by
-            ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`).
+            / :class:`rlhf_core.models.RewardEnsemble` instances (frozen; scored on the
+            sampled token ids when their tokenizer is the policy's, on the re-encoded texts
+            otherwise) and/or ready :class:`rlhf_core.rewards.RewardModelScorer` objects,
+            weighted by ``config.reward_weights`` (:func:`rlhf_core.rewards.combine_rewards`;
+            weight 0 = logged, not optimised).
         reference: the frozen reference; default :func:`rlhf_core.models.make_reference` of
             ``policy`` as passed (so pass the same starting policy when resuming). None and no
             need for one (``config.needs_reference`` false: no KL optimised or logged): no
@@ -109,6 +110,11 @@ class RolloutTrainer(Trainer):
         reward_processing_classes: the tokenizer of each reward source (TRL's name), one
             per entry of ``reward_funcs`` or a single one; None (or a None entry) = the
             policy's tokenizer. Only reward models use theirs.
+        teacher_model: a frozen distillation teacher sharing the policy's tokenizer (a causal
+            LM, or a built-in name / local folder / Hub id loaded with
+            :func:`rlhf_core.models.load_policy`); its logprobs of the sampled tokens go into
+            the rollout (``teacher_logprobs``). With a teacher, ``reward_funcs`` may be empty
+            (distillation alone).
 
     Attributes:
         backend: the engine that samples when it is not the policy itself (a
@@ -127,12 +133,13 @@ class RolloutTrainer(Trainer):
         policy: nn.Module,
         tokenizer: Any,
         prompts: Any,
-        reward_funcs: RewardSource | Sequence[RewardSource],
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
         *,
         reference: nn.Module | None = None,
         eval_dataset: Any = None,
         callbacks: Sequence[Any] | None = None,
         reward_processing_classes: Any = None,
+        teacher_model: nn.Module | str | None = None,
     ) -> None:
         from rlhf_core.models import make_reference
 
@@ -149,10 +156,18 @@ class RolloutTrainer(Trainer):
                 f"the {w} processes cannot share equally: use a rollout_batch_size that is a "
                 f"multiple of num_samples × {w} = {config.num_samples * w}"
             )
-        self.reward_sources = self._reward_sources(reward_funcs, reward_processing_classes)
+        self.reward_sources = self._reward_sources(
+            reward_funcs, reward_processing_classes, may_be_empty=teacher_model is not None
+        )
         for fn in self.reward_sources:  # a signature that cannot be called fails here, not later
             if not isinstance(fn, RewardModelScorer):
                 check_reward_signature(fn, list(table.columns))
+        if config.overlong_buffer_len is not None:
+            from rlhf_core.rewards import soft_overlong_punishment
+
+            self.reward_sources.append(
+                soft_overlong_punishment(config.max_new_tokens, config.overlong_buffer_len)
+            )
         if config.generation_backend == "vllm" and self.dist.is_distributed:
             raise ValueError(
                 "generation_backend='vllm' under torchrun is not supported yet: an in-process "
@@ -168,6 +183,7 @@ class RolloutTrainer(Trainer):
                 reference if reference is not None else make_reference(policy)
             )
             self.reference.eval()
+        self.teacher = self._teacher(teacher_model, policy)
         self.policy = self.wrap_trained(policy)
         # every rank draws the same global prompts (same seed) and keeps its shard
         self.setup_optimization(self.policy, len(table))
@@ -180,11 +196,13 @@ class RolloutTrainer(Trainer):
             prompt_columns=table.columns,
             prompt_messages=table.messages,
             reward_sources=self.reward_sources,
+            reward_weights=self._reward_weights(),
             dist=self.dist,
             device=self.device,
             autocast=self.autocast,
             lockstep=self.lockstep_forwards,
             step_seed=step_seed,
+            teacher=self.teacher,
         )
         self.backend: RolloutBackend | None = None
         self._owns_backend = False
@@ -228,20 +246,57 @@ class RolloutTrainer(Trainer):
             lockstep=self.lockstep_forwards, step_seed=eval_step_seed,
         )  # fmt: skip
 
+    def _teacher(self, teacher: nn.Module | str | None, policy: nn.Module) -> nn.Module | None:
+        """The distillation teacher, loaded when named, frozen and placed like the reference."""
+        if teacher is None:
+            return None
+        if isinstance(teacher, str):
+            from rlhf_core.models import load_policy
+
+            teacher = load_policy(teacher, tokenizer=self.tokenizer, seed=self.config.seed)
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(
+                f"teacher_model is a {type(teacher).__name__}; expected a causal LM or a model "
+                "name / folder"
+            )
+        emb = getattr(teacher, "get_output_embeddings", lambda: None)()
+        vocab = None if emb is None else int(emb.weight.shape[0])
+        if vocab is not None and vocab < len(self.tokenizer):
+            raise ValueError(
+                f"teacher_model has {vocab} output tokens but the policy's tokenizer has "
+                f"{len(self.tokenizer)}: the teacher must score the policy's token ids (use a "
+                "teacher with the same tokenizer)"
+            )
+        teacher.requires_grad_(False)
+        out = self.wrap_frozen(teacher)
+        out.eval()
+        return out
+
     def _reward_sources(
-        self, reward_funcs: RewardSource | Sequence[RewardSource], processing_classes: Any = None
+        self,
+        reward_funcs: RewardSource | Sequence[RewardSource] | None,
+        processing_classes: Any = None,
+        *,
+        may_be_empty: bool = False,
     ) -> list[Callable[..., Any]]:
         """Reward functions as given; reward models frozen, placed like the other frozen models
         and wrapped as :class:`rlhf_core.rewards.RewardModelScorer` with their tokenizer
-        (``processing_classes``) and the policy's."""
+        (``processing_classes``) and the policy's (a reward ensemble as a
+        :class:`rlhf_core.rewards.ensemble.RewardEnsembleScorer` reduced by
+        ``config.ensemble_reduce``); a scorer given ready-made (e.g. a check model named
+        ``"check_model"``) has its model frozen and placed the same way. Empty only when
+        ``may_be_empty`` (a distillation teacher gives the signal)."""
         from rlhf_core.rewards import RewardModelScorer
+        from rlhf_core.rewards.ensemble import RewardEnsembleScorer
 
+        if reward_funcs is None:
+            reward_funcs = []
         items = (
             [reward_funcs]
             if callable(reward_funcs) or isinstance(reward_funcs, nn.Module)
             else list(reward_funcs)
         )
-        if not items:
+        if not items and not may_be_empty:
             raise ValueError("reward_funcs is empty: give at least one reward function or model")
         if processing_classes is None or not isinstance(processing_classes, (list, tuple)):
             processing_classes = [processing_classes] * len(items)
@@ -251,14 +306,30 @@ class RolloutTrainer(Trainer):
                 f"{len(items)} reward sources: give one tokenizer (or None) per source"
             )
         out: list[Callable[..., Any]] = []
+        cfg = self.config
         for i, (src, tok) in enumerate(zip(items, processing_classes, strict=True)):
-            if isinstance(src, nn.Module):
+            if isinstance(src, nn.Module) and getattr(src, "num_members", None) is not None:
+                src.to(self.device).eval().requires_grad_(False)
+                out.append(
+                    RewardEnsembleScorer(
+                        self.wrap_frozen(src),
+                        tok if tok is not None else self.tokenizer,
+                        reduce=cfg.ensemble_reduce,
+                        lam=cfg.ensemble_lambda,
+                    )
+                )
+            elif isinstance(src, nn.Module):
                 src.to(self.device).eval().requires_grad_(False)
                 out.append(RewardModelScorer(
                     self.wrap_frozen(src), tok if tok is not None else self.tokenizer,
                     policy_tokenizer=self.tokenizer,
-                    chat_template_kwargs=self.config.chat_template_kwargs,
+                    chat_template_kwargs=cfg.chat_template_kwargs,
                 ))  # fmt: skip
+            elif isinstance(src, RewardModelScorer):
+                model = src.reward_model
+                model.to(self.device).eval().requires_grad_(False)
+                src.reward_model = self.wrap_frozen(model)
+                out.append(src)
             elif callable(src):
                 out.append(src)
             else:
@@ -273,6 +344,16 @@ class RolloutTrainer(Trainer):
                 "sources: give one weight per reward function / model"
             )
         return out
+
+    def _reward_weights(self) -> list[float] | None:
+        """The collector's weights: ``reward_weights`` (None = all 1), plus
+        ``overlong_penalty_factor`` for the soft overlong punishment when it is on."""
+        cfg = self.config
+        if cfg.overlong_buffer_len is None:
+            return cfg.reward_weights
+        given = cfg.reward_weights
+        base = [1.0] * (len(self.reward_sources) - 1) if given is None else list(given)
+        return base + [cfg.overlong_penalty_factor]
 
     def collect(self, step: int, *, forward: bool = True) -> Rollout:
         """The step's rollout: its prompts (the same global draw on every rank) sampled,
@@ -304,8 +385,11 @@ class RolloutTrainer(Trainer):
         """:func:`rlhf_core.rewards.check_scorable_step` over every rank's samples: a step in
         which all are unscorable stops (every rank, with the same counts) unless
         ``allow_unscorable_steps``."""
-        weights = self.config.reward_weights or [1.0] * len(roll.score_parts)
-        names = list(roll.score_parts)
+        # one part per reward source; "<source>/<sub>" parts (an ensemble's members and
+        # disagreement) belong to their source. The collector's weights: reward_weights plus
+        # the overlong punishment's factor
+        names = [k for k in roll.score_parts if "/" not in k]
+        weights = self.collector.reward_weights or [1.0] * len(names)
         counts = [len(roll.scores), int(np.isnan(roll.scores).sum())] + [
             int(np.isnan(roll.score_parts[k]).sum()) if w != 0 else 0
             for k, w in zip(names, weights, strict=True)
@@ -382,7 +466,7 @@ class RolloutTrainer(Trainer):
     def engine_metrics(self, roll: Rollout) -> dict[str, float]:
         """What a rollout sampled by an engine logs: ``weight_sync/lag_steps`` (steps between
         the policy's weights and the engine's) and, once the trainer's logprobs are known, the
-        mismatch metrics of :func:`rlhf_core.losses_correction.mismatch_metrics` over the
+        mismatch metrics of :func:`rlhf_core.losses.correction.mismatch_metrics` over the
         global rollout (the correction options of the config, TRL's defaults where it has
         none). Empty when the policy sampled itself."""
         out = dict(self._engine_metrics)
@@ -391,7 +475,7 @@ class RolloutTrainer(Trainer):
         return out
 
     def mismatch_metrics(self, roll: Rollout) -> dict[str, float]:
-        """:func:`rlhf_core.losses_correction.mismatch_metrics` of the global rollout: the
+        """:func:`rlhf_core.losses.correction.mismatch_metrics` of the global rollout: the
         trainer's logprobs against the engine's, every response token."""
         lengths = gather(roll.response_lengths, self.dist)
         ours = gather(np.concatenate(roll.logprobs), self.dist)

@@ -77,6 +77,24 @@ fn bool_bytes<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyAr
     Ok(ro)
 }
 
+/// The flags of a 1-D bool array `obj` (checked by the bool rule), as a `Vec<bool>`.
+pub fn bools(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<bool>> {
+    if obj.cast::<PyArrayDyn<bool>>().is_err() {
+        return Err(to_py(CoreError::dtype(format!(
+            "{name} must be a bool array, got {}",
+            describe(obj)
+        ))));
+    }
+    let ro = bool_bytes(obj, name)?;
+    if ro.ndim() != 1 {
+        return Err(to_py(CoreError::shape(format!(
+            "{name} must be 1-D with one flag per sequence, got {} dimensions",
+            ro.ndim()
+        ))));
+    }
+    Ok(ro.as_array().iter().map(|&b| b != 0).collect())
+}
+
 /// Borrow `obj` as a readonly array of `T`, or fail with a `DtypeError` naming `name` and the
 /// `expected` dtype(s).
 pub fn typed<'py, T: Element>(

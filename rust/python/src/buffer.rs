@@ -28,10 +28,11 @@ use rlhf_core::kernels::group::Scale;
 use rlhf_core::kernels::kl::Estimator as KlEstimator;
 use rlhf_core::CoreError;
 
-use crate::arrays::{any_array, indices, AnyArray};
+use crate::arrays::{any_array, bools, indices, AnyArray};
 use crate::convert::{column_to_numpy, int64_numpy, parse, vec_to_numpy, Wrap};
 use crate::errors::{to_py, IntoPyResult};
 use crate::gil::{run_kernel, without_gil};
+use crate::select::{counts, FilterCounts};
 use crate::state::{column_from, parts_from_dict, parts_to_dict};
 use crate::tokens::{token_arg, TokenArg};
 
@@ -248,6 +249,33 @@ impl PyRolloutBuffer {
         self.write(py, "RolloutBuffer.reserve", |b| {
             b.reserve(sequences, prompt_tokens, response_tokens)
         })
+    }
+
+    /// Keep the sequences flagged in `keep` (bool, N), compacting every field in place.
+    fn retain(&self, py: Python<'_>, keep: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let keep = bools(keep, "keep")?;
+        self.write(py, "RolloutBuffer.retain", |b| b.retain_sequences(&keep))
+    }
+
+    /// Keep the first `n` sequences, in place.
+    fn truncate(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+        self.write(py, "RolloutBuffer.truncate", |b| b.truncate_sequences(n))
+    }
+
+    /// Drop the groups whose scores are all equal (or whose std is at most `min_std`), in
+    /// place; returns the keep flag of every former sequence and
+    /// `(num_groups, kept_groups, kept_rows)`.
+    #[pyo3(signature = (min_std=0.0))]
+    fn filter_groups<'py>(
+        &self,
+        py: Python<'py>,
+        min_std: f64,
+    ) -> PyResult<(Bound<'py, PyAny>, FilterCounts)> {
+        let (keep, c) = self.write(py, "RolloutBuffer.filter_groups", |b| {
+            b.filter_groups(min_std)
+        })?;
+        let n = keep.len();
+        Ok((vec_to_numpy(py, keep, &[n])?, counts(c)))
     }
 
     /// Offsets (int64, N+1) of `"prompt"` or `"response"` tokens (a copy).

@@ -12,6 +12,7 @@
 //! | [`state`] | checkpoint dicts of the buffer, the sampler and running moments |
 //! | [`pool`] | the output block cache of the kernels |
 //! | [`kernels`] | the kernel functions (`gae`, `group_advantages`, `masked_whiten`, ...) |
+//! | [`select`] | the selection kernels (`informative_groups`, `quantile`, `top_k_mask`) |
 //! | [`running`] | `RunningMoments` |
 //! | [`buffer`] | `_RolloutBuffer` |
 //! | [`plan`] | `_Sampler`, `balanced_partition`, `pack_sequences`, ... |
@@ -27,6 +28,7 @@ mod kernels;
 mod plan;
 mod pool;
 mod running;
+mod select;
 mod state;
 mod tokens;
 
@@ -84,6 +86,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     register_settings(m)?;
     kernels::register(m)?;
+    select::register(m)?;
     running::register(m)?;
     buffer::register(m)?;
     plan::register(m)?;

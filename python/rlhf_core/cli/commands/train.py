@@ -30,6 +30,13 @@ from rlhf_core.cli.loading import (
     load_tokenizer_for,
 )
 from rlhf_core.cli.outputs import already_finished, card_fields, finish_training, save_model
+from rlhf_core.cli.reward_models import (
+    add_check_model,
+    ensemble_reward_model,
+    new_check_model,
+    split_for_check,
+    train_check_model,
+)
 from rlhf_core.cli.run_configs import (
     BestOfNRunConfig,
     DPORunConfig,
@@ -41,6 +48,7 @@ from rlhf_core.cli.run_configs import (
     SFTRunConfig,
 )
 from rlhf_core.models import (
+    RewardEnsemble,
     RewardModel,
     ValueModel,
     merged_copy,
@@ -50,6 +58,7 @@ from rlhf_core.models import (
 from rlhf_core.models.head_files import HEAD_CONFIG, SCORE_META
 from rlhf_core.models.hub import optional_file
 from rlhf_core.trainers.best_of_n import BestOfNTrainer
+from rlhf_core.trainers.callbacks import GoldFreeEarlyStop
 from rlhf_core.trainers.dpo import DPOTrainer
 from rlhf_core.trainers.grpo import GRPOTrainer, ReinforcePPTrainer, RLOOTrainer
 from rlhf_core.trainers.ppo import PPOTrainer
@@ -127,38 +136,62 @@ def run_sft(cfg: SFTRunConfig) -> int:
 
 
 def run_reward(cfg: RewardRunConfig) -> int:
-    """``rlhf-core reward``: a fresh head on ``cfg.model``'s body (or a reward model, continued);
-    the reward model goes to ``run_dir/reward_model`` as an
-    ``AutoModelForSequenceClassification`` checkpoint. With LoRA the adapters (and the score
+    """``rlhf-core reward``: a fresh head on ``cfg.model``'s body (or a reward model, continued;
+    ``--ensemble K``: K heads); the reward model goes to ``run_dir/reward_model`` (a single one
+    as an ``AutoModelForSequenceClassification`` checkpoint), a check model
+    (``--check_fraction``) to ``run_dir/check_model``. With LoRA the adapters (and the score
     head) go to ``run_dir/adapter`` (a PEFT folder for a sequence-classification base), and
     with ``merge_lora`` the merged reward model to ``run_dir/reward_model``."""
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
-    if not is_builtin(cfg.model) and _is_scalar_model(cfg.model, cfg.revision):
+    rm: Any = ensemble_reward_model(
+        cfg, lambda: load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
+    )
+    if rm is None and not is_builtin(cfg.model) and _is_scalar_model(cfg.model, cfg.revision):
         rm = load_scalar_model(RewardModel, cfg.model, "model", cfg)
-    else:
+    elif rm is None:
         policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
         rm = RewardModel.from_policy(policy, seed=cfg.seed)
     pairs = load_pairs(cfg.dataset, cfg, tok)
-    trainer = RewardTrainer(cfg, rm, tok, pairs, eval_pairs=load_eval_pairs(cfg, tok))
+    pairs, check, held = split_for_check(cfg, pairs, load_eval_pairs(cfg, tok))
+    checker = new_check_model(cfg, rm) if check is not None else None  # the untrained body
+    trainer = RewardTrainer(cfg, rm, tok, pairs, eval_pairs=held)
     res = trainer.train()
+    saved: dict[str, pathlib.Path] = {}
+    if checker is not None and check is not None:  # in RUN_DIR/check, once RUN_DIR is a run's
+        saved["check model"] = train_check_model(cfg, tok, checker, check, held)
     if res.already_finished:
         return already_finished("reward", res)
     card = card_fields("reward", cfg, res, [cfg.dataset, cfg.eval_dataset])
     run = pathlib.Path(cfg.run_dir)
     peft = peft_model_of(trainer.model)
-    if peft is None:
-        saved = {"reward model": save_model(rm, tok, run / "reward_model", card)}
+    if isinstance(rm, RewardEnsemble):
+        out = run / "reward_model"
+        save_model(_WithMembers(rm) if cfg.save_members else rm, tok, out)
+        saved = {"reward model": out, **saved}
+    elif peft is None:
+        saved = {"reward model": save_model(rm, tok, run / "reward_model", card), **saved}
     else:
         saved = {
             "LoRA adapter (PEFT, sequence classification)": save_model(
                 peft, tok, run / "adapter", card
-            )
+            ),
+            **saved,
         }
         if cfg.merge_lora:
             merged = merged_reward_model(trainer.model)
             saved["merged reward model"] = save_model(merged, tok, run / "reward_model", card)
     keys = ["loss", "accuracy", "margin", "eval/accuracy", "eval/margin", "grad_norm"]
     return finish_training("reward", cfg, res, keys, saved)
+
+
+class _WithMembers:
+    """An ensemble whose ``save_pretrained`` also writes each member's folder."""
+
+    def __init__(self, ensemble: RewardEnsemble) -> None:
+        self.ensemble = ensemble
+
+    def save_pretrained(self, path: str) -> None:
+        self.ensemble.save_pretrained(path, members=True)
 
 
 def run_dpo(cfg: DPORunConfig) -> int:
@@ -182,6 +215,7 @@ def run_dpo(cfg: DPORunConfig) -> int:
 _RL_KEYS = [
     "reward/mean",
     "kl",
+    "teacher_kl",
     "response_length/mean",
     "entropy",
     "policy_loss",
@@ -198,7 +232,7 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
     policy = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
     prompts = load_prompt_rows(cfg, tok)
-    sources = load_reward_sources(cfg)
+    sources = add_check_model(cfg, load_reward_sources(cfg), tok)
     kwargs: dict[str, Any] = {
         "reference": load_reference(cfg, tok),
         "eval_dataset": load_eval_prompt_rows(cfg, tok),
@@ -210,12 +244,21 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
         ]
     if getattr(cfg, "value_model", None):
         kwargs["value_model"] = load_scalar_model(ValueModel, cfg.value_model, "value_model", cfg)
+    if getattr(cfg, "teacher_model", None):
+        kwargs["teacher_model"] = load_model(
+            cfg.teacher_model, tok, seed=cfg.seed, field_name="teacher_model", cfg=cfg
+        )
+    if getattr(cfg, "gold_free_stop", False):
+        on = "eval" if cfg.eval_dataset and cfg.eval_steps else "step"
+        kwargs["callbacks"] = [GoldFreeEarlyStop(on=on, **cfg.gold_free_rule())]
     trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
     if res.already_finished:
         return already_finished(name, res)
     card = card_fields(name, cfg, res, [cfg.dataset, cfg.eval_dataset])
     saved = _save_policy(cfg, trainer.policy, policy, tok, card)
+    if res.stopped_early and (pathlib.Path(cfg.run_dir) / "gold_free_best").is_dir():
+        saved["model kept by the gold-free stop"] = pathlib.Path(cfg.run_dir) / "gold_free_best"
     keys = list(_RL_KEYS) + [
         k for k in res.metrics if k.startswith("reward/") and k not in _RL_KEYS
     ]

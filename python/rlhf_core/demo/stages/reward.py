@@ -1,8 +1,13 @@
-"""Stage 3, the proxy reward model: a :class:`~rlhf_core.models.RewardModel` on the SFT
-body learns the training pairs' labels (Bradley-Terry loss). Saves ``reward/reward_model/``;
-its results are the held-out accuracy (next to the noise ceiling), the training accuracy of
-the last 10% of steps, the held-out accuracy curve, and how often the model orders held-out
-pairs like the noise-free gold reward."""
+"""Stage 3, the proxy reward model and the check model. The training pairs are split
+(:func:`~rlhf_core.trainers.reward.split_check_pairs`, ``check_fraction``): the proxy, an
+ensemble of ``ensemble`` reward heads on the SFT body (:class:`~rlhf_core.models.
+RewardEnsemble`, each head on its own bootstrap resample of the proxy's part), learns one part;
+an independent check model (one reward model on its own copy of the SFT body) learns the other.
+Both are measured on the same held-out pairs. Saves ``reward/reward_model/`` (the ensemble) and
+``reward/check_model/``; the results are the proxy's held-out accuracy (its members' mean score)
+next to the noise ceiling, the members' mean accuracy and disagreement, the training accuracy
+of the last 10% of steps, the held-out accuracy curve, how often the proxy orders held-out pairs
+like the noise-free gold reward, and the check model's accuracy."""
 
 from __future__ import annotations
 
@@ -18,49 +23,53 @@ __all__ = ["train_reward_model"]
 
 def train_reward_model(
     run: Run, policy: Any, train: list[dict], held: list[dict], prefs: dict[str, Any]
-) -> tuple[Any, dict[str, Any]]:
-    """Train (or load, when done) the proxy on ``train``, measured on ``held``; ``prefs`` are
-    the preference stage's results. Returns the reward model and the stage's results."""
-    from rlhf_core.models import RewardModel
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train (or load, when done) the proxy and the check model on ``train``, measured on
+    ``held``; ``prefs`` are the preference stage's results. Returns the proxy (a
+    ``RewardEnsemble``, or a ``RewardModel`` when ``ensemble`` is 1), the check model (None
+    when ``check_fraction`` is 0) and the stage's results."""
+    from rlhf_core.models import load_reward_model
     from rlhf_core.monitor import read_metrics
     from rlhf_core.rewards import RewardModelScorer
-    from rlhf_core.trainers.reward import RewardConfig, RewardTrainer
+    from rlhf_core.rewards.ensemble import RewardEnsembleScorer
+    from rlhf_core.trainers.reward import split_check_pairs
 
     c = run.cfg.reward
-    run.header(f"proxy reward model: Bradley-Terry on the SFT body ({c.steps} steps)")
-    rm_dir = run.root / "reward" / "reward_model"
-    data = run.done("reward")
-    if data is not None and rm_dir.is_dir():
-        run.say(f"  done before: held-out accuracy {data['accuracy']:.3f}")
-        return RewardModel.from_pretrained(rm_dir).to(run.device()), data
-    t0 = time.time()
-    rm = RewardModel.from_policy(policy, seed=run.cfg.seed)
-    fields = run.trainer_fields("reward")
-    fields["progress_bar"] = run.cfg.progress_bar
-    trainer = RewardTrainer(
-        RewardConfig(
-            **fields,
-            total_steps=c.steps,
-            batch_size=c.batch_size,
-            learning_rate=c.learning_rate,
-            lr_scheduler="cosine",
-            warmup_steps=min(10, c.steps - 1),
-            eval_every=c.eval_every,
-            save_every=max(1, c.steps // 4),
-        ),
-        rm,
-        run.tok,
-        train,
-        eval_pairs=held,
+    what = f"an ensemble of {c.ensemble} heads" if c.ensemble > 1 else "one reward model"
+    check_note = (
+        f" + a check model on {c.check_fraction:.0%} of the pairs" if c.check_fraction else ""
     )
-    trainer.train()
-    rows = read_metrics(run.root / "reward")
+    run.header(f"proxy reward model: {what} on the SFT body{check_note} ({c.steps} steps)")
+    folder = run.root / "reward"
+    rm_dir, check_dir = folder / "reward_model", folder / "check_model"
+    data = run.done("reward")
+    if data is not None and rm_dir.is_dir() and (check_dir.is_dir() or not c.check_fraction):
+        run.say(f"  done before: held-out accuracy {data['accuracy']:.3f}")
+        check = load_reward_model(check_dir).to(run.device()) if c.check_fraction else None
+        return load_reward_model(rm_dir).to(run.device()), check, data
+    t0 = time.time()
+    proxy_pairs, check_pairs = (
+        split_check_pairs(train, c.check_fraction, run.cfg.seed)
+        if c.check_fraction
+        else (train, [])
+    )
+    rm, final = _train(run, policy, "reward", proxy_pairs, held, c.ensemble)
+    check_acc = None
+    check = None
+    if check_pairs:
+        check, check_final = _train(run, policy, "reward/check", check_pairs, held, 1, 1)
+        check_acc = check_final["accuracy"]
+        run.save_model(check, check_dir)
+    rows = read_metrics(folder)
     curve = [(int(r["step"]), float(r["eval/accuracy"])) for r in rows if "eval/accuracy" in r]
     accs = [float(r["accuracy"]) for r in rows if "accuracy" in r]
     train_acc = float(np.mean(accs[-max(1, len(accs) // 10) :])) if accs else None
-    final = trainer.evaluate()
     # agreement with the noise-free gold order (what the labels only sample)
-    scorer = RewardModelScorer(rm, run.tok, batch_size=64)
+    scorer: Any = (
+        RewardEnsembleScorer(rm, run.tok, batch_size=64)
+        if c.ensemble > 1
+        else RewardModelScorer(rm, run.tok, batch_size=64)
+    )
     prompts = [r["prompt"] for r in held]
     pc = np.array(scorer(prompts, [r["chosen"] for r in held]))
     pr = np.array(scorer(prompts, [r["rejected"] for r in held]))
@@ -74,6 +83,12 @@ def train_reward_model(
             "accuracy": final["accuracy"],
             "margin": final["margin"],
             "num_pairs": len(held),
+            "num_train_proxy": len(proxy_pairs),
+            "num_train_check": len(check_pairs),
+            "ensemble": c.ensemble,
+            "member_accuracy": final.get("member_accuracy"),
+            "margin_std": final.get("margin_std"),
+            "check_accuracy": check_acc,
             "ceiling": prefs["ceiling"],
             "train_accuracy": train_acc,
             "gold_order_accuracy": gold_order,
@@ -82,8 +97,63 @@ def train_reward_model(
         t0,
     )
     shown = gold_order if gold_order is not None else float("nan")
-    run.say(
-        f"  held-out accuracy {final['accuracy']:.3f} (noise ceiling {prefs['ceiling']:.3f}, "
-        f"chance 0.5); agrees with the noise-free gold order on {shown:.3f} of pairs"
+    members = (
+        f"; its {c.ensemble} members {final['member_accuracy']:.3f} on average"
+        if "member_accuracy" in final
+        else ""
     )
-    return rm, data
+    run.say(
+        f"  held-out accuracy {final['accuracy']:.3f}{members} (noise ceiling "
+        f"{prefs['ceiling']:.3f}, chance 0.5); agrees with the noise-free gold order on "
+        f"{shown:.3f} of pairs"
+        + (f"; check model {check_acc:.3f}" if check_acc is not None else "")
+    )
+    return rm, check, data
+
+
+def _train(
+    run: Run,
+    policy: Any,
+    name: str,
+    pairs: list[Any],
+    held: list[dict],
+    members: int,
+    head_seed: int = 0,
+) -> tuple[Any, dict[str, float]]:
+    """Train a reward model (``members`` > 1: an ensemble) on the SFT ``policy``'s body in the
+    folder ``<run_dir>/<name>``; returns it and its final held-out metrics. A trainer that had
+    finished before (the stage was interrupted after it) gets its final checkpoint back."""
+    from rlhf_core.checkpoint import latest_checkpoint
+    from rlhf_core.models import RewardEnsemble, RewardModel
+    from rlhf_core.trainers.reward import RewardConfig, RewardTrainer
+
+    c = run.cfg.reward
+    seed = run.cfg.seed + head_seed
+    model: Any = (
+        RewardEnsemble.from_policy(policy, members, seed=seed)
+        if members > 1
+        else RewardModel.from_policy(policy, seed=seed)
+    )
+    fields = run.trainer_fields(name)
+    fields["progress_bar"] = run.cfg.progress_bar
+    trainer = RewardTrainer(
+        RewardConfig(
+            **fields,
+            total_steps=c.steps,
+            batch_size=c.batch_size,
+            learning_rate=c.learning_rate,
+            lr_scheduler="cosine",
+            warmup_steps=min(10, c.steps - 1),
+            eval_every=c.eval_every,
+            save_every=max(1, c.steps // 4),
+        ),
+        model,
+        run.tok,
+        pairs,
+        eval_pairs=held,
+    )
+    if trainer.train().already_finished:
+        found = latest_checkpoint(run.root / name)
+        if found is not None:
+            trainer.load(found)
+    return model, trainer.evaluate()

@@ -287,6 +287,22 @@ impl Column {
         Ok(())
     }
 
+    /// Keep the elements of `segments` (start, len), in order, moving them to the front in
+    /// place and dropping the rest. The segments must be increasing and disjoint (those of
+    /// kept sequences, in buffer order); no allocation, no copy out.
+    pub(crate) fn retain_segments(&mut self, segments: &[(usize, usize)]) {
+        each_column!(self, v => {
+            let mut w = 0usize;
+            for &(start, len) in segments {
+                if start != w {
+                    v.copy_within(start..start + len, w);
+                }
+                w += len;
+            }
+            v.truncate(w);
+        })
+    }
+
     /// Bitwise equality (NaN equals NaN with the same bits); what an exact round trip means.
     pub fn bits_eq(&self, other: &Column) -> bool {
         match (self, other) {

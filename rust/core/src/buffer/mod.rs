@@ -25,6 +25,7 @@
 //! | [`schema`] | field levels, known fields and dtypes, reserved names, the schema checks |
 //! | [`input`] | what an add takes and its validation |
 //! | [`store`] | the buffer: add, clear, reset, set advantages, lookups |
+//! | [`filter`] | keeping a subset of the sequences in place (dynamic sampling's group filter) |
 //! | [`valid`] | which response tokens count (the one rule) |
 //! | [`parts`] | the pieces a checkpoint saves, and back |
 //! | [`estimators`] | the typed options of each advantage estimator |
@@ -33,12 +34,13 @@
 //! | [`materialize`] | planned batches as padded or packed arrays |
 //!
 //! Imports point one way: `column` ← `schema` ← `input` ← `store` ← `valid`, `parts`,
-//! `summary`, `advantages`, `materialize` (the store knows neither its reports nor its
+//! `summary`, `advantages`, `materialize`, `filter` (the store knows neither its reports nor its
 //! estimators); `estimators` needs only the kernels.
 
 pub mod advantages;
 pub mod column;
 pub mod estimators;
+pub mod filter;
 pub mod input;
 pub mod materialize;
 pub mod parts;

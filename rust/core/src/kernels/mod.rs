@@ -11,6 +11,7 @@
 //! | [`describe`] | moments with min / max of a set of values, for logging summaries |
 //! | [`tokens`] | broadcast one value per sequence to its tokens; reduce tokens to sequences |
 //! | [`running`] | mergeable running moments |
+//! | [`select`] | informative groups (dynamic sampling), linear quantile, top-k |
 //!
 //! Conventions: each option's default (the value the Python API uses) and the framework it
 //! matches. Each kernel's module states its formula and edge cases.
@@ -41,5 +42,6 @@ pub mod group;
 pub mod kl;
 pub mod returns;
 pub mod running;
+pub mod select;
 pub mod stats;
 pub mod tokens;

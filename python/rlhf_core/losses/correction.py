@@ -61,8 +61,7 @@ Metrics (:func:`mismatch_metrics`), spelled as the anchors spell them: TRL's
 ``sampling/importance_sampling_ratio/{min,mean,max}``, verl's ``rollout_corr/kl``,
 ``rollout_corr/k3_kl``, ``rollout_corr/chi2_{token,seq}`` and ``rollout_corr/rollout_is_*``.
 
-This module imports only torch. It will move into the ``losses`` package as
-``losses/correction.py``; until then it is ``rlhf_core.losses_correction``.
+This module imports only torch.
 """
 
 from __future__ import annotations
