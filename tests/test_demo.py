@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, D.DemoResult]:
     run = tmp_path_factory.mktemp("demo") / "quick"
-    cfg = D.load_demo_config(quick=True, overrides={"run_dir": str(run), "progress_bar": False})
+    # the stages after the baseline run in two worker processes (the default on 2 cores)
+    overrides = {"run_dir": str(run), "progress_bar": False, "workers": 2}
+    cfg = D.load_demo_config(quick=True, overrides=overrides)
     with open(run.parent / "out.txt", "w") as out:
         result = D.run_demo(cfg, out=out)
     return run, result
@@ -210,6 +214,107 @@ def test_interrupted_demo_resumes_from_its_stages(
     # DPO had finished training (its checkpoint and evals are kept): same curve, no retraining
     assert [p.gold for p in again["DPO"].points] == [p["gold"] for p in orig["DPO"]["points"]]
     assert res.report.timings["sft"] == first.report.timings["sft"]
+
+
+def _copy_run(run: pathlib.Path, copy: pathlib.Path, drop: list[str]) -> None:
+    """Copy a finished demo folder to ``copy`` (its config naming the new folder), without
+    the report and the stages ``drop`` (``stage.json`` and everything else of theirs)."""
+    import shutil
+
+    shutil.copytree(run, copy)
+    cfg_text = (copy / "config.toml").read_text().replace(str(run), str(copy))
+    (copy / "config.toml").write_text(cfg_text)
+    (copy / "report.json").unlink()
+    for stage in drop:
+        shutil.rmtree(copy / stage)
+
+
+_PARALLEL = ["best_of_n", "ppo", "grpo", "dpo", "arithmetic"]
+
+
+def _stage_results(run: pathlib.Path, stage: str) -> dict:
+    data = json.loads((run / stage / "stage.json").read_text())
+    data.pop("seconds")
+    return data
+
+
+@pytest.mark.slow
+def test_stages_in_workers_equal_one_process(
+    quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
+) -> None:
+    """The fixture ran the stages after the baseline in two workers; run again in this
+    process (same thread count), every result is the same to the last bit."""
+    run, first = quick
+    assert "worker processes side by side" in (run.parent / "out.txt").read_text()
+    assert {p.stem for p in (run / "logs").glob("*.log")} == set(_PARALLEL)
+    copy = tmp_path / "copy"
+    _copy_run(run, copy, _PARALLEL)
+    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 1}
+    with open(tmp_path / "out.txt", "w") as out:
+        res = D.run_demo(D.load_demo_config(quick=True, overrides=overrides), out=out)
+    assert sorted(res.report.timings) == sorted(first.report.timings)
+    assert "worker processes" not in (tmp_path / "out.txt").read_text()
+    for stage in _PARALLEL:
+        assert _stage_results(copy, stage) == _stage_results(run, stage), stage
+    assert _report(copy)["curves"] == _report(run)["curves"]
+
+
+@pytest.mark.slow
+def test_failing_worker_names_its_stage_and_leaves_no_process(
+    quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
+) -> None:
+    import multiprocessing as mp
+
+    from rlhf_core.demo.workers import DemoStageError
+
+    run, _ = quick
+    copy = tmp_path / "copy"
+    _copy_run(run, copy, ["ppo", "grpo"])
+    (copy / "ppo").write_text("a file where PPO's folder goes")  # PPO fails at once
+    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 2}
+    cfg = D.load_demo_config(quick=True, overrides=overrides)
+    with pytest.raises(DemoStageError, match="demo stage 'ppo' failed") as info:
+        with open(tmp_path / "out.txt", "w") as out:
+            D.run_demo(cfg, out=out)
+    assert "rerun the same command to resume" in str(info.value)
+    assert "Traceback" in str(info.value)  # the end of the worker's log
+    assert mp.active_children() == []
+
+
+@pytest.mark.slow
+def test_interrupted_workers_are_stopped(
+    quick: tuple[pathlib.Path, D.DemoResult],
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C (here: KeyboardInterrupt while waiting for the workers) ends every worker."""
+    import io
+    import multiprocessing as mp
+    import multiprocessing.connection
+    import re
+
+    run, _ = quick
+    copy = tmp_path / "copy"
+    _copy_run(run, copy, ["ppo", "grpo"])
+
+    real_wait, calls = multiprocessing.connection.wait, []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the demo's wait for its workers (later: join's own waits)
+            raise KeyboardInterrupt
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(multiprocessing.connection, "wait", interrupted)
+    out = io.StringIO()
+    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 2}
+    with pytest.raises(KeyboardInterrupt):
+        D.run_demo(D.load_demo_config(quick=True, overrides=overrides), out=out)
+    pids = [int(p) for p in re.findall(r"started \(process (\d+)\)", out.getvalue())]
+    assert len(pids) == 2 and mp.active_children() == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 # --------------------------------------------------------------------------------------------

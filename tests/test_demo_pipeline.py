@@ -133,11 +133,13 @@ def test_header_counts_the_stages(tmp_path: pathlib.Path) -> None:
 
 def test_check_run_dir(tmp_path: pathlib.Path) -> None:
     run = make_run(tmp_path)
+    run.root.mkdir()
+    (run.root / "run.lock").write_text("")  # `rlhf-core demo` locks its new folder first
     run.check_run_dir()
     saved = run.root / "config.toml"
     assert saved.is_file()
     # the same config again, or one differing only in fields that change nothing saved
-    make_run(tmp_path, threads=2, progress_bar=True).check_run_dir()
+    make_run(tmp_path, threads=2, progress_bar=True, workers=1).check_run_dir()
     with pytest.raises(FileExistsError, match=r"ppo\.steps: 8 -> 3"):
         make_run(tmp_path, **{"ppo.steps": 3}).check_run_dir()
     with pytest.raises(FileExistsError, match="--resume true"):
@@ -146,3 +148,20 @@ def test_check_run_dir(tmp_path: pathlib.Path) -> None:
     (run.root / "other.txt").write_text("x")
     with pytest.raises(FileExistsError, match="holds no demo config.toml"):
         make_run(tmp_path).check_run_dir()
+
+
+def test_workers_default_to_two_on_a_cpu_with_a_core_to_spare(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlhf_core.demo import workers as W
+
+    cfg = make_run(tmp_path).cfg
+    monkeypatch.setattr(W.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(W.os, "getloadavg", lambda: (1.1, 1.0, 1.0))  # the demo alone
+    assert W.resolve_workers(cfg) == 2
+    monkeypatch.setattr(W.os, "getloadavg", lambda: (9.5, 9.0, 9.0))  # a busy machine
+    assert W.resolve_workers(cfg) == 1
+    assert W.resolve_workers(load_demo_config(overrides={"workers": 3})) == 3
+    monkeypatch.setattr(W.os, "cpu_count", lambda: 1)
+    assert W.resolve_workers(cfg) == 1
+    assert W.worker_threads(cfg, 2) == cfg.threads == 1

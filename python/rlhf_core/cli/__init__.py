@@ -249,6 +249,7 @@ def _run(cmd: Command, cfg: Any) -> int:
     run folder and writes its shared files (the trainer and :mod:`rlhf_core.cli.outputs` see
     to that), every rank trains."""
     from rlhf_core.checkpoint import CheckpointError  # torch
+    from rlhf_core.demo.workers import DemoStageError
     from rlhf_core.monitor.tracking import TrackerNotInstalledError, require_backends
     from rlhf_core.rewards import RewardFunctionError, UnscorableStepError
     from rlhf_core.run_dir import RunDirError, check_run_dir_path, release_run_dir
@@ -277,7 +278,7 @@ def _run(cmd: Command, cfg: Any) -> int:
         _error(name, exc)
         return 2
     except (DataError, RewardFunctionError, CheckpointError, RunDirError, UnscorableStepError,
-            FileExistsError, FileNotFoundError) as exc:  # fmt: skip
+            FileExistsError, FileNotFoundError, DemoStageError) as exc:  # fmt: skip
         _error(name, exc)
         return 1
     except KeyboardInterrupt:

@@ -392,6 +392,15 @@ class DemoConfig:
             "slow every step down"
         },
     )
+    workers: int = field(
+        default=0,
+        metadata={
+            "help": "processes that run the stages after the baseline (best-of-N, PPO, GRPO, "
+            "DPO, arithmetic) side by side, each with `threads` threads; their results are the "
+            "same as in one process. 0 = min(2, CPU count) on the CPU when a core is spare (load "
+            "average), else 1; 1 on a GPU; 1 = one after the other in this process"
+        },
+    )
     sft: DemoSFT = field(default_factory=DemoSFT, metadata={"help": "stage 1: SFT"})
     preferences: DemoPreferences = field(
         default_factory=DemoPreferences, metadata={"help": "stage 2: gold-labelled pairs"}
@@ -426,6 +435,9 @@ class DemoConfig:
         check_field(ok, "device", self.device, "expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
         check_field(
             self.threads >= 0, "threads", self.threads, "expected >= 0 (0 = torch's default)"
+        )
+        check_field(
+            self.workers >= 0, "workers", self.workers, "expected >= 0 (0 = min(2, CPU count))"
         )
 
 

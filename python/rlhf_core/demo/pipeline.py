@@ -30,7 +30,9 @@ from rlhf_core.demo.config import DemoConfig, flatten
 __all__ = ["Run", "latest_step"]
 
 #: Config fields that may differ between a run and its resumption (they change nothing saved).
-_FREE_FIELDS = {"run_dir", "resume", "progress_bar", "tensorboard", "device", "threads"}
+_FREE_FIELDS = {
+    "run_dir", "resume", "progress_bar", "tensorboard", "device", "threads", "workers"
+}  # fmt: skip
 
 
 def latest_step(run_dir: pathlib.Path) -> int:
@@ -77,6 +79,10 @@ class Run:
         """Whether every stage and the report were already written (a rerun trains nothing)."""
         stages = all(self.stage_file(s).is_file() for s in self.expected_stages())
         return stages and (self.root / "report.json").is_file()
+
+    def stages_done(self) -> None:
+        """Called once every stage has run, before the report (a worker process's run of
+        :mod:`rlhf_core.demo.workers` stops here)."""
 
     # ---- console ------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -208,6 +214,7 @@ class Run:
         """Refuse a folder that holds something else than a demo of this config (or any demo
         when ``resume`` is off); then save the resolved config as ``config.toml``."""
         from rlhf_core.config import ConfigError, config_to_dict, dump_config, load_config
+        from rlhf_core.run_dir import LOCK_FILE
 
         saved = self.root / "config.toml"
         if saved.is_file():
@@ -232,7 +239,8 @@ class Run:
                     f"{self.root} holds a demo run with a different config ({shown}); choose "
                     "another --run-dir (or delete that folder) to run this config"
                 )
-        elif self.root.is_dir() and any(self.root.iterdir()):
+        elif self.root.is_dir() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
+            # (the CLI locks the folder first: its run.lock alone is no other content)
             raise FileExistsError(
                 f"{self.root} exists and is not empty but holds no demo config.toml; choose "
                 "another --run-dir"

@@ -24,6 +24,7 @@ from rlhf_core.demo.stages.reward import train_reward_model
 from rlhf_core.demo.stages.rl import train_rl
 from rlhf_core.demo.stages.sft import train_sft
 from rlhf_core.demo.stopping import gold_free_stop
+from rlhf_core.demo.workers import run_in_workers
 
 __all__ = ["DemoResult", "run_demo", "build_report"]
 
@@ -97,6 +98,7 @@ def _run(run: Run) -> DemoResult:
     )
     lang = LanguageEval(run, scorer, make_reference(sft), checker)
     baseline = evaluate_baseline(run, lang, sft)
+    run_in_workers(run)  # workers > 1: the next stages run side by side first, then are read back
     results: dict[str, dict[str, Any]] = {}
     for m in cfg.methods:
         if m == "best_of_n":
@@ -106,6 +108,7 @@ def _run(run: Run) -> DemoResult:
         elif m == "dpo":
             results[m] = train_dpo(run, lang, sft, train, baseline)
     arith = arithmetic(run) if cfg.arithmetic.enabled else None
+    run.stages_done()  # in a worker process (demo.workers) its one stage is done: it stops here
     run.header("report")
     rep = build_report(run, len(lang.prompts), baseline, results, rm_data, arith)
     path = R.write_report(run.root, rep)
