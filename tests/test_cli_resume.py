@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import pytest
@@ -157,3 +158,25 @@ def test_a_resume_from_another_folder_reads_the_same_reward_file(
     # the same command line from another folder names another file: refused, naming it
     rc, out = run([*args, "--total_steps", "3"], capsys)
     assert rc == 1 and "reward_funcs" in out and str(second / "reward.py") in out, out
+
+
+def test_a_run_stopped_after_its_last_checkpoint_saves_its_final_model_on_resume(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed between the last checkpoint and the final model (found by the kill-at-random
+    test): the resume loads that checkpoint and writes the model the run would have written;
+    a resume of a run whose model is there still trains and writes nothing."""
+    run_dir = tmp_path / "run"
+    args = ["grpo", *RL, "--run_dir", str(run_dir), "--total_steps", "2"]
+    rc, out = run(args, capsys)
+    assert rc == 0, out
+    want = weights(run_dir)
+    shutil.rmtree(run_dir / "model")  # what a kill right after the last checkpoint leaves
+    rc, out = run(["grpo", "--resume", str(run_dir)], capsys)
+    assert rc == 0 and "final model was not saved" in out, out
+    got = weights(run_dir)
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert "## " in (run_dir / "model" / "README.md").read_text()  # with its model card
+    rc, out = run(["grpo", "--resume", str(run_dir)], capsys)
+    assert rc == 0 and "already finished" in out and "not saved" not in out, out

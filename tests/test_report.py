@@ -69,7 +69,8 @@ def test_write_report_files(tmp_path: pathlib.Path) -> None:
     md = path.read_text()
     assert md.startswith("# demo | test")
     assert "![proxy vs gold reward](plots/overoptimization.png)" in md
-    assert "| ppo | 3.500 | -4.250 | 2.000 @ step 20 | step 40 (gold 1.000) | 1.565 |" in md
+    # no gold-free stop in this report (no ensemble signals): "-" in that column
+    assert "| ppo | 3.500 | -4.250 | 2.000 @ step 20 | step 40 (gold 1.000) | - | 1.565 |" in md
     assert "Held-out accuracy **0.710** on 256 pairs" in md and "0.740" in md
     assert "accuracy 0.300 before RL, **0.600** after (64 held-out prompts)" in md
     assert r"`the cat is happy. \| it`" not in md and r"` the cat is happy. \| it`" in md

@@ -11,6 +11,7 @@ into a full model); for ``reward``, ``RUN_DIR/reward_model`` (an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -122,14 +123,44 @@ def trainer_kind(command: str) -> str:
     return str(_TRAINERS[command].name)
 
 
+#: the final outputs a training command leaves in its run folder (any one of them)
+_FINAL_OUTPUTS = ("model", "adapter", "reward_model")
+
+
+def _unsaved_final(name: str, cfg: Any, trainer: Any, res: Any) -> Any:
+    """``res`` when the run trained now. For a run that had already finished: None when its
+    final model is in the run folder (nothing to do), else the run was stopped after its last
+    checkpoint and before its final model was written: that checkpoint is loaded into the
+    trainer and a result with the run's last logged metrics is returned, for the caller to
+    save the final model as the uninterrupted run would have."""
+    if not res.already_finished:
+        return res
+    run = pathlib.Path(cfg.run_dir)
+    if any((run / out).exists() for out in _FINAL_OUTPUTS):
+        already_finished(name, res)
+        return None
+    from rlhf_core.checkpoint import latest_checkpoint
+    from rlhf_core.monitor import read_metrics
+
+    ckpt = latest_checkpoint(run)
+    trainer.load(ckpt)
+    rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    print(
+        f"{name}: the run had finished training but its final model was not saved (stopped "
+        f"after its last checkpoint); saving it from {ckpt}"
+    )
+    return dataclasses.replace(res, already_finished=False, metrics=dict(rows[-1]) if rows else {})
+
+
 def run_sft(cfg: SFTRunConfig) -> int:
     """``rlhf-core sft``: the final model goes to ``run_dir/model`` (LoRA: ``run_dir/adapter``)."""
     tok = load_tokenizer_for(cfg.model, cfg.tokenizer, cfg=cfg)
     model = load_model(cfg.model, tok, seed=cfg.seed, cfg=cfg)
     trainer = SFTTrainer(cfg, model, tok, load_sft_data(cfg, tok))
     res = trainer.train()
-    if res.already_finished:
-        return already_finished("sft", res)
+    res = _unsaved_final("sft", cfg, trainer, res)
+    if res is None:
+        return 0
     card = card_fields("sft", cfg, res, [cfg.dataset])
     saved = _save_policy(cfg, trainer.model, model, tok, card)
     return finish_training("sft", cfg, res, ["loss", "grad_norm", "lr"], saved)
@@ -159,8 +190,9 @@ def run_reward(cfg: RewardRunConfig) -> int:
     saved: dict[str, pathlib.Path] = {}
     if checker is not None and check is not None:  # in RUN_DIR/check, once RUN_DIR is a run's
         saved["check model"] = train_check_model(cfg, tok, checker, check, held)
-    if res.already_finished:
-        return already_finished("reward", res)
+    res = _unsaved_final("reward", cfg, trainer, res)
+    if res is None:
+        return 0
     card = card_fields("reward", cfg, res, [cfg.dataset, cfg.eval_dataset])
     run = pathlib.Path(cfg.run_dir)
     peft = peft_model_of(trainer.model)
@@ -203,8 +235,9 @@ def run_dpo(cfg: DPORunConfig) -> int:
     reference = load_reference(cfg, tok)
     trainer = DPOTrainer(cfg, policy, tok, pairs, reference=reference, eval_pairs=held)
     res = trainer.train()
-    if res.already_finished:
-        return already_finished("dpo", res)
+    res = _unsaved_final("dpo", cfg, trainer, res)
+    if res is None:
+        return 0
     card = card_fields("dpo", cfg, res, [cfg.dataset, cfg.eval_dataset])
     saved = _save_policy(cfg, trainer.policy, policy, tok, card)
     keys = ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
@@ -253,8 +286,9 @@ def _run_rl(name: str, cfg: Any, trainer_cls: Any) -> int:
         kwargs["callbacks"] = [GoldFreeEarlyStop(on=on, **cfg.gold_free_rule())]
     trainer = trainer_cls(cfg, policy, tok, prompts, sources, **kwargs)
     res = trainer.train()
-    if res.already_finished:
-        return already_finished(name, res)
+    res = _unsaved_final(name, cfg, trainer, res)
+    if res is None:
+        return 0
     card = card_fields(name, cfg, res, [cfg.dataset, cfg.eval_dataset])
     saved = _save_policy(cfg, trainer.policy, policy, tok, card)
     if res.stopped_early and (pathlib.Path(cfg.run_dir) / "gold_free_best").is_dir():
