@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from rlhf_core._io import atomic_write_text
-from rlhf_core.models.common import default_position_ids, last_token_index
-from rlhf_core.models.heads import RewardModel, _hidden_size, _init_head
+from rlhf_core.models.common import last_token_index
+from rlhf_core.models.heads import RewardModel, _hidden_size, _init_head, body_hidden_states
 from rlhf_core.models.loading import resolve_dtype
 
 __all__ = ["RewardEnsemble", "is_reward_ensemble", "load_reward_model"]
@@ -112,15 +112,7 @@ class RewardEnsemble(nn.Module):
     ) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask)
-        out = self.body(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        hidden = body_hidden_states(self.body, input_ids, attention_mask, position_ids)
         idx = last_token_index(attention_mask)  # (B,)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, d)
         return self.heads(last).float() - self.offsets  # (B, K)

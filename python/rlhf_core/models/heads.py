@@ -51,6 +51,27 @@ def _hidden_size(body: nn.Module) -> int:
     )
 
 
+def body_hidden_states(
+    body: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Last hidden states (B, T, d) of a transformer body (no LM head), positions from the
+    mask by default: what every scalar head (reward, value, an ensemble's heads) reads."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if position_ids is None:
+        position_ids = default_position_ids(attention_mask)
+    out = body(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    )
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
 class _ScalarHeadModel(nn.Module):
     """Transformer body + linear d -> 1 head. Base of RewardModel and ValueModel."""
 
@@ -88,17 +109,7 @@ class _ScalarHeadModel(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last hidden states (B, T, d) of the body, positions from the mask by default."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask)
-        out = self.body(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        )
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return body_hidden_states(self.body, input_ids, attention_mask, position_ids)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Turn on activation checkpointing in the body (HF bodies only; non-reentrant)."""
