@@ -12,12 +12,13 @@ like the noise-free gold reward, and the check model's accuracy."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from rlhf_core.demo.pipeline import Run, latest_step
-from rlhf_core.demo.workers import start_beside
+from rlhf_core.demo.workers import Beside, start_beside
 
 __all__ = ["train_check_model", "train_reward_model"]
 
@@ -55,15 +56,23 @@ def train_reward_model(
         else (train, [])
     )
     # the check model trains in a worker process beside the proxy when the demo has workers
-    trained = latest_step(run.root / "reward" / "check") >= c.steps
-    side = start_beside(run, "reward/check") if check_pairs and not trained else None
+    # (started once the proxy's trainer holds reward/, which the check model's folder is in)
+    side: list[Beside] = []
+
+    def start_check() -> None:
+        if check_pairs and latest_step(run.root / "reward" / "check") < c.steps:
+            job = start_beside(run, "reward/check")
+            side.extend([job] if job is not None else [])
+
     try:
-        rm, final = _train(run, policy, "reward", proxy_pairs, held, c.ensemble)
-        if side is not None:
-            side.join()
+        rm, final = _train(
+            run, policy, "reward", proxy_pairs, held, c.ensemble, before_train=start_check
+        )
+        for job in side:
+            job.join()
     finally:
-        if side is not None:
-            side.stop()
+        for job in side:
+            job.stop()
     check_acc = None
     check = None
     if check_pairs:  # trained beside: this reads its final checkpoint back, as on a resume
@@ -147,11 +156,13 @@ def _train(
     head_seed: int = 0,
     *,
     evaluate: bool = True,
+    before_train: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Train a reward model (``members`` > 1: an ensemble) on the SFT ``policy``'s body in the
     folder ``<run_dir>/<name>``; returns it and its final held-out metrics (with ``evaluate``;
     ``{}`` without). A trainer that had finished before (the stage was interrupted after it,
-    or a worker trained it) gets its final checkpoint back."""
+    or a worker trained it) gets its final checkpoint back. ``before_train`` is called once
+    the trainer holds its folder, before it trains."""
     from rlhf_core.checkpoint import latest_checkpoint
     from rlhf_core.models import RewardEnsemble, RewardModel
     from rlhf_core.trainers.reward import RewardConfig, RewardTrainer
@@ -181,6 +192,9 @@ def _train(
         pairs,
         eval_pairs=held,
     )
+    trainer.claim_run_dir()
+    if before_train is not None:
+        before_train()
     if trainer.train().already_finished:
         found = latest_checkpoint(run.root / name)
         if found is not None:
