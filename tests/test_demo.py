@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import pytest
@@ -233,8 +234,11 @@ _PARALLEL = ["best_of_n", "ppo", "grpo", "dpo", "arithmetic"]
 
 
 def _stage_results(run: pathlib.Path, stage: str) -> dict:
+    """A stage's results without its timings (the stage's and each evaluation's seconds)."""
     data = json.loads((run / stage / "stage.json").read_text())
     data.pop("seconds")
+    for record in data.get("records", []):
+        record.pop("seconds", None)
     return data
 
 
@@ -242,20 +246,29 @@ def _stage_results(run: pathlib.Path, stage: str) -> dict:
 def test_stages_in_workers_equal_one_process(
     quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
 ) -> None:
-    """The fixture ran the stages after the baseline in two workers; run again in this
-    process (same thread count), every result is the same to the last bit."""
+    """The fixture ran the stages after the baseline in two workers, the check model in a
+    worker beside the proxy and the arithmetic part beside the first stages; run again in
+    this process (same thread count), every result is the same to the last bit."""
     run, first = quick
-    assert "worker processes side by side" in (run.parent / "out.txt").read_text()
-    assert {p.stem for p in (run / "logs").glob("*.log")} == set(_PARALLEL)
+    printed = (run.parent / "out.txt").read_text()
+    assert "worker processes side by side" in printed
+    assert "reward/check: started beside" in printed
+    assert "arithmetic: started beside" in printed
+    assert {p.stem for p in (run / "logs").glob("*.log")} == {*_PARALLEL, "reward_check"}
     copy = tmp_path / "copy"
-    _copy_run(run, copy, _PARALLEL)
+    redo = ["reward", "baseline", *_PARALLEL]
+    _copy_run(run, copy, redo)
     overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 1}
     with open(tmp_path / "out.txt", "w") as out:
         res = D.run_demo(D.load_demo_config(quick=True, overrides=overrides), out=out)
     assert sorted(res.report.timings) == sorted(first.report.timings)
     assert "worker processes" not in (tmp_path / "out.txt").read_text()
-    for stage in _PARALLEL:
+    assert "beside" not in (tmp_path / "out.txt").read_text()
+    for stage in redo:
         assert _stage_results(copy, stage) == _stage_results(run, stage), stage
+    for model in ("reward_model", "check_model"):
+        for f in (run / "reward" / model).glob("*.safetensors"):
+            assert f.read_bytes() == (copy / "reward" / model / f.name).read_bytes(), f
     assert _report(copy)["curves"] == _report(run)["curves"]
 
 
@@ -279,6 +292,36 @@ def test_failing_worker_names_its_stage_and_leaves_no_process(
     assert "rerun the same command to resume" in str(info.value)
     assert "Traceback" in str(info.value)  # the end of the worker's log
     assert mp.active_children() == []
+
+
+@pytest.mark.slow
+def test_failing_beside_job_names_itself_and_leaves_no_process(
+    quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
+) -> None:
+    """The check model's worker fails: the reward stage ends with an error naming the job
+    and quoting its log; no process is left and the stages before are kept."""
+    import multiprocessing as mp
+
+    from rlhf_core.demo.workers import DemoStageError
+
+    run, _ = quick
+    copy = tmp_path / "copy"
+    _copy_run(run, copy, ["reward", "baseline", *_PARALLEL])
+    # the proxy's folder as its trainer starts it (its record), with a file where the check
+    # model's folder goes: the check model's worker fails at once
+    (copy / "reward").mkdir()
+    for name in ("run.json", "config.toml"):
+        shutil.copy(run / "reward" / name, copy / "reward" / name)
+    (copy / "reward" / "check").write_text("a file where the check model's folder goes")
+    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 2}
+    cfg = D.load_demo_config(quick=True, overrides=overrides)
+    with pytest.raises(DemoStageError, match="demo job 'reward/check' failed") as info:
+        with open(tmp_path / "out.txt", "w") as out:
+            D.run_demo(cfg, out=out)
+    assert "Traceback" in str(info.value)
+    assert mp.active_children() == []
+    assert (copy / "preferences" / "stage.json").is_file()
+    assert not (copy / "reward" / "stage.json").exists()
 
 
 @pytest.mark.slow

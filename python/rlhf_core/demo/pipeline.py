@@ -113,7 +113,8 @@ class Run:
         """The results stage ``name`` saved when it finished (None: it has not, or ``resume``
         is off); records its seconds in ``timings``."""
         p = self.stage_file(name)
-        if self.cfg.resume and p.is_file():
+        # a stage a worker process finished in this call counts as done with resume off too
+        if (self.cfg.resume or name in self.ran) and p.is_file():
             data = json.loads(p.read_text(encoding="utf-8"))
             self.timings[name] = float(data.get("seconds", 0.0))
             return dict(data)

@@ -24,7 +24,7 @@ from rlhf_core.demo.stages.reward import train_reward_model
 from rlhf_core.demo.stages.rl import train_rl
 from rlhf_core.demo.stages.sft import train_sft
 from rlhf_core.demo.stopping import gold_free_stop
-from rlhf_core.demo.workers import run_in_workers
+from rlhf_core.demo.workers import run_in_workers, start_beside
 
 __all__ = ["DemoResult", "run_demo", "build_report"]
 
@@ -83,9 +83,22 @@ def _run(run: Run) -> DemoResult:
         f"rlhf-core demo: {run.root} ({scale} scale, built-in {cfg.model_size} model; "
         "nothing is downloaded)"
     )
-    sft = train_sft(run)
-    train, held, prefs = label_preferences(run, sft)
-    rm, check, rm_data = train_reward_model(run, sft, train, held, prefs)
+    # the arithmetic part depends on nothing: with workers it runs beside the first stages
+    side = (
+        start_beside(run, "arithmetic")
+        if cfg.arithmetic.enabled and run.done("arithmetic") is None
+        else None
+    )
+    try:
+        sft = train_sft(run)
+        train, held, prefs = label_preferences(run, sft)
+        rm, check, rm_data = train_reward_model(run, sft, train, held, prefs)
+        if side is not None:
+            side.join()
+            run.ran.append("arithmetic")
+    finally:
+        if side is not None:
+            side.stop()
     scorer: Any = (
         RewardEnsembleScorer(rm, run.tok, batch_size=128)  # evaluated: the members' mean
         if getattr(rm, "num_members", None) is not None

@@ -35,10 +35,23 @@ from typing import Any
 from rlhf_core.demo.config import DemoConfig
 from rlhf_core.demo.pipeline import Run
 
-__all__ = ["DemoStageError", "resolve_workers", "run_in_workers", "spare_cores"]
+__all__ = [
+    "BESIDE_JOBS",
+    "Beside",
+    "DemoStageError",
+    "resolve_workers",
+    "run_in_workers",
+    "spare_cores",
+    "start_beside",
+]
 
 #: The stages a worker may run, the longest first (a better packing onto the workers).
 PARALLEL_STAGES = ("ppo", "grpo", "dpo", "best_of_n", "arithmetic")
+
+#: Jobs that can run in a worker process *beside* the main one while it does the first stages
+#: (:func:`start_beside`): the arithmetic part, which depends on nothing, and the check model,
+#: which depends only on the SFT model and the preference pairs.
+BESIDE_JOBS = ("arithmetic", "reward/check")
 
 #: Lines of a failed worker's log quoted in its error.
 _LOG_TAIL = 25
@@ -140,6 +153,76 @@ def run_in_workers(run: Run) -> None:
     run.say(f"  (the stages above took {time.time() - t_start:.0f} s of wall time together)")
 
 
+class Beside:
+    """A job of :data:`BESIDE_JOBS` running in a worker process beside the main one
+    (:func:`start_beside`). :meth:`join` waits for it; :meth:`stop` ends it (idempotent)."""
+
+    def __init__(self, run: Run, job: str, proc: Any, log: pathlib.Path) -> None:
+        self.run, self.job, self.proc, self.log = run, job, proc, log
+        self.t_start = time.time()
+
+    def join(self) -> None:
+        """Wait for the job; raises :class:`DemoStageError` (naming it and quoting the end of
+        its log) when it failed."""
+        self.proc.join()
+        if self.proc.exitcode != 0:
+            raise DemoStageError(
+                f"demo job {self.job!r} failed in its worker process (exit code "
+                f"{self.proc.exitcode}); the end of its log {self.log}:\n{_tail(self.log)}\n"
+                "the stages that finished are kept: rerun the same command to resume"
+            )
+        self.run.say(f"  {self.job} (beside): done in {time.time() - self.t_start:.0f} s")
+
+    def stop(self) -> None:
+        _stop([self.proc])
+
+
+def start_beside(run: Run, job: str) -> Beside | None:
+    """Start ``job`` (one of :data:`BESIDE_JOBS`) in a worker process beside the main one when
+    the demo runs workers (:func:`resolve_workers` > 1); None otherwise, and the caller does
+    the job itself. The job computes what it would compute in the main process (its own
+    seeds, the models read back from the run folder, the same thread count), so the results
+    are the same to the last bit; its console goes to ``<run_dir>/logs/<job>.log``."""
+    if job not in BESIDE_JOBS:
+        raise ValueError(f"job={job!r}: expected one of {BESIDE_JOBS}")
+    cfg = run.cfg
+    n = resolve_workers(cfg)
+    if n <= 1:
+        return None
+    import multiprocessing as mp
+
+    logs = run.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{job.replace('/', '_')}.log"
+    proc = mp.get_context("spawn").Process(
+        target=_beside_main,
+        args=(cfg, job, worker_threads(cfg, n), str(log), os.getpid()),
+        name=f"rlhf-core-demo-{job.replace('/', '-')}",
+    )
+    proc.start()
+    run.say(f"  {job}: started beside (process {proc.pid}; its output: {log})")
+    return Beside(run, job, proc, log)
+
+
+def _beside_main(cfg: DemoConfig, job: str, threads: int, log: str, parent: int) -> None:
+    """A worker process running the job ``job`` of :data:`BESIDE_JOBS`."""
+    _worker_setup(threads, log, parent)
+    from rlhf_core.demo.runner import _quiet_transformers
+
+    stage = "arithmetic" if job == "arithmetic" else "reward"
+    run = _WorkerRun(worker_config(cfg, stage), out=sys.stdout)
+    with _quiet_transformers():
+        if job == "arithmetic":
+            from rlhf_core.demo.stages.arithmetic import arithmetic
+
+            arithmetic(run)
+        else:
+            from rlhf_core.demo.stages.reward import train_check_model
+
+            train_check_model(run)
+    sys.stdout.flush()
+
+
 def _stop(procs: list[Any]) -> None:
     """End the worker processes still running (SIGTERM, then SIGKILL) and reap them."""
     for proc in procs:
@@ -189,9 +272,10 @@ def worker_config(cfg: DemoConfig, stage: str) -> DemoConfig:
     )
 
 
-def _worker_main(cfg: DemoConfig, stage: str, threads: int, log: str, parent: int) -> None:
-    """A worker process: run ``stage`` of the demo ``cfg``; console to ``log``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the workers
+def _worker_setup(threads: int, log: str, parent: int) -> None:
+    """What every worker process does first: Ctrl-C left to the main process (which stops the
+    workers), exit with the main process, console to ``log``, ``threads`` torch threads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(parent)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
@@ -199,9 +283,14 @@ def _worker_main(cfg: DemoConfig, stage: str, threads: int, log: str, parent: in
     os.close(fd)
     import torch
 
+    torch.set_num_threads(threads)
+
+
+def _worker_main(cfg: DemoConfig, stage: str, threads: int, log: str, parent: int) -> None:
+    """A worker process: run ``stage`` of the demo ``cfg``; console to ``log``."""
+    _worker_setup(threads, log, parent)
     from rlhf_core.demo.runner import _quiet_transformers, _run
 
-    torch.set_num_threads(threads)
     run = _WorkerRun(worker_config(cfg, stage), out=sys.stdout)
     try:
         with _quiet_transformers():

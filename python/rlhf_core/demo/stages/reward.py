@@ -12,13 +12,15 @@ like the noise-free gold reward, and the check model's accuracy."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from rlhf_core.demo.pipeline import Run
+from rlhf_core.demo.pipeline import Run, latest_step
+from rlhf_core.demo.workers import Beside, start_beside
 
-__all__ = ["train_reward_model"]
+__all__ = ["train_check_model", "train_reward_model"]
 
 
 def train_reward_model(
@@ -53,10 +55,27 @@ def train_reward_model(
         if c.check_fraction
         else (train, [])
     )
-    rm, final = _train(run, policy, "reward", proxy_pairs, held, c.ensemble)
+    # the check model trains in a worker process beside the proxy when the demo has workers
+    # (started once the proxy's trainer holds reward/, which the check model's folder is in)
+    side: list[Beside] = []
+
+    def start_check() -> None:
+        if check_pairs and latest_step(run.root / "reward" / "check") < c.steps:
+            job = start_beside(run, "reward/check")
+            side.extend([job] if job is not None else [])
+
+    try:
+        rm, final = _train(
+            run, policy, "reward", proxy_pairs, held, c.ensemble, before_train=start_check
+        )
+        for job in side:
+            job.join()
+    finally:
+        for job in side:
+            job.stop()
     check_acc = None
     check = None
-    if check_pairs:
+    if check_pairs:  # trained beside: this reads its final checkpoint back, as on a resume
         check, check_final = _train(run, policy, "reward/check", check_pairs, held, 1, 1)
         check_acc = check_final["accuracy"]
         run.save_model(check, check_dir)
@@ -111,6 +130,22 @@ def train_reward_model(
     return rm, check, data
 
 
+def train_check_model(run: Run) -> None:
+    """Train the check model to its last step (its checkpoints in ``<run_dir>/reward/check``),
+    from the SFT model and the preference pairs the run folder holds: the job a worker process
+    does beside the proxy's training (:func:`rlhf_core.demo.workers.start_beside`).
+    :func:`train_reward_model` then reads the final checkpoint back and saves the model."""
+    from rlhf_core.demo.stages.preferences import label_preferences
+    from rlhf_core.demo.stages.sft import train_sft
+    from rlhf_core.trainers.reward import split_check_pairs
+
+    c = run.cfg.reward
+    policy = train_sft(run)
+    train, held, _ = label_preferences(run, policy)
+    _, check_pairs = split_check_pairs(train, c.check_fraction, run.cfg.seed)
+    _train(run, policy, "reward/check", check_pairs, held, 1, 1, evaluate=False)
+
+
 def _train(
     run: Run,
     policy: Any,
@@ -119,10 +154,15 @@ def _train(
     held: list[dict],
     members: int,
     head_seed: int = 0,
+    *,
+    evaluate: bool = True,
+    before_train: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Train a reward model (``members`` > 1: an ensemble) on the SFT ``policy``'s body in the
-    folder ``<run_dir>/<name>``; returns it and its final held-out metrics. A trainer that had
-    finished before (the stage was interrupted after it) gets its final checkpoint back."""
+    folder ``<run_dir>/<name>``; returns it and its final held-out metrics (with ``evaluate``;
+    ``{}`` without). A trainer that had finished before (the stage was interrupted after it,
+    or a worker trained it) gets its final checkpoint back. ``before_train`` is called once
+    the trainer holds its folder, before it trains."""
     from rlhf_core.checkpoint import latest_checkpoint
     from rlhf_core.models import RewardEnsemble, RewardModel
     from rlhf_core.trainers.reward import RewardConfig, RewardTrainer
@@ -152,8 +192,29 @@ def _train(
         pairs,
         eval_pairs=held,
     )
+    trainer.claim_run_dir()
+    if before_train is not None:
+        before_train()
     if trainer.train().already_finished:
         found = latest_checkpoint(run.root / name)
         if found is not None:
             trainer.load(found)
-    return model, trainer.evaluate()
+    if not evaluate:
+        return model, {}
+    return model, _final_eval(run.root / name, c.steps) or trainer.evaluate()
+
+
+def _final_eval(folder: Any, step: int) -> dict[str, float]:
+    """The held-out metrics the trainer in ``folder`` logged after its last step ``step`` (it
+    always evaluates there: the same numbers :meth:`RewardTrainer.evaluate` gives on the
+    final weights, without a second pass); ``{}`` when that record is missing."""
+    from rlhf_core.monitor import read_metrics
+
+    try:
+        logged = read_metrics(folder)
+    except FileNotFoundError:
+        return {}
+    rows = [r for r in logged if r.get("step") == step and "eval/accuracy" in r]
+    if not rows:
+        return {}
+    return {k[len("eval/") :]: float(v) for k, v in rows[-1].items() if k.startswith("eval/")}
