@@ -6,7 +6,8 @@ lists), names every field and option, and hands planned batches to torch without
 :mod:`~rlhf_core.buffer.rollout_buffer` (:class:`RolloutBuffer`),
 :mod:`~rlhf_core.buffer.minibatch` (:class:`Minibatch`, :class:`MinibatchSampler`),
 :mod:`~rlhf_core.buffer.planning` (:func:`balanced_partition`, :func:`pack_sequences`,
-:func:`permutation`) and :mod:`~rlhf_core.buffer.inputs` (:class:`Ragged`, :class:`Padded` and
+:func:`permutation`), :mod:`~rlhf_core.buffer.refill` (:class:`GroupRefill`, dynamic sampling's
+refill bookkeeping) and :mod:`~rlhf_core.buffer.inputs` (:class:`Ragged`, :class:`Padded` and
 the checks of every input). Every public name is importable from ``rlhf_core.buffer``.
 
 Layout and alignment (the contract trainers rely on; ``docs/buffer.md`` has a picture)
@@ -62,6 +63,7 @@ from rlhf_core.buffer.planning import (
     pack_sequences,
     permutation,
 )
+from rlhf_core.buffer.refill import GroupRefill, RefillSelection
 from rlhf_core.buffer.rollout_buffer import ESTIMATORS, STATE_FORMAT, RolloutBuffer
 
 __all__ = [
@@ -75,6 +77,8 @@ __all__ = [
     "balanced_partition",
     "pack_sequences",
     "permutation",
+    "GroupRefill",
+    "RefillSelection",
     "ESTIMATORS",
     "SAMPLER_FORMAT",
     "STATE_FORMAT",

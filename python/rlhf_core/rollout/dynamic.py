@@ -7,7 +7,8 @@ holds ``rollout_batch_size`` completions of informative groups::
 
     round r = 0, 1, ...   draw P prompts (the trainer's seeded sampler), sample G completions
                           of each, score them
-                          keep the groups with std(scores) > min_std, or of size one (verl)
+                          keep the groups of one row, or whose scores are not all equal
+                          and have std > min_std (verl)
                           stop once the kept completions fill the batch, or after
                           max_num_gen_batches rounds
     batch                 the first rollout_batch_size kept completions (whole groups);
@@ -27,67 +28,27 @@ Rounds continue the step's prompt list (:meth:`RolloutCollector.sample` ``gen_ro
 seeds and group ids. With several processes each rank fills its own share of the batch and
 all ranks sample the same number of rounds.
 
-The refill bookkeeping (:class:`RefillState`: the kept and dropped rows of the rounds so far)
-has a ``state_dict``, so a refill interrupted between rounds continues exactly.
+The refill bookkeeping lives in the Rust core (:class:`rlhf_core.buffer.GroupRefill`: the
+group filter :func:`rlhf_core.ops.informative_groups` of each round, the counters, whether the
+batch is full, and which rows make it). This module keeps the rows themselves (the
+``Rollout`` payload: token ids, texts) and the all-reduces across ranks. :class:`RefillState`
+(the rows and the bookkeeping) has a ``state_dict`` of plain data, so a refill interrupted
+between rounds continues exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rlhf_core import parallel as D
+from rlhf_core.buffer import GroupRefill
 from rlhf_core.rollout.batch import Rollout
 from rlhf_core.rollout.collect import RolloutCollector
 
-__all__ = ["DynamicSampler", "RefillState", "informative_groups"]
-
-
-def informative_groups(
-    scores: np.ndarray, group_ids: np.ndarray, *, min_std: float = 0.0
-) -> np.ndarray:
-    """Which rows belong to a group worth training on.
-
-    A group (rows with equal ``group_ids``, in any order) is kept when it has one row, or when
-    the population standard deviation of its finite scores is above ``min_std`` (NaN scores,
-    unscorable, are left out; fewer than two finite scores give std 0).
-
-    Args:
-        scores: float (N,) one score per row (NaN = unscorable).
-        group_ids: int (N,) group of each row.
-        min_std: threshold ≥ 0 (0: drop groups whose scores are all equal).
-
-    Returns:
-        bool (N,): True for the rows of kept groups.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    g = np.asarray(group_ids)
-    if s.shape != g.shape or s.ndim != 1:
-        raise ValueError(f"scores {s.shape} and group_ids {g.shape} must be (N,) each")
-    if not (np.isfinite(min_std) and min_std >= 0):
-        raise ValueError(f"dynamic_sampling_min_std={min_std}: expected a finite value >= 0")
-    _, inverse, sizes = np.unique(g, return_inverse=True, return_counts=True)
-    finite = np.isfinite(s)
-    keep_group = np.empty(sizes.shape[0], dtype=bool)
-    for k in range(sizes.shape[0]):
-        if sizes[k] == 1:
-            keep_group[k] = True
-            continue
-        vals = s[(inverse == k) & finite]
-        keep_group[k] = vals.size >= 2 and float(vals.std()) > min_std
-    return keep_group[inverse]
-
-
-def _rows_of_groups(group_ids: np.ndarray, n_groups: int) -> np.ndarray:
-    """The rows of the first ``n_groups`` groups, in order of first appearance."""
-    seen: dict[int, None] = {}
-    for gid in np.asarray(group_ids).tolist():
-        seen.setdefault(int(gid), None)
-    wanted = set(list(seen)[:n_groups])
-    return np.array([int(g) in wanted for g in np.asarray(group_ids).tolist()], dtype=bool)
+__all__ = ["DynamicSampler", "RefillState"]
 
 
 def _rollout_state(roll: Rollout | None) -> dict[str, Any] | None:
@@ -131,51 +92,67 @@ def _rollout_from_state(state: dict[str, Any] | None) -> Rollout | None:
     )
 
 
-@dataclass
 class RefillState:
-    """What the rounds of one step have gathered so far (this rank's rows)."""
+    """What the rounds of one step have gathered so far (this rank's rows): every round's rows
+    (:attr:`rows`, one ``Rollout``, round after round) and their bookkeeping (:attr:`refill`,
+    in the Rust core)."""
 
-    rounds: int = 0
-    kept: Rollout | None = None
-    dropped: Rollout | None = None
-    generated: int = 0
-    groups_dropped: int = 0
+    def __init__(self, refill: GroupRefill) -> None:
+        self.refill = refill
+        self.rows: Rollout | None = None
+
+    @property
+    def rounds(self) -> int:
+        return self.refill.rounds
 
     @property
     def num_kept(self) -> int:
-        return 0 if self.kept is None else len(self.kept)
+        return self.refill.kept_rows
 
     def reset(self) -> None:
         """Empty, for the next step."""
-        self.load_state_dict(RefillState().state_dict())
+        self.refill.reset()
+        self.rows = None
 
-    def add(self, roll: Rollout, keep: np.ndarray) -> None:
-        """Append one scored round: its kept rows and its dropped ones."""
-        self.rounds += 1
-        self.generated += len(roll)
-        self.groups_dropped += int(np.unique(np.asarray(roll.group_ids)[~keep]).size)
-        for name, rows in (("kept", keep), ("dropped", ~keep)):
-            if not rows.any():
-                continue
-            part = roll.select(rows)
-            have = getattr(self, name)
-            setattr(self, name, part if have is None else Rollout.concat([have, part]))
+    def add(self, roll: Rollout) -> np.ndarray:
+        """Filter one scored round and append its rows; returns their keep flags."""
+        keep, _ = self.refill.add_round(roll.scores, roll.group_ids)
+        self.rows = Rollout.concat([roll] if self.rows is None else [self.rows, roll])
+        return keep
+
+    def batch(self) -> tuple[Rollout, int, int]:
+        """The batch's rows (:meth:`GroupRefill.selection`), the kept rows among them and the
+        dropped groups that complete it."""
+        sel = self.refill.selection()  # raises when the rows cannot make the batch
+        assert self.rows is not None  # a selection of batch_rows >= 1 rows needs rows
+        return self.rows.select(sel.rows), sel.kept_rows, sel.groups_filled
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "rounds": self.rounds,
-            "generated": self.generated,
-            "groups_dropped": self.groups_dropped,
-            "kept": _rollout_state(self.kept),
-            "dropped": _rollout_state(self.dropped),
-        }
+        return {"refill": self.refill.state_dict(), "rows": _rollout_state(self.rows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rounds = int(state["rounds"])
-        self.generated = int(state["generated"])
-        self.groups_dropped = int(state["groups_dropped"])
-        self.kept = _rollout_from_state(state["kept"])
-        self.dropped = _rollout_from_state(state["dropped"])
+        if "kept" in state:  # the layout before the Rust bookkeeping
+            state = _from_kept_and_dropped(state)
+        self.refill.load_state_dict(state["refill"])
+        self.rows = _rollout_from_state(state["rows"])
+
+
+def _from_kept_and_dropped(state: dict[str, Any]) -> dict[str, Any]:
+    """A state saved as kept rows and dropped rows (each in sampling order) as the rows of
+    both, kept first: the batch takes kept rows and dropped groups in the same order."""
+    kept = _rollout_from_state(state["kept"])
+    dropped = _rollout_from_state(state["dropped"])
+    parts = [r for r in (kept, dropped) if r is not None]
+    rows = Rollout.concat(parts) if parts else None
+    n_kept = 0 if kept is None else len(kept)
+    n = 0 if rows is None else len(rows)
+    refill = {
+        "rounds": int(state["rounds"]),
+        "groups_dropped": int(state["groups_dropped"]),
+        "keep": [True] * n_kept + [False] * (n - n_kept),
+        "group_ids": [] if rows is None else np.asarray(rows.group_ids).tolist(),
+    }
+    return {"refill": refill, "rows": _rollout_state(rows)}
 
 
 class DynamicSampler:
@@ -201,17 +178,11 @@ class DynamicSampler:
         min_std: float,
         dist: D.DistContext,
     ) -> None:
-        if batch_rows % group_size:
-            raise ValueError(
-                f"batch_rows={batch_rows} is not a multiple of group_size={group_size}"
-            )
         self.collector = collector
-        self.batch_rows = batch_rows
-        self.group_size = group_size
-        self.max_rounds = max_rounds
-        self.min_std = min_std
         self.dist = dist
-        self.state = RefillState()
+        self.state = RefillState(
+            GroupRefill(batch_rows, group_size, max_rounds=max_rounds, min_std=min_std)
+        )
 
     def run_round(
         self, step: int, prompts: np.ndarray, check: Callable[[Rollout], None] | None = None
@@ -224,40 +195,28 @@ class DynamicSampler:
         self.collector.score(roll)
         if check is not None:
             check(roll)
-        st.add(roll, informative_groups(roll.scores, roll.group_ids, min_std=self.min_std))
-        short = D.flagged_ranks(st.num_kept < self.batch_rows, self.dist)
-        return not short or (self.max_rounds > 0 and st.rounds >= self.max_rounds)
+        st.add(roll)
+        short = D.flagged_ranks(not st.refill.full, self.dist)
+        return not short or st.refill.exhausted
 
     def finish(self) -> tuple[Rollout, dict[str, float]]:
         """This rank's batch (the first ``batch_rows`` kept rows, completed with the earliest
         dropped groups when short) and the step's global metrics; the state is cleared."""
         st = self.state
-        parts: list[Rollout] = []
-        filled_groups = 0
-        take = min(st.num_kept, self.batch_rows)
-        if st.kept is not None:
-            parts.append(st.kept.select(np.arange(take)))
-        missing = self.batch_rows - take
-        if missing > 0 and st.dropped is not None:
-            filled_groups = missing // self.group_size
-            rows = _rows_of_groups(st.dropped.group_ids, filled_groups)
-            parts.append(st.dropped.select(rows))
-        if not parts or sum(len(p) for p in parts) != self.batch_rows:
-            raise RuntimeError(
-                f"dynamic sampling gathered {sum(len(p) for p in parts)} of {self.batch_rows} "
-                "rows (every round's groups are either kept or dropped, so this is a bug)"
-            )
-        batch = Rollout.concat(parts)
+        batch, kept_rows, filled_groups = st.batch()
         totals = D.all_reduce_sum(
-            np.array([st.generated, st.groups_dropped, filled_groups, take], dtype=np.float64),
+            np.array(
+                [st.refill.generated, st.refill.groups_dropped, filled_groups, kept_rows],
+                dtype=np.float64,
+            ),
             self.dist,
         )
-        generated, dropped, filled, kept_rows = (float(x) for x in totals)
+        generated, dropped, filled, kept = (float(x) for x in totals)
         metrics = {
             "dynamic_sampling/rounds": float(st.rounds),
             "dynamic_sampling/groups_dropped": dropped,
             "dynamic_sampling/groups_filled": filled,
-            "dynamic_sampling/samples_per_kept": generated / max(kept_rows, 1.0),
+            "dynamic_sampling/samples_per_kept": generated / max(kept, 1.0),
         }
         st.reset()
         return batch, metrics

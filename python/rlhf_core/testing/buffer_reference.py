@@ -1,5 +1,6 @@
 """Plain-Python references of the rollout buffer's planning, partition, packing,
-materialisation and advantage estimators (:mod:`rlhf_core.buffer`).
+materialisation and advantage estimators, and of dynamic sampling's refill
+(:mod:`rlhf_core.buffer`).
 
 Slow and obvious on purpose: per-sequence loops over Python lists and small numpy arrays, in the
 order the documentation describes. The test suite compares the Rust core with them, and
@@ -13,6 +14,7 @@ token) and optional per-sequence fields (scalars).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +33,8 @@ __all__ = [
     "padded_batch",
     "packed_batch",
     "advantages",
+    "informative_flags",
+    "refill",
 ]
 
 _M64 = (1 << 64) - 1
@@ -450,3 +454,68 @@ def advantages(
                 w[sl] = np.where(valid[sl], 1.0 / c, 0.0)
         adv = _weighted_whiten(adv, w, whiten_eps)
     return "token", adv, ret
+
+
+# ---------------------------------------------------------------------------------------------
+# dynamic sampling's refill (buffer.GroupRefill)
+
+
+def informative_flags(scores: Sequence[float], group_ids: Sequence[int], min_std: float) -> list[bool]:
+    """Per row: its group (equal id) has one row, or at least two finite scores, not all
+    equal, whose population std (Python floats) is above ``min_std``."""
+    members: dict[int, list[float]] = {}
+    for s, g in zip(scores, group_ids, strict=True):
+        members.setdefault(int(g), []).append(float(s))
+    keep = {}
+    for g, vals in members.items():
+        finite = [v for v in vals if math.isfinite(v)]
+        if len(vals) == 1:
+            keep[g] = True
+        elif len(finite) < 2 or all(v == finite[0] for v in finite):
+            keep[g] = False
+        else:
+            mean = math.fsum(finite) / len(finite)
+            std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite))
+            keep[g] = std > min_std
+    return [keep[int(g)] for g in group_ids]
+
+
+def refill(
+    rounds: Sequence[tuple[Sequence[float], Sequence[int]]],
+    *,
+    batch_rows: int,
+    group_size: int,
+    min_std: float,
+) -> dict[str, Any]:
+    """The bookkeeping of the scored ``rounds`` (``(scores, group_ids)`` each, in order):
+    ``keep`` (per row), ``generated``, ``groups_dropped``, ``kept_rows`` (of all rounds),
+    and the batch: ``rows`` (the first ``batch_rows`` kept rows, then the rows of the first
+    ``(batch_rows - taken) // group_size`` dropped group ids; None when that is not exactly
+    ``batch_rows`` rows), ``taken`` (kept rows in it) and ``groups_filled``."""
+    keep: list[bool] = []
+    ids: list[int] = []
+    groups_dropped = 0
+    for scores, gids in rounds:
+        flags = informative_flags(scores, gids, min_std)
+        groups_dropped += len({int(g) for g, f in zip(gids, flags, strict=True) if not f})
+        keep += flags
+        ids += [int(g) for g in gids]
+    kept = [i for i, f in enumerate(keep) if f]
+    dropped = [i for i, f in enumerate(keep) if not f]
+    rows = kept[:batch_rows]
+    taken = len(rows)
+    missing = batch_rows - taken
+    filled = 0
+    if missing > 0 and dropped:
+        filled = missing // group_size
+        wanted = list(dict.fromkeys(ids[i] for i in dropped))[:filled]
+        rows += [i for i in dropped if ids[i] in wanted]
+    return {
+        "keep": keep,
+        "generated": len(keep),
+        "groups_dropped": groups_dropped,
+        "kept_rows": len(kept),
+        "rows": rows if len(rows) == batch_rows else None,
+        "taken": taken,
+        "groups_filled": filled,
+    }

@@ -11,7 +11,7 @@
 //! | [`parallel`] | the process-wide parallel switch and the row / block splitting helpers |
 //! | [`bools`] | the check that a bool array's bytes are 0 or 1 |
 //! | [`kernels`] | GAE, returns, group advantages, KL, statistics, broadcast / reduce, running moments |
-//! | [`buffer`] | the rollout buffer: storage, schema, estimators in place, summary, materialisation |
+//! | [`buffer`] | the rollout buffer: storage, schema, estimators in place, summary, materialisation; dynamic sampling's refill bookkeeping |
 //! | [`plan`] | samplers, balanced partition, packing |
 //!
 //! Imports point one way: `error` ← `memory` ← `layout` ← `parallel` ← `kernels` ← `buffer`,

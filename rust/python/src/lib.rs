@@ -15,6 +15,7 @@
 //! | [`select`] | the selection kernels (`informative_groups`, `quantile`, `top_k_mask`) |
 //! | [`running`] | `RunningMoments` |
 //! | [`buffer`] | `_RolloutBuffer` |
+//! | [`refill`] | `_GroupRefill` (dynamic sampling's refill bookkeeping) |
 //! | [`plan`] | `_Sampler`, `balanced_partition`, `pack_sequences`, ... |
 
 use pyo3::prelude::*;
@@ -27,6 +28,7 @@ mod gil;
 mod kernels;
 mod plan;
 mod pool;
+mod refill;
 mod running;
 mod select;
 mod state;
@@ -89,6 +91,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     select::register(m)?;
     running::register(m)?;
     buffer::register(m)?;
+    refill::register(m)?;
     plan::register(m)?;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! The checkpoint dicts of the core's stateful objects, key by key: [`BufferParts`],
-//! [`SamplerState`] and [`RunningMoments`] ⇄ `dict`. Reading a dict checks every key's
-//! presence and type (a `StateError` naming the key); the core then checks the values'
-//! invariants (`RolloutBuffer::from_parts`, `Sampler::restore`,
-//! `RunningMoments::from_parts`).
+//! [`SamplerState`], [`RunningMoments`] and [`RefillProgress`] ⇄ `dict`. Reading a dict checks
+//! every key's presence and type (a `StateError` naming the key); the core then checks the
+//! values' invariants (`RolloutBuffer::from_parts`, `Sampler::restore`,
+//! `RunningMoments::from_parts`, `GroupRefill::restore`).
 //!
 //! Buffer (`_RolloutBuffer.state_parts()`): `float_dtype` (str), `prompt_offsets` and
 //! `response_offsets` (int64 arrays), `prompt_ids` (array or None), `token_fields` and
@@ -14,10 +14,13 @@
 //! `seed`, `shuffle`, `num_sequences`, `fingerprint`, `epoch`, `step`.
 //!
 //! Running moments: `count`, `mean`, `m2`, `ddof`.
+//!
+//! Refill (`_GroupRefill.state_dict()`): `rounds`, `groups_dropped` (ints), `keep` (list of
+//! bools) and `group_ids` (list of ints), one entry per row of the rounds so far.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rlhf_core::buffer::{Advantages, BufferParts, Column, Computed, DType, Level};
+use rlhf_core::buffer::{Advantages, BufferParts, Column, Computed, DType, Level, RefillProgress};
 use rlhf_core::kernels::running::RunningMoments;
 use rlhf_core::plan::{Budget, PlanKind, SamplerConfig, SamplerState};
 use rlhf_core::CoreError;
@@ -281,4 +284,38 @@ pub fn running_from_dict(state: &Bound<'_, PyAny>) -> PyResult<RunningMoments> {
     let m2: f64 = get("m2")?.extract().map_err(|e| bad("m2", e))?;
     let ddof: i64 = get("ddof")?.extract().map_err(|e| bad("ddof", e))?;
     RunningMoments::from_parts(count, mean, m2, ddof).py()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refill progress
+// ---------------------------------------------------------------------------------------------
+
+/// `{"rounds": int, "groups_dropped": int, "keep": [bool], "group_ids": [int]}`.
+pub fn refill_to_dict<'py>(py: Python<'py>, p: &RefillProgress) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("rounds", p.rounds)?;
+    d.set_item("groups_dropped", p.groups_dropped)?;
+    d.set_item("keep", PyList::new(py, &p.keep)?)?;
+    d.set_item("group_ids", PyList::new(py, &p.group_ids)?)?;
+    Ok(d)
+}
+
+/// The progress of `refill_to_dict` output (checked by `GroupRefill::restore`).
+pub fn refill_from_dict(state: &Bound<'_, PyAny>) -> PyResult<RefillProgress> {
+    fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(s: &Bound<'py, PyAny>, k: &str) -> PyResult<T> {
+        let v = s.get_item(k).map_err(|_| {
+            state_err(format!(
+                "refill state lacks the key {k:?}; expected keys rounds, groups_dropped, keep, \
+                 group_ids"
+            ))
+        })?;
+        v.extract::<T>()
+            .map_err(|_| state_err(format!("refill state key {k:?} has the wrong type")))
+    }
+    Ok(RefillProgress {
+        rounds: get(state, "rounds")?,
+        groups_dropped: get(state, "groups_dropped")?,
+        keep: get(state, "keep")?,
+        group_ids: get(state, "group_ids")?,
+    })
 }

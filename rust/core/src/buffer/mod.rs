@@ -26,6 +26,7 @@
 //! | [`input`] | what an add takes and its validation |
 //! | [`store`] | the buffer: add, clear, reset, set advantages, lookups |
 //! | [`filter`] | keeping a subset of the sequences in place (dynamic sampling's group filter) |
+//! | [`refill`] | dynamic sampling's refill bookkeeping: the filter round after round, the counters, the batch's rows |
 //! | [`valid`] | which response tokens count (the one rule) |
 //! | [`parts`] | the pieces a checkpoint saves, and back |
 //! | [`estimators`] | the typed options of each advantage estimator |
@@ -35,7 +36,7 @@
 //!
 //! Imports point one way: `column` ← `schema` ← `input` ← `store` ← `valid`, `parts`,
 //! `summary`, `advantages`, `materialize`, `filter` (the store knows neither its reports nor its
-//! estimators); `estimators` needs only the kernels.
+//! estimators); `estimators` and `refill` need only the kernels.
 
 pub mod advantages;
 pub mod column;
@@ -44,6 +45,7 @@ pub mod filter;
 pub mod input;
 pub mod materialize;
 pub mod parts;
+pub mod refill;
 pub mod schema;
 pub mod store;
 pub mod summary;
@@ -52,6 +54,7 @@ pub mod valid;
 pub use column::{Column, DType, Slice};
 pub use input::{AddBatch, TokenInput};
 pub use parts::BufferParts;
+pub use refill::{GroupRefill, RefillConfig, RefillProgress, RefillSelection};
 pub use schema::Level;
 pub use store::{Advantages, Computed, RolloutBuffer};
 pub use valid::ValidTokens;
