@@ -160,9 +160,18 @@ def test_workers_default_to_two_on_a_cpu_with_a_core_to_spare(
 
     cfg = make_run(tmp_path).cfg
     monkeypatch.setattr(W.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(W.os, "getloadavg", lambda: (1.1, 1.0, 1.0))  # the demo alone
+    # (idle, total) jiffies read before and after the measurement
+    times = iter([(100, 200), (180, 300)] * 2 + [(100, 200), (105, 300)] * 2)
+    monkeypatch.setattr(W, "_cpu_times", lambda: next(times))
+    assert W.spare_cores(0.0) == pytest.approx(2 * 0.8 - 1)  # 80% idle: the demo alone
     assert W.resolve_workers(cfg) == 2
-    monkeypatch.setattr(W.os, "getloadavg", lambda: (9.5, 9.0, 9.0))  # a busy machine
+    assert W.spare_cores(0.0) == pytest.approx(2 * 0.05 - 1)  # a busy machine
+    assert W.resolve_workers(cfg) == 1
+    # without /proc/stat: the load average, which counts the demo's own process
+    monkeypatch.setattr(W, "_cpu_times", lambda: None)
+    monkeypatch.setattr(W.os, "getloadavg", lambda: (1.1, 1.0, 1.0))
+    assert W.resolve_workers(cfg) == 2
+    monkeypatch.setattr(W.os, "getloadavg", lambda: (9.5, 9.0, 9.0))
     assert W.resolve_workers(cfg) == 1
     assert W.resolve_workers(load_demo_config(overrides={"workers": 3})) == 3
     monkeypatch.setattr(W.os, "cpu_count", lambda: 1)

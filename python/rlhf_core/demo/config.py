@@ -397,8 +397,10 @@ class DemoConfig:
         metadata={
             "help": "processes that run the stages after the baseline (best-of-N, PPO, GRPO, "
             "DPO, arithmetic) side by side, each with `threads` threads; their results are the "
-            "same as in one process. 0 = min(2, CPU count) on the CPU when a core is spare (load "
-            "average), else 1; 1 on a GPU; 1 = one after the other in this process"
+            "same as in one process; with more than 1 the check model also trains beside the "
+            "proxy, and the arithmetic part beside the first stages. 0 = min(2, CPU count) on "
+            "the CPU when a core is idle, else 1; 1 on a GPU; 1 = one after the other in this "
+            "process"
         },
     )
     sft: DemoSFT = field(default_factory=DemoSFT, metadata={"help": "stage 1: SFT"})

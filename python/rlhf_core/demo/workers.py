@@ -76,14 +76,38 @@ def resolve_workers(cfg: DemoConfig) -> int:
     return n if n == 1 or spare_cores() >= 0.5 else 1
 
 
-def spare_cores() -> float:
-    """CPU count minus the 1-minute load average (which counts the demo's own process):
-    about 1 on an idle 2-core machine running the demo; the CPU count where unknown."""
+def spare_cores(interval: float = 0.3) -> float:
+    """Cores free for one more busy process beside the demo's own: the CPU count times the
+    share of CPU time spent idle over the next ``interval`` seconds (``/proc/stat``; the
+    demo's main process sleeps while it measures), minus one for that process; about 1 on an
+    idle 2-core machine. Measured now rather than read from the 1-minute load average, which
+    still counts a build that has just ended (``make demo`` compiles the Rust core right
+    before). Where ``/proc/stat`` is missing: CPU count minus the load average (which counts
+    the demo's own process); the CPU count where neither is known."""
     cpus = float(os.cpu_count() or 1)
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(interval)
+        second = _cpu_times()
+        if second is not None and second[1] > first[1]:
+            idle = (second[0] - first[0]) / (second[1] - first[1])
+            return cpus * idle - 1.0
     try:
         return cpus - os.getloadavg()[0]
     except (AttributeError, OSError):  # pragma: no cover - no load average (Windows)
         return cpus
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from ``/proc/stat``; None where it cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user .. steal
 
 
 def worker_threads(cfg: DemoConfig, workers: int) -> int:
@@ -103,11 +127,12 @@ def run_in_workers(run: Run) -> None:
     n = resolve_workers(cfg)
     if n <= 1 or len(pending) < 2:
         cpus = os.cpu_count() or 1
-        if cfg.workers == 0 and len(pending) >= 2 and cpus > 1 and spare_cores() < 0.5:
+        spare = spare_cores() if cfg.workers == 0 and len(pending) >= 2 and cpus > 1 else 1.0
+        if spare < 0.5:
             run.say(
-                f"\n  the next stages run one after another: no core to spare (load average "
-                f"{cpus - spare_cores():.1f} on {cpus} cores; --workers 2 runs them side by "
-                "side anyway)"
+                f"\n  the next stages run one after another: no core to spare ({spare:.1f} of "
+                f"{cpus} cores idle beside this process; --workers 2 runs them side by side "
+                "anyway)"
             )
         return
     import multiprocessing as mp
