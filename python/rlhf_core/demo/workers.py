@@ -184,7 +184,6 @@ class Beside:
 
     def __init__(self, run: Run, job: str, proc: Any, log: pathlib.Path) -> None:
         self.run, self.job, self.proc, self.log = run, job, proc, log
-        self.t_start = time.time()
 
     def join(self) -> None:
         """Wait for the job; raises :class:`DemoStageError` (naming it and quoting the end of
@@ -196,7 +195,7 @@ class Beside:
                 f"{self.proc.exitcode}); the end of its log {self.log}:\n{_tail(self.log)}\n"
                 "the stages that finished are kept: rerun the same command to resume"
             )
-        self.run.say(f"  {self.job} (beside): done in {time.time() - self.t_start:.0f} s")
+        self.run.say(f"  {self.job} (beside): done")
 
     def stop(self) -> None:
         _stop([self.proc])
