@@ -7,11 +7,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rlhf_core::buffer::{GroupRefill, RefillConfig};
 
-use crate::arrays::{slice, typed};
-use crate::convert::{int64_numpy, vec_to_numpy};
+use crate::convert::int64_numpy;
 use crate::errors::IntoPyResult;
 use crate::gil::run_kernel;
-use crate::select::{counts, one_d, FilterCounts};
+use crate::select::{group_filter, FilterCounts};
 use crate::state::{refill_from_dict, refill_to_dict};
 
 /// The refill of one step; use `rlhf_core.buffer.GroupRefill`.
@@ -49,15 +48,10 @@ impl PyGroupRefill {
         scores: &Bound<'py, PyAny>,
         group_ids: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyAny>, FilterCounts)> {
-        let s = typed::<f64>(scores, "scores", "float64")?;
-        let g = typed::<i64>(group_ids, "group_ids", "int64")?;
-        one_d(&s, "scores")?;
-        one_d(&g, "group_ids")?;
-        let (s, g) = (slice(&s, "scores")?, slice(&g, "group_ids")?);
         let inner = &mut self.inner;
-        let (keep, c) = run_kernel(py, "GroupRefill.add_round", || inner.add_round(s, g))?;
-        let n = keep.len();
-        Ok((vec_to_numpy(py, keep, &[n])?, counts(c)))
+        group_filter(py, "GroupRefill.add_round", scores, group_ids, |s, g| {
+            inner.add_round(s, g)
+        })
     }
 
     /// `(rows, kept_rows, groups_filled)`: int64 row indices into the rounds' rows in order.

@@ -37,14 +37,31 @@ fn informative_groups<'py>(
     group_ids: &Bound<'py, PyAny>,
     min_std: f64,
 ) -> PyResult<(Bound<'py, PyAny>, FilterCounts)> {
+    group_filter(py, "informative_groups", scores, group_ids, |s, g| {
+        k_select::informative_groups(s, g, min_std)
+    })
+}
+
+/// A group filter over `scores` (1-D float64) and `group_ids` (1-D int64): borrows both,
+/// runs `filter` without the GIL (`what` names it in a panic's error), and returns its keep
+/// flags as a numpy bool array with its counts. `informative_groups` and
+/// `GroupRefill.add_round` are this call.
+pub fn group_filter<'py, F>(
+    py: Python<'py>,
+    what: &str,
+    scores: &Bound<'py, PyAny>,
+    group_ids: &Bound<'py, PyAny>,
+    filter: F,
+) -> PyResult<(Bound<'py, PyAny>, FilterCounts)>
+where
+    F: Send + FnOnce(&[f64], &[i64]) -> Result<(Vec<bool>, k_select::GroupFilterCounts), CoreError>,
+{
     let s = typed::<f64>(scores, "scores", "float64")?;
     let g = typed::<i64>(group_ids, "group_ids", "int64")?;
     one_d(&s, "scores")?;
     one_d(&g, "group_ids")?;
     let (s, g) = (slice(&s, "scores")?, slice(&g, "group_ids")?);
-    let (keep, c) = run_kernel(py, "informative_groups", || {
-        k_select::informative_groups(s, g, min_std)
-    })?;
+    let (keep, c) = run_kernel(py, what, || filter(s, g))?;
     let n = keep.len();
     Ok((vec_to_numpy(py, keep, &[n])?, counts(c)))
 }
