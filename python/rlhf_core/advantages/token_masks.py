@@ -41,6 +41,7 @@ import torch
 
 from rlhf_core import ops
 from rlhf_core import parallel as D
+from rlhf_core.advantages.distributed import _context
 
 __all__ = [
     "clip_cov_mask",
@@ -50,10 +51,6 @@ __all__ = [
     "selection_count",
     "top_entropy_mask",
 ]
-
-
-def _context(ctx: D.DistContext | None) -> D.DistContext:
-    return D.get_context() if ctx is None else ctx
 
 
 def _bool(mask: torch.Tensor) -> torch.Tensor:
