@@ -16,6 +16,10 @@ Usage::
 
     python benches/bench_gold_free.py runs/gf-seed0 runs/gf-seed1 runs/gf-seed2
     python benches/bench_gold_free.py runs/gf-seed* --set gold_free.patience=3 --json out.json
+    python benches/bench_gold_free.py runs/gf-seed6 --set gold_free.max_kl_growth=2 --plots out/
+
+``--plots DIR`` draws each run's ``gold_free.png`` again with the settings used here, as
+``DIR/<run>-gold_free.png``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_core.demo.config import load_demo_config
+from rlhf_core.demo.plots import plot_gold_free
 from rlhf_core.demo.results import MethodCurve
-from rlhf_core.demo.stopping import gold_free_stop
-from rlhf_core.monitor import OveroptimizationMonitor
+from rlhf_core.demo.runner import method_curve
 
 
 def _value(text: str) -> Any:
@@ -39,8 +43,11 @@ def _value(text: str) -> Any:
         return None if text == "none" else text
 
 
-def measure(run: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per PPO / GRPO curve of the demo in ``run``."""
+def measure(
+    run: Path, overrides: dict[str, Any], curves: list[MethodCurve] | None = None
+) -> list[dict[str, Any]]:
+    """One row per PPO / GRPO curve of the demo in ``run``; the curves are appended to
+    ``curves`` when given."""
     cfg = load_demo_config(run / "config.toml", {**overrides, "run_dir": str(run)})
     rows = []
     for method in ("ppo", "grpo"):
@@ -54,13 +61,11 @@ def measure(run: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if len(records) < 2:
             continue
-        mon = OveroptimizationMonitor(
-            patience=cfg.early_stop_patience, min_delta=cfg.early_stop_min_delta
-        )
-        for r in records:
-            mon.update(int(r["step"]), r["proxy"], r["gold"], r["kl"])
-        curve = MethodCurve.from_monitor(method, mon)
-        stopper = gold_free_stop(cfg, records)
+        curve = method_curve(cfg, method, records)
+        if curves is not None:
+            curves.append(curve)
+        stopper = curve.gold_free
+        assert stopper is not None
         steps = [p.step for p in curve.points]
         peak = curve.peak
         # without a stop the run trains to the end: what it keeps is the last evaluation
@@ -114,6 +119,7 @@ def main() -> None:
         help="override a demo setting, e.g. gold_free.patience=3 (JSON values; none)",
     )
     ap.add_argument("--json", type=Path, help="write the rows and means here")
+    ap.add_argument("--plots", type=Path, help="draw each run's gold_free.png here")
     args = ap.parse_args()
     overrides = {}
     for item in args.set:
@@ -121,7 +127,13 @@ def main() -> None:
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = _value(value)
-    rows = [r for run in args.runs for r in measure(run, overrides)]
+    rows = []
+    for run in args.runs:
+        curves: list[MethodCurve] = []
+        rows += measure(run, overrides, curves)
+        if args.plots and curves:
+            args.plots.mkdir(parents=True, exist_ok=True)
+            plot_gold_free(curves, args.plots / f"{run.name}-gold_free.png")
     cols = ["run", "method", "last_step", "partial", "peak_step", "peak_gold", "stop_step", "kept_step", "kept_gold",
             "regret", "evals_from_peak", "gold_stop_step", "gold_stop_gold", "final_gold"]  # fmt: skip
     print("  ".join(cols + ["reasons"]))

@@ -124,3 +124,9 @@ def test_bad_ensemble_options(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
         capsys,
     )  # fmt: skip
     assert rc == 2 and "gold_free_patience" in err
+    rc, _, err = run_cli(
+        ["grpo", "--config", str(CONFIGS / "grpo.toml"), "--gold_free_stop",
+         "--gold_free_max_kl_growth", "0", *QUIET],
+        capsys,
+    )  # fmt: skip
+    assert rc == 2 and "gold_free_max_kl_growth" in err

@@ -172,6 +172,62 @@ def test_kl_budget() -> None:
     assert stop.history[3].signals["sqrt_kl"] == pytest.approx(math.sqrt(4.4))
 
 
+def test_kl_growth_against_the_first_positive_kl() -> None:
+    """The reference is the first update with a KL above the floor (step 0's exact 0 and a
+    1e-9 rounding are skipped): sqrt(1.0) = 1 at step 10. The growth then trips at 2.25 (1.5 x
+    that) and, with patience 2, stops at step 40 keeping step 20 (the last calm update)."""
+    stop = GoldFreeStop(
+        max_disagreement_ratio=None, max_check_gap=None, max_check_drop=None,
+        max_kl_growth=1.4, patience=2, keep="last_safe",
+    )  # fmt: skip
+    for i, kl in enumerate([0.0, 1e-9, 1.0, 1.9, 2.25, 4.0, 9.0]):
+        stop.update(i * 10 - 10 if i else 0, proxy=float(i), kl=kl)
+    steps = [p.step for p in stop.history]
+    assert steps == [0, 0, 10, 20, 30, 40, 50]
+    assert "kl_growth" not in stop.history[1].signals
+    growth = [p.signals.get("kl_growth") for p in stop.history]
+    assert growth[2:] == pytest.approx([1.0, math.sqrt(1.9), 1.5, 2.0, 3.0])
+    assert stop.stop_step == 40 and stop.best_step == 20 and stop.reasons == ["kl_growth"]
+
+
+def test_kl_growth_reference_step_and_level_kl() -> None:
+    """kl_reference_step moves the yardstick: at every step the first KLs are tiny, and taking
+    step 5's distance as the reference keeps a run whose KL levels off (a KL penalty) from
+    tripping, while one whose KL keeps growing trips."""
+    level = GoldFreeStop(max_disagreement_ratio=None, max_check_gap=None, max_check_drop=None,
+                         max_kl_growth=2.0, kl_reference_step=5)  # fmt: skip
+    growing = GoldFreeStop(max_disagreement_ratio=None, max_check_gap=None, max_check_drop=None,
+                           max_kl_growth=2.0, kl_reference_step=5)  # fmt: skip
+    for t in range(1, 41):
+        level.update(t, proxy=0.0, kl=4.0 * (1 - math.exp(-t / 3)))
+        growing.update(t, proxy=0.0, kl=0.2 * t * t)
+    assert "kl_growth" not in level.history[3].signals  # step 5 is the reference
+    assert level.history[4].signals["kl_growth"] == 1.0
+    assert level.history[5].signals["kl_growth"] == pytest.approx(
+        math.sqrt((1 - math.exp(-6 / 3)) / (1 - math.exp(-5 / 3)))
+    )
+    assert not level.should_stop and max(p.signals["kl_growth"] for p in level.history[4:]) < 1.2
+    # sqrt(KL) = sqrt(0.2) t: twice step 5's at t = 10, over it from 11, stopped at 12
+    assert growing.stop_step == 12 and growing.reasons == ["kl_growth"]
+    assert growing.best_step == 10
+
+
+def test_kl_growth_survives_a_resume() -> None:
+    whole = GoldFreeStop(max_kl_growth=2.0)
+    first = GoldFreeStop(max_kl_growth=2.0)
+    kls = [0.0, 0.5, 0.8, 1.5, 2.1, 3.0]
+    for i, kl in enumerate(kls):
+        whole.update(i, proxy=0.0, kl=kl)
+        if i < 3:
+            first.update(i, proxy=0.0, kl=kl)
+    second = GoldFreeStop(max_kl_growth=2.0)
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for i, kl in enumerate(kls[3:], start=3):
+        second.update(i, proxy=0.0, kl=kl)
+    assert [p.signals for p in second.history] == [p.signals for p in whole.history]
+    assert second.summary() == whole.summary() and whole.stop_step == 5
+
+
 def test_missing_and_nan_inputs() -> None:
     stop = GoldFreeStop(patience=1)
     stop.update(0, proxy=0.0, disagreement=float("nan"), check=None, kl=float("inf"))
@@ -206,6 +262,8 @@ def test_resume_equals_an_uninterrupted_run() -> None:
         ({"smoothing": 1.0}, "smoothing"),
         ({"max_disagreement_ratio": -1.0}, "max_disagreement_ratio"),
         ({"max_sqrt_kl": float("inf")}, "max_sqrt_kl"),
+        ({"max_kl_growth": 0.0}, "max_kl_growth"),
+        ({"kl_reference_step": -1}, "kl_reference_step"),
         ({"keep": "best"}, "keep"),
     ],
 )

@@ -264,6 +264,20 @@ class _GoldFreeFields:
     gold_free_max_sqrt_kl: float | None = field(
         default=None, metadata={"help": "gold-free stop: a sqrt(KL) budget (none = off)"}
     )
+    gold_free_max_kl_growth: float | None = field(
+        default=None,
+        metadata={
+            "help": "gold-free stop: sqrt(KL) over its value at the reference update (the "
+            "first with a positive KL from --gold_free_kl_reference_step on; none = off)"
+        },
+    )
+    gold_free_kl_reference_step: int = field(
+        default=0,
+        metadata={
+            "help": "gold-free stop: the step from which the first positive KL is the KL "
+            "growth's yardstick (per-step use: the step whose distance is the early pace)"
+        },
+    )
     gold_free_patience: int = field(
         default=2,
         metadata={"help": "gold-free stop: updates in a row with a signal over its threshold"},
@@ -281,7 +295,8 @@ class _GoldFreeFields:
         return {
             name: getattr(self, f"gold_free_{name}")
             for name in ("max_disagreement_ratio", "max_check_gap", "max_check_drop",
-                         "max_sqrt_kl", "patience", "smoothing")
+                         "max_sqrt_kl", "max_kl_growth", "kl_reference_step", "patience",
+                         "smoothing")
         }  # fmt: skip
 
     def __post_init__(self) -> None:

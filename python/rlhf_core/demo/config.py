@@ -303,6 +303,18 @@ class DemoGoldFree:
     max_sqrt_kl: float | None = field(
         default=None, metadata={"help": "stop signal: a sqrt(KL) budget (none = off)"}
     )
+    max_kl_growth: float | None = field(
+        default=None,
+        metadata={
+            "help": "stop signal: sqrt(KL) over its value at the first evaluation after the "
+            "start (none = off)"
+        },
+    )
+    kl_reference_step: int = field(
+        default=0,
+        metadata={"help": "the KL growth's reference: the first evaluation from this step on "
+                  "with a positive KL"},  # fmt: skip
+    )
     patience: int = field(
         default=2, metadata={"help": "evaluations in a row with a signal over its threshold"}
     )
@@ -331,6 +343,8 @@ _GOLD_FREE_FIELDS = (
     "max_check_gap",
     "max_check_drop",
     "max_sqrt_kl",
+    "max_kl_growth",
+    "kl_reference_step",
     "patience",
     "smoothing",
     "keep",

@@ -124,8 +124,8 @@ def plot_overoptimization(
 def plot_gold_free(curves: Sequence[MethodCurve], path: str | os.PathLike[str]) -> pathlib.Path:
     """One row per method that has a gold-free stop (``curve.gold_free``): left, the proxy
     (dashed), check (dash-dot) and gold (solid) reward against sqrt(KL), in step order; right,
-    the ensemble's disagreement over its starting value and the check gap (in starting
-    spreads) against sqrt(KL), with their thresholds. A star marks the gold peak, a dotted
+    the ensemble's disagreement over its starting value, the check gap (in starting
+    spreads) and the KL growth against sqrt(KL), with their thresholds. A star marks the gold peak, a dotted
     line the gold-free stop, a circle the evaluation it kept."""
     rows = [c for c in curves if c.gold_free is not None]
     if not rows:
@@ -162,6 +162,7 @@ def plot_gold_free(curves: Sequence[MethodCurve], path: str | os.PathLike[str]) 
         for name, color, label in (
             ("disagreement", "tab:purple", "disagreement / start"),
             ("check_gap", "tab:green", "check gap (spreads)"),
+            ("kl_growth", "tab:red", "KL growth (sqrt(KL) / at first eval)"),
         ):
             y = [s.get(name, math.nan) for s in g.signals]
             if all(math.isnan(v) for v in y):

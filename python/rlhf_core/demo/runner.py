@@ -155,25 +155,13 @@ def build_report(
     and after each method, the reward model, the arithmetic part, notes and timings.
     ``num_prompts`` is the size of the evaluation prompt set."""
     from rlhf_core.config import config_to_dict
-    from rlhf_core.monitor import OveroptimizationMonitor
 
     cfg = run.cfg
     curves: list[R.MethodCurve] = []
     notes: list[str] = []
     samples: list[R.SampleComparison] = []
     for m, data in results.items():
-        mon = OveroptimizationMonitor(
-            patience=cfg.early_stop_patience, min_delta=cfg.early_stop_min_delta
-        )
-        for r in data["records"]:
-            mon.update(int(r["step"]), r["proxy"], r["gold"], r["kl"])
-        curve = R.MethodCurve.from_monitor(_NAMES[m], mon)
-        for p, r in zip(curve.points, data["records"], strict=True):
-            p.label = r.get("label")
-            p.check = r.get("check")
-            p.disagreement = r.get("disagreement")
-        if m in ("ppo", "grpo"):
-            curve.gold_free = R.GoldFreeSummary.from_stopper(gold_free_stop(cfg, data["records"]))
+        curve = method_curve(cfg, m, data["records"])
         curves.append(curve)
         note = _curve_note(run, m, curve)
         if note:
@@ -238,6 +226,28 @@ def build_report(
         timings=dict(run.timings),
         config=config_to_dict(cfg),
     )
+
+
+def method_curve(cfg: DemoConfig, method: str, records: list[dict[str, Any]]) -> R.MethodCurve:
+    """One method's curve from its evaluation records (step order): the gold peak and the
+    gold-based early stop (:class:`~rlhf_core.monitor.OveroptimizationMonitor`, the config's
+    ``early_stop_*``), each point's check reward and disagreement, and for PPO and GRPO the
+    gold-free stop with ``cfg.gold_free``'s settings."""
+    from rlhf_core.monitor import OveroptimizationMonitor
+
+    mon = OveroptimizationMonitor(
+        patience=cfg.early_stop_patience, min_delta=cfg.early_stop_min_delta
+    )
+    for r in records:
+        mon.update(int(r["step"]), r["proxy"], r["gold"], r["kl"])
+    curve = R.MethodCurve.from_monitor(_NAMES[method], mon)
+    for p, r in zip(curve.points, records, strict=True):
+        p.label = r.get("label")
+        p.check = r.get("check")
+        p.disagreement = r.get("disagreement")
+    if method in ("ppo", "grpo"):
+        curve.gold_free = R.GoldFreeSummary.from_stopper(gold_free_stop(cfg, records))
+    return curve
 
 
 def _curve_note(run: Run, method: str, curve: R.MethodCurve) -> str:

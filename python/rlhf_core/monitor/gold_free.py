@@ -18,6 +18,11 @@ The signals, each normalised so that one threshold means the same in any run:
 - **check drop**: the check reward's fall from its best so far, in units of ``s_C``.
 - **sqrt(KL)**: distance from the reference in the units of Gao et al. (2022), whose gold
   reward is a function of sqrt(KL) that rises, peaks and falls; a budget on it bounds the run.
+- **KL growth** ``sqrt(KL_t) / sqrt(KL_r)``: the distance over the distance at the first update
+  with a positive KL at or after step ``kl_reference_step`` (the first evaluation after the
+  start). A budget in its own units: the run's early pace is the yardstick, so one threshold
+  fits optimisers that move at different speeds. It stays near 1 where the KL levels off (a
+  KL penalty holds the policy) and grows where nothing holds it (GRPO without a KL term).
 
 The inputs are smoothed first (an exponential moving average with weight ``smoothing`` on the
 past; 0 = none), then each signal is computed from them and compared with its threshold (None =
@@ -40,7 +45,10 @@ from typing import Any
 __all__ = ["GoldFreePoint", "GoldFreeStop", "SIGNALS"]
 
 #: The signals :class:`GoldFreeStop` can trip on, in the order it reports them.
-SIGNALS: tuple[str, ...] = ("disagreement", "check_gap", "check_drop", "sqrt_kl")
+SIGNALS: tuple[str, ...] = ("disagreement", "check_gap", "check_drop", "sqrt_kl", "kl_growth")
+
+#: A KL (nats) at or below this counts as zero: no reference for the KL growth yet.
+_KL_FLOOR = 1e-6
 
 
 def _finite(x: float | None) -> float | None:
@@ -78,6 +86,11 @@ class GoldFreeStop:
         max_check_drop: trip when the smoothed check reward is this many starting spreads
             below its best so far (None: not used).
         max_sqrt_kl: trip when the smoothed sqrt(KL) exceeds this budget (None: not used).
+        max_kl_growth: trip when the smoothed sqrt(KL) exceeds this multiple of its value at
+            the reference update (None: not used).
+        kl_reference_step: the KL growth's reference is the first update at or after this
+            step whose KL is above 1e-6 nats (at every evaluation: 0, the first one after the
+            start; at every step, set it to the step whose distance is the yardstick).
         patience: updates in a row with a signal over its threshold before stopping (>= 1).
         smoothing: EMA weight on the past in [0, 1) (0: the raw values).
         keep: ``"check_peak"`` (the default: the calm update, every signal under its
@@ -92,6 +105,8 @@ class GoldFreeStop:
     max_check_gap: float | None = 1.0
     max_check_drop: float | None = 0.25
     max_sqrt_kl: float | None = None
+    max_kl_growth: float | None = None
+    kl_reference_step: int = 0
     patience: int = 2
     smoothing: float = 0.0
     keep: str = "check_peak"
@@ -109,10 +124,18 @@ class GoldFreeStop:
     _alarms: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_disagreement_ratio", "max_check_gap", "max_check_drop", "max_sqrt_kl"):
+        for name in (
+            "max_disagreement_ratio",
+            "max_check_gap",
+            "max_check_drop",
+            "max_sqrt_kl",
+            "max_kl_growth",
+        ):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number or None, got {v}")
+        if self.kl_reference_step < 0:
+            raise ValueError(f"kl_reference_step must be >= 0, got {self.kl_reference_step}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if not 0 <= self.smoothing < 1:
@@ -128,6 +151,7 @@ class GoldFreeStop:
             "check_gap": self.max_check_gap,
             "check_drop": self.max_check_drop,
             "sqrt_kl": self.max_sqrt_kl,
+            "kl_growth": self.max_kl_growth,
         }
 
     @property
@@ -166,7 +190,7 @@ class GoldFreeStop:
             a = self.smoothing
             self._ema[name] = value if prev is None else a * prev + (1 - a) * value
             smooth[name] = self._ema[name]
-        point.signals = self._signals(smooth, proxy_scale, check_scale)
+        point.signals = self._signals(point.step, smooth, proxy_scale, check_scale)
         th = self.thresholds
         point.over = [
             s for s in SIGNALS if s in point.signals and th[s] is not None
@@ -199,10 +223,15 @@ class GoldFreeStop:
         self.improved = True
 
     def _signals(
-        self, x: Mapping[str, float], proxy_scale: float | None, check_scale: float | None
+        self,
+        step: int,
+        x: Mapping[str, float],
+        proxy_scale: float | None,
+        check_scale: float | None,
     ) -> dict[str, float]:
-        """The normalised signals from the smoothed inputs ``x``; the first value of each
-        input (and the first scales given) are the reference."""
+        """The normalised signals from the smoothed inputs ``x`` at ``step``; the first value
+        of each input (and the first scales given) are the reference, and for the KL growth
+        the first KL above the floor from ``kl_reference_step`` on."""
         st = self._start
         for name in ("proxy_scale", "check_scale"):
             v = _finite(proxy_scale if name == "proxy_scale" else check_scale)
@@ -221,6 +250,10 @@ class GoldFreeStop:
             out["check_drop"] = (st["check_best"] - x["check"]) / sc
         if "kl" in x:
             out["sqrt_kl"] = math.sqrt(max(x["kl"], 0.0))
+            if "kl_reference" not in st and step >= self.kl_reference_step and x["kl"] > _KL_FLOOR:
+                st["kl_reference"] = out["sqrt_kl"]
+            if "kl_reference" in st:
+                out["kl_growth"] = out["sqrt_kl"] / st["kl_reference"]
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -388,7 +388,7 @@ class GoldFreeEarlyStop(TrainerCallback):
         if self._scales is None:
             self._scales = self._first_scales(state.trainer)
             inputs = {"disagreement": "disagreement", "check_gap": "check",
-                      "check_drop": "check", "sqrt_kl": "kl"}  # fmt: skip
+                      "check_drop": "check", "sqrt_kl": "kl", "kl_growth": "kl"}  # fmt: skip
             usable = [s for s, th in self.rule.thresholds.items()
                       if th is not None and keys[inputs[s]] in metrics]  # fmt: skip
             if not usable:
@@ -396,7 +396,7 @@ class GoldFreeEarlyStop(TrainerCallback):
                     "GoldFreeEarlyStop: none of the signals with a threshold has its input "
                     f"logged (looked for {keys['disagreement']!r}: a reward ensemble as "
                     f"{self.source!r}; {keys['check']!r}: a weight-0 check model; "
-                    f"{keys['kl']!r} with max_sqrt_kl)"
+                    f"{keys['kl']!r} with max_sqrt_kl or max_kl_growth)"
                 )
         stopped = self.rule.should_stop
         self.rule.update(
