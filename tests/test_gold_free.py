@@ -317,6 +317,26 @@ def test_callback_stops_a_run_and_keeps_the_candidate(tmp_path: Path) -> None:
     assert kept == {"step": best}
 
 
+def test_callback_with_the_kl_growth_alone(tmp_path: Path) -> None:
+    """The KL growth is a usable signal on its own (its input is the logged kl): the rule's
+    reference is the first step whose KL passes the floor, and every later update reports the
+    growth over it."""
+    cb = GoldFreeEarlyStop(on="step", max_disagreement_ratio=None, max_check_gap=None,
+                           max_check_drop=None, max_kl_growth=1e6)  # fmt: skip
+    _, res = _grpo(tmp_path, cb, steps=4)
+    assert not res.stopped_early and len(cb.rule.history) == 4
+    hist = cb.rule.history
+    ref = next(p for p in hist if p.kl is not None and p.kl > 1e-6)
+    assert ref.signals["kl_growth"] == 1.0
+    later = hist[hist.index(ref) + 1 :]
+    assert later, "the policy moved only at the last step"
+    for p in later:
+        assert p.kl is not None
+        assert p.signals["kl_growth"] == pytest.approx(
+            math.sqrt(max(p.kl, 0.0)) / math.sqrt(ref.kl)  # type: ignore[arg-type]
+        )
+
+
 def test_callback_saves_each_candidate_and_resumes(tmp_path: Path) -> None:
     """Thresholds no run reaches: no stop; every calm update with a better check reward is
     saved to gold_free_best (its step recorded); the rule's state is in the checkpoints, so a

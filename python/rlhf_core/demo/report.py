@@ -218,7 +218,8 @@ def write_report(run_dir: str | os.PathLike[str], report: DemoReport) -> pathlib
             "",
             "What a real run can see: the proxy ensemble's disagreement (std across members, "
             "over its starting value), the check model trained on other preference pairs, and "
-            "the KL. The gold-free stop (rlhf_core.monitor.GoldFreeStop) reads only those; "
+            "the KL (as sqrt(KL), and its growth over the first evaluation after the start). "
+            "The gold-free stop (rlhf_core.monitor.GoldFreeStop) reads only those; "
             "the gold reward is shown to judge it. Regret = gold at the gold peak - gold at "
             "the evaluation the gold-free stop kept.",
             "",
