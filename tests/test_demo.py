@@ -191,6 +191,35 @@ def test_rerun_of_a_finished_demo_trains_nothing(
 
 
 @pytest.mark.slow
+def test_a_finished_demo_is_reported_again_with_other_gold_free_settings(
+    quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
+) -> None:
+    """The gold-free stop is applied when the report is written: a rerun with other
+    [gold_free] settings trains nothing and reports the new stop."""
+    import shutil
+
+    run, first = quick
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "config.toml").write_text(
+        (copy / "config.toml").read_text().replace(str(run), str(copy))
+    )
+    over = {"run_dir": str(copy), "progress_bar": False, "gold_free.patience": 1,
+            "gold_free.max_kl_growth": 1.01, "gold_free.kl_reference_step": 0}  # fmt: skip
+    with open(tmp_path / "out.txt", "w") as out:
+        res = D.run_demo(D.load_demo_config(quick=True, overrides=over), out=out)
+    assert res.already_finished
+    rows = {c.method: c.gold_free for c in res.report.curves if c.gold_free is not None}
+    assert set(rows) == {"PPO", "GRPO"}
+    for method, g in rows.items():
+        # growth over the first evaluation's sqrt(KL) passes 1.01 once the policy moves on
+        assert g.thresholds["kl_growth"] == 1.01, method
+        assert g.stop_step is not None and "kl_growth" in g.reasons, (method, g)
+    assert "max_kl_growth = 1.01" in (copy / "config.toml").read_text()
+    assert [c.points for c in res.report.curves] == [c.points for c in first.report.curves]
+
+
+@pytest.mark.slow
 def test_interrupted_demo_resumes_from_its_stages(
     quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
 ) -> None:

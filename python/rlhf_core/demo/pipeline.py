@@ -33,6 +33,9 @@ __all__ = ["Run", "latest_step"]
 _FREE_FIELDS = {
     "run_dir", "resume", "progress_bar", "tensorboard", "device", "threads", "workers"
 }  # fmt: skip
+#: Tables whose fields may differ too: the gold-free stop is applied to the saved evaluations
+#: when the report is written, so a finished run can be reported again with other settings.
+_FREE_TABLES = ("gold_free.",)
 
 
 def latest_step(run_dir: pathlib.Path) -> int:
@@ -233,7 +236,11 @@ class Run:
                 ) from exc
             new = flatten(config_to_dict(self.cfg))
             keys = sorted(set(old) | set(new))
-            diff = [k for k in keys if k not in _FREE_FIELDS and old.get(k) != new.get(k)]
+            diff = [
+                k for k in keys
+                if k not in _FREE_FIELDS and not k.startswith(_FREE_TABLES)
+                and old.get(k) != new.get(k)
+            ]  # fmt: skip
             if diff:
                 shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
                 raise FileExistsError(
