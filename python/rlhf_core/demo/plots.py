@@ -124,9 +124,9 @@ def plot_overoptimization(
 def plot_gold_free(curves: Sequence[MethodCurve], path: str | os.PathLike[str]) -> pathlib.Path:
     """One row per method that has a gold-free stop (``curve.gold_free``): left, the proxy
     (dashed), check (dash-dot) and gold (solid) reward against sqrt(KL), in step order; right,
-    the ensemble's disagreement over its starting value, the check gap (in starting
-    spreads) and the KL growth against sqrt(KL), with their thresholds. A star marks the gold peak, a dotted
-    line the gold-free stop, a circle the evaluation it kept."""
+    the ensemble's disagreement over its starting value, the check gap (in starting spreads)
+    and the KL growth against sqrt(KL), with their thresholds. A star marks the gold peak, a
+    dotted line the gold-free stop, a circle the evaluation it kept."""
     rows = [c for c in curves if c.gold_free is not None]
     if not rows:
         raise ValueError("plot_gold_free needs a MethodCurve with gold_free set")
