@@ -24,9 +24,7 @@ import numpy as np
 
 from rlhf_core import _core
 from rlhf_core import ops as _ops
-from rlhf_core._arrays import to_numpy
 from rlhf_core._options import positive_option, real_option, size_option
-from rlhf_core.errors import DtypeError
 
 __all__ = ["GroupRefill", "RefillSelection"]
 
@@ -39,13 +37,6 @@ class RefillSelection:
     rows: np.ndarray
     kept_rows: int
     groups_filled: int
-
-
-def _vector(x: Any, name: str, kinds: str, dtype: type, expected: str) -> np.ndarray:
-    a = to_numpy(x, name)
-    if a.dtype.kind not in kinds:
-        raise DtypeError(f"{name} has dtype {a.dtype}; expected {expected}")
-    return np.ascontiguousarray(a, dtype=dtype)
 
 
 class GroupRefill:
@@ -88,8 +79,7 @@ class GroupRefill:
             ShapeError: lengths differ or an input is not 1-D (nothing is added).
         """
         keep, counts = self._inner.add_round(
-            _vector(scores, "scores", "f", np.float64, "float32 or float64"),
-            _vector(group_ids, "group_ids", "iu", np.int64, "an integer dtype (int64)"),
+            _ops._f64_vector(scores, "scores"), _ops._index(group_ids, "group_ids")
         )
         return keep, _ops.GroupFilterStats(*counts)
 
