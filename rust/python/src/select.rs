@@ -18,7 +18,7 @@ pub fn counts(c: k_select::GroupFilterCounts) -> FilterCounts {
     (c.num_groups, c.kept_groups, c.kept_rows)
 }
 
-pub fn one_d(a: &numpy::PyReadonlyArrayDyn<'_, impl numpy::Element>, name: &str) -> PyResult<()> {
+fn one_d(a: &numpy::PyReadonlyArrayDyn<'_, impl numpy::Element>, name: &str) -> PyResult<()> {
     if a.ndim() != 1 {
         return Err(to_py(CoreError::shape(format!(
             "{name} must be 1-D, got {} dimensions",

@@ -214,13 +214,23 @@ pub fn sampler_to_dict<'py>(py: Python<'py>, s: &SamplerState) -> PyResult<Bound
     Ok(d)
 }
 
+/// `state[k]` as a `T`; a `StateError` naming `what` state and the key when it is missing or
+/// of another type.
+fn key<'py, T: for<'a> FromPyObject<'a, 'py>>(
+    state: &Bound<'py, PyAny>,
+    what: &str,
+    k: &str,
+) -> PyResult<T> {
+    let v = state
+        .get_item(k)
+        .map_err(|_| state_err(format!("{what} state lacks the key {k:?}")))?;
+    v.extract::<T>()
+        .map_err(|_| state_err(format!("{what} state key {k:?} has the wrong type")))
+}
+
 pub fn sampler_from_dict(d: &Bound<'_, PyDict>) -> PyResult<SamplerState> {
     fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, k: &str) -> PyResult<T> {
-        let v = d
-            .get_item(k)?
-            .ok_or_else(|| state_err(format!("sampler state lacks the key {k:?}")))?;
-        v.extract::<T>()
-            .map_err(|_| state_err(format!("sampler state key {k:?} has the wrong type")))
+        key(d.as_any(), "sampler", k)
     }
     let kind: String = get(d, "kind")?;
     let kind = match kind.as_str() {
@@ -302,20 +312,11 @@ pub fn refill_to_dict<'py>(py: Python<'py>, p: &RefillProgress) -> PyResult<Boun
 
 /// The progress of `refill_to_dict` output (checked by `GroupRefill::restore`).
 pub fn refill_from_dict(state: &Bound<'_, PyAny>) -> PyResult<RefillProgress> {
-    fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(s: &Bound<'py, PyAny>, k: &str) -> PyResult<T> {
-        let v = s.get_item(k).map_err(|_| {
-            state_err(format!(
-                "refill state lacks the key {k:?}; expected keys rounds, groups_dropped, keep, \
-                 group_ids"
-            ))
-        })?;
-        v.extract::<T>()
-            .map_err(|_| state_err(format!("refill state key {k:?} has the wrong type")))
-    }
+    let what = "refill";
     Ok(RefillProgress {
-        rounds: get(state, "rounds")?,
-        groups_dropped: get(state, "groups_dropped")?,
-        keep: get(state, "keep")?,
-        group_ids: get(state, "group_ids")?,
+        rounds: key(state, what, "rounds")?,
+        groups_dropped: key(state, what, "groups_dropped")?,
+        keep: key(state, what, "keep")?,
+        group_ids: key(state, what, "group_ids")?,
     })
 }
