@@ -301,26 +301,33 @@ def test_stages_in_workers_equal_one_process(
     assert _report(copy)["curves"] == _report(run)["curves"]
 
 
-@pytest.mark.slow
-def test_failing_worker_names_its_stage_and_leaves_no_process(
-    quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
-) -> None:
+def _fails_in_a_worker(copy: pathlib.Path, tmp_path: pathlib.Path, match: str) -> str:
+    """Run the quick demo in ``copy`` with two workers: it must raise a DemoStageError
+    matching ``match`` and leave no worker process; returns the error's text."""
     import multiprocessing as mp
 
     from rlhf_core.demo.workers import DemoStageError
 
+    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 2}
+    cfg = D.load_demo_config(quick=True, overrides=overrides)
+    with pytest.raises(DemoStageError, match=match) as info:
+        with open(tmp_path / "out.txt", "w") as out:
+            D.run_demo(cfg, out=out)
+    assert mp.active_children() == []
+    return str(info.value)
+
+
+@pytest.mark.slow
+def test_failing_worker_names_its_stage_and_leaves_no_process(
+    quick: tuple[pathlib.Path, D.DemoResult], tmp_path: pathlib.Path
+) -> None:
     run, _ = quick
     copy = tmp_path / "copy"
     _copy_run(run, copy, ["ppo", "grpo"])
     (copy / "ppo").write_text("a file where PPO's folder goes")  # PPO fails at once
-    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 2}
-    cfg = D.load_demo_config(quick=True, overrides=overrides)
-    with pytest.raises(DemoStageError, match="demo stage 'ppo' failed") as info:
-        with open(tmp_path / "out.txt", "w") as out:
-            D.run_demo(cfg, out=out)
-    assert "rerun the same command to resume" in str(info.value)
-    assert "Traceback" in str(info.value)  # the end of the worker's log
-    assert mp.active_children() == []
+    error = _fails_in_a_worker(copy, tmp_path, "demo stage 'ppo' failed")
+    assert "rerun the same command to resume" in error
+    assert "Traceback" in error  # the end of the worker's log
 
 
 @pytest.mark.slow
@@ -329,10 +336,6 @@ def test_failing_beside_job_names_itself_and_leaves_no_process(
 ) -> None:
     """The check model's worker fails: the reward stage ends with an error naming the job
     and quoting its log; no process is left and the stages before are kept."""
-    import multiprocessing as mp
-
-    from rlhf_core.demo.workers import DemoStageError
-
     run, _ = quick
     copy = tmp_path / "copy"
     _copy_run(run, copy, ["reward", "baseline", *_PARALLEL])
@@ -342,13 +345,8 @@ def test_failing_beside_job_names_itself_and_leaves_no_process(
     for name in ("run.json", "config.toml"):
         shutil.copy(run / "reward" / name, copy / "reward" / name)
     (copy / "reward" / "check").write_text("a file where the check model's folder goes")
-    overrides = {"run_dir": str(copy), "progress_bar": False, "workers": 2}
-    cfg = D.load_demo_config(quick=True, overrides=overrides)
-    with pytest.raises(DemoStageError, match="demo job 'reward/check' failed") as info:
-        with open(tmp_path / "out.txt", "w") as out:
-            D.run_demo(cfg, out=out)
-    assert "Traceback" in str(info.value)
-    assert mp.active_children() == []
+    error = _fails_in_a_worker(copy, tmp_path, "demo job 'reward/check' failed")
+    assert "Traceback" in error
     assert (copy / "preferences" / "stage.json").is_file()
     assert not (copy / "reward" / "stage.json").exists()
 

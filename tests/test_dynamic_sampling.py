@@ -19,7 +19,7 @@ from rlhf_core import distributed as D
 from rlhf_core import ops
 from rlhf_core.buffer import GroupRefill
 from rlhf_core.rollout import Rollout
-from rlhf_core.rollout.dynamic import DynamicSampler, RefillState
+from rlhf_core.rollout.dynamic import DynamicSampler, RefillState, _rollout_state
 from rlhf_core.testing.trainers import FAST, params_equal, policy, strip_times, tokenizer
 from rlhf_core.trainers import GRPOConfig, GRPOTrainer
 from rlhf_core.trainers.optim import IndexSampler
@@ -205,8 +205,8 @@ def test_refill_continues_from_a_kept_and_dropped_state():
     keep = np.array(refill["keep"])
     assert keep.any() and not keep.all()
     old = {"rounds": 1, "generated": len(rows), "groups_dropped": refill["groups_dropped"],
-           "kept": rollout_state(rows.select(keep)),
-           "dropped": rollout_state(rows.select(~keep))}  # fmt: skip
+           "kept": _rollout_state(rows.select(keep)),
+           "dropped": _rollout_state(rows.select(~keep))}  # fmt: skip
     second = _sampler(ScriptedCollector(2, equal_when=coll.equal_when), rows=8, max_rounds=3)
     second.state.load_state_dict(copy.deepcopy(old))
     resumed, m2 = second.collect(0, lambda: draw.next(4))
@@ -214,13 +214,6 @@ def test_refill_continues_from_a_kept_and_dropped_state():
     for key in ("group_ids", "prompt_index", "scores"):
         np.testing.assert_array_equal(getattr(resumed, key), getattr(straight, key))
     assert resumed.texts == straight.texts
-
-
-def rollout_state(roll: Rollout) -> dict[str, Any]:
-    """A rollout's rows as plain data (the old layout's ``kept`` / ``dropped`` entries)."""
-    holder = RefillState(GroupRefill(2, 2))
-    holder.rows = roll
-    return holder.state_dict()["rows"]
 
 
 # ---------------------------------------------------------------------------------------------

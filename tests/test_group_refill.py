@@ -102,6 +102,7 @@ def test_refill_loop_gives_whole_informative_groups_and_resumes_exactly(case):
     straight = GroupRefill(g * k, g, max_rounds=max_rounds, min_std=min_std)
     resumed = GroupRefill(g * k, g, max_rounds=max_rounds, min_std=min_std)
     rounds = []
+    flags: list[bool] = []  # the keep flags straight returned, round after round
     for r, groups in enumerate(drawn):  # the loop of DynamicSampler on one rank
         if r == cut:  # a refill interrupted here: its state through a JSON checkpoint
             saved = json.loads(json.dumps(straight.state_dict()))
@@ -109,14 +110,15 @@ def test_refill_loop_gives_whole_informative_groups_and_resumes_exactly(case):
             assert resumed.state_dict() == straight.state_dict()
         rounds.append(_round(r, groups))
         for refill in (straight, resumed) if r >= cut else (straight,):
-            refill.add_round(np.array(rounds[-1][0]), np.array(rounds[-1][1]))
+            keep, _ = refill.add_round(np.array(rounds[-1][0]), np.array(rounds[-1][1]))
+            if refill is straight:
+                flags += keep.tolist()
         if straight.full or straight.exhausted:
             break
     if cut >= len(rounds):  # saved after the last round
         resumed.load_state_dict(json.loads(json.dumps(straight.state_dict())))
     assert straight.rounds == len(rounds) == resumed.rounds
     assert max_rounds == 0 or straight.rounds <= max_rounds
-    flags = ref.refill(rounds, batch_rows=g * k, group_size=g, min_std=min_std)["keep"]
     _check_against_reference(straight, rounds, flags, min_std)
     assert resumed.state_dict() == straight.state_dict()
 

@@ -66,14 +66,22 @@ def resolve_workers(cfg: DemoConfig) -> int:
     ``min(2, CPU count)`` on the CPU and 1 (one process) on a GPU, or on a CPU without a core
     to spare (:func:`spare_cores` under 0.5: more processes would only share the same cores,
     each paying its start)."""
+    return _choose_workers(cfg)[0]
+
+
+def _choose_workers(cfg: DemoConfig) -> tuple[int, float | None]:
+    """:func:`resolve_workers` and the :func:`spare_cores` it measured (None: not needed)."""
     if cfg.workers > 0:
-        return int(cfg.workers)
+        return int(cfg.workers), None
     from rlhf_core.trainers.runtime import resolve_device
 
     if resolve_device(cfg.device).type != "cpu":
-        return 1
+        return 1, None
     n = max(1, min(2, os.cpu_count() or 1))
-    return n if n == 1 or spare_cores() >= 0.5 else 1
+    if n == 1:
+        return 1, None
+    spare = spare_cores()
+    return (n if spare >= 0.5 else 1), spare
 
 
 def spare_cores(interval: float = 0.3) -> float:
@@ -124,15 +132,15 @@ def run_in_workers(run: Run) -> None:
     cfg = run.cfg
     todo = set(run.expected_stages())
     pending = [s for s in PARALLEL_STAGES if s in todo and not run.stage_file(s).is_file()]
-    n = resolve_workers(cfg)
-    if n <= 1 or len(pending) < 2:
-        cpus = os.cpu_count() or 1
-        spare = spare_cores() if cfg.workers == 0 and len(pending) >= 2 and cpus > 1 else 1.0
-        if spare < 0.5:
+    if len(pending) < 2:
+        return
+    n, spare = _choose_workers(cfg)
+    if n <= 1:
+        if spare is not None:  # one worker because no core was spare (not by choice)
             run.say(
                 f"\n  the next stages run one after another: no core to spare ({spare:.1f} of "
-                f"{cpus} cores idle beside this process; --workers 2 runs them side by side "
-                "anyway)"
+                f"{os.cpu_count() or 1} cores idle beside this process; --workers 2 runs them "
+                "side by side anyway)"
             )
         return
     import multiprocessing as mp
@@ -165,11 +173,7 @@ def run_in_workers(run: Run) -> None:
                 proc.join()
                 log = logs / f"{stage}.log"
                 if proc.exitcode != 0 or not run.stage_file(stage).is_file():
-                    raise DemoStageError(
-                        f"demo stage {stage!r} failed in its worker process (exit code "
-                        f"{proc.exitcode}); the end of its log {log}:\n{_tail(log)}\n"
-                        "the stages that finished are kept: rerun the same command to resume"
-                    )
+                    raise _failed(f"demo stage {stage!r}", proc.exitcode, log)
                 data = json.loads(run.stage_file(stage).read_text(encoding="utf-8"))
                 run.ran.append(stage)
                 run.say(f"  {stage}: done in {float(data.get('seconds', 0.0)):.0f} s")
@@ -190,11 +194,7 @@ class Beside:
         its log) when it failed."""
         self.proc.join()
         if self.proc.exitcode != 0:
-            raise DemoStageError(
-                f"demo job {self.job!r} failed in its worker process (exit code "
-                f"{self.proc.exitcode}); the end of its log {self.log}:\n{_tail(self.log)}\n"
-                "the stages that finished are kept: rerun the same command to resume"
-            )
+            raise _failed(f"demo job {self.job!r}", self.proc.exitcode, self.log)
         self.run.say(f"  {self.job} (beside): done")
 
     def stop(self) -> None:
@@ -245,6 +245,15 @@ def _beside_main(cfg: DemoConfig, job: str, threads: int, log: str, parent: int)
 
             train_check_model(run)
     sys.stdout.flush()
+
+
+def _failed(what: str, exitcode: int | None, log: pathlib.Path) -> DemoStageError:
+    """The error of a worker process that failed, quoting the end of its log."""
+    return DemoStageError(
+        f"{what} failed in its worker process (exit code {exitcode}); the end of its log "
+        f"{log}:\n{_tail(log)}\nthe stages that finished are kept: rerun the same command to "
+        "resume"
+    )
 
 
 def _stop(procs: list[Any]) -> None:

@@ -21,8 +21,8 @@ The signals, each normalised so that one threshold means the same in any run:
 - **KL growth** ``sqrt(KL_t) / sqrt(KL_r)``: the distance over the distance at the first update
   with a positive KL at or after step ``kl_reference_step`` (the first evaluation after the
   start). A budget in its own units: the run's early pace is the yardstick, so one threshold
-  fits optimisers that move at different speeds. It stays near 1 where the KL levels off (a
-  KL penalty holds the policy) and grows where nothing holds it (GRPO without a KL term).
+  fits optimisers that move at different speeds. It stays low where the KL levels off (a KL
+  penalty holds the policy) and keeps growing where nothing holds it (GRPO without a KL term).
 
 The inputs are smoothed first (an exponential moving average with weight ``smoothing`` on the
 past; 0 = none), then each signal is computed from them and compared with its threshold (None =
